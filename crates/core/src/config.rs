@@ -1,0 +1,268 @@
+//! Configuration types, their defaults and their validation.
+//!
+//! The layering itself (defaults → `rundbrief.toml` → `DATABASE_URL` →
+//! `RUNDBRIEF_*` variables → command-line flags) happens in the `cli` crate,
+//! which reads files and the environment once and hands the result here.
+//! Every key is documented where it is declared; `rundbrief init` writes the
+//! same documentation into a commented example file ([`example_toml`]).
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+
+/// Shortest secret we accept, in characters.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// A configuration value that is wrong, named by key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A command needs the signing secret and none is configured.
+    #[error(
+        "no secret is configured: it signs VERP return paths and unsubscribe links. \
+         Run `rundbrief init` to write rundbrief.toml with a freshly generated one, \
+         or set RUNDBRIEF_SECRET (at least {MIN_SECRET_LEN} characters)"
+    )]
+    MissingSecret,
+    /// A key has a value outside its allowed range.
+    #[error("`{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// A secret string (HMAC key). Its `Debug` and `Serialize` never show it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret taken from configuration.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// 32 random bytes from the operating system, as 64 hex digits.
+    ///
+    /// # Panics
+    /// If the operating system has no random source, which would make any
+    /// secret we could produce unsafe.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .expect("the operating system must provide random bytes for a secret");
+        Secret(data_encoding::HEXLOWER.encode(&bytes))
+    }
+
+    /// The key bytes for HMAC.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    fn check(&self, key: &'static str) -> Result<(), ConfigError> {
+        let len = self.0.chars().count();
+        if len < MIN_SECRET_LEN {
+            return Err(ConfigError::Invalid {
+                key,
+                problem: format!(
+                    "is too short ({len} characters, at least {MIN_SECRET_LEN} needed); \
+                     `rundbrief init --print-secret` prints a good one"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// The whole configuration. Every field has a default, so an empty file (or
+/// none) is a working configuration for local use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Signs VERP return paths and unsubscribe links (HMAC-SHA256). Required by
+    /// the commands that sign or verify; `rundbrief init` generates one.
+    /// Env: `RUNDBRIEF_SECRET`.
+    pub secret: Option<Secret>,
+    /// The secret before the last rotation: tokens signed with it still verify,
+    /// so bounces to mail sent before a rotation are not lost.
+    /// Env: `RUNDBRIEF_PREVIOUS_SECRET`.
+    pub previous_secret: Option<Secret>,
+    /// Where subscribers, lists and everything else are stored.
+    pub database: DatabaseConfig,
+    /// `rundbrief import` tuning.
+    pub import: ImportConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE?mode=rwc` (embedded, default `sqlite://rundbrief.db?mode=rwc`,
+    /// created on first use) or `postgres://user@host/db`.
+    /// Env: `DATABASE_URL` or `RUNDBRIEF_DATABASE__URL`.
+    pub url: String,
+    /// Connections in the pool (PostgreSQL; SQLite always uses one writer).
+    /// Default 8.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://rundbrief.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// `[import]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    /// Rows written per transaction. Default 1000. Each committed batch is
+    /// durable: an interrupted import keeps every batch it reported.
+    pub batch_size: usize,
+    /// Longest physical CSV line accepted, in bytes. Default 1 MiB. A longer
+    /// line is reported as invalid (with its line number) and skipped, so a
+    /// broken file cannot exhaust memory.
+    pub max_line_bytes: usize,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            batch_size: 1000,
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every value that has a range.
+    ///
+    /// # Errors
+    /// The first key found wrong, with what is wrong about it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(s) = &self.secret {
+            s.check("secret")?;
+        }
+        if let Some(s) = &self.previous_secret {
+            s.check("previous_secret")?;
+        }
+        if self.database.url.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "database.url",
+                problem: "is empty".into(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.max_connections",
+                problem: "must be > 0".into(),
+            });
+        }
+        if !(1..=10_000).contains(&self.import.batch_size) {
+            return Err(ConfigError::Invalid {
+                key: "import.batch_size",
+                problem: "must be between 1 and 10000".into(),
+            });
+        }
+        if self.import.max_line_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "import.max_line_bytes",
+                problem: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The signing secret, or an error that says how to get one.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingSecret`] when none is configured.
+    pub fn require_secret(&self) -> Result<&Secret, ConfigError> {
+        self.secret.as_ref().ok_or(ConfigError::MissingSecret)
+    }
+}
+
+/// The commented example configuration `rundbrief init` writes, with `secret`
+/// filled in.
+pub fn example_toml(secret: &Secret) -> String {
+    let secret = String::from_utf8_lossy(secret.expose());
+    format!(
+        r#"# rundbrief configuration.
+#
+# Every key is optional and shown with its default. Each can be overridden by an
+# environment variable: RUNDBRIEF_<KEY>, with `__` between a section and its key
+# (e.g. RUNDBRIEF_IMPORT__BATCH_SIZE=5000). DATABASE_URL sets database.url.
+# Precedence: defaults < this file < DATABASE_URL < RUNDBRIEF_* < command-line flags.
+
+# Signs VERP return paths and unsubscribe links (HMAC-SHA256). Keep it private:
+# whoever knows it can forge bounces and unsubscribes. Generated by `rundbrief init`.
+secret = "{secret}"
+
+# After rotating `secret`, put the old value here for a while: tokens in mail
+# sent before the rotation keep verifying.
+# previous_secret = ""
+
+[database]
+# sqlite://FILE?mode=rwc (embedded, created on first use) or postgres://user@host/db
+url = "sqlite://rundbrief.db?mode=rwc"
+# Pool size for PostgreSQL.
+max_connections = 8
+
+[import]
+# Rows written per transaction; every committed batch survives an interruption.
+batch_size = 1000
+# Longest CSV line accepted (bytes); longer lines are reported and skipped.
+max_line_bytes = 1048576
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_back_and_validates() {
+        let secret = Secret::generate();
+        let text = example_toml(&secret);
+        let cfg: Config = toml::from_str(&text).expect("the example must be valid TOML for Config");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.secret.as_ref().unwrap(), &secret);
+        assert_eq!(cfg.import.batch_size, 1000);
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_checked() {
+        let s = Secret::generate();
+        assert_eq!(s.expose().len(), 64);
+        assert_ne!(Secret::generate(), s, "two generated secrets must differ");
+        assert!(!format!("{s:?}").contains(std::str::from_utf8(s.expose()).unwrap()));
+        let cfg = Config {
+            secret: Some(Secret::new("short")),
+            ..Config::default()
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("too short")
+        );
+        let err = Config::default().require_secret().unwrap_err().to_string();
+        assert!(
+            err.contains("rundbrief init") && err.contains("RUNDBRIEF_SECRET"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Lists: create, find, count by status, delete.
+
+use crate::{Doing, Result, Store, StoreError};
+use chrono::{DateTime, Utc};
+use rundbrief_core::{
+    Actor, AuditAction, List, ListCounts, ListSummary, MembershipStatus, SubscriberStatus,
+};
+use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+#[derive(FromQueryResult)]
+struct ListRow {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ListRow> for List {
+    fn from(r: ListRow) -> List {
+        List {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(FromQueryResult)]
+struct CountRow {
+    list_id: Uuid,
+    effective: String,
+    n: i64,
+}
+
+/// The effective status of a membership: the subscriber's when it is not
+/// `active`, otherwise the membership's. Both words are bound as values.
+pub(crate) const EFFECTIVE: &str = "CASE WHEN s.status <> ? THEN s.status ELSE m.status END";
+
+/// Adds `n` memberships of effective status `effective` to `counts`.
+fn add_count(counts: &mut ListCounts, effective: &str, n: u64) -> Result<()> {
+    {
+        if let Ok(m) = effective.parse::<MembershipStatus>() {
+            match m {
+                MembershipStatus::Subscribed => counts.subscribed += n,
+                MembershipStatus::Unconfirmed => counts.unconfirmed += n,
+                MembershipStatus::Unsubscribed => counts.unsubscribed += n,
+            }
+            return Ok(());
+        }
+        match effective.parse::<SubscriberStatus>()? {
+            SubscriberStatus::Unsubscribed => counts.unsubscribed += n,
+            SubscriberStatus::Bounced => counts.bounced += n,
+            SubscriberStatus::Blocklisted => counts.blocklisted += n,
+            SubscriberStatus::Active => {
+                return Err(StoreError::CorruptColumn {
+                    column: "status",
+                    problem: "active is not a list status".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Creates a list.
+    ///
+    /// # Errors
+    /// [`StoreError::ListExists`] when the name is taken.
+    pub async fn create_list(&self, name: &str, description: Option<&str>) -> Result<List> {
+        if self.find_list(name).await?.is_some() {
+            return Err(StoreError::ListExists(name.to_string()));
+        }
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        self.db
+            .execute_raw(self.stmt(
+                "INSERT INTO lists (id, name, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                vec![id.into(), name.into(), description.map(str::to_string).into(), now.into(), now.into()],
+            ))
+            .await
+            .map_err(|e| match e.sql_err() {
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::ListExists(name.to_string()),
+                _ => StoreError::Query { doing: "creating a list", source: e },
+            })?;
+        Ok(List {
+            id,
+            name: name.to_string(),
+            description: description.map(str::to_string),
+            created_at: now,
+        })
+    }
+
+    /// The list called `name`, if any.
+    pub async fn find_list(&self, name: &str) -> Result<Option<List>> {
+        let row = ListRow::find_by_statement(self.stmt(
+            "SELECT id, name, description, created_at FROM lists WHERE name = ?",
+            vec![name.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("looking up a list")?;
+        Ok(row.map(List::from))
+    }
+
+    /// The list called `name`.
+    ///
+    /// # Errors
+    /// [`StoreError::ListNotFound`].
+    pub async fn list(&self, name: &str) -> Result<List> {
+        self.find_list(name)
+            .await?
+            .ok_or_else(|| StoreError::ListNotFound(name.to_string()))
+    }
+
+    /// Every list with its counts by effective status, ordered by name.
+    pub async fn list_summaries(&self) -> Result<Vec<ListSummary>> {
+        let lists = ListRow::find_by_statement(self.stmt(
+            "SELECT id, name, description, created_at FROM lists ORDER BY name",
+            vec![],
+        ))
+        .all(&self.db)
+        .await
+        .doing("listing lists")?;
+        let mut counts = self.counts(None).await?;
+        Ok(lists
+            .into_iter()
+            .map(|l| ListSummary {
+                counts: counts.remove(&l.id).unwrap_or_default(),
+                list: l.into(),
+            })
+            .collect())
+    }
+
+    /// One list with its counts.
+    pub async fn list_summary(&self, name: &str) -> Result<ListSummary> {
+        let list = self.list(name).await?;
+        let counts = self
+            .counts(Some(list.id))
+            .await?
+            .remove(&list.id)
+            .unwrap_or_default();
+        Ok(ListSummary { list, counts })
+    }
+
+    async fn counts(&self, list: Option<Uuid>) -> Result<HashMap<Uuid, ListCounts>> {
+        let mut values = vec![SubscriberStatus::Active.as_str().into()];
+        let filter = match list {
+            Some(id) => {
+                values.push(id.into());
+                "WHERE m.list_id = ?"
+            }
+            None => "",
+        };
+        let sql = format!(
+            "SELECT m.list_id AS list_id, {EFFECTIVE} AS effective, COUNT(*) AS n \
+             FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id {filter} \
+             GROUP BY m.list_id, effective"
+        );
+        let rows = CountRow::find_by_statement(self.stmt(&sql, values))
+            .all(&self.db)
+            .await
+            .doing("counting list members")?;
+        let mut out: HashMap<Uuid, ListCounts> = HashMap::new();
+        for r in rows {
+            add_count(
+                out.entry(r.list_id).or_default(),
+                &r.effective,
+                u64::try_from(r.n).unwrap_or(0),
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Deletes a list and its memberships. Refuses while the list has members,
+    /// unless `force`; with `force`, each former member's audit trail records
+    /// the removal.
+    ///
+    /// # Errors
+    /// [`StoreError::ListNotFound`], [`StoreError::ListNotEmpty`].
+    pub async fn delete_list(&self, name: &str, force: bool, actor: Actor) -> Result<u64> {
+        let summary = self.list_summary(name).await?;
+        let members = summary.counts.total();
+        if members > 0 && !force {
+            return Err(StoreError::ListNotEmpty {
+                name: name.to_string(),
+                members,
+            });
+        }
+        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let backend = txn.get_database_backend();
+        let now = Utc::now();
+        #[derive(FromQueryResult)]
+        struct Member {
+            subscriber_id: Uuid,
+        }
+        let ids = Member::find_by_statement(crate::stmt_for(
+            backend,
+            "SELECT subscriber_id FROM memberships WHERE list_id = ?",
+            vec![summary.list.id.into()],
+        ))
+        .all(&txn)
+        .await
+        .doing("reading list members")?;
+        let reason = format!("list `{name}` was deleted");
+        for chunk in ids.chunks(500) {
+            let mut values = Vec::with_capacity(chunk.len() * 7);
+            for m in chunk {
+                values.extend([
+                    Uuid::now_v7().into(),
+                    m.subscriber_id.into(),
+                    summary.list.id.into(),
+                    AuditAction::ListRemoved.as_str().into(),
+                    actor.as_str().into(),
+                    reason.clone().into(),
+                    now.into(),
+                ]);
+            }
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            txn.execute_raw(crate::stmt_for(
+                backend,
+                &format!("INSERT INTO audit (id, subscriber_id, list_id, action, actor, reason, created_at) VALUES {rows}"),
+                values,
+            ))
+            .await
+            .doing("recording the list removal")?;
+        }
+        txn.execute_raw(crate::stmt_for(
+            backend,
+            "DELETE FROM memberships WHERE list_id = ?",
+            vec![summary.list.id.into()],
+        ))
+        .await
+        .doing("deleting memberships")?;
+        txn.execute_raw(crate::stmt_for(
+            backend,
+            "DELETE FROM lists WHERE id = ?",
+            vec![summary.list.id.into()],
+        ))
+        .await
+        .doing("deleting the list")?;
+        txn.commit().await.doing("committing the list removal")?;
+        Ok(members)
+    }
+}

@@ -1,0 +1,22 @@
+//! The rundbrief schema: one sea-orm-migration set that runs on SQLite and
+//! PostgreSQL alike.
+//!
+//! Rules that keep one set working on both (see docs/architecture.md):
+//! timestamps are always written from Rust, never by a database default;
+//! UUID columns use sea-query's `uuid` type (native on PostgreSQL, a blob on
+//! SQLite); foreign keys are declared at `CREATE TABLE` time because SQLite
+//! cannot add them later. One file per change, each with `up` and `down`.
+
+pub use sea_orm_migration::MigrationStatus;
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_subscribers;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_subscribers::Migration)]
+    }
+}
