@@ -1,0 +1,266 @@
+//! The command line, declared with clap. Doc comments here are the `--help`
+//! text: the first line is the short help, the rest explains when to use it.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Bulk mailing lists and newsletters: subscriber lists, campaigns sent
+/// with per-recipient VERP return paths, and automatic bounce pruning.
+///
+/// Data lives in an embedded SQLite file (./rundbrief.db) unless DATABASE_URL
+/// or the configuration names PostgreSQL. Every command that touches the
+/// database brings its schema up to date first.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rundbrief",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./rundbrief.toml when it exists.
+    /// `rundbrief init` writes a commented one.
+    #[arg(long, global = true, env = "RUNDBRIEF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL (sqlite://FILE?mode=rwc or postgres://user@host/db).
+    /// Overrides DATABASE_URL, RUNDBRIEF_DATABASE__URL and the file.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Print machine-readable JSON on stdout instead of tables. Logs and
+    /// progress always go to stderr, so stdout stays parseable.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr: -v debug, -vv trace. RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log format on stderr: readable text, or one JSON object per line for
+    /// log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented rundbrief.toml with a freshly generated secret.
+    ///
+    /// The secret signs VERP return paths and unsubscribe links; commands
+    /// that sign or verify refuse to run without one.
+    Init(InitArgs),
+
+    /// Bring the database schema up to date, or show what is applied.
+    ///
+    /// Other commands migrate on start too; this one is for deployments that
+    /// migrate as a separate step.
+    Migrate {
+        #[command(subcommand)]
+        cmd: Option<MigrateCmd>,
+    },
+
+    /// Create, show and delete mailing lists.
+    #[command(subcommand)]
+    List(ListCmd),
+
+    /// Add, find, unsubscribe, blocklist and remove subscribers.
+    #[command(subcommand)]
+    Sub(SubCmd),
+
+    /// Import subscribers from a CSV file into a list.
+    ///
+    /// The header row must name an `email` column; `name` is optional and
+    /// every other column becomes an attribute (usable in templates). UTF-8
+    /// with or without BOM; `,`, `;` or TAB separated (detected). Rows with
+    /// the same address are merged (later non-empty values win), also with
+    /// subscribers already stored. Blocklisted, unsubscribed and bounced
+    /// subscribers are reported as skipped, never re-subscribed (see
+    /// --resubscribe-bounced). Bad rows are reported with their line number
+    /// and do not stop the import.
+    ///
+    /// The file is streamed and written in batches, each its own transaction:
+    /// after an interruption, run the same command again; it converges on the
+    /// same result.
+    Import(ImportArgs),
+
+    /// Export a list's subscribers as CSV on stdout (email, name, attributes).
+    ///
+    /// The output can be imported again as is.
+    Export(ExportArgs),
+
+    /// Show the configuration in effect (secrets hidden) and where it came from.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+
+    /// Print a shell completion script: `rundbrief completions bash > /etc/bash_completion.d/rundbrief`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the configuration.
+    #[arg(long, default_value = "rundbrief.toml", value_name = "FILE")]
+    pub path: PathBuf,
+    /// Overwrite an existing file (its secret is replaced: tokens in mail
+    /// already sent stop verifying unless you keep it as previous_secret).
+    #[arg(long)]
+    pub force: bool,
+    /// Only print a new random secret; write nothing.
+    #[arg(long)]
+    pub print_secret: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCmd {
+    /// Apply every pending migration (the default).
+    Up,
+    /// List the migrations this build knows and whether each is applied.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    /// Create a list.
+    Create {
+        /// The list's name, used on the command line and in List-Id.
+        name: String,
+        /// What the list is about (shown to operators).
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Show every list with its member counts by status.
+    Ls,
+    /// Show one list and its member counts by status.
+    Show { name: String },
+    /// Delete a list and its memberships (subscribers themselves stay).
+    ///
+    /// Refuses while the list has members, unless --force.
+    Rm {
+        name: String,
+        /// Delete even though the list has members.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubCmd {
+    /// Subscribe an address to a list (creating the subscriber if needed).
+    Add {
+        /// The e-mail address; the domain is lower-cased and IDNA-encoded.
+        email: String,
+        /// The list to subscribe to.
+        #[arg(long)]
+        list: String,
+        /// The subscriber's name (used in the To: header and templates).
+        #[arg(long)]
+        name: Option<String>,
+        /// An attribute for templates, as key=value; repeat for several.
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+        /// Make an unsubscribed or bounced subscriber active again. Only when
+        /// the person asked for it: mailing people who left harms your reputation.
+        #[arg(long)]
+        resubscribe: bool,
+    },
+    /// List subscribers, optionally of one list and with one status.
+    Ls {
+        /// Only members of this list.
+        #[arg(long)]
+        list: Option<String>,
+        /// active, unsubscribed, bounced or blocklisted; with --list also
+        /// subscribed or unconfirmed (the status on that list).
+        #[arg(long)]
+        status: Option<String>,
+        /// Show at most this many (0 = all).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Show one subscriber: status, memberships and the audit trail of every change.
+    Show { email: String },
+    /// Unsubscribe from one list, or (without --list) from everything.
+    Unsubscribe {
+        email: String,
+        #[arg(long)]
+        list: Option<String>,
+        /// Why (kept in the audit trail).
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+    },
+    /// Never mail this address again; imports will not bring it back.
+    ///
+    /// Works for addresses not yet known, too.
+    Blocklist {
+        email: String,
+        /// Why (kept in the audit trail).
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+    },
+    /// Delete a subscriber and their memberships (e.g. an erasure request).
+    ///
+    /// The audit trail keeps an anonymous entry of the removal. To keep the
+    /// address from coming back through an import, use `sub blocklist` instead.
+    Rm {
+        email: String,
+        /// Why (kept in the audit trail).
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+    },
+}
+
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file, or - for standard input.
+    pub file: PathBuf,
+    /// The list to import into (create it first with `rundbrief list create`).
+    #[arg(long)]
+    pub list: String,
+    /// Read and check everything and report the counts a real run would
+    /// give, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Make bounced subscribers found in the file active again (for when they
+    /// were pruned by mistake). Blocklisted and unsubscribed ones stay out.
+    #[arg(long)]
+    pub resubscribe_bounced: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The list to export.
+    #[arg(long)]
+    pub list: String,
+    /// Only this status (as for `sub ls --status`).
+    #[arg(long)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (secrets shown as <redacted>).
+    Show,
+}

@@ -1,0 +1,144 @@
+//! One module per command group; small commands live here.
+
+pub mod export;
+pub mod import;
+pub mod list;
+pub mod sub;
+
+use crate::args::{InitArgs, MigrateCmd};
+use crate::config::Loaded;
+use crate::output;
+use anyhow::{Context, bail};
+use rundbrief_core::config::example_toml;
+use rundbrief_core::{Address, Config, Secret};
+use rundbrief_store::{ConnectConfig, Store};
+use std::process::ExitCode;
+
+/// Opens the store named by the configuration and brings its schema up to
+/// date, saying so in the log when it applied anything.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let store = connect(cfg).await?;
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        tracing::debug!(
+            backend = store.backend_name(),
+            "database schema is up to date"
+        );
+    } else {
+        tracing::info!(
+            backend = store.backend_name(),
+            applied = applied.len(),
+            migrations = %applied.join(", "),
+            "database migrated"
+        );
+    }
+    Ok(store)
+}
+
+async fn connect(cfg: &Config) -> anyhow::Result<Store> {
+    let connect = ConnectConfig {
+        url: cfg.database.url.clone(),
+        max_connections: cfg.database.max_connections,
+        pg_schema: None,
+    };
+    Ok(Store::connect(&connect).await?)
+}
+
+/// Parses an address given on the command line.
+pub fn address(input: &str) -> anyhow::Result<Address> {
+    Address::parse(input).with_context(|| format!("`{input}` is not an address rundbrief can use"))
+}
+
+pub fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
+    let secret = Secret::generate();
+    if a.print_secret {
+        println!("{}", String::from_utf8_lossy(secret.expose()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.path.exists() && !a.force {
+        bail!(
+            "{} exists already; pass --force to replace it (its secret changes: keep the old one as \
+             previous_secret so tokens in mail already sent still verify)",
+            a.path.display()
+        );
+    }
+    std::fs::write(&a.path, example_toml(&secret))
+        .with_context(|| format!("writing {}", a.path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a.path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", a.path.display()))?;
+    }
+    eprintln!(
+        "wrote {} with a new secret (readable by you only; keep it private). Edit it to taste, then try `rundbrief list create news`.",
+        a.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn migrate(
+    cfg: &Config,
+    cmd: Option<&MigrateCmd>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = connect(cfg).await?;
+    match cmd.unwrap_or(&MigrateCmd::Up) {
+        MigrateCmd::Up => {
+            let applied = store.migrate().await?;
+            if json {
+                output::json(&serde_json::json!({ "applied": applied }))?;
+            } else if applied.is_empty() {
+                println!("the {} database is up to date", store.backend_name());
+            } else {
+                for name in &applied {
+                    println!("applied {name}");
+                }
+            }
+        }
+        MigrateCmd::Status => {
+            let status = store.migration_status().await?;
+            if json {
+                output::json(&status)?;
+            } else {
+                let rows = status.iter().map(|m| {
+                    [
+                        m.name.clone(),
+                        if m.applied { "applied" } else { "pending" }.to_string(),
+                    ]
+                });
+                println!("{}", output::table(&["migration", "status"], rows));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_show(loaded: &Loaded, json: bool) -> anyhow::Result<ExitCode> {
+    let file = loaded.file.as_ref().map(|p| p.display().to_string());
+    let mut shown = serde_json::to_value(&loaded.config)?;
+    if let Some(url) = shown.pointer_mut("/database/url") {
+        *url = rundbrief_store::redact_url(url.as_str().unwrap_or_default()).into();
+    }
+    if json {
+        output::json(&serde_json::json!({ "file": file, "config": shown }))?;
+    } else {
+        println!(
+            "# from: {}",
+            file.as_deref()
+                .unwrap_or("built-in defaults and environment (no rundbrief.toml found)")
+        );
+        strip_nulls(&mut shown);
+        let toml = toml::to_string_pretty(&shown).context("formatting the configuration")?;
+        println!("{toml}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// TOML has no null: unset optional keys are left out of `config show`.
+fn strip_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = v {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}

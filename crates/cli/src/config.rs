@@ -1,0 +1,76 @@
+//! Configuration layering: built-in defaults → `rundbrief.toml` →
+//! `DATABASE_URL` → `RUNDBRIEF_*` variables → command-line flags. Read once
+//! here; nothing downstream reads the environment again.
+
+use crate::args::Cli;
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rundbrief_core::Config;
+use std::path::PathBuf;
+
+/// The file read by default when it exists.
+pub const DEFAULT_FILE: &str = "rundbrief.toml";
+
+/// The configuration in effect and the file it was read from, if any.
+pub struct Loaded {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+}
+
+/// Builds the configuration from every layer and validates it.
+///
+/// # Errors
+/// A named `--config` file that does not exist; a value that does not parse
+/// or is out of range, named with its key and where it came from.
+pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
+    let file = match &cli.config {
+        Some(p) if !p.exists() => bail!(
+            "the configuration file {} does not exist (named by --config or RUNDBRIEF_CONFIG); \
+             `rundbrief init --path {}` writes one",
+            p.display(),
+            p.display()
+        ),
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.exists()),
+    };
+    let mut fig = Figment::new();
+    if let Some(f) = &file {
+        fig = fig.merge(Toml::file_exact(f));
+    }
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        fig = fig.merge(Serialized::default("database.url", url));
+    }
+    fig = fig.merge(
+        Env::prefixed("RUNDBRIEF_")
+            .split("__")
+            .ignore(&["config", "test_postgres"]),
+    );
+    if let Some(url) = &cli.database_url {
+        fig = fig.merge(Serialized::default("database.url", url));
+    }
+    let config: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+    config.validate().context("invalid configuration")?;
+    Ok(Loaded { config, file })
+}
+
+/// One line per problem, each naming the key and its source.
+fn describe(e: figment::Error) -> String {
+    let mut out = String::from("invalid configuration:");
+    for err in e {
+        let source = err.metadata.as_ref().map(|m| match &m.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ => m.name.to_string(),
+        });
+        let key = if err.path.is_empty() {
+            String::new()
+        } else {
+            format!("`{}` ", err.path.join("."))
+        };
+        match source {
+            Some(src) => out.push_str(&format!("\n  {key}({src}): {}", err.kind)),
+            None => out.push_str(&format!("\n  {key}{}", err.kind)),
+        }
+    }
+    out
+}

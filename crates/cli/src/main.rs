@@ -1,0 +1,106 @@
+//! `rundbrief`, the command-line binary: parses arguments, sets up logging,
+//! loads the configuration, opens (and migrates) the store, and dispatches to
+//! one module per command group under `cmd/`. Business logic lives in the
+//! library crates; this crate only turns it into commands and output.
+//!
+//! One exit path: every command returns `anyhow::Result<ExitCode>`, and
+//! `main` prints an error once, with its whole context chain, to stderr.
+
+mod args;
+mod cmd;
+mod config;
+mod output;
+
+use args::{Cli, Command, LogFormat};
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Init(a) => cmd::init(a),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "rundbrief", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
+        Command::Migrate { cmd } => {
+            let loaded = config::load(&cli)?;
+            cmd::migrate(&loaded.config, cmd.as_ref(), cli.json).await
+        }
+        Command::List(c) => {
+            cmd::list::run(
+                &cmd::open_store(&config::load(&cli)?.config).await?,
+                c,
+                cli.json,
+            )
+            .await
+        }
+        Command::Sub(c) => {
+            cmd::sub::run(
+                &cmd::open_store(&config::load(&cli)?.config).await?,
+                c,
+                cli.json,
+            )
+            .await
+        }
+        Command::Import(a) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::import::run(&store, &loaded.config, a, cli.json).await
+        }
+        Command::Export(a) => {
+            cmd::export::run(&cmd::open_store(&config::load(&cli)?.config).await?, a).await
+        }
+    }
+}
+
+/// Logs go to stderr: readable text (colours only on a terminal) or JSON
+/// lines. `RUST_LOG` wins over -v/-q.
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn,rundbrief=info,rundbrief_store=info",
+            1 => "info,rundbrief=debug,rundbrief_store=debug,rundbrief_core=debug",
+            _ => "debug,rundbrief=trace,rundbrief_store=trace,rundbrief_core=trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .compact()
+            .init(),
+    }
+}

@@ -1,0 +1,474 @@
+//! The real `rundbrief` binary against a temporary SQLite file per test.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::Path;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("rundbrief").unwrap();
+        c.current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c
+    }
+
+    /// Runs, expects success, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// Runs, expects failure, returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.dir.path().join(name), bytes).unwrap();
+        name.to_string()
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn init_writes_a_private_config_with_a_secret() {
+    let e = Env::new();
+    e.cmd().arg("init").assert().success();
+    let text = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let secret_line = text.lines().find(|l| l.starts_with("secret = ")).unwrap();
+    assert!(secret_line.len() > 40, "{secret_line}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(e.path("rundbrief.toml"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    assert!(e.fails(&["init"]).contains("--force"));
+    e.cmd().args(["init", "--force"]).assert().success();
+    assert_ne!(
+        std::fs::read_to_string(e.path("rundbrief.toml")).unwrap(),
+        text,
+        "a new secret each time"
+    );
+
+    let shown = e.json(&["config", "show"]);
+    assert_eq!(shown["file"], "rundbrief.toml");
+    assert_eq!(shown["config"]["secret"], "<redacted>");
+    assert!(!e.ok(&["config", "show"]).contains(&secret_line[10..30]));
+}
+
+#[test]
+fn config_errors_name_key_and_source() {
+    let e = Env::new();
+    e.write("rundbrief.toml", b"[import]\nbatch_size = 0\n");
+    let err = e.fails(&["list", "ls"]);
+    assert!(err.contains("import.batch_size"), "{err}");
+    e.write("rundbrief.toml", b"[import]\nbatch_sise = 10\n");
+    let err = e.fails(&["list", "ls"]);
+    assert!(
+        err.contains("batch_sise") && err.contains("rundbrief.toml"),
+        "{err}"
+    );
+    std::fs::remove_file(e.path("rundbrief.toml")).unwrap();
+    let err = e
+        .cmd()
+        .args(["list", "ls"])
+        .env("RUNDBRIEF_IMPORT__BATCH_SIZE", "lots")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(err.stderr).unwrap();
+    assert!(
+        err.contains("batch_size") && err.contains("RUNDBRIEF_"),
+        "{err}"
+    );
+    assert!(
+        e.fails(&["--config", "missing.toml", "list", "ls"])
+            .contains("does not exist")
+    );
+    // DATABASE_URL is honoured, and --database-url beats it.
+    e.cmd()
+        .args(["list", "create", "x"])
+        .env("DATABASE_URL", "sqlite://env.db?mode=rwc")
+        .assert()
+        .success();
+    assert!(e.path("env.db").exists());
+    e.cmd()
+        .args(["--database-url", "flag.db", "list", "create", "x"])
+        .env("DATABASE_URL", "sqlite://env.db?mode=rwc")
+        .assert()
+        .success();
+    assert!(e.path("flag.db").exists());
+}
+
+#[test]
+fn lists_and_subscribers_from_the_command_line() {
+    let e = Env::new();
+    let created = e.json(&["list", "create", "news", "--description", "Monthly news"]);
+    assert_eq!(created["name"], "news");
+    assert!(
+        e.path("rundbrief.db").exists(),
+        "the embedded default is created in the working directory"
+    );
+    assert!(
+        e.fails(&["list", "create", "news"])
+            .contains("already exists")
+    );
+
+    let added = e.json(&[
+        "sub",
+        "add",
+        "Anna@Example.ORG",
+        "--list",
+        "news",
+        "--name",
+        "Anna",
+        "--attr",
+        "city=Köln",
+    ]);
+    assert_eq!(added["email"], "Anna@example.org");
+    assert_eq!(added["outcome"]["created"], true);
+    e.ok(&["sub", "add", "bob@example.org", "--list", "news"]);
+    assert!(
+        e.fails(&["sub", "add", "not-an-address", "--list", "news"])
+            .contains("no `@`")
+    );
+    assert!(
+        e.fails(&["sub", "add", "c@example.org", "--list", "nope"])
+            .contains("no list named `nope`")
+    );
+    assert!(
+        e.fails(&[
+            "sub",
+            "add",
+            "c@example.org",
+            "--list",
+            "news",
+            "--attr",
+            "oops"
+        ])
+        .contains("KEY=VALUE")
+    );
+
+    let ls = e.json(&["sub", "ls", "--list", "news"]);
+    assert_eq!(ls.as_array().unwrap().len(), 2);
+    assert_eq!(ls[0]["membership"], "subscribed");
+    let table = e.ok(&["sub", "ls", "--list", "news"]);
+    assert!(
+        table.starts_with("EMAIL") && table.contains("Anna@example.org"),
+        "{table}"
+    );
+
+    e.ok(&[
+        "sub",
+        "unsubscribe",
+        "bob@example.org",
+        "--list",
+        "news",
+        "--reason",
+        "asked by phone",
+    ]);
+    e.ok(&["sub", "blocklist", "troll@example.net"]);
+    let show = e.json(&["sub", "show", "BOB@example.org"]);
+    assert_eq!(show["memberships"][0]["status"], "unsubscribed");
+    let last = show["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["reason"].as_str()),
+        (Some("unsubscribed"), Some("asked by phone"))
+    );
+    let human = e.ok(&["sub", "show", "bob@example.org"]);
+    assert!(
+        human.contains("history") && human.contains("asked by phone"),
+        "{human}"
+    );
+
+    let news = e.json(&["list", "show", "news"]);
+    assert_eq!(news["counts"]["subscribed"], 1);
+    assert_eq!(news["counts"]["unsubscribed"], 1);
+    assert_eq!(
+        e.json(&["sub", "ls", "--status", "blocklisted"])[0]["email"],
+        "troll@example.net"
+    );
+    assert!(
+        e.fails(&["sub", "ls", "--status", "gone"])
+            .contains("expected one of")
+    );
+
+    assert!(e.fails(&["list", "rm", "news"]).contains("--force"));
+    e.ok(&["sub", "rm", "bob@example.org"]);
+    assert!(
+        e.fails(&["sub", "show", "bob@example.org"])
+            .contains("no subscriber")
+    );
+    e.ok(&["list", "rm", "news", "--force"]);
+    assert_eq!(e.json(&["list", "ls"]), serde_json::json!([]));
+
+    let status = e.json(&["migrate", "status"]);
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["applied"] == true),
+        "{status}"
+    );
+}
+
+fn import(e: &Env, file: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["import", file, "--list", "news"];
+    args.extend_from_slice(extra);
+    e.json(&args)
+}
+
+#[test]
+fn import_reports_exact_counts_and_is_idempotent() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "blocklist", "blocked@example.org"]);
+    let csv = e.write(
+        "people.csv",
+        "\u{feff}Email;Name;City\nanna@example.org;Anna;Köln\nnot-an-address;X;\nbob@example.org;Bob;\nANNA@Example.org;;Bonn\nblocked@example.org;B;\n;Nobody;\n".as_bytes(),
+    );
+    let dry = import(&e, &csv, &["--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        e.json(&["list", "show", "news"])["counts"]["subscribed"],
+        0,
+        "dry run wrote nothing"
+    );
+
+    let first = import(&e, &csv, &[]);
+    assert_eq!(
+        (
+            first["imported"].as_u64(),
+            first["updated"].as_u64(),
+            first["skipped"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{first}"
+    );
+    let invalid: Vec<(u64, String)> = first["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["line"].as_u64().unwrap(),
+                i["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
+        [3, 7],
+        "{first}"
+    );
+    assert!(invalid[1].1.contains("empty"), "{invalid:?}");
+    assert_eq!(dry["imported"], first["imported"]);
+    assert_eq!(dry["skipped"], first["skipped"]);
+    assert!(first.get("dry_run").is_none());
+
+    let anna = e.json(&["sub", "show", "anna@example.org"]);
+    assert_eq!(anna["attributes"]["City"], "Bonn");
+    assert_eq!(anna["name"], "Anna");
+    let blocked = e.json(&["sub", "show", "blocked@example.org"]);
+    assert_eq!(blocked["status"], "blocklisted");
+    assert_eq!(blocked["memberships"], serde_json::json!([]));
+
+    let again = import(&e, &csv, &[]);
+    assert_eq!(
+        (
+            again["imported"].as_u64(),
+            again["updated"].as_u64(),
+            again["skipped"].as_u64()
+        ),
+        (Some(0), Some(3), Some(1))
+    );
+    assert_eq!(e.json(&["list", "show", "news"])["counts"]["subscribed"], 2);
+
+    // Export, then import the export into another list: the same people and attributes.
+    let exported = e.ok(&["export", "--list", "news"]);
+    assert_eq!(
+        exported.lines().next(),
+        Some("email,name,City"),
+        "{exported}"
+    );
+    e.write("export.csv", exported.as_bytes());
+    e.ok(&["list", "create", "copy"]);
+    let copy = e.json(&["import", "export.csv", "--list", "copy"]);
+    assert_eq!(
+        (
+            copy["updated"].as_u64(),
+            copy["invalid"].as_array().unwrap().len()
+        ),
+        (Some(2), 0),
+        "{copy}"
+    );
+    let exported_copy = e.ok(&["export", "--list", "copy"]);
+    assert_eq!(exported_copy, exported);
+}
+
+#[test]
+fn import_bad_input_is_explained_and_loses_nothing_valid() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+
+    let err = e.fails(&[
+        "import",
+        &e.write("nomail.csv", b"mail,name\na@example.org,A\n"),
+        "--list",
+        "news",
+    ]);
+    assert!(
+        err.contains("no `email` column") && err.contains("`mail`"),
+        "{err}"
+    );
+    let err = e.fails(&["import", &e.write("empty.csv", b""), "--list", "news"]);
+    assert!(err.contains("empty"), "{err}");
+    let err = e.fails(&["import", "missing.csv", "--list", "news"]);
+    assert!(err.contains("cannot open missing.csv"), "{err}");
+    let err = e.fails(&[
+        "import",
+        &e.write("ok.csv", b"email\na@example.org\n"),
+        "--list",
+        "nope",
+    ]);
+    assert!(err.contains("no list named"), "{err}");
+
+    // Latin-1: the rows with non-UTF-8 bytes are reported, the others imported.
+    let latin = e.write(
+        "latin1.csv",
+        b"email,name\njose@example.org,Jos\xe9\nplain@example.org,Plain\nm\xfcller@example.org,M\n",
+    );
+    let r = import(&e, &latin, &[]);
+    assert_eq!(r["imported"], 1, "{r}");
+    let inv = r["invalid"].as_array().unwrap();
+    assert_eq!(
+        inv.iter()
+            .map(|i| i["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 4]
+    );
+    assert!(inv[0]["reason"].as_str().unwrap().contains("iconv"), "{r}");
+
+    // A 10 MB single line: reported with its line number, rows around it kept.
+    let mut big = b"email,name\nbefore@example.org,B\nhuge@example.org,".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 10 << 20));
+    big.extend_from_slice(b"\nafter@example.org,A\n");
+    let r = import(&e, &e.write("big.csv", &big), &[]);
+    assert_eq!(r["imported"], 2, "{r}");
+    assert_eq!(r["invalid"][0]["line"], 3);
+    assert!(
+        r["invalid"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("longer than"),
+        "{r}"
+    );
+
+    // A file that is one 10 MB line without a break: not a CSV at all.
+    let err = e.fails(&[
+        "import",
+        &e.write("oneline.csv", &vec![b'a'; 10 << 20]),
+        "--list",
+        "news",
+    ]);
+    assert!(
+        err.contains("line 1") && err.contains("longer than"),
+        "{err}"
+    );
+
+    let human = e.ok(&[
+        "import",
+        &e.write("mixed.csv", b"email\nx\ny@example.org\n"),
+        "--list",
+        "news",
+    ]);
+    assert!(
+        human.contains("1 new subscriber") && human.contains("line 2:"),
+        "{human}"
+    );
+}
+
+#[test]
+fn completions_and_help_explain() {
+    let e = Env::new();
+    let bash = e.ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("rundbrief") && bash.contains("import"),
+        "{}",
+        &bash[..200.min(bash.len())]
+    );
+    let help = e.ok(&["import", "--help"]);
+    assert!(
+        help.contains("--resubscribe-bounced") && help.contains("idempotent")
+            || help.contains("converges"),
+        "{help}"
+    );
+    assert!(
+        !Path::new(&e.path("rundbrief.db")).exists(),
+        "help and completions do not touch the database"
+    );
+}
+
+#[test]
+fn logs_go_to_stderr_and_json_logs_parse() {
+    let e = Env::new();
+    let out = e
+        .cmd()
+        .args(["--log-format", "json", "list", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let first = stderr
+        .lines()
+        .next()
+        .expect("the first run logs the migration");
+    let log: Value = serde_json::from_str(first).unwrap();
+    assert_eq!(log["fields"]["message"], "database migrated");
+}
