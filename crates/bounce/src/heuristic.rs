@@ -1,0 +1,455 @@
+//! Non-standard bounces: recognising them and finding, in their prose, which
+//! addresses failed and what the remote server said about each.
+//!
+//! The shapes are few: the failed address starts a line (`  user@example.org`,
+//! `<user@example.org>:`, `user@example.org: reason`, `user@example.org on <date>`)
+//! and the reason follows on that line or the next indented ones (Exim, qmail,
+//! Postfix without DSN, Gmail, Yahoo, Exchange, Domino, OpenSMTPD, Courier …); or it
+//! is named inside a sentence (`error delivering your mail to <user@example.org>`).
+
+use crate::MAX_RECIPIENTS;
+use crate::mime::View;
+
+/// A failed address and the report text that belongs to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The address as written.
+    pub address: String,
+    /// Lines of the report about this address (raw, joined with `\n`).
+    pub text: String,
+}
+
+const LOCAL_CHARS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
+
+fn is_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || LOCAL_CHARS.contains(&b)
+}
+
+fn is_domain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'.'
+}
+
+/// Every address-like token in `s`: (start, end) byte offsets.
+pub fn find_addresses(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'@') {
+        let at = i + off;
+        let mut st = at;
+        while st > 0 && is_local(b[st - 1]) {
+            st -= 1;
+        }
+        // local part must not start with a dot, quote or slash
+        while st < at && matches!(b[st], b'.' | b'\'' | b'/' | b'=') {
+            st += 1;
+        }
+        let mut en = at + 1;
+        while en < b.len() && is_domain(b[en]) {
+            en += 1;
+        }
+        while en > at + 1 && matches!(b[en - 1], b'.' | b'-') {
+            en -= 1;
+        }
+        if st < at && en > at + 1 && s[at + 1..en].contains('.') {
+            out.push((st, en));
+            if out.len() >= 4 * MAX_RECIPIENTS {
+                break;
+            }
+        }
+        i = en.max(at + 1);
+    }
+    out
+}
+
+/// Phrases that name the failed address inside a sentence.
+const INLINE_TRIGGERS: &[&str] = &[
+    "delivering your mail to",
+    "deliver your message to",
+    "delivery to",
+    "could not be delivered to",
+    "couldn't be delivered to",
+    "not delivered to",
+    "failed to deliver to",
+    "unable to deliver to",
+    "undeliverable to",
+    "message to",
+    "mail to",
+    "recipient:",
+    "recipient address:",
+    "original-recipient:",
+    "failed recipient",
+    "addressed to",
+    "rcpt to:",
+];
+
+/// Lower-cased words that, when the line before an address ends with them, mean
+/// the address is the sender, not a recipient.
+const SENDER_LEADS: &[&str] = &[
+    "sent by",
+    "from:",
+    "sender:",
+    "from",
+    "return-path:",
+    "contact",
+    "envelope-from",
+];
+
+fn clean_addr(a: &str) -> String {
+    a.trim_matches(['<', '>', '"', '\'', ':', ',', ';', '.', '(', ')', '[', ']'])
+        .to_string()
+}
+
+/// Finds recipients in a report text.
+pub fn extract(report: &str, view: &View) -> Vec<Found> {
+    let lines: Vec<&str> = report.lines().take(4000).collect();
+    // (line index, address, rest of line after the address)
+    let mut heads: Vec<(usize, String, String, bool)> = Vec::new();
+    let mut prev_nonblank = "";
+    for (i, raw) in lines.iter().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let t = line.trim_start();
+        let t = t.trim_start_matches(['*', '-', '>', '•', '\u{a0}', ' ', '\t']);
+        if t.is_empty() {
+            continue;
+        }
+        let addrs = find_addresses(t);
+        let lower_prev = prev_nonblank.trim().to_ascii_lowercase();
+        prev_nonblank = line;
+        let Some(&(st, en)) = addrs.first() else {
+            continue;
+        };
+        let lead = &t[..st];
+        // Sendmail's per-recipient summary: `550 <user@example.org>... User unknown`
+        let sendmail = lead.len() == 5
+            && lead.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+            && matches!(lead.as_bytes()[0], b'4' | b'5')
+            && lead.ends_with(" <")
+            && t[en..].starts_with(">...");
+        let lead_ok = sendmail
+            || lead.is_empty()
+            || lead
+                .chars()
+                .all(|c| matches!(c, '<' | '"' | '\'' | '(' | '['));
+        let addr = clean_addr(&t[st..en]);
+        let low_addr = addr.to_ascii_lowercase();
+        if view.is_own(&low_addr)
+            || heads
+                .last()
+                .is_some_and(|h| h.1.eq_ignore_ascii_case(&addr))
+        {
+            continue;
+        }
+        if SENDER_LEADS.iter().any(|s| lower_prev.ends_with(s)) && lead_ok {
+            continue;
+        }
+        if lead_ok {
+            let rest = t[en..].trim_start_matches(['>', '"', '\'', ')', ']']);
+            let rest = if sendmail {
+                format!("{} {}", &lead[..3], rest.trim_start_matches('.').trim())
+            } else {
+                rest.to_string()
+            };
+            // `addr<mailto:addr>` (Outlook) and `addr on <date>` keep the line a head
+            heads.push((i, addr, rest, sendmail));
+            continue;
+        }
+        let lower = t.to_ascii_lowercase();
+        if INLINE_TRIGGERS
+            .iter()
+            .any(|p| lower[..st.min(lower.len())].contains(p))
+            && !lower.starts_with("to:")
+        {
+            let rest = t[en..].trim_start_matches(['>', '"', '\'', ')', ']', '.']);
+            heads.push((i, addr, rest.to_string(), false));
+        }
+    }
+
+    let mut out: Vec<Found> = Vec::new();
+    for (k, (i, addr, rest, single)) in heads.iter().enumerate() {
+        let next = heads
+            .iter()
+            .skip(k + 1)
+            .find(|h| !h.1.eq_ignore_ascii_case(addr))
+            .map_or(lines.len(), |h| h.0);
+        let mut text = String::new();
+        let rest = rest.trim_start_matches(':').trim();
+        let rest = rest
+            .strip_prefix("<mailto:")
+            .map_or(rest, |r| r.split_once('>').map_or("", |x| x.1));
+        if !rest.is_empty() {
+            text.push_str(rest);
+        }
+        let mut taken = 0;
+        for l in lines.iter().take(next).skip(i + 1) {
+            let lt = l.trim();
+            if is_separator(lt) && !text.trim().is_empty() {
+                break;
+            }
+            if *single || taken >= 15 || text.len() > crate::MAX_DIAGNOSTIC {
+                break;
+            }
+            if lt.is_empty() {
+                continue;
+            }
+            text.push('\n');
+            text.push_str(lt);
+            taken += 1;
+        }
+        let text = text.trim().to_string();
+        if let Some(f) = out
+            .iter_mut()
+            .find(|f| f.address.eq_ignore_ascii_case(addr))
+        {
+            if !text.trim().is_empty() && f.text.len() < crate::MAX_DIAGNOSTIC {
+                f.text.push('\n');
+                f.text.push_str(&text);
+            }
+        } else if out.len() < MAX_RECIPIENTS {
+            out.push(Found {
+                address: addr.clone(),
+                text,
+            });
+        }
+    }
+    out
+}
+
+fn is_separator(l: &str) -> bool {
+    l.len() >= 5
+        && l.bytes()
+            .all(|b| matches!(b, b'-' | b'=' | b'*' | b'_' | b'#' | b' '))
+}
+
+const DAEMON_LOCALS: &[&str] = &[
+    "mailer-daemon",
+    "postmaster",
+    "mail-daemon",
+    "maildaemon",
+    "mailerdaemon",
+    "mailer_daemon",
+    "mail.daemon",
+    "bounce",
+    "bounces",
+    "mdaemon",
+];
+const DAEMON_NAMES: &[&str] = &[
+    "mail delivery",
+    "mailer-daemon",
+    "mailer daemon",
+    "postmaster",
+    "mail system",
+    "delivery subsystem",
+    "system administrator",
+    "mail administrator",
+    "mail service",
+];
+const BOUNCE_SUBJECTS: &[&str] = &[
+    "undeliver",
+    "undelivered",
+    "delivery status notification",
+    "delivery failure",
+    "failure notice",
+    "delivery failed",
+    "mail delivery",
+    "returned mail",
+    "returned to sender",
+    "could not be delivered",
+    "non-delivery",
+    "nondelivery",
+    "non delivery",
+    "non remis",
+    "unzustellbar",
+    "delivery notification",
+    "mail system error",
+    "mail failure",
+    "delivery problem",
+    "delivery report",
+    "not delivered",
+    "warning: message",
+    "delivery delayed",
+    "delayed mail",
+    "failed delivery",
+    "bounce",
+    "error sending",
+    "unable to deliver",
+    "delivery has failed",
+    "delivery notice",
+    "returned message",
+    "nicht zustellbar",
+    "no se pudo entregar",
+    "non recapitabile",
+    "message status",
+];
+const BOUNCE_BODY: &[&str] = &[
+    "could not be delivered",
+    "couldn't be delivered",
+    "undeliverable",
+    "delivery has failed",
+    "delivery to the following recipient",
+    "permanent error",
+    "permanent fatal error",
+    "unable to deliver",
+    "wasn't able to deliver",
+    "was not delivered",
+    "did not reach the following",
+    "error delivering",
+    "transcript of session",
+    "this is the mail system at",
+    "qmail-send",
+    "failed permanently",
+    "delivery failed",
+    "not be delivered",
+    "could not deliver",
+    "failed to deliver",
+    "rejected by",
+    "returned to sender",
+    "following address",
+    "following recipient",
+    "has not yet been delivered",
+    "delivery is delayed",
+    "non-delivery",
+    "mail delivery software",
+    "delivery status notification",
+    "remote host said",
+    "did not like our",
+    "the following addresses had",
+    "not delivered to",
+    "delivery to",
+    "failed:",
+    "error occurred while trying to deliver",
+    "message could not be",
+    "address(es) failed",
+    "unable to be delivered",
+    "was rejected",
+    "recipient(s) failed",
+    "delivery failure",
+];
+const DELAY_MARKS: &[&str] = &[
+    "has not yet been delivered",
+    "will be retried",
+    "will continue to try",
+    "still trying",
+    "delivery is delayed",
+    "has been delayed",
+    "warning message only",
+    "no action is required on your part",
+    "delayed",
+    "will retry",
+    "delivery attempts will continue",
+    "not yet been delivered",
+    "temporary failure",
+    "delivery has been delayed",
+];
+const DELAY_SUBJECTS: &[&str] = &[
+    "delay",
+    "warning:",
+    "(warning)",
+    "delivery status notification (delay)",
+];
+const FAILURE_MARKS: &[&str] = &[
+    "failed permanently",
+    "permanent error",
+    "permanent failure",
+    "given up",
+    "giving up",
+    "could not be delivered",
+    "fatal error",
+    "gave up",
+];
+
+/// Evidence, from headers and text, that the message is a bounce.
+pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> bool {
+    if x_failed {
+        return true;
+    }
+    let local = view.from_addr.split('@').next().unwrap_or("");
+    let daemon = view.from_addr.is_empty()
+        || DAEMON_LOCALS
+            .iter()
+            .any(|d| local == *d || local.starts_with("mailer-daemon"))
+        || DAEMON_NAMES.iter().any(|d| view.from_name.contains(d));
+    let subject = BOUNCE_SUBJECTS.iter().any(|s| view.subject.contains(s));
+    let body = BOUNCE_BODY.iter().any(|s| report_lower.contains(s));
+    (daemon && (subject || body)) || (subject && body) || (body && view.has_original)
+}
+
+/// Whether a heuristic bounce is only a delay warning.
+pub fn is_delay(view: &View, report_lower: &str) -> bool {
+    let subject = DELAY_SUBJECTS.iter().any(|s| view.subject.contains(s));
+    let body = DELAY_MARKS.iter().any(|s| report_lower.contains(s));
+    let failed = FAILURE_MARKS.iter().any(|s| report_lower.contains(s))
+        || view.subject.contains("fail")
+        || view.subject.contains("undeliver");
+    (subject || body) && !failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(own: &[&str]) -> View<'static> {
+        View {
+            own_addrs: own.iter().map(|s| s.to_string()).collect(),
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn addresses_in_text() {
+        let s = "to <a.b+c@example.org>: host mx[1.2.3.4]; also x@y and kijitora@example.jp.";
+        let got: Vec<&str> = find_addresses(s)
+            .into_iter()
+            .map(|(a, b)| &s[a..b])
+            .collect();
+        assert_eq!(got, vec!["a.b+c@example.org", "kijitora@example.jp"]);
+    }
+
+    #[test]
+    fn shapes() {
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            // Exim
+            (
+                "The following address(es) failed:\n\n  kijitora@example.com\n    host mx [192.0.2.1]\n    SMTP error from remote mail server after RCPT TO:<kijitora@example.com>:\n    550 5.1.1 User unknown\n",
+                &[(
+                    "kijitora@example.com",
+                    "host mx [192.0.2.1]\nSMTP error from remote mail server after RCPT TO:<kijitora@example.com>:\n550 5.1.1 User unknown",
+                )],
+            ),
+            // qmail, two recipients
+            (
+                "<a@example.jp>:\nRemote host said: 550 5.1.1 User Unknown\n\n<b@example.jp>:\nRemote host said: 552 5.2.2 Mailbox Full\n",
+                &[
+                    ("a@example.jp", "Remote host said: 550 5.1.1 User Unknown"),
+                    ("b@example.jp", "Remote host said: 552 5.2.2 Mailbox Full"),
+                ],
+            ),
+            // Postfix without DSN
+            (
+                "<a@example.jp>: host mx.example.jp[192.0.2.2] said: 550 5.1.1 <a@example.jp>:\n    User unknown (in reply to RCPT TO command)\n",
+                &[(
+                    "a@example.jp",
+                    "host mx.example.jp[192.0.2.2] said: 550 5.1.1 <a@example.jp>:\nUser unknown (in reply to RCPT TO command)",
+                )],
+            ),
+            // sentence, sender excluded
+            (
+                "A message sent by\n  <me@example.net>\ncould not be delivered.\nThere was an error delivering your mail to <x@example.org>.\nmx did not like our RCPT TO:\n550 no\n",
+                &[("x@example.org", "mx did not like our RCPT TO:\n550 no")],
+            ),
+        ];
+        for (text, want) in cases {
+            let got: Vec<(String, String)> = extract(text, &view(&[]))
+                .into_iter()
+                .map(|f| (f.address, f.text))
+                .collect();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(got, want, "{text}");
+        }
+        // own addresses never count
+        assert!(extract("  me@example.net\n", &view(&["me@example.net"])).is_empty());
+    }
+}

@@ -1,0 +1,901 @@
+//! The classification rule table: one ordered list of (condition, class, name),
+//! shared by DSN recipients, heuristic bounces and synchronous SMTP replies.
+//!
+//! Order matters and encodes the policy. Reading top-down:
+//!
+//! 1. Evidence that the receiver refused **us** (spam, block lists, reputation,
+//!    SPF/DKIM/DMARC, rate, our sender address, relaying) wins over everything,
+//!    because reading such a rejection as `hard` would prune a live subscriber.
+//! 2. A rejection before any recipient was named (greeting, HELO, MAIL FROM) is
+//!    about the sender too.
+//! 3. Enhanced status codes with one fixed meaning (x.7.x policy, 5.1.x bad address,
+//!    5.2.2 full, 4.x.x temporary, …).
+//! 4. Words of the remote server for generic codes (5.0.0, 5.5.0, bare 550):
+//!    user/host unknown and disabled accounts (hard, but `block` when the rejection
+//!    came only after DATA, since the recipient had been accepted), mailbox full,
+//!    expiry and network trouble (soft), then weaker policy words and size/syntax
+//!    problems (block).
+//! 5. Whatever the status code's class and subject still say, then the bare SMTP
+//!    reply code, then `soft` for a failure nobody explained.
+//!
+//! Text conditions match lower-cased ASCII needles against the diagnostic with its
+//! white space collapsed (see [`normalize`]).
+
+use crate::model::BounceClass;
+use crate::status::{self, StatusCode};
+
+/// The SMTP step a rejection answered, as far as the text says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Not stated.
+    Unknown,
+    /// Greeting, HELO/EHLO or the connection itself was refused.
+    Connect,
+    /// MAIL FROM (our envelope sender).
+    MailFrom,
+    /// RCPT TO (the recipient).
+    Rcpt,
+    /// After DATA or the final dot (content).
+    Data,
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Cond {
+    /// Any needle occurs in the normalized text.
+    Text(&'static [&'static str]),
+    /// The enhanced status matches `class.subject.detail`; `None` matches any value.
+    Status(Option<u8>, Option<u16>, Option<u16>),
+    /// [`Cond::Status`] and [`Cond::Text`] together.
+    StatusText(
+        Option<u8>,
+        Option<u16>,
+        Option<u16>,
+        &'static [&'static str],
+    ),
+    /// The rejection came at one of these stages.
+    Stage(&'static [Stage]),
+    /// Stage and text together.
+    StageText(&'static [Stage], &'static [&'static str]),
+    /// The failure is temporary: a 4.x.x status, or a 4xx reply without status.
+    Temporary,
+    /// The reply code lies in `lo..=hi` (only when no enhanced status decided).
+    Reply(u16, u16),
+    /// Always true: the last rule.
+    Always,
+}
+
+/// One classification rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Stable name, recorded with every decision (`Recipient::rule`).
+    pub name: &'static str,
+    /// When the rule applies.
+    pub when: Cond,
+    /// The class it assigns.
+    pub class: BounceClass,
+}
+
+const fn r(name: &'static str, when: Cond, class: BounceClass) -> Rule {
+    Rule { name, when, class }
+}
+
+use BounceClass::{Block, Hard, Ignore, Soft};
+use Cond::{Always, Reply, Stage as AtStage, StageText, Status, StatusText, Temporary, Text};
+
+#[rustfmt::skip]
+const SPAM: &[&str] = &[
+    "spam", "junk mail", "unsolicited", "bulk mail", "phishing", "malware", "virus", "infected",
+    "content rejected", "rejected due to content", "message content", "content filter",
+    "contentfilter", "suspicious", "security policies", "security policy",
+];
+#[rustfmt::skip]
+const BLOCKLIST: &[&str] = &[
+    "blacklist", "blocklist", "black list", "block list", "denylist", "deny list", "spamhaus",
+    "spamcop", "sorbs", "barracuda", "dnsbl", "rbl", "uceprotect", "abuseat", "surbl", "is listed",
+    "are listed", "listed on", "listed by", "blocked using", "blocked", "bloqu", "banned",
+    "reputation", "senderscore", "sender score", "client host rejected", "your ip", "sending ip",
+    "ip address is", "ip address has", "source ip",
+];
+#[rustfmt::skip]
+const AUTH: &[&str] = &[
+    "spf", "dkim", "dmarc", "domainkeys", "unauthenticated", "not authenticated", "authentication",
+    "authrequired", "auth required", "arc validation", "reverse dns", "reverse lookup", "rdns",
+    "ptr", "reverse dns", "valid sender domain",
+];
+#[rustfmt::skip]
+const RATE: &[&str] = &[
+    "rate limit", "ratelimit", "rate-limit", "rate limited", "too many connections",
+    "too many concurrent", "too many messages", "too many recipients", "too many emails",
+    "too many mails", "too many sessions", "too many invalid", "connection rate", "frequency limit",
+    "connection frequency", "sending rate", "receiving mail at a rate", "at a rate that", "throttl",
+    "exceeded the rate", "unexpected volume", "user complaints", "mail flood", "too fast",
+    "slow down", "sent too many", "temporarily deferred", "deferred due to",
+];
+#[rustfmt::skip]
+const SENDER: &[&str] = &[
+    "sender address rejected", "sender rejected", "sender domain", "sender verify",
+    "sender verification", "invalid sender", "sender is not", "sender not", "envelope sender",
+    "envelope from", "from: domain", "sending domain", "from domain", "from: header", "from header",
+    "valid from", "return path", "return-path", "unverified sender", "bad sender",
+    "sender address is",
+];
+#[rustfmt::skip]
+const RELAY: &[&str] = &[
+    "relay access denied", "relaying denied", "relay denied", "not permitted to relay",
+    "relay not permitted", "unable to relay", "relaying not allowed", "we do not relay",
+    "no relaying", "relay prohibited", "not allowed to relay", "relay not allowed", "relaying",
+    "rcpthosts", "open relay",
+];
+#[rustfmt::skip]
+const DISABLED: &[&str] = &[
+    "disabled", "deactivated", "inactive", "account suspended", "account is suspended",
+    "account has been suspended", "mailbox suspended", "suspended account", "suspended mailbox",
+    "user suspended", "frozen", "no longer valid", "no longer available", "no longer in use",
+    "no longer exists", "no longer active", "account expired", "account has expired",
+    "expired account", "account closed", "closed account", "discontinued", "account terminated",
+    "account has been terminated", "mailbox is locked", "account is locked", "not active",
+];
+#[rustfmt::skip]
+const USER_UNKNOWN: &[&str] = &[
+    "user unknown", "unknown user", "unknown recipient", "recipient unknown", "no such user",
+    "no such recipient", "no such mailbox", "no such account", "no such address", "no such person",
+    "no such local user", "user not found", "recipient not found", "mailbox not found",
+    "address not found", "account not found", "recipnotfound", "recipientnotfound", "not exist",
+    "doesn't exist", "does not exist", "not a valid mailbox", "invalid mailbox",
+    "invalid recipient", "invalid address", "bad recipient", "unknown address", "address unknown",
+    "unknown local part", "unknown or illegal alias", "no mailbox", "mailbox unavailable",
+    "mailbox is unavailable", "mailbox not available", "doesn't have a", "does not have a",
+    "couldn't be found", "could not be found", "not listed in", "not a known user",
+    "unknown mailbox", "addressee unknown", "not a valid user", "invalid user", "user invalid",
+    "user is unknown", "unknown account", "name is not recognized", "recipient is not recognized",
+    "address is not recognized", "name is not recognised", "no account", "has no mailbox",
+    "user doesn't", "user does not", "destinataire invalide", "unbekannt", "inconnu",
+    "not found in",
+];
+#[rustfmt::skip]
+const HOST_UNKNOWN: &[&str] = &[
+    "host unknown", "unknown host", "host not found", "domain not found", "no such domain",
+    "unrouteable", "unroutable", "name service error", "host or domain name not found",
+    "domain name not found", "nxdomain", "no mx", "null mx", "does not accept mail",
+    "not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
+    "invalid domain", "bad domain", "no such host", "hostunknown", "dns lookup failure",
+    "indicated no smtp service", "accepts no mail", "does not accept e-mail",
+    "does not accept email",
+];
+#[rustfmt::skip]
+const MOVED: &[&str] = &[
+    "has moved", "moved permanently", "not our customer", "user not local", "address changed",
+];
+#[rustfmt::skip]
+const FULL: &[&str] = &[
+    "mailbox full", "mailbox is full", "mailbox quota", "quota", "overquota",
+    "insufficient storage", "exceeded storage", "storage allocation", "storage limit",
+    "full mailbox", "mail box full", "mailbox size limit", "exceeds the mailbox", "mailbox exceeds",
+    "mailbox size", "too much mail", "box is full", "mailbox has exceeded", "disk full",
+    "out of space", "over the limit", "exceeds its storage", "not enough space",
+    "insufficient space", "full_mailbox",
+];
+#[rustfmt::skip]
+const EXPIRED: &[&str] = &[
+    "expired", "retry timeout", "giving up", "gave up", "could not deliver for",
+    "failing for a long time", "too long", "retry time", "delivery time", "timeout exceeded",
+    "time limit", "in the queue", "queue.expired", "in queue", "last tried", "retry period",
+];
+#[rustfmt::skip]
+const NETWORK: &[&str] = &[
+    "connection refused", "timed out", "time out", "timeout", "connection reset", "network",
+    "unreachable", "no route", "dns", "lookup", "could not connect", "connect to", "can't connect",
+    "cannot connect", "unable to connect", "connection dropped", "connection closed",
+    "lost connection", "did not accept our requests to connect", "tls", "ssl", "certificate",
+];
+#[rustfmt::skip]
+const SYSTEM: &[&str] = &[
+    "system error", "mailer error", "internal error", "server error", "operating system",
+    "local error", "configuration error", "misconfigur", "service unavailable",
+    "service not available", "service currently unavailable", "temporarily unavailable",
+    "temporary", "temporarily", "try again", "try later", "loop", "too many hops", "hop count",
+    "out of memory", "resources", "i/o error", "unavailable", "on hold", "onhold",
+];
+#[rustfmt::skip]
+const POLICY: &[&str] = &[
+    "polic", "denied", "refuse", "reject", "not accepted", "not allowed", "prohibit", "forbidden",
+    "restricted", "unauthorized", "not authorized", "not authorised", "filter", "not a member",
+    "not member", "permission", "security", "declined", "access", "abuse", "violation",
+];
+#[rustfmt::skip]
+const SIZE: &[&str] = &[
+    "too large", "too big", "size limit", "message size", "size exceeds", "exceeds the size",
+    "exceeds size", "maximum size", "message length", "exceeds the maximum",
+];
+#[rustfmt::skip]
+const SYNTAX: &[&str] = &[
+    "syntax", "malformed", "invalid command", "command unrecognized", "unrecognized command",
+    "bad sequence", "protocol error", "header error", "headers too", "rfc 5322", "rfc5322",
+    "rfc 2822", "rfc2822", "not compliant", "line too long",
+];
+#[rustfmt::skip]
+const MS_RECIPIENT_REJECTED: &[&str] = &[
+    "recipient address rejected", "recipient not found", "recipientnotfound",
+];
+
+const PRE_RCPT: &[Stage] = &[Stage::Connect, Stage::MailFrom];
+const AT_DATA: &[Stage] = &[Stage::Data];
+
+/// The shipped rule table, in the order it is applied. The first rule whose
+/// condition holds decides. See the module documentation for the reasoning.
+pub const RULES: &[Rule] = &[
+    // 0. success codes say nothing bad
+    r("status-2.x.x-success", Status(Some(2), None, None), Ignore),
+    // 1. the receiver refused us
+    r("text-blocklist-or-reputation", Text(BLOCKLIST), Block),
+    r("text-spam-or-content", Text(SPAM), Block),
+    r("text-authentication", Text(AUTH), Block),
+    r("text-rate-limit", Text(RATE), Block),
+    r("text-sender-rejected", Text(SENDER), Block),
+    r("text-relay-denied", Text(RELAY), Block),
+    // 2. refused before any recipient was named
+    r("stage-before-rcpt", AtStage(PRE_RCPT), Block),
+    // 3. status codes with a fixed meaning
+    r(
+        "status-x.7.13-disabled",
+        Status(Some(5), Some(7), Some(13)),
+        Hard,
+    ),
+    r(
+        "status-x.7.17-owner-changed",
+        Status(Some(5), Some(7), Some(17)),
+        Hard,
+    ),
+    r(
+        "status-x.7.18-domain-owner-changed",
+        Status(Some(5), Some(7), Some(18)),
+        Hard,
+    ),
+    r("status-x.7.x-policy", Status(None, Some(7), None), Block),
+    r(
+        "status-x.1.7-bad-sender-syntax",
+        Status(None, Some(1), Some(7)),
+        Block,
+    ),
+    r(
+        "status-x.1.8-bad-sender-domain",
+        Status(None, Some(1), Some(8)),
+        Block,
+    ),
+    r(
+        "status-x.3.4-too-big",
+        Status(None, Some(3), Some(4)),
+        Block,
+    ),
+    r("status-x.6.x-content", Status(None, Some(6), None), Block),
+    r("temporary-failure", Temporary, Soft),
+    r(
+        "status-5.1.10-null-mx",
+        Status(Some(5), Some(1), Some(10)),
+        Hard,
+    ),
+    r(
+        "status-5.1.x-bad-address",
+        Status(Some(5), Some(1), None),
+        Hard,
+    ),
+    r(
+        "status-5.2.1-disabled",
+        Status(Some(5), Some(2), Some(1)),
+        Hard,
+    ),
+    r(
+        "status-5.2.2-mailbox-full",
+        Status(Some(5), Some(2), Some(2)),
+        Soft,
+    ),
+    r(
+        "status-5.2.3-too-big-for-mailbox",
+        Status(Some(5), Some(2), Some(3)),
+        Soft,
+    ),
+    r(
+        "status-5.2.4-list-expansion",
+        Status(Some(5), Some(2), Some(4)),
+        Soft,
+    ),
+    r(
+        "status-5.4.1-recipient-rejected",
+        StatusText(Some(5), Some(4), Some(1), MS_RECIPIENT_REJECTED),
+        Hard,
+    ),
+    r(
+        "status-5.4.4-unroutable",
+        Status(Some(5), Some(4), Some(4)),
+        Hard,
+    ),
+    r("status-5.4.x-network", Status(Some(5), Some(4), None), Soft),
+    // 4. the server's words
+    r(
+        "text-user-unknown-after-data",
+        StageText(AT_DATA, USER_UNKNOWN),
+        Block,
+    ),
+    r("text-disabled", Text(DISABLED), Hard),
+    r("text-user-unknown", Text(USER_UNKNOWN), Hard),
+    r("text-host-unknown", Text(HOST_UNKNOWN), Hard),
+    r("text-moved", Text(MOVED), Hard),
+    r("text-mailbox-full", Text(FULL), Soft),
+    r("text-expired", Text(EXPIRED), Soft),
+    r("text-network", Text(NETWORK), Soft),
+    r("text-system", Text(SYSTEM), Soft),
+    r("text-size", Text(SIZE), Block),
+    r("text-syntax", Text(SYNTAX), Block),
+    r("text-policy", Text(POLICY), Block),
+    // 5. what is left of the codes
+    r("status-5.2.x-mailbox", Status(Some(5), Some(2), None), Soft),
+    r(
+        "status-5.3.x-mail-system",
+        Status(Some(5), Some(3), None),
+        Soft,
+    ),
+    r(
+        "status-5.5.x-protocol",
+        Status(Some(5), Some(5), None),
+        Block,
+    ),
+    r("reply-521-556-no-mail-accepted", Reply(521, 521), Hard),
+    r("reply-556-no-mail-accepted", Reply(556, 556), Hard),
+    r("reply-551-not-local", Reply(551, 551), Hard),
+    r("reply-530-535-auth", Reply(530, 538), Block),
+    r("reply-50x-syntax", Reply(500, 504), Block),
+    r("reply-554-transaction-failed", Reply(554, 554), Block),
+    r("reply-2xx-success", Reply(200, 299), Ignore),
+    r("unclassified-failure", Always, Soft),
+];
+
+/// What the rules look at for one result. Build it with [`Signal::new`], which
+/// finds every needle of the table in one pass over the text.
+#[derive(Debug, Clone, Copy)]
+pub struct Signal<'a> {
+    /// Enhanced status, if known.
+    pub status: Option<StatusCode>,
+    /// SMTP reply code, if known.
+    pub reply: Option<u16>,
+    /// Normalized diagnostic (see [`normalize`]).
+    pub text: &'a str,
+    /// The SMTP step the rejection answered.
+    pub stage: Stage,
+    /// Bit `i` set: the needle list of `RULES[i]` occurs in `text`.
+    hits: u128,
+}
+
+impl<'a> Signal<'a> {
+    /// Scans the normalized `text` once for every needle of the table and the stage
+    /// phrases.
+    pub fn new(status: Option<StatusCode>, reply: Option<u16>, text: &'a str) -> Self {
+        let hits = matcher().scan(text);
+        Signal {
+            status,
+            reply,
+            text,
+            stage: stage_from_hits(hits),
+            hits,
+        }
+    }
+
+    /// The same signal with the stage taken from other text (when the diagnostic
+    /// itself does not say which SMTP step it answered).
+    pub fn with_stage(mut self, stage: Stage) -> Self {
+        self.stage = stage;
+        self
+    }
+}
+
+/// Needle groups beyond the rules: the stage phrases, in [`stage_of`] priority order.
+const STAGE_GROUPS: [(&[&str], Stage); 4] = [
+    (STAGE_RCPT, Stage::Rcpt),
+    (STAGE_DATA, Stage::Data),
+    (STAGE_MAIL, Stage::MailFrom),
+    (STAGE_CONNECT, Stage::Connect),
+];
+
+/// One Aho-Corasick automaton over every needle of [`RULES`] and the stage phrases;
+/// pattern `p` belongs to group `group[p]` (a rule index, or `RULES.len() + k` for
+/// stage list `k`).
+struct Matcher {
+    ac: aho_corasick::AhoCorasick,
+    group: Vec<u8>,
+}
+
+impl Matcher {
+    fn build() -> Matcher {
+        let mut pats: Vec<&str> = Vec::new();
+        let mut group: Vec<u8> = Vec::new();
+        for (i, rule) in RULES.iter().enumerate() {
+            if let Some(needles) = rule.when.needles() {
+                for n in needles {
+                    pats.push(n);
+                    group.push(i as u8);
+                }
+            }
+        }
+        for (k, (needles, _)) in STAGE_GROUPS.iter().enumerate() {
+            for n in *needles {
+                pats.push(n);
+                group.push((RULES.len() + k) as u8);
+            }
+        }
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(&pats)
+            .expect("the rule needles are a few hundred short literals: always a valid automaton");
+        Matcher { ac, group }
+    }
+
+    fn scan(&self, text: &str) -> u128 {
+        let mut hits = 0u128;
+        for m in self.ac.find_overlapping_iter(text) {
+            if let Some(&g) = self.group.get(m.pattern().as_usize()) {
+                hits |= 1u128 << g;
+            }
+        }
+        hits
+    }
+}
+
+fn matcher() -> &'static Matcher {
+    static M: std::sync::LazyLock<Matcher> = std::sync::LazyLock::new(Matcher::build);
+    &M
+}
+
+fn stage_from_hits(hits: u128) -> Stage {
+    for (k, (_, stage)) in STAGE_GROUPS.iter().enumerate() {
+        if hits & (1u128 << (RULES.len() + k)) != 0 {
+            return *stage;
+        }
+    }
+    Stage::Unknown
+}
+
+fn opt_eq<T: PartialEq>(want: Option<T>, got: T) -> bool {
+    want.is_none_or(|w| w == got)
+}
+
+fn any_in(text: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| text.contains(n))
+}
+
+impl Cond {
+    /// The needle list of a text condition.
+    pub fn needles(&self) -> Option<&'static [&'static str]> {
+        match *self {
+            Cond::Text(n) | Cond::StatusText(_, _, _, n) | Cond::StageText(_, n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether the condition holds for `s`; `text_hit` says whether the condition's
+    /// needle list occurs in the text.
+    fn holds_with(&self, s: &Signal<'_>, text_hit: bool) -> bool {
+        let status_is = |c: Option<u8>, sub: Option<u16>, d: Option<u16>| {
+            s.status.is_some_and(|st| {
+                opt_eq(c, st.class) && opt_eq(sub, st.subject) && opt_eq(d, st.detail)
+            })
+        };
+        match *self {
+            Cond::Text(_) => text_hit,
+            Cond::Status(c, sub, d) => status_is(c, sub, d),
+            Cond::StatusText(c, sub, d, _) => status_is(c, sub, d) && text_hit,
+            Cond::Stage(st) => st.contains(&s.stage),
+            Cond::StageText(st, _) => st.contains(&s.stage) && text_hit,
+            Cond::Temporary => match s.status {
+                Some(st) => st.class == 4,
+                None => s.reply.is_some_and(|c| (400..500).contains(&c)),
+            },
+            Cond::Reply(lo, hi) => s.reply.is_some_and(|c| (lo..=hi).contains(&c)),
+            Cond::Always => true,
+        }
+    }
+
+    /// Whether the condition holds for `s`, matching needles one by one (slow path,
+    /// used to check the automaton).
+    pub fn holds(&self, s: &Signal<'_>) -> bool {
+        self.holds_with(s, self.needles().is_some_and(|n| any_in(s.text, n)))
+    }
+}
+
+/// Runs [`RULES`] on `s`; the first matching rule decides.
+pub fn classify(s: &Signal<'_>) -> (BounceClass, &'static str) {
+    for (i, rule) in RULES.iter().enumerate() {
+        if rule.when.holds_with(s, s.hits & (1u128 << i) != 0) {
+            return (rule.class, rule.name);
+        }
+    }
+    (Soft, "unclassified-failure")
+}
+
+/// Lower-cases ASCII and collapses every run of ASCII white space to one space
+/// (trimmed). Non-ASCII text is kept as it is.
+pub fn normalize(text: &str) -> String {
+    squeeze(text, usize::MAX, true)
+}
+
+/// Collapses ASCII white space but keeps case (for the `diagnostic` field); at most
+/// `max` bytes, cut at a character boundary.
+pub fn collapse(text: &str, max: usize) -> String {
+    squeeze(text, max, false)
+}
+
+fn squeeze(text: &str, max: usize, lower: bool) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(text.len().min(max));
+    let mut space = false;
+    for &b in text.as_bytes() {
+        if b.is_ascii_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if out.len() + 1 + usize::from(space) > max {
+            break;
+        }
+        if space {
+            out.push(b' ');
+            space = false;
+        }
+        out.push(if lower { b.to_ascii_lowercase() } else { b });
+    }
+    // Only ASCII bytes were changed or dropped, so `out` is valid UTF-8 except where
+    // `max` cut a character: back off to the last boundary.
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(valid);
+            String::from_utf8(bytes).unwrap_or_default()
+        }
+    }
+}
+
+#[rustfmt::skip]
+const STAGE_DATA: &[&str] = &[
+    "end of data", "final data", "after data", "data command", "our data", "[data]",
+    "after the data", "end-of-data", "end of message",
+];
+const STAGE_RCPT: &[&str] = &["rcpt to", "rcpt command", "rcpt_to", "[rcpt", "rcpt-to"];
+#[rustfmt::skip]
+const STAGE_MAIL: &[&str] = &[
+    "in reply to mail from", "after mail from", "our mail from", "[mail_from]", "mail from command",
+    "after mail command",
+];
+#[rustfmt::skip]
+const STAGE_CONNECT: &[&str] = &[
+    "refused to talk to me", "after initial connection", "in reply to helo", "in reply to ehlo",
+    "after helo", "after ehlo", "greeting", "in reply to initial", "banner",
+];
+
+/// The SMTP step the normalized `text` says the rejection answered. RCPT wins over
+/// DATA and MAIL FROM when several are named (transcripts list every step).
+pub fn stage_of(text: &str) -> Stage {
+    if any_in(text, STAGE_RCPT) {
+        Stage::Rcpt
+    } else if any_in(text, STAGE_DATA) {
+        Stage::Data
+    } else if any_in(text, STAGE_MAIL) {
+        Stage::MailFrom
+    } else if any_in(text, STAGE_CONNECT) {
+        Stage::Connect
+    } else {
+        Stage::Unknown
+    }
+}
+
+/// Classifies an SMTP reply seen while sending (a synchronous bounce), with the same
+/// rule table as bounce messages. `enhanced` is the RFC 3463 code if the server sent
+/// one (`"5.1.1"`); when it is `None` a code at the start of `text` is used.
+///
+/// Returns the class and the rule name to record with the decision.
+pub fn classify_reply(
+    code: u16,
+    enhanced: Option<&str>,
+    text: &str,
+) -> (BounceClass, &'static str) {
+    let norm = normalize(text);
+    let status = enhanced
+        .and_then(StatusCode::parse_field)
+        .or_else(|| StatusCode::parse_field(&norm));
+    let reply = (200..600)
+        .contains(&code)
+        .then_some(code)
+        .or_else(|| status::find_reply(&norm).0);
+    let status = status.or_else(|| status::status_in_text(&norm));
+    classify(&Signal::new(status, reply, &norm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_is_named_once_and_reachable() {
+        let mut names: Vec<&str> = RULES.iter().map(|r| r.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate rule names");
+        assert!(matches!(RULES.last().map(|r| r.when), Some(Cond::Always)));
+        for rule in RULES {
+            if let Cond::Text(n) | Cond::StatusText(_, _, _, n) | Cond::StageText(_, n) = rule.when
+            {
+                for needle in n {
+                    assert_eq!(
+                        *needle,
+                        needle.to_ascii_lowercase(),
+                        "needle {needle:?} of {} not lower-case",
+                        rule.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs the shipped table over typical replies: (code, enhanced, text, class, rule).
+    #[test]
+    fn shipped_table_on_typical_replies() {
+        use BounceClass::*;
+        let cases: &[(u16, Option<&str>, &str, BounceClass, &str)] = &[
+            (
+                550,
+                Some("5.1.1"),
+                "5.1.1 <a@example.org>: Recipient address rejected: User unknown in local recipient table",
+                Hard,
+                "status-5.1.x-bad-address",
+            ),
+            (
+                550,
+                None,
+                "5.1.1 The email account that you tried to reach does not exist.",
+                Hard,
+                "status-5.1.x-bad-address",
+            ),
+            (
+                550,
+                Some("5.1.10"),
+                "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+                Hard,
+                "status-5.1.10-null-mx",
+            ),
+            (
+                550,
+                Some("5.2.1"),
+                "The email account that you tried to reach is disabled.",
+                Hard,
+                "status-5.2.1-disabled",
+            ),
+            (
+                552,
+                Some("5.2.2"),
+                "The email account that you tried to reach is over quota.",
+                Soft,
+                "status-5.2.2-mailbox-full",
+            ),
+            (
+                550,
+                Some("5.7.1"),
+                "Service unavailable, Client host [192.0.2.1] blocked using Spamhaus",
+                Block,
+                "text-blocklist-or-reputation",
+            ),
+            (
+                550,
+                Some("5.7.26"),
+                "This mail has been blocked because the sender is unauthenticated.",
+                Block,
+                "text-blocklist-or-reputation",
+            ),
+            (
+                550,
+                Some("5.7.1"),
+                "<a@example.org>: Recipient address rejected: Access denied",
+                Block,
+                "status-x.7.x-policy",
+            ),
+            (
+                550,
+                Some("5.7.13"),
+                "Disabled recipient address",
+                Hard,
+                "status-x.7.13-disabled",
+            ),
+            (
+                550,
+                Some("5.1.1"),
+                "<a@example.com> - 203.0.113.222 has sent to too many recipients this hour",
+                Block,
+                "text-rate-limit",
+            ),
+            (
+                421,
+                Some("4.7.0"),
+                "[TSS04] Messages from 192.0.2.25 temporarily deferred due to unexpected volume or user complaints",
+                Block,
+                "text-rate-limit",
+            ),
+            (
+                452,
+                Some("4.2.2"),
+                "The email account that you tried to reach is over quota.",
+                Soft,
+                "temporary-failure",
+            ),
+            (
+                451,
+                None,
+                "4.3.0 Temporary lookup failure",
+                Soft,
+                "temporary-failure",
+            ),
+            (
+                450,
+                None,
+                "4.1.1 <a@example.org>: Recipient address rejected: User unknown",
+                Soft,
+                "temporary-failure",
+            ),
+            (
+                550,
+                None,
+                "Unknown user a@example.net",
+                Hard,
+                "text-user-unknown",
+            ),
+            (
+                550,
+                None,
+                "Requested action not taken: mailbox unavailable",
+                Hard,
+                "text-user-unknown",
+            ),
+            (
+                554,
+                None,
+                "delivery error: dd This user doesn't have a yahoo.com account",
+                Hard,
+                "text-user-unknown",
+            ),
+            (550, None, "Mailbox is frozen.", Hard, "text-disabled"),
+            (550, None, "Denied by policy", Block, "text-policy"),
+            (552, None, "Too many recipients", Block, "text-rate-limit"),
+            (
+                550,
+                None,
+                "DMARC check failed.",
+                Block,
+                "text-authentication",
+            ),
+            (
+                550,
+                Some("5.4.1"),
+                "[a@example.org]: Recipient address rejected: Access denied",
+                Hard,
+                "status-5.4.1-recipient-rejected",
+            ),
+            (
+                552,
+                Some("5.3.4"),
+                "Message too large",
+                Block,
+                "status-x.3.4-too-big",
+            ),
+            (
+                501,
+                Some("5.1.8"),
+                "Sender address rejected",
+                Block,
+                "text-sender-rejected",
+            ),
+            (
+                501,
+                Some("5.1.3"),
+                "Bad destination mailbox address syntax",
+                Hard,
+                "status-5.1.x-bad-address",
+            ),
+            (
+                554,
+                None,
+                "Transaction failed",
+                Block,
+                "reply-554-transaction-failed",
+            ),
+            (
+                550,
+                None,
+                "nothing useful here",
+                Soft,
+                "unclassified-failure",
+            ),
+            (250, Some("2.0.0"), "OK", Ignore, "status-2.x.x-success"),
+            (
+                500,
+                None,
+                "5.5.1 Command not recognized",
+                Block,
+                "status-5.5.x-protocol",
+            ),
+            (
+                550,
+                None,
+                "The recipient name is not recognized",
+                Hard,
+                "text-user-unknown",
+            ),
+            (
+                550,
+                None,
+                "5.7.1 Unknown user; sender domain does not exist",
+                Block,
+                "text-sender-rejected",
+            ),
+        ];
+        for (code, enh, text, class, rule) in cases {
+            let got = classify_reply(*code, *enh, text);
+            assert_eq!(got, (*class, *rule), "{code} {enh:?} {text}");
+        }
+    }
+
+    #[test]
+    fn automaton_agrees_with_plain_search() {
+        assert!(
+            RULES.len() + STAGE_GROUPS.len() <= 128,
+            "hit bitset too small"
+        );
+        let texts = [
+            "550 5.1.1 user unknown (in reply to rcpt to command)",
+            "blocked using spamhaus; too many connections from your ip",
+            "mailbox full, quota exceeded after end of data",
+            "host refused to talk to me: 421 service not available",
+            "",
+            "nothing at all",
+        ];
+        for t in texts {
+            let s = Signal::new(None, None, t);
+            assert_eq!(s.stage, stage_of(t), "{t}");
+            for (i, rule) in RULES.iter().enumerate() {
+                let fast = rule.when.holds_with(&s, s.hits & (1u128 << i) != 0);
+                assert_eq!(fast, rule.when.holds(&s), "rule {} on {t:?}", rule.name);
+            }
+        }
+    }
+
+    #[test]
+    fn stages() {
+        let cases = [
+            (
+                "550 unknown user (in reply to end of data command)",
+                Stage::Data,
+            ),
+            (
+                "smtp error from remote mail server after rcpt to:<a@b>: 550",
+                Stage::Rcpt,
+            ),
+            (
+                "smtp error from remote mail server after mail from:<a@b> size=10: 554",
+                Stage::MailFrom,
+            ),
+            (
+                "host x[1.2.3.4] refused to talk to me: 421 service not available",
+                Stage::Connect,
+            ),
+            ("550 5.1.1 user unknown", Stage::Unknown),
+        ];
+        for (t, want) in cases {
+            assert_eq!(stage_of(t), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn normalize_collapses() {
+        assert_eq!(normalize("  A\r\n\tB  c "), "a b c");
+        assert_eq!(collapse("  A\r\n\tB  c ", 100), "A B c");
+        assert_eq!(collapse("abcdef", 3), "abc");
+        assert_eq!(collapse("ab\u{e9}cd", 3), "ab");
+        assert_eq!(normalize("\u{c9}T\u{c9}  X"), "\u{c9}t\u{c9} x");
+    }
+}
