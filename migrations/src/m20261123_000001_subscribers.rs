@@ -85,15 +85,6 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name("idx_subscribers_status")
-                    .table(Subscribers::Table)
-                    .col(Subscribers::Status)
-                    .to_owned(),
-            )
-            .await?;
-        manager
             .create_table(
                 Table::create()
                     .table(Memberships::Table)
@@ -155,7 +146,6 @@ impl MigrationTrait for Migration {
                     .name("idx_audit_subscriber")
                     .table(Audit::Table)
                     .col(Audit::SubscriberId)
-                    .col(Audit::CreatedAt)
                     .to_owned(),
             )
             .await

@@ -17,12 +17,14 @@ use crate::{Doing, Result, Store};
 use chrono::{DateTime, Utc};
 use rundbrief_core::csvin::ImportRow;
 use rundbrief_core::{Actor, Attributes, AuditAction, MembershipStatus, SubscriberStatus};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseTransaction, FromQueryResult, Statement,
+    TransactionTrait, Value,
+};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// Rows per multi-row statement: keeps every statement under PostgreSQL's
-/// 65,535 bind parameters and SQLite's 32,766 whatever the batch size.
+/// Keys per existing-subscriber lookup.
 const ROWS_PER_STATEMENT: usize = 2000;
 
 /// How an import treats existing subscribers.
@@ -170,72 +172,49 @@ async fn apply<C: ConnectionTrait>(
     }
 
     // 1. What exists already.
+    let sql = Sql::for_backend(backend);
     let mut existing: HashMap<String, Existing> = HashMap::with_capacity(order.len());
     for chunk in order.chunks(ROWS_PER_STATEMENT) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
-        values.push(list_id.into());
-        values.extend(chunk.iter().map(|(k, _)| Value::from(k.clone())));
-        let sql = format!(
-            "SELECT s.id, s.email, s.name, s.attributes, s.status, s.created_at, s.updated_at, \
-             s.email_key, m.status AS membership \
-             FROM subscribers s LEFT JOIN memberships m ON m.subscriber_id = s.id AND m.list_id = ? \
-             WHERE s.email_key IN ({})",
-            crate::placeholders(chunk.len())
-        );
-        for e in Existing::find_by_statement(crate::stmt_for(backend, &sql, values))
-            .all(c)
-            .await
-            .doing("looking up existing subscribers")?
+        let keys = json_array(chunk.iter().map(|(k, _)| k.as_str()))?;
+        for e in Existing::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            sql.existing,
+            [Value::from(list_id), Value::from(keys)],
+        ))
+        .all(c)
+        .await
+        .doing("looking up existing subscribers")?
         {
             existing.insert(e.email_key.clone(), e);
         }
     }
 
-    // 2. Decide.
+    // 2. Decide, collecting one JSON array per table.
     let mut report = BatchReport::default();
-    let mut sub_values: Vec<Value> = Vec::new();
-    let mut sub_rows = 0usize;
-    let mut member_values: Vec<Value> = Vec::new();
-    let mut member_rows = 0usize;
-    let mut audit_values: Vec<Value> = Vec::new();
-    let mut audit_rows = 0usize;
-    let active = SubscriberStatus::Active.as_str();
-    let subscribed = MembershipStatus::Subscribed.as_str();
-    let mut push_audit = |id: Uuid, list: Option<Uuid>, action: AuditAction, reason: String| {
-        audit_values.extend([
-            Uuid::now_v7().into(),
-            id.into(),
-            list.into(),
-            action.as_str().into(),
-            Actor::Import.as_str().into(),
-            reason.into(),
-            now.into(),
-        ]);
-        audit_rows += 1;
-    };
+    let mut subs = JsonRows::default();
+    let mut members = JsonRows::default();
+    let mut audits = JsonRows::default();
+    let list_hex = hex(list_id);
     for (key, m) in order {
         let line = m.row.line;
-        let why = |what: &str| format!("{what} (import {} line {line})", opts.source);
+        let why = |what: &str| format!("{what}: {}:{line}", opts.source);
         let (id, join, created) = match existing.remove(&key) {
             None => {
                 let id = Uuid::now_v7();
-                sub_values.extend([
-                    id.into(),
-                    m.row.address.as_str().into(),
-                    key.into(),
-                    m.row.name.into(),
-                    serde_json::Value::Object(m.row.attributes).into(),
-                    active.into(),
-                    now.into(),
-                    now.into(),
-                ]);
-                sub_rows += 1;
-                push_audit(
-                    id,
-                    Some(list_id),
-                    AuditAction::Created,
-                    why("created as a member of the list"),
-                );
+                subs.push(&(
+                    hex(id),
+                    m.row.address.as_str(),
+                    &key,
+                    &m.row.name,
+                    &m.row.attributes,
+                ))?;
+                audits.push(&(
+                    hex(Uuid::now_v7()),
+                    hex(id),
+                    Some(&list_hex),
+                    AuditAction::Created.as_str(),
+                    why("import"),
+                ))?;
                 report.imported += 1;
                 report.updated += m.occurrences - 1;
                 (id, true, true)
@@ -255,25 +234,16 @@ async fn apply<C: ConnectionTrait>(
                 attributes.extend(m.row.attributes);
                 let name = m.row.name.or(sub.name.clone());
                 if restore || name != sub.name || attributes != sub.attributes {
-                    sub_values.extend([
-                        sub.id.into(),
-                        sub.email.clone().into(),
-                        key.into(),
-                        name.into(),
-                        serde_json::Value::Object(attributes).into(),
-                        active.into(),
-                        sub.created_at.into(),
-                        now.into(),
-                    ]);
-                    sub_rows += 1;
+                    subs.push(&(hex(sub.id), &sub.email, &key, &name, &attributes))?;
                 }
                 if restore {
-                    push_audit(
-                        sub.id,
-                        None,
-                        AuditAction::Restored,
-                        why("was bounced; --resubscribe-bounced"),
-                    );
+                    audits.push(&(
+                        hex(Uuid::now_v7()),
+                        hex(sub.id),
+                        None::<&str>,
+                        AuditAction::Restored.as_str(),
+                        why("import --resubscribe-bounced"),
+                    ))?;
                 }
                 report.updated += m.occurrences;
                 (
@@ -284,94 +254,159 @@ async fn apply<C: ConnectionTrait>(
             }
         };
         if join {
-            member_values.extend([
-                id.into(),
-                list_id.into(),
-                subscribed.into(),
-                now.into(),
-                now.into(),
-            ]);
-            member_rows += 1;
+            members.push(&hex(id))?;
             // A new subscriber's creation entry already names the list.
             if !created {
-                push_audit(
-                    id,
-                    Some(list_id),
-                    AuditAction::Subscribed,
-                    why("subscribed"),
-                );
+                audits.push(&(
+                    hex(Uuid::now_v7()),
+                    hex(id),
+                    Some(&list_hex),
+                    AuditAction::Subscribed.as_str(),
+                    why("import"),
+                ))?;
             }
         }
     }
 
-    // 3. Write.
-    write_rows(
-        c,
-        "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?, ?)",
-        " ON CONFLICT (email_key) DO UPDATE SET name = COALESCE(excluded.name, subscribers.name), \
-          attributes = excluded.attributes, status = excluded.status, updated_at = excluded.updated_at",
-        sub_values,
-        sub_rows,
+    // 3. Write: one statement per table, each with one JSON parameter plus
+    //    the values every row shares.
+    let now = Value::from(now);
+    let run = async |rows: JsonRows,
+                     sql: &str,
+                     mut shared: Vec<Value>,
+                     doing: &'static str|
+           -> Result<()> {
+        if let Some(json) = rows.finish() {
+            shared.insert(0, json.into());
+            c.execute_raw(Statement::from_sql_and_values(backend, sql, shared))
+                .await
+                .doing(doing)?;
+        }
+        Ok(())
+    };
+    run(
+        subs,
+        sql.subscribers,
+        vec![SubscriberStatus::Active.as_str().into(), now.clone()],
         "writing subscribers",
     )
     .await?;
-    write_rows(
-        c,
-        "INSERT INTO memberships (subscriber_id, list_id, status, created_at, updated_at) VALUES ",
-        "(?, ?, ?, ?, ?)",
-        " ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-        member_values,
-        member_rows,
+    run(
+        members,
+        sql.memberships,
+        vec![
+            list_id.into(),
+            MembershipStatus::Subscribed.as_str().into(),
+            now.clone(),
+        ],
         "writing memberships",
     )
     .await?;
-    write_rows(
-        c,
-        "INSERT INTO audit (id, subscriber_id, list_id, action, actor, reason, created_at) VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?)",
-        "",
-        audit_values,
-        audit_rows,
+    run(
+        audits,
+        sql.audit,
+        vec![Actor::Import.as_str().into(), now],
         "writing the audit trail",
     )
     .await?;
     Ok(report)
 }
 
-/// Runs `head (tuple), (tuple), … tail` over `values` in statements of at
-/// most [`ROWS_PER_STATEMENT`] rows.
-async fn write_rows<C: ConnectionTrait>(
-    c: &C,
-    head: &str,
-    tuple: &str,
-    tail: &str,
-    values: Vec<Value>,
-    rows: usize,
-    doing: &'static str,
-) -> Result<()> {
-    if rows == 0 {
-        return Ok(());
+/// Rows collected as one JSON array of arrays (the statement's parameter).
+#[derive(Default)]
+struct JsonRows {
+    buf: Vec<u8>,
+}
+
+impl JsonRows {
+    fn push<T: serde::Serialize>(&mut self, row: &T) -> Result<()> {
+        self.buf.push(if self.buf.is_empty() { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.buf, row).map_err(|e| crate::StoreError::CorruptColumn {
+            column: "import row",
+            problem: e.to_string(),
+        })
     }
-    let per_row = values.len() / rows;
-    let mut values = values.into_iter();
-    let mut left = rows;
-    while left > 0 {
-        let n = left.min(ROWS_PER_STATEMENT);
-        let mut sql = String::with_capacity(head.len() + tail.len() + n * (tuple.len() + 2));
-        sql.push_str(head);
-        for i in 0..n {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(tuple);
+
+    /// The JSON text, or `None` when no row was pushed.
+    fn finish(mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            return None;
         }
-        sql.push_str(tail);
-        let chunk: Vec<Value> = values.by_ref().take(n * per_row).collect();
-        c.execute_raw(crate::stmt_for(c.get_database_backend(), &sql, chunk))
-            .await
-            .doing(doing)?;
-        left -= n;
+        self.buf.push(b']');
+        // serde_json writes valid UTF-8.
+        String::from_utf8(self.buf).ok()
     }
-    Ok(())
+}
+
+fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> Result<String> {
+    let mut rows = JsonRows::default();
+    for i in items {
+        rows.push(&i)?;
+    }
+    Ok(rows.finish().unwrap_or_else(|| "[]".into()))
+}
+
+/// 32 lower-case hex digits: how ids travel inside the JSON parameter.
+fn hex(id: Uuid) -> String {
+    id.simple().to_string()
+}
+
+/// The batch statements, written once per backend: SQLite expands the JSON
+/// parameter with `json_each` and turns hex back into its 16-byte UUID blobs
+/// with `unhex`; PostgreSQL uses `jsonb_array_elements` and casts.
+struct Sql {
+    existing: &'static str,
+    subscribers: &'static str,
+    memberships: &'static str,
+    audit: &'static str,
+}
+
+/// The conflict clause both backends share for subscribers.
+macro_rules! subscriber_upsert {
+    () => {
+        " ON CONFLICT (email_key) DO UPDATE SET name = COALESCE(excluded.name, subscribers.name), \
+          attributes = excluded.attributes, status = excluded.status, updated_at = excluded.updated_at"
+    };
+}
+
+impl Sql {
+    fn for_backend(backend: DatabaseBackend) -> Sql {
+        if backend == DatabaseBackend::Postgres {
+            Sql {
+                existing: "SELECT s.id, s.email, s.name, s.attributes, s.status, s.created_at, s.updated_at, \
+                    s.email_key, m.status AS membership \
+                    FROM subscribers s LEFT JOIN memberships m ON m.subscriber_id = s.id AND m.list_id = $1 \
+                    WHERE s.email_key IN (SELECT jsonb_array_elements_text($2::jsonb))",
+                subscribers: concat!(
+                    "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) \
+                     SELECT (r->>0)::uuid, r->>1, r->>2, r->>3, r->4, $2, $3, $3 FROM jsonb_array_elements($1::jsonb) AS r",
+                    subscriber_upsert!()
+                ),
+                memberships: "INSERT INTO memberships (subscriber_id, list_id, status, created_at, updated_at) \
+                    SELECT r::uuid, $2, $3, $4, $4 FROM jsonb_array_elements_text($1::jsonb) AS r \
+                    ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                audit: "INSERT INTO audit (id, subscriber_id, list_id, action, actor, reason, created_at) \
+                    SELECT (r->>0)::uuid, (r->>1)::uuid, (r->>2)::uuid, r->>3, $2, r->>4, $3 FROM jsonb_array_elements($1::jsonb) AS r",
+            }
+        } else {
+            Sql {
+                existing: "SELECT s.id, s.email, s.name, s.attributes, s.status, s.created_at, s.updated_at, \
+                    s.email_key, m.status AS membership \
+                    FROM subscribers s LEFT JOIN memberships m ON m.subscriber_id = s.id AND m.list_id = ?1 \
+                    WHERE s.email_key IN (SELECT value FROM json_each(?2))",
+                subscribers: concat!(
+                    "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) \
+                     SELECT unhex(r.value ->> 0), r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, ?2, ?3, ?3 \
+                     FROM jsonb_each(?1) AS r WHERE true",
+                    subscriber_upsert!()
+                ),
+                memberships: "INSERT INTO memberships (subscriber_id, list_id, status, created_at, updated_at) \
+                    SELECT unhex(r.value), ?2, ?3, ?4, ?4 FROM json_each(?1) AS r WHERE true \
+                    ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                audit: "INSERT INTO audit (id, subscriber_id, list_id, action, actor, reason, created_at) \
+                    SELECT unhex(r.value ->> 0), unhex(r.value ->> 1), unhex(r.value ->> 2), r.value ->> 3, ?2, r.value ->> 4, ?3 \
+                    FROM json_each(?1) AS r",
+            }
+        }
+    }
 }

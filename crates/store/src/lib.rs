@@ -140,7 +140,7 @@ impl Store {
     ///
     /// SQLite gets WAL journaling, `synchronous=NORMAL` (durable at each
     /// commit against crashes of the process; a power loss may lose the last
-    /// commits), a 5 s busy timeout and foreign keys on.
+    /// commits), a 5 s busy timeout, foreign keys on and a 32 MiB page cache.
     ///
     /// # Errors
     /// [`StoreError::Connect`] with the URL (password hidden).
@@ -163,6 +163,11 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
+                    // 32 MiB of page cache (default 2 MiB): the email index of a
+                    // list of a million is ~40 MiB and imports touch it at random.
+                    .pragma("cache_size", "-32768")
+                    .page_size(8192)
+                    .pragma("wal_autocheckpoint", "8192")
             });
         } else {
             opts.max_connections(cfg.max_connections);
@@ -259,18 +264,6 @@ pub(crate) fn stmt_for(backend: DatabaseBackend, sql: &str, values: Vec<Value>) 
     }
 }
 
-/// `?, ?, ?` with `n` placeholders.
-pub(crate) fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 3);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s
-}
-
 /// Accepts a bare path to a `.db`/`.sqlite` file as a SQLite URL.
 fn normalise_url(url: &str) -> String {
     let url = url.trim();
@@ -327,6 +320,5 @@ mod tests {
         assert_eq!(s.sql, "a = $1 AND b IN ($2, $3)");
         let s = stmt_for(DatabaseBackend::Sqlite, "a = ?", vec![1.into()]);
         assert_eq!(s.sql, "a = ?");
-        assert_eq!(placeholders(3), "?, ?, ?");
     }
 }
