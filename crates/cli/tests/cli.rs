@@ -472,3 +472,81 @@ fn logs_go_to_stderr_and_json_logs_parse() {
     let log: Value = serde_json::from_str(first).unwrap();
     assert_eq!(log["fields"]["message"], "database migrated");
 }
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_import_keeps_its_batches_and_a_rerun_completes_it() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    let rows = 60_000u64;
+    let mut csv = String::from("email,name\n");
+    for i in 0..rows {
+        csv.push_str(&format!("p{i}@example.org,P{i}\n"));
+    }
+    let file = e.write("many.csv", csv.as_bytes());
+    let bin = assert_cmd::cargo::cargo_bin("rundbrief");
+    let child = std::process::Command::new(&bin)
+        .current_dir(e.dir.path())
+        .env("RUNDBRIEF_IMPORT__BATCH_SIZE", "50")
+        .args(["import", &file, "--list", "news", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until some batches are committed, then interrupt.
+    let mut seen = 0;
+    for _ in 0..400 {
+        seen = e.json(&["list", "show", "news"])["counts"]["subscribed"]
+            .as_u64()
+            .unwrap();
+        if seen > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(seen > 0, "the import never committed a batch");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "expected an interrupted import, got {:?}: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("Run the same command again"),
+        "{stderr}"
+    );
+    let partial: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let saved = partial["imported"].as_u64().unwrap();
+    assert!(saved > 0 && saved < rows, "{partial}");
+    assert_eq!(
+        e.json(&["list", "show", "news"])["counts"]["subscribed"]
+            .as_u64()
+            .unwrap(),
+        saved,
+        "reported = committed"
+    );
+
+    let rest = import(&e, &file, &[]);
+    assert_eq!(
+        rest["imported"].as_u64().unwrap() + rest["updated"].as_u64().unwrap(),
+        rows,
+        "{rest}"
+    );
+    assert_eq!(
+        rest["updated"].as_u64().unwrap(),
+        saved,
+        "the rerun recognises what was saved"
+    );
+    assert_eq!(
+        e.json(&["list", "show", "news"])["counts"]["subscribed"]
+            .as_u64()
+            .unwrap(),
+        rows
+    );
+}
