@@ -102,6 +102,10 @@ pub enum Command {
     /// The output can be imported again as is.
     Export(ExportArgs),
 
+    /// Bounce handling: parse a bounce message (the endpoint comes later).
+    #[command(subcommand)]
+    Bounce(BounceCmd),
+
     /// Show the configuration in effect (secrets hidden) and where it came from.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -263,4 +267,18 @@ pub struct ExportArgs {
 pub enum ConfigCmd {
     /// Print the effective configuration (secrets shown as <redacted>).
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BounceCmd {
+    /// Parse one message (an .eml file, or - for stdin) and print what it is:
+    /// a DSN, a non-standard bounce, an auto-reply or a complaint, with the
+    /// class of each recipient and the rule that decided. Touches no database.
+    ///
+    /// Classes: hard (the address is dead), soft (temporary), block (the
+    /// receiver refused us: never prunes), complaint, ignore, unknown.
+    Parse {
+        /// The message file, or - for standard input.
+        file: PathBuf,
+    },
 }

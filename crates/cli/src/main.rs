@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(*shell, &mut command, "rundbrief", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bounce(args::BounceCmd::Parse { file }) => cmd::bounce::parse(file, cli.json),
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
         Command::Migrate { cmd } => {
             let loaded = config::load(&cli)?;

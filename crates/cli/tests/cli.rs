@@ -550,3 +550,41 @@ fn an_interrupted_import_keeps_its_batches_and_a_rerun_completes_it() {
         rows
     );
 }
+
+#[test]
+fn bounce_parse_prints_the_json_contract() {
+    let e = Env::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bounce/tests/fixtures");
+    let dsn = fixtures.join("rfc3464/03.eml");
+    let v = e.json(&["bounce", "parse", dsn.to_str().unwrap()]);
+    for key in ["kind", "class", "recipients"] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["kind"], "dsn", "{v}");
+    let r = &v["recipients"][0];
+    for key in ["address", "status", "action", "class", "diagnostic"] {
+        assert!(r.get(key).is_some(), "recipient misses {key}: {v}");
+    }
+    let arf = e.json(&[
+        "bounce",
+        "parse",
+        fixtures.join("arf/11.eml").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (arf["kind"].as_str(), arf["class"].as_str()),
+        (Some("arf"), Some("complaint"))
+    );
+    let human = e.ok(&["bounce", "parse", dsn.to_str().unwrap()]);
+    assert!(
+        human.contains("kind   dsn") && human.contains("RECIPIENT"),
+        "{human}"
+    );
+    assert!(
+        e.fails(&["bounce", "parse", "nope.eml"])
+            .contains("cannot open nope.eml")
+    );
+    assert!(
+        !e.path("rundbrief.db").exists(),
+        "bounce parse touches no database"
+    );
+}

@@ -1,5 +1,6 @@
 //! One module per command group; small commands live here.
 
+pub mod bounce;
 pub mod export;
 pub mod import;
 pub mod list;
