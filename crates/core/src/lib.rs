@@ -15,7 +15,9 @@ pub mod address;
 pub mod config;
 pub mod csvin;
 pub mod model;
+pub mod token;
 
 pub use address::{Address, AddressError};
 pub use config::{Config, ConfigError, Secret};
 pub use model::*;
+pub use token::{Purpose, Signer, TokenError, Verp};
