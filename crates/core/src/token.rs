@@ -109,7 +109,7 @@ impl Signer {
     /// # Errors
     /// [`TokenError::Malformed`] or [`TokenError::BadSignature`].
     pub fn verify(&self, purpose: Purpose, token: &str, payload_len: usize) -> Result<Vec<u8>, TokenError> {
-        let expected_chars = (payload_len + TAG_LEN) * 8 / 5 + usize::from((payload_len + TAG_LEN) * 8 % 5 != 0);
+        let expected_chars = ((payload_len + TAG_LEN) * 8).div_ceil(5);
         if token.len() != expected_chars {
             return Err(TokenError::Malformed);
         }
