@@ -144,6 +144,15 @@ async fn apply<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<BatchReport> {
     let backend = c.get_database_backend();
+    if backend == DatabaseBackend::Postgres {
+        // sqlx prepares statements by name, so PostgreSQL may reuse a generic
+        // plan made while the tables were nearly empty (a sequential scan)
+        // for the whole import: each batch would then scan a growing table.
+        // Custom plans see the table as it is now and use the index.
+        c.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+            .doing("preparing the import transaction")?;
+    }
     // Merge duplicates inside the batch, keeping first-seen order.
     let mut order: Vec<(String, Merged)> = Vec::with_capacity(rows.len());
     let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
