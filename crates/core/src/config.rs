@@ -23,6 +23,9 @@ pub enum ConfigError {
          or set RUNDBRIEF_SECRET (at least {MIN_SECRET_LEN} characters)"
     )]
     MissingSecret,
+    /// A command needs a key that is not set.
+    #[error("`{key}` is not set: {why}")]
+    Missing { key: &'static str, why: &'static str },
     /// A key has a value outside its allowed range.
     #[error("`{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
@@ -100,6 +103,53 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `rundbrief import` tuning.
     pub import: ImportConfig,
+    /// Addresses and URLs that go into every campaign.
+    pub sending: SendingConfig,
+    /// Where operator layouts live.
+    pub templates: TemplatesConfig,
+}
+
+/// `[sending]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendingConfig {
+    /// Default `From:` of campaigns, e.g. `"Newsletter <news@example.org>"`.
+    pub from: Option<String>,
+    /// Optional `Reply-To:` of campaigns.
+    pub reply_to: Option<String>,
+    /// The domain whose MX points at rundbrief's bounce endpoint. VERP return
+    /// paths (`b-TOKEN@…`) and `mailto:` unsubscribe addresses live here.
+    /// Sending refuses to start without it.
+    pub bounce_domain: Option<String>,
+    /// Local-part prefix of VERP return paths. Default `b`.
+    pub verp_prefix: String,
+    /// Public base URL of the HTTP endpoint, used for one-click unsubscribe
+    /// links: `https://news.example.org` gives `https://news.example.org/u/TOKEN`.
+    pub public_url: Option<String>,
+    /// Domain of generated Message-IDs. Default: the domain of `from`.
+    pub message_id_domain: Option<String>,
+}
+
+impl Default for SendingConfig {
+    fn default() -> Self {
+        SendingConfig {
+            from: None,
+            reply_to: None,
+            bounce_domain: None,
+            verp_prefix: "b".into(),
+            public_url: None,
+            message_id_domain: None,
+        }
+    }
+}
+
+/// `[templates]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// A directory of the operator's own layouts and partials. Default: only
+    /// the layouts shipped with rundbrief.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// `[database]`
@@ -176,6 +226,20 @@ impl Config {
                 problem: "must be between 1 and 10000".into(),
             });
         }
+        if self.sending.verp_prefix.is_empty()
+            || !self.sending.verp_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            || self.sending.verp_prefix.len() > 8
+        {
+            return Err(ConfigError::Invalid {
+                key: "sending.verp_prefix",
+                problem: "must be 1 to 8 lower-case letters or digits".into(),
+            });
+        }
+        if let Some(url) = &self.sending.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid { key: "sending.public_url", problem: format!("`{url}` must start with https://") });
+        }
         if self.import.max_line_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "import.max_line_bytes",
@@ -183,6 +247,27 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The token signer (current and previous secret).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingSecret`].
+    pub fn signer(&self) -> Result<crate::token::Signer, ConfigError> {
+        Ok(crate::token::Signer::new(self.require_secret()?.clone(), self.previous_secret.clone()))
+    }
+
+    /// The VERP codec for the configured bounce domain.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingSecret`], or [`ConfigError::Missing`] for `sending.bounce_domain`.
+    pub fn verp(&self) -> Result<crate::token::Verp, ConfigError> {
+        let domain = self.sending.bounce_domain.as_deref().ok_or(ConfigError::Missing {
+            key: "sending.bounce_domain",
+            why: "VERP return paths and unsubscribe addresses need the domain whose MX is the bounce endpoint \
+                  (set it in rundbrief.toml or RUNDBRIEF_SENDING__BOUNCE_DOMAIN)",
+        })?;
+        Ok(crate::token::Verp::new(self.signer()?, self.sending.verp_prefix.clone(), domain))
     }
 
     /// The signing secret, or an error that says how to get one.
@@ -225,6 +310,23 @@ max_connections = 8
 batch_size = 1000
 # Longest CSV line accepted (bytes); longer lines are reported and skipped.
 max_line_bytes = 1048576
+
+[sending]
+# Default From: of campaigns.
+# from = "Newsletter <news@example.org>"
+# reply_to = "editor@example.org"
+# The domain whose MX points at rundbrief's bounce endpoint: VERP return paths
+# (b-TOKEN@...) and mailto: unsubscribe addresses live here.
+# bounce_domain = "bounce.example.org"
+verp_prefix = "b"
+# Public base URL of the HTTP endpoint, for one-click unsubscribe links.
+# public_url = "https://news.example.org"
+# Domain of Message-IDs (default: the domain of `from`).
+# message_id_domain = "example.org"
+
+[templates]
+# A directory of your own layouts and partials (default: the built-in ones).
+# dir = "templates"
 "#
     )
 }
@@ -241,6 +343,24 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.secret.as_ref().unwrap(), &secret);
         assert_eq!(cfg.import.batch_size, 1000);
+        assert_eq!(cfg.sending.verp_prefix, "b");
+    }
+
+    #[test]
+    fn verp_needs_secret_and_bounce_domain() {
+        let mut cfg = Config::default();
+        assert!(matches!(cfg.verp(), Err(ConfigError::Missing { key: "sending.bounce_domain", .. })));
+        cfg.sending.bounce_domain = Some("bounce.example.org".into());
+        assert!(matches!(cfg.verp(), Err(ConfigError::MissingSecret)));
+        cfg.secret = Some(Secret::generate());
+        let verp = cfg.verp().unwrap();
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(verp.delivery(&verp.address(id)).unwrap(), id);
+        cfg.sending.verp_prefix = "Bad-Prefix".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("verp_prefix"));
+        cfg.sending.verp_prefix = "b".into();
+        cfg.sending.public_url = Some("news.example.org".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("https://"));
     }
 
     #[test]
