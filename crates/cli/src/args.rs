@@ -102,6 +102,21 @@ pub enum Command {
     /// The output can be imported again as is.
     Export(ExportArgs),
 
+    /// A fake SMTP server for dry runs: accepts mail on loopback, stores it,
+    /// and simulates the world with rules.
+    ///
+    /// Point a campaign's relay at it (smtp://127.0.0.1:2525) to see exactly
+    /// what would be sent. With --dir, each message is stored as an .eml file
+    /// with `Return-Path: <MAIL FROM>` and one `Delivered-To: <RCPT>` line per
+    /// recipient prepended. Rules (first match wins; PATTERN is a glob on the
+    /// recipient, `*` matches anything):
+    ///   --reject 'PATTERN=550 5.1.1 User unknown'   refuse at RCPT
+    ///   --defer  'PATTERN=451 4.7.1 Try later'      defer at RCPT
+    ///   --bounce 'PATTERN=5.1.1'   accept, then send an RFC 3464 DSN to the
+    ///                              message's return path at --bounce-to
+    /// Stop it with Ctrl-C: messages in flight are finished first.
+    Sink(SinkArgs),
+
     /// Bounce handling: parse a bounce message (the endpoint comes later).
     #[command(subcommand)]
     Bounce(BounceCmd),
@@ -281,4 +296,41 @@ pub enum BounceCmd {
         /// The message file, or - for standard input.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Address to listen on. Port 0 picks a free port (printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Store each message as an .eml file in this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Refuse matching recipients at RCPT: 'PATTERN=CODE ENHANCED TEXT'.
+    #[arg(long, value_name = "PATTERN=REPLY")]
+    pub reject: Vec<String>,
+    /// Defer matching recipients at RCPT with a 4xx: 'PATTERN=CODE ENHANCED TEXT'.
+    #[arg(long, value_name = "PATTERN=REPLY")]
+    pub defer: Vec<String>,
+    /// Accept matching recipients, then bounce them with a DSN: 'PATTERN=STATUS'.
+    #[arg(long, value_name = "PATTERN=STATUS")]
+    pub bounce: Vec<String>,
+    /// Where DSNs of --bounce rules are delivered (an SMTP server, e.g. the bounce endpoint).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bounce_to: Option<std::net::SocketAddr>,
+    /// Wait this many milliseconds before every reply (a slow server).
+    #[arg(long, value_name = "MS")]
+    pub latency: Option<u64>,
+    /// Close each connection after its N-th message (a flaky server).
+    #[arg(long, value_name = "N")]
+    pub drop_after: Option<u32>,
+    /// Largest message accepted, in bytes (SIZE; 552 over it).
+    #[arg(long, default_value_t = 25 << 20, value_name = "BYTES")]
+    pub max_size: usize,
+    /// Most simultaneous connections (421 over it).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
+    /// Do not offer STARTTLS (by default a self-signed certificate is generated).
+    #[arg(long)]
+    pub no_tls: bool,
 }

@@ -19,6 +19,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
+    // One TLS crypto provider for the whole process (mixing providers panics).
+    rundbrief_smtpd::tls::install_ring_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(*shell, &mut command, "rundbrief", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sink(a) => cmd::sink::run(a, cli.json).await,
         Command::Bounce(args::BounceCmd::Parse { file }) => cmd::bounce::parse(file, cli.json),
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
         Command::Migrate { cmd } => {

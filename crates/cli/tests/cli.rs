@@ -588,3 +588,159 @@ fn bounce_parse_prints_the_json_contract() {
         "bounce parse touches no database"
     );
 }
+
+/// Starts `rundbrief sink` on a free loopback port; returns the child and its port.
+#[cfg(unix)]
+fn start_sink(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .args(["sink", "--listen", "127.0.0.1:0", "--json"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    err.read_line(&mut line).unwrap();
+    // Keep draining stderr so the sink never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (child, port)
+}
+
+/// One SMTP conversation; returns every reply line.
+#[cfg(unix)]
+fn smtp(port: u16, from: &str, rcpts: &[&str], body: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut replies = Vec::new();
+    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let done = l.as_bytes().get(3) != Some(&b'-');
+        replies.push(l.trim_end().to_string());
+        if done {
+            break;
+        }
+    };
+    read_reply(&mut r);
+    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
+        w.write_all(c.as_bytes()).unwrap();
+        read_reply(r);
+    };
+    cmd(&mut w, &mut r, "EHLO test.example\r\n");
+    cmd(&mut w, &mut r, &format!("MAIL FROM:<{from}>\r\n"));
+    for rcpt in rcpts {
+        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
+    }
+    cmd(&mut w, &mut r, "DATA\r\n");
+    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
+    cmd(&mut w, &mut r, "QUIT\r\n");
+    replies
+}
+
+#[cfg(unix)]
+#[test]
+fn sink_stores_the_envelope_applies_rules_and_bounces() {
+    let e = Env::new();
+    // The second sink plays the bounce endpoint: it receives the DSNs.
+    let (mut endpoint, endpoint_port) = start_sink(&e, &["--dir", "dsns"]);
+    let bounce_to = format!("127.0.0.1:{endpoint_port}");
+    let (sink, port) = start_sink(
+        &e,
+        &[
+            "--dir",
+            "spool",
+            "--reject",
+            "*@dead.example=550 5.1.1 User unknown",
+            "--bounce",
+            "gone@*=5.1.1",
+            "--bounce-to",
+            &bounce_to,
+        ],
+    );
+    let replies = smtp(
+        port,
+        "b-token@bounce.example.org",
+        &["ok@example.org", "x@dead.example", "gone@example.net"],
+        "Subject: hi\r\n\r\nhello",
+    );
+    assert!(
+        replies.iter().any(|l| l.starts_with("550 5.1.1")),
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().filter(|l| l.starts_with("250")).count() >= 5,
+        "{replies:?}"
+    );
+
+    std::process::Command::new("kill")
+        .args(["-INT", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    let out = sink.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["messages"].as_u64(),
+            summary["recipients"].as_u64(),
+            summary["rejected"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(summary["bounces_sent"], 1, "{summary}");
+
+    let stored: Vec<_> = std::fs::read_dir(e.path("spool"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1);
+    let text = std::fs::read_to_string(&stored[0]).unwrap();
+    assert!(
+        text.starts_with("Return-Path: <b-token@bounce.example.org>\r\nDelivered-To: <ok@example.org>\r\nDelivered-To: <gone@example.net>\r\n"),
+        "{text}"
+    );
+
+    // The DSN reached the endpoint sink, addressed to the VERP return path, and parses as a hard bounce.
+    std::process::Command::new("kill")
+        .args(["-INT", &endpoint.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(endpoint.wait().unwrap().success());
+    let dsns: Vec<_> = std::fs::read_dir(e.path("dsns"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(dsns.len(), 1);
+    let dsn = std::fs::read_to_string(&dsns[0]).unwrap();
+    assert!(
+        dsn.contains("Delivered-To: <b-token@bounce.example.org>"),
+        "{dsn}"
+    );
+    let parsed = e.json(&["bounce", "parse", dsns[0].to_str().unwrap()]);
+    assert_eq!(
+        (parsed["kind"].as_str(), parsed["class"].as_str()),
+        (Some("dsn"), Some("hard")),
+        "{parsed}"
+    );
+    assert_eq!(parsed["recipients"][0]["address"], "gone@example.net");
+    assert_eq!(parsed["recipients"][0]["status"], "5.1.1");
+}
