@@ -102,6 +102,20 @@ pub enum Command {
     /// The output can be imported again as is.
     Export(ExportArgs),
 
+    /// Check templates before they are used.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+
+    /// Render the exact message one subscriber would get, without sending.
+    ///
+    /// CONTENT is a Markdown (.md) or HTML (.html) file; it and the subject
+    /// are handlebars templates (see docs/templates.md). If EMAIL is a
+    /// subscriber in the store, their name and attributes are used;
+    /// otherwise --name and --attr. Needs the secret (the unsubscribe links
+    /// carry signed tokens), sending.public_url and sending.bounce_domain.
+    /// Stands in for `campaign preview` until campaigns exist.
+    Render(RenderArgs),
+
     /// A fake SMTP server for dry runs: accepts mail on loopback, stores it,
     /// and simulates the world with rules.
     ///
@@ -333,4 +347,50 @@ pub struct SinkArgs {
     /// Do not offer STARTTLS (by default a self-signed certificate is generated).
     #[arg(long)]
     pub no_tls: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// Compile a template (content, subject or layout) in strict mode and
+    /// report mistakes as FILE:LINE:COLUMN: what is wrong.
+    Check {
+        /// The template files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The content: Markdown (.md, .markdown) or HTML (.html, .htm).
+    #[arg(long, value_name = "FILE")]
+    pub content: PathBuf,
+    /// The subject line (a template too).
+    #[arg(long)]
+    pub subject: String,
+    /// The recipient.
+    #[arg(long, value_name = "EMAIL")]
+    pub to: String,
+    /// The list the message is for (List-Id, unsubscribe token).
+    #[arg(long, default_value = "preview")]
+    pub list: String,
+    /// Name for an address that is not a subscriber.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Attribute for an address that is not a subscriber, KEY=VALUE; repeatable.
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+    pub attrs: Vec<(String, String)>,
+    /// A layout directory (layout.html.hbs, optional layout.txt.hbs, partials/).
+    /// Default: templates.dir from the configuration, else the shipped layout.
+    #[arg(long, value_name = "DIR")]
+    pub layout: Option<PathBuf>,
+    /// From: header; default sending.from.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Time zone for dates in the templates (IANA name).
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// Write the message to this file instead of stdout.
+    #[arg(long, value_name = "FILE.eml")]
+    pub out: Option<PathBuf>,
 }

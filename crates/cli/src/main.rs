@@ -49,6 +49,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
+        Command::Template(args::TemplateCmd::Check { files }) => {
+            cmd::render::check(files, cli.json)
+        }
+        Command::Render(a) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::render::render(&store, &loaded.config, a).await
+        }
         Command::Bounce(args::BounceCmd::Parse { file }) => cmd::bounce::parse(file, cli.json),
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
         Command::Migrate { cmd } => {

@@ -744,3 +744,95 @@ fn sink_stores_the_envelope_applies_rules_and_bounces() {
     assert_eq!(parsed["recipients"][0]["address"], "gone@example.net");
     assert_eq!(parsed["recipients"][0]["status"], "5.1.1");
 }
+
+#[test]
+fn template_check_reports_positions() {
+    let e = Env::new();
+    e.write("good.md", b"# Hi {{default subscriber.name \"friend\"}}\n");
+    e.write("bad.md", b"line one\nHi {{subscriber.nmae}}\n");
+    e.ok(&["template", "check", "good.md"]);
+    let err = e.fails(&["template", "check", "good.md", "bad.md"]);
+    assert!(err.contains("bad.md:2:"), "{err}");
+    assert!(err.contains("subscriber.nmae"), "{err}");
+    let v = e
+        .cmd()
+        .args(["template", "check", "bad.md", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v[0]["ok"], false);
+}
+
+#[test]
+fn render_needs_the_secret_and_keeps_subscriber_data_out_of_headers() {
+    let e = Env::new();
+    e.write(
+        "issue.md",
+        b"# Hello {{default subscriber.name \"friend\"}}\n\n[Unsubscribe]({{unsubscribe_url}})\n",
+    );
+    let args = [
+        "render",
+        "--content",
+        "issue.md",
+        "--subject",
+        "News for {{subscriber.attributes.city}}",
+        "--to",
+        "anna@example.org",
+        "--list",
+        "news",
+    ];
+    let err = e.fails(&args);
+    assert!(
+        err.contains("no secret") && err.contains("rundbrief init"),
+        "{err}"
+    );
+
+    e.cmd().arg("init").assert().success();
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let cfg = cfg
+        .replace(
+            "# from = \"Newsletter <news@example.org>\"",
+            "from = \"Newsletter <news@example.org>\"",
+        )
+        .replace(
+            "# bounce_domain = \"bounce.example.org\"",
+            "bounce_domain = \"bounce.example.org\"",
+        )
+        .replace(
+            "# public_url = \"https://news.example.org\"",
+            "public_url = \"https://news.example.org\"",
+        );
+    e.write("rundbrief.toml", cfg.as_bytes());
+    e.ok(&["list", "create", "news"]);
+    // A multi-line quoted CSV value carrying a header injection attempt.
+    e.write(
+        "p.csv",
+        b"email,name,city\nanna@example.org,Anna,\"K\xc3\xb6ln\r\nBcc: victim@example.org\"\n",
+    );
+    assert_eq!(import(&e, "p.csv", &[])["imported"], 1);
+    let msg = e.ok(&args);
+    let head = msg.split("\r\n\r\n").next().unwrap();
+    assert!(
+        !head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+        "{head}"
+    );
+    assert!(
+        head.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{head}"
+    );
+    assert!(
+        head.contains("<mailto:unsub-") && head.contains("@bounce.example.org>"),
+        "{head}"
+    );
+    assert!(head.contains("https://news.example.org/u/"), "{head}");
+    assert!(head.contains("To: Anna <anna@example.org>"), "{head}");
+
+    e.ok(&[&args[..], &["--out", "anna.eml"]].concat());
+    assert!(
+        std::fs::read(e.path("anna.eml"))
+            .unwrap()
+            .starts_with(b"From: Newsletter <news@example.org>\r\n")
+    );
+}

@@ -4,6 +4,7 @@ pub mod bounce;
 pub mod export;
 pub mod import;
 pub mod list;
+pub mod render;
 pub mod sink;
 pub mod sub;
 
