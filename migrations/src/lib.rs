@@ -11,12 +11,16 @@ pub use sea_orm_migration::MigrationStatus;
 pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_subscribers;
+mod m20261123_000002_bounces;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_subscribers::Migration)]
+        vec![
+            Box::new(m20261123_000001_subscribers::Migration),
+            Box::new(m20261123_000002_bounces::Migration),
+        ]
     }
 }

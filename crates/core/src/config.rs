@@ -25,7 +25,10 @@ pub enum ConfigError {
     MissingSecret,
     /// A command needs a key that is not set.
     #[error("`{key}` is not set: {why}")]
-    Missing { key: &'static str, why: &'static str },
+    Missing {
+        key: &'static str,
+        why: &'static str,
+    },
     /// A key has a value outside its allowed range.
     #[error("`{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
@@ -227,7 +230,11 @@ impl Config {
             });
         }
         if self.sending.verp_prefix.is_empty()
-            || !self.sending.verp_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            || !self
+                .sending
+                .verp_prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             || self.sending.verp_prefix.len() > 8
         {
             return Err(ConfigError::Invalid {
@@ -238,7 +245,10 @@ impl Config {
         if let Some(url) = &self.sending.public_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
-            return Err(ConfigError::Invalid { key: "sending.public_url", problem: format!("`{url}` must start with https://") });
+            return Err(ConfigError::Invalid {
+                key: "sending.public_url",
+                problem: format!("`{url}` must start with https://"),
+            });
         }
         if self.import.max_line_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -254,7 +264,10 @@ impl Config {
     /// # Errors
     /// [`ConfigError::MissingSecret`].
     pub fn signer(&self) -> Result<crate::token::Signer, ConfigError> {
-        Ok(crate::token::Signer::new(self.require_secret()?.clone(), self.previous_secret.clone()))
+        Ok(crate::token::Signer::new(
+            self.require_secret()?.clone(),
+            self.previous_secret.clone(),
+        ))
     }
 
     /// The VERP codec for the configured bounce domain.
@@ -267,7 +280,11 @@ impl Config {
             why: "VERP return paths and unsubscribe addresses need the domain whose MX is the bounce endpoint \
                   (set it in rundbrief.toml or RUNDBRIEF_SENDING__BOUNCE_DOMAIN)",
         })?;
-        Ok(crate::token::Verp::new(self.signer()?, self.sending.verp_prefix.clone(), domain))
+        Ok(crate::token::Verp::new(
+            self.signer()?,
+            self.sending.verp_prefix.clone(),
+            domain,
+        ))
     }
 
     /// The signing secret, or an error that says how to get one.
@@ -349,7 +366,13 @@ mod tests {
     #[test]
     fn verp_needs_secret_and_bounce_domain() {
         let mut cfg = Config::default();
-        assert!(matches!(cfg.verp(), Err(ConfigError::Missing { key: "sending.bounce_domain", .. })));
+        assert!(matches!(
+            cfg.verp(),
+            Err(ConfigError::Missing {
+                key: "sending.bounce_domain",
+                ..
+            })
+        ));
         cfg.sending.bounce_domain = Some("bounce.example.org".into());
         assert!(matches!(cfg.verp(), Err(ConfigError::MissingSecret)));
         cfg.secret = Some(Secret::generate());
@@ -357,7 +380,12 @@ mod tests {
         let id = uuid::Uuid::now_v7();
         assert_eq!(verp.delivery(&verp.address(id)).unwrap(), id);
         cfg.sending.verp_prefix = "Bad-Prefix".into();
-        assert!(cfg.validate().unwrap_err().to_string().contains("verp_prefix"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("verp_prefix")
+        );
         cfg.sending.verp_prefix = "b".into();
         cfg.sending.public_url = Some("news.example.org".into());
         assert!(cfg.validate().unwrap_err().to_string().contains("https://"));

@@ -123,6 +123,28 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Where a stored inbound message is in its processing.
+    BounceState {
+        /// Stored, not parsed yet (the worker, or `bounce reprocess`, will).
+        Pending = "pending",
+        /// Parsed; kind, class and the parser's result are stored with it.
+        Parsed = "parsed",
+        /// Parsing could not finish; the error is stored, the message kept.
+        Failed = "failed",
+    }
+}
+
+string_enum! {
+    /// How a message reached the bounce store.
+    BounceSource {
+        /// The inbound SMTP endpoint.
+        Smtp = "smtp",
+        /// `rundbrief bounce ingest` (files, mbox, stdin).
+        Ingest = "ingest",
+    }
+}
+
 /// The status filter of `sub ls` / `export`: the subscriber statuses plus,
 /// within one list, the membership statuses. With a list, the *effective*
 /// status is the subscriber's when it is not `active`, otherwise the

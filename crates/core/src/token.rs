@@ -88,7 +88,8 @@ impl Signer {
 
     fn mac(secret: &Secret, purpose: Purpose, payload: &[u8]) -> HmacSha256 {
         // HMAC takes keys of any length; new_from_slice cannot fail for it.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.expose()).expect("HMAC accepts any key length");
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.expose())
+            .expect("HMAC accepts any key length");
         mac.update(purpose.label());
         mac.update(&[0]);
         mac.update(payload);
@@ -97,18 +98,27 @@ impl Signer {
 
     /// The token for `payload`.
     pub fn sign(&self, purpose: Purpose, payload: &[u8]) -> String {
-        let tag = Self::mac(&self.current, purpose, payload).finalize().into_bytes();
+        let tag = Self::mac(&self.current, purpose, payload)
+            .finalize()
+            .into_bytes();
         let mut bytes = Vec::with_capacity(payload.len() + TAG_LEN);
         bytes.extend_from_slice(payload);
         bytes.extend_from_slice(&tag[..TAG_LEN]);
-        data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
+        data_encoding::BASE32_NOPAD
+            .encode(&bytes)
+            .to_ascii_lowercase()
     }
 
     /// The payload of a token that verifies, of exactly `payload_len` bytes.
     ///
     /// # Errors
     /// [`TokenError::Malformed`] or [`TokenError::BadSignature`].
-    pub fn verify(&self, purpose: Purpose, token: &str, payload_len: usize) -> Result<Vec<u8>, TokenError> {
+    pub fn verify(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        payload_len: usize,
+    ) -> Result<Vec<u8>, TokenError> {
         let expected_chars = ((payload_len + TAG_LEN) * 8).div_ceil(5);
         if token.len() != expected_chars {
             return Err(TokenError::Malformed);
@@ -120,7 +130,11 @@ impl Signer {
             return Err(TokenError::Malformed);
         }
         let (payload, tag) = bytes.split_at(payload_len);
-        let ok = |secret: &Secret| Self::mac(secret, purpose, payload).verify_truncated_left(tag).is_ok();
+        let ok = |secret: &Secret| {
+            Self::mac(secret, purpose, payload)
+                .verify_truncated_left(tag)
+                .is_ok()
+        };
         if ok(&self.current) || self.previous.as_ref().is_some_and(ok) {
             Ok(payload.to_vec())
         } else {
@@ -141,12 +155,21 @@ impl Verp {
     /// `prefix` (e.g. `b`) and `domain` (the bounce domain, e.g.
     /// `bounce.example.org`) are compared case-insensitively when decoding.
     pub fn new(signer: Signer, prefix: impl Into<String>, domain: impl Into<String>) -> Self {
-        Verp { signer, prefix: prefix.into().to_ascii_lowercase(), domain: domain.into().to_ascii_lowercase() }
+        Verp {
+            signer,
+            prefix: prefix.into().to_ascii_lowercase(),
+            domain: domain.into().to_ascii_lowercase(),
+        }
     }
 
     /// The return path for one delivery.
     pub fn address(&self, delivery: Uuid) -> String {
-        format!("{}-{}@{}", self.prefix, self.signer.sign(Purpose::Verp, delivery.as_bytes()), self.domain)
+        format!(
+            "{}-{}@{}",
+            self.prefix,
+            self.signer.sign(Purpose::Verp, delivery.as_bytes()),
+            self.domain
+        )
     }
 
     /// The delivery named by a VERP address, if its token verifies.
@@ -156,7 +179,9 @@ impl Verp {
     /// [`TokenError::BadSignature`].
     pub fn delivery(&self, address: &str) -> Result<Uuid, TokenError> {
         let address = address.trim().trim_start_matches('<').trim_end_matches('>');
-        let (local, domain) = address.rsplit_once('@').ok_or_else(|| TokenError::NotVerp(address.to_string()))?;
+        let (local, domain) = address
+            .rsplit_once('@')
+            .ok_or_else(|| TokenError::NotVerp(address.to_string()))?;
         if !domain.eq_ignore_ascii_case(&self.domain) {
             return Err(TokenError::WrongDomain(address.to_string()));
         }
@@ -189,13 +214,27 @@ mod tests {
         let id = Uuid::now_v7();
         let addr = verp().address(id);
         let local = addr.split('@').next().unwrap();
-        assert!(local.len() <= MAX_LOCAL_PART, "{local} is {} octets", local.len());
+        assert!(
+            local.len() <= MAX_LOCAL_PART,
+            "{local} is {} octets",
+            local.len()
+        );
         assert_eq!(local.len(), 47);
         assert!(addr.ends_with("@bounce.example.org"));
-        assert!(local.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{local}");
+        assert!(
+            local
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{local}"
+        );
         assert_eq!(verp().delivery(&addr).unwrap(), id);
         // MTAs that upper-case local parts, angle brackets from the envelope.
-        assert_eq!(verp().delivery(&format!("<{}>", addr.to_uppercase())).unwrap(), id);
+        assert_eq!(
+            verp()
+                .delivery(&format!("<{}>", addr.to_uppercase()))
+                .unwrap(),
+            id
+        );
     }
 
     #[test]
@@ -203,11 +242,24 @@ mod tests {
         let id = Uuid::now_v7();
         let addr = verp().address(id);
         let other_domain = addr.replace("bounce.example.org", "example.net");
-        assert!(matches!(verp().delivery(&other_domain), Err(TokenError::WrongDomain(_))));
-        assert!(matches!(verp().delivery("postmaster@bounce.example.org"), Err(TokenError::NotVerp(_))));
-        assert!(matches!(verp().delivery("x-abc@bounce.example.org"), Err(TokenError::NotVerp(_))));
-        assert!(matches!(verp().delivery("b-abc@bounce.example.org"), Err(TokenError::Malformed)));
-        let forged = Verp::new(Signer::new(secret('z'), None), "b", "bounce.example.org").address(id);
+        assert!(matches!(
+            verp().delivery(&other_domain),
+            Err(TokenError::WrongDomain(_))
+        ));
+        assert!(matches!(
+            verp().delivery("postmaster@bounce.example.org"),
+            Err(TokenError::NotVerp(_))
+        ));
+        assert!(matches!(
+            verp().delivery("x-abc@bounce.example.org"),
+            Err(TokenError::NotVerp(_))
+        ));
+        assert!(matches!(
+            verp().delivery("b-abc@bounce.example.org"),
+            Err(TokenError::Malformed)
+        ));
+        let forged =
+            Verp::new(Signer::new(secret('z'), None), "b", "bounce.example.org").address(id);
         assert_eq!(verp().delivery(&forged), Err(TokenError::BadSignature));
     }
 
@@ -216,12 +268,17 @@ mod tests {
         let signer = Signer::new(secret('a'), None);
         let payload = Uuid::now_v7();
         let token = signer.sign(Purpose::Verp, payload.as_bytes());
-        let bytes = data_encoding::BASE32_NOPAD.decode(token.to_ascii_uppercase().as_bytes()).unwrap();
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(token.to_ascii_uppercase().as_bytes())
+            .unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[bit / 8] ^= 1 << (bit % 8);
             let t = data_encoding::BASE32_NOPAD.encode(&b).to_ascii_lowercase();
-            assert!(signer.verify(Purpose::Verp, &t, 16).is_err(), "bit {bit} flipped still verifies");
+            assert!(
+                signer.verify(Purpose::Verp, &t, 16).is_err(),
+                "bit {bit} flipped still verifies"
+            );
         }
     }
 
@@ -231,11 +288,23 @@ mod tests {
         let rotated = Signer::new(secret('b'), Some(secret('a')));
         let id = Uuid::now_v7();
         let t = old.sign(Purpose::Verp, id.as_bytes());
-        assert_eq!(rotated.verify(Purpose::Verp, &t, 16).unwrap(), id.as_bytes());
-        assert_eq!(rotated.verify(Purpose::UnsubscribeMail, &t, 16), Err(TokenError::BadSignature));
+        assert_eq!(
+            rotated.verify(Purpose::Verp, &t, 16).unwrap(),
+            id.as_bytes()
+        );
+        assert_eq!(
+            rotated.verify(Purpose::UnsubscribeMail, &t, 16),
+            Err(TokenError::BadSignature)
+        );
         let after_rotation_dropped = Signer::new(secret('b'), None);
-        assert_eq!(after_rotation_dropped.verify(Purpose::Verp, &t, 16), Err(TokenError::BadSignature));
-        assert_eq!(old.verify(Purpose::Verp, &t, 32), Err(TokenError::Malformed));
+        assert_eq!(
+            after_rotation_dropped.verify(Purpose::Verp, &t, 16),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            old.verify(Purpose::Verp, &t, 32),
+            Err(TokenError::Malformed)
+        );
         assert!(!format!("{rotated:?}").contains("aaaa"));
     }
 

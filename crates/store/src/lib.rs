@@ -19,10 +19,12 @@ use sea_orm::{
 };
 use std::time::Duration;
 
+mod bounces;
 pub mod import;
 mod lists;
 mod subscribers;
 
+pub use bounces::{BounceQuery, NewBounce, StoredBounce};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 
@@ -73,6 +75,9 @@ pub enum StoreError {
         email: String,
         status: rundbrief_core::SubscriberStatus,
     },
+    /// No stored inbound message with that id.
+    #[error("there is no stored bounce {0} (see `rundbrief bounce ls`)")]
+    BounceNotFound(uuid::Uuid),
     /// `sub ls --status subscribed` without `--list`.
     #[error("status `{0}` describes a list membership: name the list with --list")]
     StatusNeedsList(&'static str),

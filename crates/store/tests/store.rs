@@ -665,3 +665,78 @@ async fn import_of_many_rows_spans_statements() {
         );
     }
 }
+
+#[tokio::test]
+async fn bounces_are_stored_parsed_listed_and_requeued() {
+    use rundbrief_core::{BounceSource, BounceState};
+    use rundbrief_store::{BounceQuery, NewBounce};
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let raw = b"From: MAILER-DAEMON@example.net\r\n\r\n\x00binary\xffbytes".to_vec();
+        let delivery = uuid::Uuid::now_v7();
+        let id = s
+            .insert_bounce(&NewBounce {
+                source: BounceSource::Smtp,
+                peer: Some("127.0.0.1:1".into()),
+                mail_from: Some(String::new()),
+                rcpt: Some("b-x@bounce.example.org".into()),
+                delivery_id: Some(delivery),
+                raw: &raw,
+            })
+            .await
+            .unwrap();
+        let pending = s.pending_bounces(10).await.unwrap();
+        assert_eq!(pending.len(), 1, "{b}");
+        assert_eq!(pending[0].raw, raw, "{b}: raw bytes kept exactly");
+        assert_eq!(pending[0].delivery_id, Some(delivery), "{b}");
+        s.record_bounce_parse(
+            id,
+            "dsn",
+            "hard",
+            serde_json::json!({"kind": "dsn", "recipients": []}),
+        )
+        .await
+        .unwrap();
+        assert!(s.pending_bounces(10).await.unwrap().is_empty(), "{b}");
+        let listed = s
+            .bounces(&BounceQuery {
+                class: Some("hard".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{b}");
+        assert_eq!(listed[0].state, BounceState::Parsed, "{b}");
+        assert_eq!(listed[0].parsed.as_ref().unwrap()["kind"], "dsn", "{b}");
+        assert!(
+            listed[0].raw.is_empty(),
+            "{b}: listings leave the raw message out"
+        );
+        assert_eq!(s.bounce(id).await.unwrap().raw, raw, "{b}");
+        assert!(
+            s.bounces(&BounceQuery {
+                class: Some("soft".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+        );
+        assert_eq!(s.requeue_bounces(None).await.unwrap(), 1, "{b}");
+        assert_eq!(s.pending_bounces(10).await.unwrap().len(), 1, "{b}");
+        s.record_bounce_failure(id, "boom").await.unwrap();
+        assert_eq!(
+            s.bounce(id).await.unwrap().error.as_deref(),
+            Some("boom"),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.bounce(uuid::Uuid::now_v7()).await,
+                Err(StoreError::BounceNotFound(_))
+            ),
+            "{b}"
+        );
+    }
+}
