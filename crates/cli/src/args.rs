@@ -300,6 +300,63 @@ pub enum ConfigCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BounceCmd {
+    /// Run the inbound SMTP endpoint that receives bounces.
+    ///
+    /// It accepts mail only for VERP addresses of sending.bounce_domain whose
+    /// signed token verifies (550 5.1.1 otherwise; 550 5.7.1 for any other
+    /// domain: it is no relay), stores each message durably before answering
+    /// 250, and parses it afterwards. In production it listens on port 25 of
+    /// the host the bounce domain's MX names (see docs/bounce-domain.md).
+    /// Ctrl-C/SIGTERM finish messages in flight.
+    Serve {
+        /// Address to listen on (port 25 in production). Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Largest message accepted, in bytes (SIZE; 552 over it).
+        #[arg(long, default_value_t = 10 << 20, value_name = "BYTES")]
+        max_size: usize,
+        /// Most simultaneous connections (421 over it).
+        #[arg(long, default_value_t = 128, value_name = "N")]
+        max_connections: usize,
+        /// Parse stored messages in this process (1) or only store them (0) and
+        /// parse later with `rundbrief bounce reprocess`.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        parse_workers: u8,
+    },
+    /// Store and parse bounces collected elsewhere: .eml files, directories of
+    /// them, or one message on standard input (--stdin, e.g. from a Postfix pipe).
+    Ingest {
+        /// Files or directories.
+        paths: Vec<PathBuf>,
+        /// Read one message from standard input.
+        #[arg(long, conflicts_with = "paths")]
+        stdin: bool,
+    },
+    /// List stored inbound messages, newest first.
+    Ls {
+        /// Only this class: hard, soft, block, ignore, complaint, unknown.
+        #[arg(long)]
+        class: Option<String>,
+        /// Only this state: pending, parsed, failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Show at most this many (0 = all).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Show one stored message: envelope, parse result, and with --raw the message itself.
+    Show {
+        id: uuid::Uuid,
+        /// Print the raw message after the summary.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Parse stored messages again (after a parser upgrade), and any still pending.
+    Reprocess {
+        /// Only messages received at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Parse one message (an .eml file, or - for stdin) and print what it is:
     /// a DSN, a non-standard bounce, an auto-reply or a complaint, with the
     /// class of each recipient and the rule that decided. Touches no database.

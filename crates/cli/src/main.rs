@@ -58,6 +58,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::render::render(&store, &loaded.config, a).await
         }
         Command::Bounce(args::BounceCmd::Parse { file }) => cmd::bounce::parse(file, cli.json),
+        Command::Bounce(c) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::bounce::run(&store, &loaded.config, c, cli.json).await
+        }
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
         Command::Migrate { cmd } => {
             let loaded = config::load(&cli)?;

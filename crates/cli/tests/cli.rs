@@ -836,3 +836,231 @@ fn render_needs_the_secret_and_keeps_subscriber_data_out_of_headers() {
             .starts_with(b"From: Newsletter <news@example.org>\r\n")
     );
 }
+
+/// Writes a config with a secret and a bounce domain; returns the VERP codec for it.
+fn endpoint_config(e: &Env) -> rundbrief_core::Verp {
+    e.cmd().arg("init").assert().success();
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let secret = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("secret = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let cfg = cfg.replace(
+        "# bounce_domain = \"bounce.example.org\"",
+        "bounce_domain = \"bounce.example.org\"",
+    );
+    e.write("rundbrief.toml", cfg.as_bytes());
+    rundbrief_core::Verp::new(
+        rundbrief_core::Signer::new(rundbrief_core::Secret::new(secret), None),
+        "b",
+        "bounce.example.org",
+    )
+}
+
+/// Starts `rundbrief bounce serve` on a free port; returns the child and its port.
+#[cfg(unix)]
+fn start_endpoint(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .args(["bounce", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (
+        child,
+        port.expect("the endpoint did not say where it listens"),
+    )
+}
+
+#[cfg(unix)]
+fn stop(child: std::process::Child, signal: &str) {
+    std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut child = child;
+    child.wait().unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn bounce_endpoint_takes_only_signed_addresses_and_stores_before_250() {
+    let e = Env::new();
+    let verp = endpoint_config(&e);
+    let (endpoint, port) = start_endpoint(&e, &["--max-size", "4000"]);
+
+    // Forged token, unknown local part, and a foreign domain are refused at RCPT.
+    let delivery = uuid::Uuid::now_v7();
+    let good = verp.address(delivery);
+    let mut forged = good.clone().into_bytes();
+    forged[5] = if forged[5] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    for (rcpt, want) in [
+        (forged.as_str(), "550 5.1.1"),
+        ("postmaster@bounce.example.org", "550 5.1.1"),
+        ("victim@example.net", "550 5.7.1"),
+    ] {
+        let replies = smtp(port, "", &[rcpt], "Subject: x\r\n\r\nx");
+        assert!(
+            replies.iter().any(|l| l.starts_with(want)),
+            "{rcpt}: {replies:?}"
+        );
+        assert!(
+            !replies
+                .iter()
+                .any(|l| l.starts_with("250 2.0.0") || l.contains("queued")),
+            "{rcpt}: {replies:?}"
+        );
+    }
+    // Over the size limit: 552, nothing stored.
+    let big = format!("Subject: big\r\n\r\n{}", "x".repeat(5000));
+    assert!(
+        smtp(port, "", &[&good], &big)
+            .iter()
+            .any(|l| l.starts_with("552"))
+    );
+
+    // A real DSN, produced by the sink's --bounce rule for a message whose
+    // return path is the VERP address, arrives, is stored and parsed.
+    let (sink, sink_port) = start_sink(
+        &e,
+        &[
+            "--bounce",
+            "gone@*=5.1.1",
+            "--bounce-to",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let replies = smtp(
+        sink_port,
+        &good,
+        &["gone@example.net"],
+        "Subject: newsletter\r\nMessage-ID: <m1@example.org>\r\n\r\nhello",
+    );
+    assert!(
+        replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
+        "{replies:?}"
+    );
+    stop(sink, "-INT"); // drains its DSN queue before exiting
+    let mut stored = Value::Null;
+    for _ in 0..100 {
+        stored = e.json(&["bounce", "ls", "--state", "parsed"]);
+        if stored.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop(endpoint, "-INT");
+    let all = e.json(&["bounce", "ls"]);
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        1,
+        "only the signed DSN is stored: {all}"
+    );
+    let b = &stored[0];
+    assert_eq!(
+        (b["state"].as_str(), b["kind"].as_str(), b["class"].as_str()),
+        (Some("parsed"), Some("dsn"), Some("hard")),
+        "{b}"
+    );
+    assert_eq!(
+        b["delivery_id"],
+        delivery.to_string(),
+        "the token names the delivery"
+    );
+    assert_eq!(b["parsed"]["recipients"][0]["address"], "gone@example.net");
+    let shown = e.json(&["bounce", "show", b["id"].as_str().unwrap(), "--raw"]);
+    assert!(
+        shown["raw"].as_str().unwrap().contains("multipart/report"),
+        "{shown}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_bounce_stored_before_a_crash_is_parsed_by_reprocess() {
+    let e = Env::new();
+    let verp = endpoint_config(&e);
+    // Store only (no parse worker), then kill -9 as if the process died right after the 250.
+    let (endpoint, port) = start_endpoint(&e, &["--parse-workers", "0"]);
+    let dsn = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bounce/tests/fixtures/rfc3464/03.eml"),
+    )
+    .unwrap();
+    let dsn = dsn.replace('\n', "\r\n").replace("\r\n.", "\r\n..");
+    let replies = smtp(
+        port,
+        "",
+        &[&verp.address(uuid::Uuid::now_v7())],
+        dsn.trim_end(),
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|l| l.starts_with("250") && l.contains("queued"))
+            || replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
+        "{replies:?}"
+    );
+    stop(endpoint, "-KILL");
+    let pending = e.json(&["bounce", "ls", "--state", "pending"]);
+    assert_eq!(
+        pending.as_array().unwrap().len(),
+        1,
+        "stored before the 250: {pending}"
+    );
+    let r = e.json(&["bounce", "reprocess"]);
+    assert_eq!(r["parsed"], 1, "{r}");
+    let parsed = e.json(&["bounce", "ls", "--state", "parsed"]);
+    assert_eq!(parsed[0]["kind"], "dsn", "{parsed}");
+    // Reprocessing everything again is idempotent.
+    assert_eq!(e.json(&["bounce", "reprocess"])["parsed"], 1);
+    assert_eq!(e.json(&["bounce", "ls"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bounce_ingest_stores_and_parses_files() {
+    let e = Env::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bounce/tests/fixtures/arf");
+    let r = e.json(&["bounce", "ingest", dir.to_str().unwrap()]);
+    let n = r["stored"].as_u64().unwrap();
+    let emls = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "eml")
+        })
+        .count();
+    assert_eq!(n, emls as u64, "only the .eml files of a directory: {r}");
+    assert_eq!(r["parsed"], n);
+    let complaints = e.json(&["bounce", "ls", "--class", "complaint"]);
+    assert_eq!(
+        complaints.as_array().unwrap().len() as u64,
+        n,
+        "{complaints}"
+    );
+    assert!(e.fails(&["bounce", "ingest"]).contains("nothing to ingest"));
+}

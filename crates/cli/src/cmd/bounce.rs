@@ -67,3 +67,264 @@ pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn run(
+    store: &rundbrief_store::Store,
+    cfg: &rundbrief_core::Config,
+    cmd: &crate::args::BounceCmd,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::args::BounceCmd;
+    use crate::cmd::endpoint::{Endpoint, process_pending};
+    use rundbrief_core::{BounceSource, BounceState};
+    use rundbrief_store::{BounceQuery, NewBounce};
+    match cmd {
+        BounceCmd::Parse { file } => parse(file, json),
+        BounceCmd::Serve {
+            listen,
+            max_size,
+            max_connections,
+            parse_workers,
+        } => {
+            let verp = cfg.verp()?;
+            let domain = cfg.sending.bounce_domain.clone().unwrap_or_default();
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr()?;
+            eprintln!("bounce endpoint listening on {addr} for *@{domain}; Ctrl-C stops it");
+            let stored = std::sync::Arc::new(tokio::sync::Notify::new());
+            let handler = std::sync::Arc::new(Endpoint {
+                store: store.clone(),
+                verp,
+                domain: domain.clone(),
+                stored: stored.clone(),
+            });
+            let limits = rundbrief_smtpd::Limits {
+                max_message_size: *max_size,
+                max_connections: *max_connections,
+                max_recipients: 10,
+                ..rundbrief_smtpd::Limits::default()
+            };
+            let server_cfg = rundbrief_smtpd::ServerConfig {
+                hostname: domain,
+                advertise_dsn: false,
+                limits,
+            };
+            let (tls, _) = rundbrief_smtpd::tls::self_signed(&["localhost"])?;
+            let stop = rundbrief_smtpd::CancellationToken::new();
+            let server = tokio::spawn(rundbrief_smtpd::run(
+                listener,
+                server_cfg,
+                handler,
+                Some(tls),
+                stop.clone(),
+            ));
+            let worker = (*parse_workers > 0).then(|| {
+                let store = store.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = process_pending(&store).await {
+                            tracing::error!(error = %e, "parsing stored bounces failed; retrying");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = stored.notified() => {}
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                        }
+                    }
+                })
+            });
+            crate::cmd::sink::shutdown_signal().await;
+            stop.cancel();
+            server.await.context("the endpoint task failed")??;
+            if let Some(w) = worker {
+                let _ = w.await;
+                process_pending(store).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BounceCmd::Ingest { paths, stdin } => {
+            let mut files = Vec::new();
+            for p in paths {
+                if p.is_dir() {
+                    let mut inner: Vec<_> = std::fs::read_dir(p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.is_file())
+                        .collect();
+                    // In a directory, take .eml files and extension-less ones (maildir).
+                    let before = inner.len();
+                    inner.retain(|f| {
+                        let hidden = f
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'));
+                        let ext = f
+                            .extension()
+                            .and_then(|e| e.to_str())
+                            .map(str::to_ascii_lowercase);
+                        !hidden && matches!(ext.as_deref(), None | Some("eml"))
+                    });
+                    if inner.len() < before {
+                        eprintln!(
+                            "{}: skipped {} file(s) that are not .eml",
+                            p.display(),
+                            before - inner.len()
+                        );
+                    }
+                    inner.sort();
+                    files.extend(inner);
+                } else {
+                    files.push(p.clone());
+                }
+            }
+            if files.is_empty() && !stdin {
+                anyhow::bail!("nothing to ingest: give .eml files or directories, or --stdin");
+            }
+            let mut raws = Vec::new();
+            if *stdin {
+                let mut raw = Vec::new();
+                std::io::stdin()
+                    .take(MAX_READ)
+                    .read_to_end(&mut raw)
+                    .context("reading standard input")?;
+                raws.push(raw);
+            }
+            for f in &files {
+                let mut raw = Vec::new();
+                std::fs::File::open(f)
+                    .with_context(|| format!("cannot open {}", f.display()))?
+                    .take(MAX_READ)
+                    .read_to_end(&mut raw)?;
+                raws.push(raw);
+            }
+            for raw in &raws {
+                let b = NewBounce {
+                    source: BounceSource::Ingest,
+                    peer: None,
+                    mail_from: None,
+                    rcpt: None,
+                    delivery_id: None,
+                    raw,
+                };
+                store.insert_bounce(&b).await?;
+            }
+            let parsed = process_pending(store).await?;
+            if json {
+                output::json(&serde_json::json!({ "stored": raws.len(), "parsed": parsed }))?;
+            } else {
+                println!("stored {} message(s), parsed {parsed}", raws.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BounceCmd::Ls {
+            class,
+            state,
+            limit,
+        } => {
+            let state: Option<BounceState> = state.as_deref().map(str::parse).transpose()?;
+            let rows = store
+                .bounces(&BounceQuery {
+                    class: class.clone(),
+                    state,
+                    since: None,
+                    limit: *limit,
+                })
+                .await?;
+            if json {
+                output::json(&rows)?;
+            } else if rows.is_empty() {
+                println!("no stored bounces match");
+            } else {
+                let table = rows.iter().map(|b| {
+                    let first = b
+                        .parsed
+                        .as_ref()
+                        .and_then(|p| p["recipients"][0]["address"].as_str())
+                        .unwrap_or("")
+                        .to_string();
+                    [
+                        b.id.to_string(),
+                        crate::output::when(b.received_at),
+                        b.source.to_string(),
+                        b.state.to_string(),
+                        b.kind.clone().unwrap_or_default(),
+                        b.class.clone().unwrap_or_default(),
+                        first,
+                    ]
+                });
+                println!(
+                    "{}",
+                    output::table(
+                        &[
+                            "id",
+                            "received",
+                            "via",
+                            "state",
+                            "kind",
+                            "class",
+                            "recipient"
+                        ],
+                        table
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BounceCmd::Show { id, raw } => {
+            let b = store.bounce(*id).await?;
+            if json {
+                let mut v = serde_json::to_value(&b)?;
+                if *raw {
+                    v["raw"] = String::from_utf8_lossy(&b.raw).into();
+                }
+                output::json(&v)?;
+            } else {
+                println!("id          {}", b.id);
+                println!(
+                    "received    {} via {}",
+                    crate::output::when(b.received_at),
+                    b.source
+                );
+                println!(
+                    "envelope    from <{}> to <{}>",
+                    b.mail_from.as_deref().unwrap_or(""),
+                    b.rcpt.as_deref().unwrap_or("")
+                );
+                println!(
+                    "delivery    {}",
+                    b.delivery_id
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!(
+                    "state       {}{}",
+                    b.state,
+                    b.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+                if let Some(p) = &b.parsed {
+                    println!("parsed\n{}", serde_json::to_string_pretty(p)?);
+                }
+                if *raw {
+                    println!("\n{}", String::from_utf8_lossy(&b.raw));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BounceCmd::Reprocess { since } => {
+            let requeued = store.requeue_bounces(*since).await?;
+            let parsed = process_pending(store).await?;
+            if json {
+                output::json(&serde_json::json!({ "requeued": requeued, "parsed": parsed }))?;
+            } else {
+                println!("parsed {parsed} stored message(s)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

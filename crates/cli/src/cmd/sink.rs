@@ -106,7 +106,7 @@ fn summary(c: &SinkCounts) -> serde_json::Value {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =
