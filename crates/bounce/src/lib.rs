@@ -35,6 +35,7 @@ mod heuristic;
 mod mime;
 mod model;
 mod rules;
+pub mod score;
 mod ses;
 mod status;
 
