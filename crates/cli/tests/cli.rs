@@ -589,30 +589,49 @@ fn bounce_parse_prints_the_json_contract() {
     );
 }
 
-/// Starts `rundbrief sink` on a free loopback port; returns the child and its port.
+/// Starts a long-running `rundbrief` server command (its args must make it
+/// listen on 127.0.0.1:0) and returns the child and the port it announced
+/// on stderr. The rest of stderr is drained so the child never writes into a
+/// closed pipe.
 #[cfg(unix)]
-fn start_sink(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
+fn start_server(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(e.dir.path())
-        .args(["sink", "--listen", "127.0.0.1:0", "--json"])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    err.read_line(&mut line).unwrap();
-    // Keep draining stderr so the sink never writes into a closed pipe.
+    let mut port = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+            break;
+        }
+    }
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    (child, port)
+    (
+        child,
+        port.unwrap_or_else(|| panic!("{args:?} did not say where it listens")),
+    )
+}
+
+/// Starts `rundbrief sink` on a free loopback port.
+#[cfg(unix)]
+fn start_sink(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
+    start_server(
+        e,
+        &[&["sink", "--listen", "127.0.0.1:0", "--json"], args].concat(),
+    )
 }
 
 /// One SMTP conversation; returns every reply line.
@@ -859,37 +878,12 @@ fn endpoint_config(e: &Env) -> rundbrief_core::Verp {
     )
 }
 
-/// Starts `rundbrief bounce serve` on a free port; returns the child and its port.
+/// Starts `rundbrief bounce serve` on a free loopback port.
 #[cfg(unix)]
 fn start_endpoint(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
-        .current_dir(e.dir.path())
-        .args(["bounce", "serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut port = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok());
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (
-        child,
-        port.expect("the endpoint did not say where it listens"),
+    start_server(
+        e,
+        &[&["bounce", "serve", "--listen", "127.0.0.1:0"], args].concat(),
     )
 }
 
