@@ -246,6 +246,15 @@ pub enum SubCmd {
         #[arg(long, default_value = "operator request")]
         reason: String,
     },
+    /// Undo a bounce prune: a bounced subscriber becomes active again, on the
+    /// lists they were on. (Unsubscribed and blocklisted addresses are not
+    /// restored: that was somebody's decision.)
+    Restore {
+        email: String,
+        /// Why (kept in the audit trail).
+        #[arg(long, default_value = "operator restored after a bounce")]
+        reason: String,
+    },
     /// Delete a subscriber and their memberships (e.g. an erasure request).
     ///
     /// The audit trail keeps an anonymous entry of the removal. To keep the

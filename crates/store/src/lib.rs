@@ -78,6 +78,12 @@ pub enum StoreError {
     /// No stored inbound message with that id.
     #[error("there is no stored bounce {0} (see `rundbrief bounce ls`)")]
     BounceNotFound(uuid::Uuid),
+    /// `sub restore` on a subscriber who is not bounced.
+    #[error("`{email}` is {status}, not bounced: restore only undoes bounce pruning")]
+    NotBounced {
+        email: String,
+        status: rundbrief_core::SubscriberStatus,
+    },
     /// `sub ls --status subscribed` without `--list`.
     #[error("status `{0}` describes a list membership: name the list with --list")]
     StatusNeedsList(&'static str),

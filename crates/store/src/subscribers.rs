@@ -690,3 +690,55 @@ impl Store {
         Ok(true)
     }
 }
+
+impl Store {
+    /// Undoes a bounce prune: a `bounced` subscriber becomes `active` again,
+    /// with their memberships as they were. Only bounces are undone here:
+    /// unsubscribing and blocklisting were somebody's decision.
+    ///
+    /// # Errors
+    /// [`StoreError::SubscriberNotFound`]; [`StoreError::NotBounced`] for any
+    /// other status.
+    pub async fn restore_subscriber(
+        &self,
+        addr: &Address,
+        actor: Actor,
+        reason: &str,
+    ) -> Result<()> {
+        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let sub = find(&txn, addr)
+            .await?
+            .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
+        let status: SubscriberStatus = sub.status.parse()?;
+        if status != SubscriberStatus::Bounced {
+            return Err(StoreError::NotBounced {
+                email: sub.email,
+                status,
+            });
+        }
+        let now = Utc::now();
+        exec(
+            &txn,
+            "restoring a subscriber",
+            "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
+            vec![
+                SubscriberStatus::Active.as_str().into(),
+                now.into(),
+                sub.id.into(),
+            ],
+        )
+        .await?;
+        audit(
+            &txn,
+            sub.id,
+            None,
+            AuditAction::Restored,
+            actor,
+            reason,
+            now,
+        )
+        .await?;
+        txn.commit().await.doing("committing the restore")?;
+        Ok(())
+    }
+}

@@ -181,6 +181,17 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
                 &format!("{addr} blocklisted"),
             )?;
         }
+        SubCmd::Restore { email, reason } => {
+            let addr = address(email)?;
+            store.restore_subscriber(&addr, Actor::Cli, reason).await?;
+            report(
+                json,
+                &addr.to_string(),
+                "restored",
+                true,
+                &format!("{addr} is active again"),
+            )?;
+        }
         SubCmd::Rm { email, reason } => {
             let addr = address(email)?;
             store.remove_subscriber(&addr, Actor::Cli, reason).await?;
