@@ -104,8 +104,10 @@ fn init_tracing(cli: &Cli) {
     } else {
         match cli.verbose {
             0 => "warn,rundbrief=info,rundbrief_store=info",
-            1 => "info,rundbrief=debug,rundbrief_store=debug,rundbrief_core=debug",
-            _ => "debug,rundbrief=trace,rundbrief_store=trace,rundbrief_core=trace",
+            1 => "info,rundbrief=debug,rundbrief_store=debug,rundbrief_core=debug,lettre=info",
+            // lettre logs every line it writes at debug, AUTH credentials and
+            // message bodies included: never below info, whatever -v says.
+            _ => "debug,rundbrief=trace,rundbrief_store=trace,rundbrief_core=trace,lettre=info",
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

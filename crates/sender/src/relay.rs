@@ -1,0 +1,602 @@
+//! A relay: where to send, how to secure and authenticate the connection,
+//! and how many connections to keep. Parsed once from a URL in lettre's
+//! format; the password comes from a separate source and never appears in
+//! `Debug`, `Display` or logs.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rundbrief_core::Secret;
+
+/// `smtp://` without `tls=`: port 25.
+pub const SMTP_PORT: u16 = 25;
+/// `smtp://…?tls=required|opportunistic`: port 587.
+pub const SUBMISSION_PORT: u16 = 587;
+/// `smtps://`: port 465.
+pub const SUBMISSIONS_PORT: u16 = 465;
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// Plain text (`smtp://host`). For loopback relays and tests.
+    None,
+    /// STARTTLS if the relay offers it, plain text otherwise
+    /// (`?tls=opportunistic`). A failed handshake is still an error.
+    Opportunistic,
+    /// STARTTLS, and refuse to send if the relay does not offer it
+    /// (`?tls=required`).
+    Required,
+    /// TLS from the first byte (`smtps://`, port 465).
+    Implicit,
+}
+
+/// Where the AUTH password is read from, once, when the relay is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PasswordSource {
+    /// An environment variable, by name.
+    Env(String),
+    /// A file; its content with one trailing newline removed.
+    File(PathBuf),
+}
+
+/// A relay URL or option that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Not a URL at all.
+    #[error(
+        "relay `{url}` is not a URL ({detail}); write it like smtp://host:2525, smtp://user@host:587?tls=required or smtps://host:465"
+    )]
+    Syntax {
+        /// The URL as given (without any password).
+        url: String,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// A scheme other than `smtp` or `smtps`.
+    #[error(
+        "relay `{url}`: unknown scheme `{scheme}`, use smtp:// (with ?tls=required for STARTTLS) or smtps:// (implicit TLS)"
+    )]
+    Scheme {
+        /// The URL.
+        url: String,
+        /// The scheme given.
+        scheme: String,
+    },
+    /// No host.
+    #[error("relay `{url}` has no host")]
+    NoHost {
+        /// The URL.
+        url: String,
+    },
+    /// A query parameter we do not know, or a `tls=` value we do not know.
+    #[error(
+        "relay `{url}`: `{param}` is not understood; the only parameter is tls=required or tls=opportunistic (smtp:// only)"
+    )]
+    Param {
+        /// The URL.
+        url: String,
+        /// The parameter as written.
+        param: String,
+    },
+    /// A password written into the URL.
+    #[error(
+        "relay `{url}`: do not put the password in the URL (it would end up in configs and logs); give the user in the URL and the password through an environment variable or a file"
+    )]
+    PasswordInUrl {
+        /// The URL with the password removed.
+        url: String,
+    },
+    /// The password source could not be read.
+    #[error("relay password from {source_name}: {detail}")]
+    Password {
+        /// `env RUNDBRIEF_RELAY_PASSWORD` or `file /path`.
+        source_name: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A password without a user in the URL.
+    #[error(
+        "relay `{url}`: a password is configured but the URL names no user (smtp://USER@host…)"
+    )]
+    PasswordWithoutUser {
+        /// The URL.
+        url: String,
+    },
+    /// An option out of range.
+    #[error("relay option `{option}` {problem}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Tuning of one relay. Every field documents its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// Connections kept open to the relay, each used by one send at a time.
+    /// Default 4. Sends beyond it wait for a free connection.
+    pub pool_size: usize,
+    /// Longest wait for DNS plus the TCP connection. Default 30 s; on
+    /// expiry the send is deferred (step CONNECT).
+    pub connect_timeout: Duration,
+    /// Longest wait for the reply to each command (banner and EHLO, STARTTLS,
+    /// AUTH, RSET, MAIL, RCPT, DATA). Default 60 s; on expiry the send is
+    /// deferred with that step and the connection is dropped.
+    pub command_timeout: Duration,
+    /// Longest time to write the message body and get the reply to the
+    /// final dot. Default 600 s (RFC 5321 §4.5.3.2.6 asks servers for 10 min).
+    pub data_timeout: Duration,
+    /// Messages sent over one connection before it is closed (QUIT) and a new
+    /// one opened. Default 100; 0 is refused.
+    pub max_messages_per_connection: u32,
+    /// The name sent in EHLO. Default: the URL's path (lettre's convention,
+    /// `smtp://host/ehlo.name`), else this machine's host name.
+    pub ehlo_name: Option<String>,
+    /// Send RSET, MAIL, RCPT and DATA in one write, and read their replies
+    /// together, where the relay offers PIPELINING (RFC 2920). Default true:
+    /// two round trips per message instead of four. Errors still name the
+    /// command whose reply was negative.
+    pub pipelining: bool,
+    /// Accept any TLS certificate, including self-signed and expired ones
+    /// with the wrong name. Default false. **For tests and development
+    /// only**: it makes TLS useless against an active attacker.
+    pub dangerous_accept_invalid_certs: bool,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(600),
+            max_messages_per_connection: 100,
+            ehlo_name: None,
+            pipelining: true,
+            dangerous_accept_invalid_certs: false,
+        }
+    }
+}
+
+/// A validated relay, ready to connect to.
+#[derive(Clone)]
+pub struct Relay {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    user: Option<String>,
+    password: Option<Secret>,
+    /// Tuning; change it freely before handing the relay to a sender.
+    pub options: RelayOptions,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl fmt::Display for Relay {
+    /// The URL without any secret, for logs and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls == TlsMode::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        write!(f, "{scheme}://")?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{host}:{}", self.port)?;
+        match self.tls {
+            TlsMode::Required => f.write_str("?tls=required"),
+            TlsMode::Opportunistic => f.write_str("?tls=opportunistic"),
+            TlsMode::None | TlsMode::Implicit => Ok(()),
+        }
+    }
+}
+
+impl Relay {
+    /// Parses a relay URL in lettre's format:
+    ///
+    /// | URL | TLS | default port |
+    /// |---|---|---|
+    /// | `smtp://host` | none | 25 |
+    /// | `smtp://host?tls=opportunistic` | STARTTLS if offered | 587 |
+    /// | `smtp://user@host?tls=required` | STARTTLS, required | 587 |
+    /// | `smtps://host` | implicit TLS | 465 |
+    ///
+    /// A path (`smtp://host/name.example`) is the EHLO name. A user is
+    /// percent-decoded. A password in the URL is refused: use
+    /// [`Relay::with_password`].
+    ///
+    /// # Errors
+    /// [`RelayError`] naming the URL and what is wrong with it.
+    pub fn parse(input: &str) -> Result<Self, RelayError> {
+        if !input.contains("://") {
+            return Err(RelayError::Syntax {
+                url: redact(input),
+                detail: "no smtp:// or smtps:// in front".into(),
+            });
+        }
+        let url = url::Url::parse(input.trim()).map_err(|e| RelayError::Syntax {
+            url: redact(input),
+            detail: e.to_string(),
+        })?;
+        let shown = || redact(input);
+        if url.password().is_some() {
+            return Err(RelayError::PasswordInUrl { url: shown() });
+        }
+        let mut tls_param = None;
+        for (k, v) in url.query_pairs() {
+            match (k.as_ref(), v.as_ref()) {
+                ("tls", "required") => tls_param = Some(TlsMode::Required),
+                ("tls", "opportunistic") => tls_param = Some(TlsMode::Opportunistic),
+                _ => {
+                    return Err(RelayError::Param {
+                        url: shown(),
+                        param: format!("{k}={v}"),
+                    });
+                }
+            }
+        }
+        let (tls, default_port) = match (url.scheme(), tls_param) {
+            ("smtp", None) => (TlsMode::None, SMTP_PORT),
+            ("smtp", Some(t)) => (t, SUBMISSION_PORT),
+            ("smtps", None) => (TlsMode::Implicit, SUBMISSIONS_PORT),
+            ("smtps", Some(_)) => {
+                return Err(RelayError::Param {
+                    url: shown(),
+                    param: "tls (smtps:// is always TLS)".into(),
+                });
+            }
+            (scheme, _) => {
+                return Err(RelayError::Scheme {
+                    url: shown(),
+                    scheme: scheme.to_owned(),
+                });
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(RelayError::NoHost { url: shown() }),
+        };
+        let user = (!url.username().is_empty()).then(|| percent_decode(url.username()));
+        let path = url.path().trim_matches('/');
+        let options = RelayOptions {
+            ehlo_name: (!path.is_empty()).then(|| path.to_owned()),
+            ..RelayOptions::default()
+        };
+        Ok(Relay {
+            host,
+            port: url.port().unwrap_or(default_port),
+            tls,
+            user,
+            password: None,
+            options,
+        })
+    }
+
+    /// Reads the AUTH password from `source` now; nothing re-reads it later.
+    ///
+    /// # Errors
+    /// [`RelayError::Password`] when the variable is unset or the file
+    /// unreadable or empty; [`RelayError::PasswordWithoutUser`] when the URL
+    /// names no user.
+    pub fn with_password(mut self, source: &PasswordSource) -> Result<Self, RelayError> {
+        if self.user.is_none() {
+            return Err(RelayError::PasswordWithoutUser {
+                url: self.to_string(),
+            });
+        }
+        let (name, value) = match source {
+            PasswordSource::Env(var) => (
+                format!("env {var}"),
+                std::env::var(var).map_err(|e| RelayError::Password {
+                    source_name: format!("env {var}"),
+                    detail: e.to_string(),
+                }),
+            ),
+            PasswordSource::File(path) => (
+                format!("file {}", path.display()),
+                std::fs::read_to_string(path).map_err(|e| RelayError::Password {
+                    source_name: format!("file {}", path.display()),
+                    detail: e.to_string(),
+                }),
+            ),
+        };
+        let mut value = value?;
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
+        if value.is_empty() {
+            return Err(RelayError::Password {
+                source_name: name,
+                detail: "is empty".into(),
+            });
+        }
+        self.password = Some(Secret::new(value));
+        Ok(self)
+    }
+
+    /// Sets the AUTH password directly (already read from a secret store).
+    pub fn with_secret(mut self, password: Secret) -> Self {
+        self.password = Some(password);
+        self
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// [`RelayError::Option`] for a zero pool size, zero timeouts or zero
+    /// messages per connection.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let o = &self.options;
+        let bad = |option, problem: &str| {
+            Err(RelayError::Option {
+                option,
+                problem: problem.to_owned(),
+            })
+        };
+        if o.pool_size == 0 || o.pool_size > 1024 {
+            return bad("pool_size", "must be between 1 and 1024");
+        }
+        if o.max_messages_per_connection == 0 {
+            return bad("max_messages_per_connection", "must be > 0");
+        }
+        for (name, d) in [
+            ("connect_timeout", o.connect_timeout),
+            ("command_timeout", o.command_timeout),
+            ("data_timeout", o.data_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(name, "must be > 0");
+            }
+        }
+        if let Some(n) = &o.ehlo_name
+            && (n.is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return bad("ehlo_name", "must be a host name without spaces");
+        }
+        Ok(())
+    }
+
+    /// The host name or IP address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How the connection is secured.
+    pub fn tls(&self) -> TlsMode {
+        self.tls
+    }
+
+    /// The AUTH user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether a password is configured (never the password itself).
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    pub(crate) fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+}
+
+/// The URL as given with any `:password@` removed, for error messages.
+fn redact(input: &str) -> String {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return input.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => input.to_owned(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_lettres_format() {
+        let table = [
+            (
+                "smtp://127.0.0.1:2525",
+                "127.0.0.1",
+                2525,
+                TlsMode::None,
+                None,
+            ),
+            (
+                "smtp://relay.example",
+                "relay.example",
+                25,
+                TlsMode::None,
+                None,
+            ),
+            (
+                "smtp://user@relay.example:587?tls=required",
+                "relay.example",
+                587,
+                TlsMode::Required,
+                Some("user"),
+            ),
+            (
+                "smtp://relay.example?tls=required",
+                "relay.example",
+                587,
+                TlsMode::Required,
+                None,
+            ),
+            (
+                "smtp://relay.example?tls=opportunistic",
+                "relay.example",
+                587,
+                TlsMode::Opportunistic,
+                None,
+            ),
+            (
+                "smtps://relay.example",
+                "relay.example",
+                465,
+                TlsMode::Implicit,
+                None,
+            ),
+            (
+                "smtps://news%40example.org@relay.example:4650",
+                "relay.example",
+                4650,
+                TlsMode::Implicit,
+                Some("news@example.org"),
+            ),
+            ("smtp://[::1]:2525", "::1", 2525, TlsMode::None, None),
+        ];
+        for (url, host, port, tls, user) in table {
+            let r = Relay::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                (r.host(), r.port(), r.tls(), r.user()),
+                (host, port, tls, user),
+                "{url}"
+            );
+            r.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        let r = Relay::parse("smtp://relay.example/news.example.org").unwrap();
+        assert_eq!(r.options.ehlo_name.as_deref(), Some("news.example.org"));
+        assert_eq!(
+            Relay::parse("smtp://u@h:587?tls=required")
+                .unwrap()
+                .to_string(),
+            "smtp://u@h:587?tls=required"
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let table = [
+            ("relay.example:25", "not a URL"),
+            ("http://relay.example", "unknown scheme `http`"),
+            (
+                "smtp://relay.example?tls=yes",
+                "`tls=yes` is not understood",
+            ),
+            ("smtp://relay.example?starttls=1", "`starttls=1`"),
+            (
+                "smtps://relay.example?tls=required",
+                "smtps:// is always TLS",
+            ),
+            (
+                "smtp://user:hunter2@relay.example",
+                "do not put the password in the URL",
+            ),
+            ("smtp://relay.example:99999", "not a URL"),
+        ];
+        for (url, needle) in table {
+            let e = Relay::parse(url).expect_err(url).to_string();
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "password leaked: {e}");
+        }
+    }
+
+    #[test]
+    fn password_comes_from_env_or_file_and_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let r = Relay::parse("smtp://news@relay.example?tls=required")
+            .unwrap()
+            .with_password(&PasswordSource::File(file.clone()))
+            .unwrap();
+        assert!(r.has_password());
+        assert_eq!(r.password().unwrap().expose(), b"s3cret-pw");
+        for shown in [format!("{r:?}"), r.to_string()] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        let e = Relay::parse("smtp://relay.example")
+            .unwrap()
+            .with_password(&PasswordSource::File(file))
+            .unwrap_err();
+        assert!(matches!(e, RelayError::PasswordWithoutUser { .. }), "{e}");
+        let e = Relay::parse("smtp://u@relay.example")
+            .unwrap()
+            .with_password(&PasswordSource::Env(
+                "RUNDBRIEF_TEST_SURELY_UNSET_VAR".into(),
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("env RUNDBRIEF_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut r = Relay::parse("smtp://h").unwrap();
+        r.options.pool_size = 0;
+        assert!(r.validate().unwrap_err().to_string().contains("pool_size"));
+        r.options.pool_size = 2;
+        r.options.max_messages_per_connection = 0;
+        assert!(
+            r.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_messages_per_connection")
+        );
+    }
+}
