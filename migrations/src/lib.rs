@@ -12,6 +12,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_subscribers;
 mod m20261123_000002_bounces;
+mod m20261123_000003_campaigns;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_subscribers::Migration),
             Box::new(m20261123_000002_bounces::Migration),
+            Box::new(m20261123_000003_campaigns::Migration),
         ]
     }
 }

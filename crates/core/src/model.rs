@@ -124,6 +124,36 @@ string_enum! {
 }
 
 string_enum! {
+    /// A campaign's life: draft → scheduled → running ⇄ paused → finished, or cancelled.
+    CampaignState {
+        Draft = "draft",
+        Scheduled = "scheduled",
+        Running = "running",
+        Paused = "paused",
+        Finished = "finished",
+        Cancelled = "cancelled",
+    }
+}
+
+string_enum! {
+    /// One recipient's delivery of one campaign.
+    DeliveryState {
+        /// Waiting to be sent (or to be retried).
+        Pending = "pending",
+        /// The relay answered 250.
+        Sent = "sent",
+        /// A 4xx or a lost connection; retried later.
+        Deferred = "deferred",
+        /// A 5xx at RCPT or DATA: a synchronous bounce.
+        Rejected = "rejected",
+        /// Given up (our configuration, or deferred past its maximum age).
+        Failed = "failed",
+        /// Sent, then a bounce came back for it.
+        Bounced = "bounced",
+    }
+}
+
+string_enum! {
     /// Where a stored inbound message is in its processing.
     BounceState {
         /// Stored, not parsed yet (the worker, or `bounce reprocess`, will).

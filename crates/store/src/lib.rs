@@ -20,11 +20,13 @@ use sea_orm::{
 use std::time::Duration;
 
 mod bounces;
+mod campaigns;
 pub mod import;
 mod lists;
 mod subscribers;
 
 pub use bounces::{BounceQuery, NewBounce, StoredBounce};
+pub use campaigns::{Campaign, DeliveryTarget, NewCampaign, StoredScore};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 
@@ -75,6 +77,14 @@ pub enum StoreError {
         email: String,
         status: rundbrief_core::SubscriberStatus,
     },
+    /// `campaign create` with a name that exists.
+    #[error("a campaign named `{0}` already exists")]
+    CampaignExists(String),
+    /// `list rm` on a list that campaigns send to.
+    #[error(
+        "list `{name}` is used by campaign(s) {campaigns}; pass --force to delete it anyway (they lose this list)"
+    )]
+    ListInUse { name: String, campaigns: String },
     /// No stored inbound message with that id.
     #[error("there is no stored bounce {0} (see `rundbrief bounce ls`)")]
     BounceNotFound(uuid::Uuid),

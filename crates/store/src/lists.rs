@@ -184,6 +184,13 @@ impl Store {
     pub async fn delete_list(&self, name: &str, force: bool, actor: Actor) -> Result<u64> {
         let summary = self.list_summary(name).await?;
         let members = summary.counts.total();
+        let campaigns = self.campaigns_for_list(summary.list.id).await?;
+        if !campaigns.is_empty() && !force {
+            return Err(StoreError::ListInUse {
+                name: name.to_string(),
+                campaigns: campaigns.join(", "),
+            });
+        }
         if members > 0 && !force {
             return Err(StoreError::ListNotEmpty {
                 name: name.to_string(),

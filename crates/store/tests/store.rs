@@ -740,3 +740,145 @@ async fn bounces_are_stored_parsed_listed_and_requeued() {
         );
     }
 }
+
+#[tokio::test]
+async fn campaigns_materialise_each_eligible_recipient_once() {
+    use rundbrief_store::NewCampaign;
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        s.create_list("a", None).await.unwrap();
+        s.create_list("b", None).await.unwrap();
+        for (email, lists) in [
+            ("both@example.org", &["a", "b"][..]),
+            ("a@example.org", &["a"]),
+            ("b@example.org", &["b"]),
+            ("gone@example.org", &["a"]),
+            ("left@example.org", &["a"]),
+        ] {
+            for l in lists {
+                s.add_subscriber(
+                    &addr(email),
+                    l,
+                    None,
+                    Attributes::new(),
+                    false,
+                    Actor::Cli,
+                    "t",
+                )
+                .await
+                .unwrap();
+            }
+        }
+        s.mark_bounced(&addr("gone@example.org"), Actor::Bounce, "t")
+            .await
+            .unwrap();
+        s.unsubscribe(&addr("left@example.org"), Some("a"), Actor::Cli, "t")
+            .await
+            .unwrap();
+        let new = |name: &str, lists: &[&str]| NewCampaign {
+            name: name.into(),
+            lists: lists.iter().map(|l| l.to_string()).collect(),
+            subject: "s".into(),
+            content: "c".into(),
+            content_kind: "markdown".into(),
+            layout: None,
+            from: None,
+            relay: None,
+        };
+        let c = s.create_campaign(&new("c1", &["a", "b"])).await.unwrap();
+        assert!(
+            matches!(
+                s.create_campaign(&new("c1", &["a"])).await,
+                Err(StoreError::CampaignExists(_))
+            ),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.create_campaign(&new("c2", &["nope"])).await,
+                Err(StoreError::ListNotFound(_))
+            ),
+            "{b}"
+        );
+        assert_eq!(
+            s.materialise_deliveries(c.id).await.unwrap(),
+            3,
+            "{b}: both, a, b; not gone, not left"
+        );
+        assert_eq!(
+            s.materialise_deliveries(c.id).await.unwrap(),
+            0,
+            "{b}: running it again adds nobody"
+        );
+        s.add_subscriber(
+            &addr("late@example.org"),
+            "b",
+            None,
+            Attributes::new(),
+            false,
+            Actor::Cli,
+            "t",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.materialise_deliveries(c.id).await.unwrap(),
+            1,
+            "{b}: only the newcomer"
+        );
+        let deliveries = s.deliveries(c.id).await.unwrap();
+        let mut emails: Vec<_> = deliveries.iter().map(|d| d.email.as_str()).collect();
+        emails.sort();
+        assert_eq!(
+            emails,
+            [
+                "a@example.org",
+                "b@example.org",
+                "both@example.org",
+                "late@example.org"
+            ],
+            "{b}"
+        );
+        let first = &deliveries[0];
+        assert_eq!(
+            s.delivery_target(first.delivery_id).await.unwrap().as_ref(),
+            Some(first),
+            "{b}"
+        );
+        assert_eq!(
+            s.delivery_target(uuid::Uuid::now_v7()).await.unwrap(),
+            None,
+            "{b}"
+        );
+        // Scores round-trip; a list in use is not deleted without --force.
+        assert_eq!(
+            s.bounce_score(first.subscriber_id).await.unwrap(),
+            None,
+            "{b}"
+        );
+        s.record_bounce_score(first, Some((0.5, 20_000, 0.5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.bounce_score(first.subscriber_id).await.unwrap(),
+            Some((0.5, 20_000, 0.5)),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.delete_list("a", false, Actor::Cli).await,
+                Err(StoreError::ListInUse { .. })
+            ),
+            "{b}"
+        );
+        s.delete_list("a", true, Actor::Cli).await.unwrap();
+        assert!(
+            s.campaigns_for_list(s.list("b").await.unwrap().id)
+                .await
+                .unwrap()
+                == ["c1"],
+            "{b}"
+        );
+    }
+}
