@@ -1058,3 +1058,134 @@ fn bounce_ingest_stores_and_parses_files() {
     );
     assert!(e.fails(&["bounce", "ingest"]).contains("nothing to ingest"));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_verified_hard_bounce_prunes_only_its_own_subscriber() {
+    let e = Env::new();
+    let verp = endpoint_config(&e);
+    e.ok(&["list", "create", "news"]);
+    for who in ["anna", "bob", "cleo"] {
+        e.ok(&[
+            "sub",
+            "add",
+            &format!("{who}@example.org"),
+            "--list",
+            "news",
+        ]);
+    }
+    // The delivery ledger comes with campaigns; here the store API makes one.
+    let deliveries = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
+            .await
+            .unwrap();
+        let campaign = store
+            .create_campaign(&rundbrief_store::NewCampaign {
+                name: "issue-1".into(),
+                lists: vec!["news".into()],
+                subject: "Hi".into(),
+                content: "Hello".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.materialise_deliveries(campaign.id).await.unwrap(), 3);
+        let d = store.deliveries(campaign.id).await.unwrap();
+        store.close().await.unwrap();
+        d
+    });
+    let id_of = |who: &str| {
+        deliveries
+            .iter()
+            .find(|d| d.email.starts_with(who))
+            .unwrap()
+            .delivery_id
+    };
+    assert!(
+        e.fails(&["list", "rm", "news"]).contains("issue-1"),
+        "campaigns keep their lists"
+    );
+
+    let (endpoint, port) = start_endpoint(&e, &[]);
+    let bounce_to = format!("127.0.0.1:{port}");
+    let (sink, sink_port) = start_sink(
+        &e,
+        &[
+            "--bounce",
+            "anna@*=5.1.1",
+            "--bounce",
+            "bob@*=5.7.1",
+            "--bounce",
+            "cleo@*=5.1.1",
+            "--bounce-to",
+            &bounce_to,
+        ],
+    );
+    // anna: hard. bob: the receiver blocked us. A hard bounce for cleo sent to
+    // bob's return path: a forgery as far as bob's delivery is concerned.
+    for (from, to) in [
+        (verp.address(id_of("anna")), "anna@example.org"),
+        (verp.address(id_of("bob")), "bob@example.org"),
+        (verp.address(id_of("bob")), "cleo@example.org"),
+    ] {
+        let replies = smtp(sink_port, &from, &[to], "Subject: issue 1\r\n\r\nhello");
+        assert!(
+            replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
+            "{replies:?}"
+        );
+    }
+    stop(sink, "-INT");
+    for _ in 0..100 {
+        if e.json(&["bounce", "ls", "--state", "parsed"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop(endpoint, "-INT");
+    assert_eq!(
+        e.json(&["bounce", "ls", "--state", "parsed"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let status = |who: &str| {
+        e.json(&["sub", "show", &format!("{who}@example.org")])["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("anna"), "bounced");
+    assert_eq!(status("bob"), "active", "a block never prunes");
+    assert_eq!(
+        status("cleo"),
+        "active",
+        "a report at bob's token cannot prune cleo"
+    );
+    let anna = e.json(&["sub", "show", "anna@example.org"]);
+    let last = anna["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["actor"].as_str()),
+        (Some("bounced"), Some("bounce")),
+        "{anna}"
+    );
+    let why = last["reason"].as_str().unwrap();
+    assert!(
+        why.contains("hard 5.1.1") && why.contains("score 5.0"),
+        "{why}"
+    );
+
+    // The operator undoes it.
+    e.ok(&["sub", "restore", "anna@example.org"]);
+    assert_eq!(status("anna"), "active");
+}

@@ -2,11 +2,16 @@
 //! signed VERP addresses and stores it durably before the 250, and the worker
 //! that parses stored messages afterwards.
 //!
-//! Pruning is deliberately not done here yet: a bounce may only ever affect
-//! the subscriber of the delivery its token names, and deliveries arrive with
-//! the campaign ledger. Until then, parsed bounces are stored and listed.
+//! A parsed bounce only ever affects the subscriber of the delivery its VERP
+//! token names (a recipient could otherwise forge a DSN to their own return
+//! path naming somebody else): its class feeds that subscriber's score, and
+//! the verdict (prune, unsubscribe after a complaint, nothing for a block) is
+//! carried out with an audit entry naming the bounce, the rule and the score.
+//! Only the report's line for the delivery's own address counts. Messages
+//! without a verified delivery are stored and parsed, never acted on.
 
-use rundbrief_core::{BounceSource, TokenError, Verp};
+use rundbrief_bounce::score::{Score, ScoreConfig, Verdict};
+use rundbrief_core::{Actor, Address, BounceSource, TokenError, Verp};
 use rundbrief_smtpd::{DataDecision, Decision, Envelope, Handler, Recipient, Reply, SessionInfo};
 use rundbrief_store::{NewBounce, Store};
 use std::sync::Arc;
@@ -91,6 +96,9 @@ pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
                         .record_bounce_parse(b.id, &kind, parsed.class.as_str(), json)
                         .await?;
                     tracing::debug!(bounce = %b.id, class = parsed.class.as_str(), rule = parsed.rule, "parsed");
+                    if let Some(delivery) = b.delivery_id {
+                        act_on(store, b.id, delivery, &parsed).await?;
+                    }
                 }
                 Err(_) => {
                     store
@@ -105,4 +113,75 @@ pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
             done += 1;
         }
     }
+}
+
+/// Applies one parsed bounce to the subscriber of `delivery`.
+async fn act_on(
+    store: &Store,
+    bounce: uuid::Uuid,
+    delivery: uuid::Uuid,
+    parsed: &rundbrief_bounce::ParsedBounce,
+) -> anyhow::Result<()> {
+    let Some(target) = store.delivery_target(delivery).await? else {
+        tracing::warn!(%bounce, %delivery, "the delivery named by the token is gone; nothing to act on");
+        return Ok(());
+    };
+    // Only the report's line about our delivery's own address counts: a
+    // report at this token naming somebody else changes nothing for anybody.
+    let Some(line) = parsed
+        .recipients
+        .iter()
+        .find(|r| r.address.eq_ignore_ascii_case(&target.email))
+    else {
+        tracing::warn!(%bounce, %delivery, "the report does not name the delivery's recipient; nothing done");
+        return Ok(());
+    };
+    let (class, rule) = (line.class, line.rule);
+    let status = if line.status.is_empty() {
+        "-"
+    } else {
+        line.status.as_str()
+    };
+    let previous =
+        store
+            .bounce_score(target.subscriber_id)
+            .await?
+            .map(|(value, day, day_weight)| Score {
+                value,
+                day,
+                day_weight,
+            });
+    let day = chrono::Utc::now().timestamp().div_euclid(86_400);
+    let (score, verdict) =
+        rundbrief_bounce::score::apply(previous, class, day, &ScoreConfig::default());
+    store
+        .record_bounce_score(&target, score.map(|s| (s.value, s.day, s.day_weight)))
+        .await?;
+    let value = score.map_or(0.0, |s| s.value);
+    let reason = format!(
+        "bounce {bounce}: {} {status} (rule {rule}, score {value:.1})",
+        class.as_str()
+    );
+    let addr = Address::parse(&target.email)?;
+    match verdict {
+        Verdict::Prune { rule: why } => {
+            if store
+                .mark_bounced(&addr, Actor::Bounce, &format!("{reason}; {why}"))
+                .await?
+            {
+                tracing::info!(subscriber = %addr, %bounce, "pruned");
+            }
+        }
+        Verdict::Unsubscribe => {
+            store
+                .unsubscribe(&addr, None, Actor::Bounce, &format!("complaint: {reason}"))
+                .await?;
+            tracing::info!(subscriber = %addr, %bounce, "unsubscribed after a complaint");
+        }
+        Verdict::SenderProblem => {
+            tracing::warn!(domain = addr.domain(), %bounce, rule, "the receiver refused our mail (block): nobody pruned");
+        }
+        Verdict::Keep => {}
+    }
+    Ok(())
 }
