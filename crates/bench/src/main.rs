@@ -74,7 +74,11 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\n{:<44} {:>14} {:<8} note", "figure", "value", "unit");
     for f in &figures {
-        println!("{:<44} {:>14.1} {:<8} {}", f.name, f.value, f.unit, f.note);
+        let decimals = if f.unit == "ratio" { 2 } else { 1 };
+        println!(
+            "{:<44} {:>14.decimals$} {:<8} {}",
+            f.name, f.value, f.unit, f.note
+        );
     }
     Ok(())
 }

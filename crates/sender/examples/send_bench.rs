@@ -7,6 +7,10 @@
 //! `cargo run --release -p rundbrief-sender --example send_bench [COUNT]`
 //! (COUNT messages per run, default 2000). Sender and sink share one tokio
 //! runtime and the machine's cores, so the figures are a floor.
+//!
+//! `SEND_BENCH_TARGET=127.0.0.1:PORT` sends to that server instead (e.g.
+//! Postfix's `smtp-sink`, to compare with `smtp-source` on the same sink);
+//! lettre's pool is then skipped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,8 +133,11 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2000);
+    let target: Option<std::net::SocketAddr> = std::env::var("SEND_BENCH_TARGET")
+        .ok()
+        .map(|t| t.parse().expect("SEND_BENCH_TARGET must be HOST:PORT"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let addr = target.unwrap_or(listener.local_addr().expect("addr"));
     let sink = Sink::new(SinkConfig {
         tls: SinkTls::Off,
         ..SinkConfig::default()
@@ -159,6 +166,9 @@ async fn main() {
                     size / 1024
                 );
             }
+        }
+        if target.is_some() {
+            continue;
         }
         let small = (count / 10).max(50);
         let rate = run_lettre_pool(addr, 8, &msg, small).await;
