@@ -131,6 +131,10 @@ pub enum Command {
     /// Stop it with Ctrl-C: messages in flight are finished first.
     Sink(SinkArgs),
 
+    /// SMTP diagnostics.
+    #[command(subcommand)]
+    Smtp(SmtpCmd),
+
     /// Bounce handling: parse a bounce message (the endpoint comes later).
     #[command(subcommand)]
     Bounce(BounceCmd),
@@ -459,4 +463,46 @@ pub struct RenderArgs {
     /// Write the message to this file instead of stdout.
     #[arg(long, value_name = "FILE.eml")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SmtpCmd {
+    /// Walk through an SMTP dialogue with a relay and report each step:
+    /// DNS, connect, banner, EHLO (extensions), STARTTLS, AUTH, MAIL FROM,
+    /// optionally RCPT TO, then QUIT. Nothing is sent.
+    ///
+    /// Each step is printed with its time and the server's reply; a failing
+    /// step prints a hint for the usual causes (port 25 blocked, 465 vs 587,
+    /// self-signed certificate, AUTH before TLS, relay access denied). The
+    /// exit code is non-zero when a step fails. The password for --auth is
+    /// read from RUNDBRIEF_SMTP_PASSWORD and never printed.
+    Check {
+        /// The relay: HOST or HOST:PORT (default port 25; 587 with --starttls; 465 with --tls).
+        target: String,
+        /// Require STARTTLS after EHLO (submission, port 587).
+        #[arg(long, conflicts_with = "tls")]
+        starttls: bool,
+        /// Implicit TLS from the first byte (port 465).
+        #[arg(long)]
+        tls: bool,
+        /// Authenticate (AUTH PLAIN) as this user; password from RUNDBRIEF_SMTP_PASSWORD.
+        #[arg(long, value_name = "USER")]
+        auth: Option<String>,
+        /// MAIL FROM address. Default: a VERP return path when the secret and
+        /// sending.bounce_domain are configured, else the null sender <>.
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+        /// Also try RCPT TO this address (sender/recipient verification).
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// Name to give in EHLO.
+        #[arg(long, default_value = "localhost")]
+        ehlo: String,
+        /// Seconds each step may take.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Accept any TLS certificate (self-signed test servers only).
+        #[arg(long)]
+        insecure: bool,
+    },
 }

@@ -1189,3 +1189,142 @@ fn a_verified_hard_bounce_prunes_only_its_own_subscriber() {
     e.ok(&["sub", "restore", "anna@example.org"]);
     assert_eq!(status("anna"), "active");
 }
+
+#[cfg(unix)]
+#[test]
+fn smtp_check_walks_the_dialogue_and_explains_failures() {
+    let e = Env::new();
+    let (sink, port) = start_sink(&e, &["--reject", "nobody@*=550 5.1.1 User unknown"]);
+    let target = format!("127.0.0.1:{port}");
+    let steps = |v: &Value| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    let ok = e.json(&["smtp", "check", &target, "--to", "someone@example.org"]);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(
+        steps(&ok),
+        ["dns", "connect", "banner", "ehlo", "mail", "rcpt", "quit"],
+        "{ok}"
+    );
+    for s in ok["steps"].as_array().unwrap() {
+        assert!(
+            s["ms"].is_u64() && s["hint"].is_string() && s["reply"].is_string(),
+            "{s}"
+        );
+    }
+    assert!(
+        ok["steps"][3]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("STARTTLS"),
+        "EHLO lists the extensions: {ok}"
+    );
+
+    // STARTTLS with the sink's self-signed certificate: refused with a hint, accepted with --insecure.
+    let out = e
+        .cmd()
+        .args(["smtp", "check", &target, "--starttls", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tls = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "starttls")
+        .unwrap();
+    assert_eq!(tls["ok"], false);
+    assert!(
+        tls["hint"].as_str().unwrap().contains("self-signed"),
+        "{tls}"
+    );
+    let insecure = e.json(&["smtp", "check", &target, "--starttls", "--insecure"]);
+    assert_eq!(
+        steps(&insecure),
+        [
+            "dns", "connect", "banner", "ehlo", "starttls", "ehlo", "mail", "quit"
+        ],
+        "{insecure}"
+    );
+
+    // A refused recipient: rcpt fails with the server's reply, quit still runs.
+    let out = e
+        .cmd()
+        .args([
+            "smtp",
+            "check",
+            &target,
+            "--to",
+            "nobody@example.org",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rcpt = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "rcpt")
+        .unwrap();
+    assert!(
+        rcpt["reply"].as_str().unwrap().starts_with("550 5.1.1"),
+        "{rcpt}"
+    );
+    assert_eq!(steps(&v).last().map(String::as_str), Some("quit"));
+    stop(sink, "-INT");
+
+    // A closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = e
+        .cmd()
+        .args(["smtp", "check", &closed.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(steps(&v), ["dns", "connect"]);
+    assert!(
+        v["steps"][1]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listens"),
+        "{v}"
+    );
+
+    // A server that accepts but never greets.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || {
+        silent
+            .accept()
+            .map(|(_conn, _)| std::thread::sleep(std::time::Duration::from_secs(3)))
+            .ok()
+    });
+    let out = e
+        .cmd()
+        .args(["smtp", "check", &addr, "--timeout", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let banner = &v["steps"][2];
+    assert_eq!(
+        (banner["step"].as_str(), banner["ok"].as_bool()),
+        (Some("banner"), Some(false)),
+        "{v}"
+    );
+    assert!(banner["hint"].as_str().unwrap().contains("--tls"), "{v}");
+    let _ = holder.join();
+}

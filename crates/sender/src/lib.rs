@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod check;
 mod connection;
 mod error;
 mod pool;

@@ -7,6 +7,7 @@ pub mod import;
 pub mod list;
 pub mod render;
 pub mod sink;
+pub mod smtp;
 pub mod sub;
 
 use crate::args::{InitArgs, MigrateCmd};
