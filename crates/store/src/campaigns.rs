@@ -5,7 +5,7 @@
 use crate::{Doing, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use rundbrief_core::{CampaignState, DeliveryState, MembershipStatus, SubscriberStatus};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use uuid::Uuid;
 
 /// What `create_campaign` needs.
@@ -52,7 +52,7 @@ impl Store {
         for name in &c.lists {
             list_ids.push(self.list(name).await?.id);
         }
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let backend = txn.get_database_backend();
         let (id, now) = (Uuid::now_v7(), Utc::now());
         txn.execute_raw(crate::stmt_for(
@@ -226,13 +226,14 @@ impl Store {
         Ok(s.and_then(|s| Some((s.bounce_score?, s.bounce_day?, s.bounce_day_weight?))))
     }
 
-    /// Stores the subscriber's bounce score and marks the delivery bounced.
+    /// Stores the subscriber's bounce score and marks a `sent` delivery
+    /// `bounced` (a `rejected` one stays rejected: it bounced synchronously).
     pub async fn record_bounce_score(
         &self,
         target: &DeliveryTarget,
         score: Option<StoredScore>,
     ) -> Result<()> {
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let backend = txn.get_database_backend();
         if let Some((value, day, weight)) = score {
             txn.execute_raw(crate::stmt_for(
@@ -245,16 +246,249 @@ impl Store {
         }
         txn.execute_raw(crate::stmt_for(
             backend,
-            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ?",
+            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
             vec![
                 DeliveryState::Bounced.as_str().into(),
                 Utc::now().into(),
                 target.delivery_id.into(),
+                DeliveryState::Sent.as_str().into(),
             ],
         ))
         .await
         .doing("marking a delivery bounced")?;
         txn.commit().await.doing("committing a bounce score")?;
         Ok(())
+    }
+}
+
+/// A campaign with everything needed to render it.
+#[derive(Debug, Clone)]
+pub struct CampaignContent {
+    pub campaign: Campaign,
+    pub content: String,
+    pub content_kind: String,
+    pub layout: Option<String>,
+    pub from: Option<String>,
+    pub relay: Option<String>,
+    /// The first of its lists (for List-Id and unsubscribe tokens).
+    pub first_list_id: Option<Uuid>,
+}
+
+/// A pending delivery with the subscriber data a message needs.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub delivery_id: Uuid,
+    pub subscriber_id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub attributes: rundbrief_core::Attributes,
+    pub attempts: i32,
+}
+
+/// Counts by delivery state, as `campaign status --json` prints them (field
+/// names are a contract; `state` is the campaign's).
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct CampaignCounts {
+    pub state: String,
+    pub total: u64,
+    pub sent: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    /// Bounced: asynchronously (a DSN after a 250) or synchronously (a 5xx
+    /// at RCPT or DATA, also counted in `rejected`).
+    pub bounced: u64,
+    pub pending: u64,
+    /// The synchronous part of `bounced`.
+    pub rejected: u64,
+}
+
+impl Store {
+    /// The campaign called `name`, with its content.
+    ///
+    /// # Errors
+    /// [`StoreError::CampaignNotFound`].
+    pub async fn campaign(&self, name: &str) -> Result<CampaignContent> {
+        #[derive(FromQueryResult)]
+        struct C {
+            id: Uuid,
+            name: String,
+            subject: String,
+            content: String,
+            content_kind: String,
+            layout: Option<String>,
+            from_addr: Option<String>,
+            relay: Option<String>,
+            state: String,
+            created_at: DateTime<Utc>,
+        }
+        let c = C::find_by_statement(self.stmt(
+            "SELECT id, name, subject, content, content_kind, layout, from_addr, relay, state, created_at FROM campaigns WHERE name = ?",
+            vec![name.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("reading a campaign")?
+        .ok_or_else(|| StoreError::CampaignNotFound(name.to_string()))?;
+        #[derive(FromQueryResult)]
+        struct L {
+            id: Uuid,
+            name: String,
+        }
+        let lists = L::find_by_statement(self.stmt(
+            "SELECT l.id, l.name FROM lists l JOIN campaign_lists cl ON cl.list_id = l.id WHERE cl.campaign_id = ? ORDER BY l.name",
+            vec![c.id.into()],
+        ))
+        .all(&self.db)
+        .await
+        .doing("reading a campaign's lists")?;
+        Ok(CampaignContent {
+            first_list_id: lists.first().map(|l| l.id),
+            campaign: Campaign {
+                id: c.id,
+                name: c.name,
+                subject: c.subject,
+                state: c.state.parse()?,
+                lists: lists.into_iter().map(|l| l.name).collect(),
+                created_at: c.created_at,
+            },
+            content: c.content,
+            content_kind: c.content_kind,
+            layout: c.layout,
+            from: c.from_addr,
+            relay: c.relay,
+        })
+    }
+
+    /// Every campaign, newest first.
+    pub async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        #[derive(FromQueryResult)]
+        struct N {
+            name: String,
+        }
+        let names = N::find_by_statement(self.stmt(
+            "SELECT name FROM campaigns ORDER BY created_at DESC",
+            vec![],
+        ))
+        .all(&self.db)
+        .await
+        .doing("listing campaigns")?;
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            out.push(self.campaign(&n.name).await?.campaign);
+        }
+        Ok(out)
+    }
+
+    /// Sets the campaign's state.
+    pub async fn set_campaign_state(&self, campaign_id: Uuid, state: CampaignState) -> Result<()> {
+        self.db
+            .execute_raw(self.stmt(
+                "UPDATE campaigns SET state = ?, updated_at = ? WHERE id = ?",
+                vec![state.as_str().into(), Utc::now().into(), campaign_id.into()],
+            ))
+            .await
+            .doing("changing a campaign's state")?;
+        Ok(())
+    }
+
+    /// Up to `limit` deliveries in `states`, oldest first, with subscriber data.
+    /// Single-process claiming: the caller records an outcome for each.
+    pub async fn deliveries_in(
+        &self,
+        campaign_id: Uuid,
+        states: &[DeliveryState],
+        limit: u64,
+    ) -> Result<Vec<PendingDelivery>> {
+        #[derive(FromQueryResult)]
+        struct P {
+            id: Uuid,
+            subscriber_id: Uuid,
+            email: String,
+            name: Option<String>,
+            attributes: serde_json::Value,
+            attempts: i32,
+        }
+        let mut values: Vec<Value> = vec![campaign_id.into()];
+        values.extend(states.iter().map(|s| Value::from(s.as_str())));
+        values.push((limit as i64).into());
+        let marks = vec!["?"; states.len()].join(", ");
+        let rows = P::find_by_statement(self.stmt(
+            &format!(
+                "SELECT d.id, d.subscriber_id, d.email, s.name, s.attributes, d.attempts FROM deliveries d \
+                 JOIN subscribers s ON s.id = d.subscriber_id WHERE d.campaign_id = ? AND d.state IN ({marks}) \
+                 ORDER BY d.created_at, d.id LIMIT ?"
+            ),
+            values,
+        ))
+        .all(&self.db)
+        .await
+        .doing("reading pending deliveries")?;
+        rows.into_iter()
+            .map(|p| {
+                let attributes = match p.attributes {
+                    serde_json::Value::Object(m) => m,
+                    serde_json::Value::String(t) => serde_json::from_str(&t).unwrap_or_default(),
+                    _ => Default::default(),
+                };
+                Ok(PendingDelivery {
+                    delivery_id: p.id,
+                    subscriber_id: p.subscriber_id,
+                    email: p.email,
+                    name: p.name,
+                    attributes,
+                    attempts: p.attempts,
+                })
+            })
+            .collect()
+    }
+
+    /// Records how one send ended.
+    pub async fn record_delivery(
+        &self,
+        delivery_id: Uuid,
+        state: DeliveryState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.db
+            .execute_raw(self.stmt(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                vec![state.as_str().into(), error.map(str::to_string).into(), Utc::now().into(), delivery_id.into()],
+            ))
+            .await
+            .doing("recording a delivery")?;
+        Ok(())
+    }
+
+    /// Counts by state, for `campaign status`.
+    pub async fn campaign_counts(&self, campaign_id: Uuid) -> Result<CampaignCounts> {
+        #[derive(FromQueryResult)]
+        struct R {
+            state: String,
+            n: i64,
+        }
+        let rows = R::find_by_statement(self.stmt(
+            "SELECT state, COUNT(*) AS n FROM deliveries WHERE campaign_id = ? GROUP BY state",
+            vec![campaign_id.into()],
+        ))
+        .all(&self.db)
+        .await
+        .doing("counting deliveries")?;
+        let mut c = CampaignCounts::default();
+        for r in rows {
+            let n = r.n as u64;
+            c.total += n;
+            match r.state.parse::<DeliveryState>()? {
+                DeliveryState::Pending => c.pending += n,
+                DeliveryState::Sent => c.sent += n,
+                DeliveryState::Deferred => c.deferred += n,
+                DeliveryState::Rejected => {
+                    c.rejected += n;
+                    c.bounced += n;
+                }
+                DeliveryState::Failed => c.failed += n,
+                DeliveryState::Bounced => c.bounced += n,
+            }
+        }
+        Ok(c)
     }
 }

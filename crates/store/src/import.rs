@@ -18,8 +18,7 @@ use chrono::{DateTime, Utc};
 use rundbrief_core::csvin::ImportRow;
 use rundbrief_core::{Actor, Attributes, AuditAction, MembershipStatus, SubscriberStatus};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseTransaction, FromQueryResult, Statement,
-    TransactionTrait, Value,
+    ConnectionTrait, DatabaseBackend, DatabaseTransaction, FromQueryResult, Statement, Value,
 };
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -77,7 +76,7 @@ impl Store {
     pub async fn begin_import(&self, list: &str, opts: ImportOptions) -> Result<Import> {
         let list = self.list(list).await?;
         let dry = if opts.dry_run {
-            Some(self.db.begin().await.doing("starting the dry run")?)
+            Some(self.write_txn().await.doing("starting the dry run")?)
         } else {
             None
         };
@@ -105,7 +104,7 @@ impl Import {
         match &self.dry {
             Some(txn) => apply(txn, self.list_id, &self.opts, rows, now).await,
             None => {
-                let txn = self.store.db.begin().await.doing("starting a batch")?;
+                let txn = self.store.write_txn().await.doing("starting a batch")?;
                 let report = apply(&txn, self.list_id, &self.opts, rows, now).await?;
                 txn.commit().await.doing("committing a batch")?;
                 Ok(report)

@@ -15,7 +15,7 @@ use rundbrief_core::model::UnknownValue;
 use sea_orm::sea_query::Value;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
-    Statement,
+    Statement, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -26,7 +26,10 @@ mod lists;
 mod subscribers;
 
 pub use bounces::{BounceQuery, NewBounce, StoredBounce};
-pub use campaigns::{Campaign, DeliveryTarget, NewCampaign, StoredScore};
+pub use campaigns::{
+    Campaign, CampaignContent, CampaignCounts, DeliveryTarget, NewCampaign, PendingDelivery,
+    StoredScore,
+};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 
@@ -80,6 +83,9 @@ pub enum StoreError {
     /// `campaign create` with a name that exists.
     #[error("a campaign named `{0}` already exists")]
     CampaignExists(String),
+    /// No campaign by that name.
+    #[error("there is no campaign named `{0}` (see `rundbrief campaign ls`)")]
+    CampaignNotFound(String),
     /// `list rm` on a list that campaigns send to.
     #[error(
         "list `{name}` is used by campaign(s) {campaigns}; pass --force to delete it anyway (they lose this list)"
@@ -251,6 +257,22 @@ impl Store {
             DatabaseBackend::Postgres => "postgres",
             _ => "other",
         }
+    }
+
+    /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`:
+    /// a deferred transaction that reads first and then writes gets
+    /// SQLITE_BUSY at once (without waiting out the busy timeout) when another
+    /// process wrote in between, e.g. the bounce endpoint while a campaign is
+    /// sending. PostgreSQL ignores the mode.
+    pub(crate) async fn write_txn(
+        &self,
+    ) -> std::result::Result<sea_orm::DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
     }
 
     /// Closes the pool (waits for connections to be returned).

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rundbrief_core::{
     Actor, AuditAction, List, ListCounts, ListSummary, MembershipStatus, SubscriberStatus,
 };
-use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -197,7 +197,7 @@ impl Store {
                 members,
             });
         }
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let backend = txn.get_database_backend();
         let now = Utc::now();
         #[derive(FromQueryResult)]

@@ -8,7 +8,7 @@ use rundbrief_core::{
     Actor, Address, Attributes, AuditAction, AuditEntry, Membership, MembershipStatus,
     StatusFilter, Subscriber, SubscriberDetail, SubscriberRow, SubscriberStatus,
 };
-use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use uuid::Uuid;
 
 #[derive(FromQueryResult)]
@@ -171,7 +171,7 @@ impl Store {
         reason: &str,
     ) -> Result<AddOutcome> {
         let list = self.list(list).await?;
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let now = Utc::now();
         let mut out = AddOutcome::default();
         let id = match find(&txn, addr).await? {
@@ -469,7 +469,7 @@ impl Store {
             Some(name) => Some(self.list(name).await?),
             None => None,
         };
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let sub = find(&txn, addr)
             .await?
             .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
@@ -551,7 +551,7 @@ impl Store {
     /// so that no later import or `sub add` can bring it in. Returns whether
     /// anything changed.
     pub async fn blocklist(&self, addr: &Address, actor: Actor, reason: &str) -> Result<bool> {
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let now = Utc::now();
         let blocked = SubscriberStatus::Blocklisted.as_str();
         let changed = match find(&txn, addr).await? {
@@ -626,7 +626,7 @@ impl Store {
         actor: Actor,
         reason: &str,
     ) -> Result<()> {
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let sub = find(&txn, addr)
             .await?
             .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
@@ -666,7 +666,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::SubscriberNotFound`].
     pub async fn mark_bounced(&self, addr: &Address, actor: Actor, reason: &str) -> Result<bool> {
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let sub = find(&txn, addr)
             .await?
             .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
@@ -705,7 +705,7 @@ impl Store {
         actor: Actor,
         reason: &str,
     ) -> Result<()> {
-        let txn = self.db.begin().await.doing("starting a transaction")?;
+        let txn = self.write_txn().await.doing("starting a transaction")?;
         let sub = find(&txn, addr)
             .await?
             .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
