@@ -102,6 +102,10 @@ pub enum Command {
     /// The output can be imported again as is.
     Export(ExportArgs),
 
+    /// Campaigns: create them, send them, see how they went.
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+
     /// Check templates before they are used.
     #[command(subcommand)]
     Template(TemplateCmd),
@@ -505,4 +509,53 @@ pub enum SmtpCmd {
         #[arg(long)]
         insecure: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCmd {
+    /// Create a campaign (a draft) for one or more lists.
+    Create {
+        name: String,
+        /// A list to send to; repeat for several (each subscriber gets one copy).
+        #[arg(long = "list", required = true)]
+        lists: Vec<String>,
+        /// The subject (a template).
+        #[arg(long)]
+        subject: String,
+        /// The content: Markdown (.md) or HTML (.html), a template.
+        #[arg(long, value_name = "FILE")]
+        content: PathBuf,
+        /// A layout directory; default templates.dir, else the shipped layout.
+        #[arg(long, value_name = "DIR")]
+        layout: Option<PathBuf>,
+        /// From: header; default sending.from.
+        #[arg(long)]
+        from: Option<String>,
+        /// Relay URL for this campaign; default the configured relay.
+        #[arg(long)]
+        relay: Option<String>,
+    },
+    /// List campaigns, newest first.
+    Ls,
+    /// Send a campaign now, in the foreground, until every recipient has an
+    /// outcome. Materialises one delivery per eligible recipient first
+    /// (active, subscribed, once across lists); running it again sends only
+    /// to those still pending or deferred, never twice to the same delivery.
+    Send {
+        name: String,
+        /// Relay URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        #[arg(long)]
+        relay: Option<String>,
+        /// Simultaneous SMTP connections.
+        #[arg(long, default_value_t = 4)]
+        pool: usize,
+        /// Wait for the end (the only mode until the scheduler arrives).
+        #[arg(long, default_value_t = true)]
+        wait: bool,
+        /// Accept any TLS certificate from the relay (test relays only).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Progress of a campaign: total, sent, deferred, failed, bounced, pending.
+    Status { name: String },
 }

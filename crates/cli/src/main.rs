@@ -49,6 +49,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
+        Command::Campaign(c) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::campaign::run(&store, &loaded.config, c, cli.json).await
+        }
         Command::Smtp(c) => cmd::smtp::run(&config::load(&cli)?.config, c, cli.json).await,
         Command::Template(args::TemplateCmd::Check { files }) => {
             cmd::render::check(files, cli.json)

@@ -1328,3 +1328,155 @@ fn smtp_check_walks_the_dialogue_and_explains_failures() {
     assert!(banner["hint"].as_str().unwrap().contains("--tls"), "{v}");
     let _ = holder.join();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
+    let e = Env::new();
+    let verp = endpoint_config(&e);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let cfg = cfg
+        .replace(
+            "# from = \"Newsletter <news@example.org>\"",
+            "from = \"Newsletter <news@example.org>\"",
+        )
+        .replace(
+            "# public_url = \"https://news.example.org\"",
+            "public_url = \"https://news.example.org\"",
+        );
+    e.write("rundbrief.toml", cfg.as_bytes());
+    e.ok(&["list", "create", "news"]);
+    e.write(
+        "people.csv",
+        b"email,name\nok1@example.org,Ada\nok2@example.org,Bea\ndead1@example.org,Dan\ngone1@example.org,Gus\nblk1@example.org,Bo\n",
+    );
+    assert_eq!(import(&e, "people.csv", &[])["imported"], 5);
+    e.write(
+        "issue.md",
+        b"# Hello {{default subscriber.name \"friend\"}}\n\nNews.\n",
+    );
+    e.ok(&[
+        "campaign",
+        "create",
+        "issue-1",
+        "--list",
+        "news",
+        "--subject",
+        "Hi {{subscriber.name}}",
+        "--content",
+        "issue.md",
+    ]);
+
+    let (endpoint, endpoint_port) = start_endpoint(&e, &[]);
+    let (sink, sink_port) = start_sink(
+        &e,
+        &[
+            "--dir",
+            "spool",
+            "--reject",
+            "dead*=550 5.1.1 User unknown",
+            "--reject",
+            "blk*=550 5.7.1 Message rejected due to local policy",
+            "--bounce",
+            "gone*=5.1.1",
+            "--bounce-to",
+            &format!("127.0.0.1:{endpoint_port}"),
+        ],
+    );
+    let relay = format!("smtp://127.0.0.1:{sink_port}");
+    let sent = e.json(&["campaign", "send", "issue-1", "--relay", &relay]);
+    // The DSN for gone1 may already be back: it moves one from sent to bounced.
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            n(&sent, "total"),
+            n(&sent, "rejected"),
+            n(&sent, "sent") + n(&sent, "bounced")
+        ),
+        (5, 2, 5),
+        "{sent}"
+    );
+    assert_eq!(sent["state"], "finished", "{sent}");
+
+    // A second run sends nothing again.
+    let again = e.json(&["campaign", "send", "issue-1", "--relay", &relay]);
+    assert_eq!(n(&again, "sent") + n(&again, "bounced"), 5, "{again}");
+    stop(sink, "-INT");
+    for _ in 0..100 {
+        if e.json(&["bounce", "ls", "--state", "parsed"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop(endpoint, "-INT");
+
+    // Three messages stored, each with its own verifiable return path and personalisation.
+    let mut files: Vec<_> = std::fs::read_dir(e.path("spool"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3);
+    let mut ids = std::collections::HashSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let rp = text
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("Return-Path: <")
+            .trim_end_matches('>');
+        ids.insert(
+            verp.delivery(rp)
+                .unwrap_or_else(|err| panic!("{rp}: {err}")),
+        );
+        let to = text.lines().nth(1).unwrap();
+        let name = match to {
+            "Delivered-To: <ok1@example.org>" => "Ada",
+            "Delivered-To: <ok2@example.org>" => "Bea",
+            "Delivered-To: <gone1@example.org>" => "Gus",
+            other => panic!("unexpected {other}"),
+        };
+        assert!(text.contains(&format!("Subject: Hi {name}")), "{text}");
+    }
+    assert_eq!(ids.len(), 3, "distinct deliveries");
+
+    let status = |who: &str| {
+        e.json(&["sub", "show", &format!("{who}@example.org")])["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("dead1"), "bounced", "5.1.1 at RCPT prunes");
+    assert_eq!(
+        status("gone1"),
+        "bounced",
+        "a DSN at its VERP address prunes"
+    );
+    assert_eq!(status("blk1"), "active", "5.7.1 is a block: nobody pruned");
+    assert_eq!(
+        (status("ok1"), status("ok2")),
+        ("active".into(), "active".into())
+    );
+    let s = e.json(&["campaign", "status", "issue-1"]);
+    for key in [
+        "state", "total", "sent", "deferred", "failed", "bounced", "pending",
+    ] {
+        assert!(s.get(key).is_some(), "campaign status misses {key}: {s}");
+    }
+    assert_eq!(
+        (
+            s["sent"].as_u64(),
+            s["bounced"].as_u64(),
+            s["rejected"].as_u64(),
+            s["pending"].as_u64()
+        ),
+        (Some(2), Some(3), Some(2), Some(0)),
+        "{s}"
+    );
+}

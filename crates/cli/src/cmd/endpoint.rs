@@ -136,12 +136,32 @@ async fn act_on(
         tracing::warn!(%bounce, %delivery, "the report does not name the delivery's recipient; nothing done");
         return Ok(());
     };
-    let (class, rule) = (line.class, line.rule);
     let status = if line.status.is_empty() {
         "-"
     } else {
         line.status.as_str()
     };
+    apply_class(
+        store,
+        &target,
+        line.class,
+        status,
+        line.rule,
+        &format!("bounce {bounce}"),
+    )
+    .await
+}
+
+/// Feeds one classified bounce (from a DSN, or a 5xx seen while sending) to
+/// the score of the delivery's subscriber and carries out the verdict, audited.
+pub async fn apply_class(
+    store: &Store,
+    target: &rundbrief_store::DeliveryTarget,
+    class: rundbrief_bounce::BounceClass,
+    status: &str,
+    rule: &str,
+    source: &str,
+) -> anyhow::Result<()> {
     let previous =
         store
             .bounce_score(target.subscriber_id)
@@ -155,11 +175,11 @@ async fn act_on(
     let (score, verdict) =
         rundbrief_bounce::score::apply(previous, class, day, &ScoreConfig::default());
     store
-        .record_bounce_score(&target, score.map(|s| (s.value, s.day, s.day_weight)))
+        .record_bounce_score(target, score.map(|s| (s.value, s.day, s.day_weight)))
         .await?;
     let value = score.map_or(0.0, |s| s.value);
     let reason = format!(
-        "bounce {bounce}: {} {status} (rule {rule}, score {value:.1})",
+        "{source}: {} {status} (rule {rule}, score {value:.1})",
         class.as_str()
     );
     let addr = Address::parse(&target.email)?;
@@ -169,17 +189,22 @@ async fn act_on(
                 .mark_bounced(&addr, Actor::Bounce, &format!("{reason}; {why}"))
                 .await?
             {
-                tracing::info!(subscriber = %addr, %bounce, "pruned");
+                tracing::info!(subscriber = %addr, source, "pruned");
             }
         }
         Verdict::Unsubscribe => {
             store
                 .unsubscribe(&addr, None, Actor::Bounce, &format!("complaint: {reason}"))
                 .await?;
-            tracing::info!(subscriber = %addr, %bounce, "unsubscribed after a complaint");
+            tracing::info!(subscriber = %addr, source, "unsubscribed after a complaint");
         }
         Verdict::SenderProblem => {
-            tracing::warn!(domain = addr.domain(), %bounce, rule, "the receiver refused our mail (block): nobody pruned");
+            tracing::warn!(
+                domain = addr.domain(),
+                source,
+                rule,
+                "the receiver refused our mail (block): nobody pruned"
+            );
         }
         Verdict::Keep => {}
     }

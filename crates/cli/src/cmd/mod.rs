@@ -1,6 +1,7 @@
 //! One module per command group; small commands live here.
 
 pub mod bounce;
+pub mod campaign;
 pub mod endpoint;
 pub mod export;
 pub mod import;

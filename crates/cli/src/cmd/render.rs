@@ -46,7 +46,7 @@ pub fn check(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn content_kind(path: &Path) -> anyhow::Result<ContentKind> {
+pub fn content_kind(path: &Path) -> anyhow::Result<ContentKind> {
     match path
         .extension()
         .and_then(|e| e.to_str())
@@ -70,28 +70,50 @@ fn domain_of(from: &str) -> Option<&str> {
         .filter(|d| !d.is_empty() && from.contains('@'))
 }
 
-pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Result<ExitCode> {
+/// What every rendered message of a campaign shares: the compiled renderer
+/// and where its links point.
+pub struct Prepared {
+    pub renderer: Renderer,
+    pub signer: rundbrief_core::Signer,
+    pub public_url: String,
+    pub bounce_domain: String,
+}
+
+/// The campaign-level inputs of [`prepare`].
+pub struct Campaign<'a> {
+    pub subject: &'a str,
+    pub content: String,
+    pub content_kind: ContentKind,
+    pub layout: Option<&'a Path>,
+    pub from: Option<String>,
+    pub list_name: &'a str,
+    pub campaign_id: &'a str,
+    pub tz: &'a str,
+}
+
+/// Compiles a campaign once: needs the secret, sending.public_url,
+/// sending.bounce_domain and a From address, and names what is missing.
+pub fn prepare(cfg: &Config, c: Campaign<'_>) -> anyhow::Result<Prepared> {
     let signer = cfg.signer()?;
     let missing = |key: &str, example: &str| {
         anyhow::anyhow!(
             "`{key}` is not set; put it in rundbrief.toml (e.g. {example}) or the matching RUNDBRIEF_ variable"
         )
     };
-    let public_url = cfg.sending.public_url.as_deref().ok_or_else(|| {
+    let public_url = cfg.sending.public_url.clone().ok_or_else(|| {
         missing(
             "sending.public_url",
             "public_url = \"https://news.example.org\"",
         )
     })?;
-    let bounce_domain = cfg.sending.bounce_domain.as_deref().ok_or_else(|| {
+    let bounce_domain = cfg.sending.bounce_domain.clone().ok_or_else(|| {
         missing(
             "sending.bounce_domain",
             "bounce_domain = \"bounce.example.org\"",
         )
     })?;
-    let from = a
+    let from = c
         .from
-        .clone()
         .or_else(|| cfg.sending.from.clone())
         .ok_or_else(|| missing("sending.from", "from = \"News <news@example.org>\""))?;
     let from_domain = domain_of(&from)
@@ -102,28 +124,85 @@ pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Resu
         .message_id_domain
         .clone()
         .unwrap_or_else(|| from_domain.clone());
-
-    let content = std::fs::read_to_string(&a.content)
-        .with_context(|| format!("cannot read {}", a.content.display()))?;
-    let layout = match a.layout.as_ref().or(cfg.templates.dir.as_ref()) {
+    let layout = match c.layout.or(cfg.templates.dir.as_deref()) {
         Some(dir) => Layout::from_dir(dir)
             .with_context(|| format!("loading the layout in {}", dir.display()))?,
         None => Layout::shipped(),
     };
     let renderer = Renderer::new(CampaignTemplate {
-        subject: a.subject.clone(),
-        content,
-        content_kind: content_kind(&a.content)?,
+        subject: c.subject.to_string(),
+        content: c.content,
+        content_kind: c.content_kind,
         layout,
         from,
         reply_to: cfg.sending.reply_to.clone(),
-        list_id: format!("{}.{from_domain}", a.list),
-        list_name: a.list.clone(),
-        campaign_id: "preview".into(),
+        list_id: format!("{}.{from_domain}", c.list_name),
+        list_name: c.list_name.to_string(),
+        campaign_id: c.campaign_id.to_string(),
         message_id_domain,
-        time_zone: parse_time_zone(&a.tz)?,
+        time_zone: parse_time_zone(c.tz)?,
         transfer_encoding: Default::default(),
+    })?;
+    Ok(Prepared {
+        renderer,
+        signer,
+        public_url,
+        bounce_domain,
     })
+}
+
+impl Prepared {
+    /// The recipient's links: a one-click URL carrying (subscriber, list) and
+    /// a mailto carrying the delivery id, both signed.
+    pub fn recipient(
+        &self,
+        email: String,
+        name: Option<String>,
+        attributes: rundbrief_core::Attributes,
+        subscriber: Uuid,
+        list: Uuid,
+        delivery: Uuid,
+    ) -> Recipient {
+        let mut link = Vec::with_capacity(32);
+        link.extend_from_slice(subscriber.as_bytes());
+        link.extend_from_slice(list.as_bytes());
+        Recipient {
+            email,
+            name,
+            attributes,
+            unsubscribe_url: format!(
+                "{}/u/{}",
+                self.public_url.trim_end_matches('/'),
+                self.signer.sign(Purpose::UnsubscribeLink, &link)
+            ),
+            unsubscribe_mailto: format!(
+                "mailto:unsub-{}@{}",
+                self.signer
+                    .sign(Purpose::UnsubscribeMail, delivery.as_bytes()),
+                self.bounce_domain
+            ),
+            view_url: None,
+            message_id: Some(delivery.simple().to_string()),
+        }
+    }
+}
+
+pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let content = std::fs::read_to_string(&a.content)
+        .with_context(|| format!("cannot read {}", a.content.display()))?;
+    let prepared = prepare(
+        cfg,
+        Campaign {
+            subject: &a.subject,
+            content,
+            content_kind: content_kind(&a.content)?,
+            layout: a.layout.as_deref(),
+            from: a.from.clone(),
+            list_name: &a.list,
+            campaign_id: "preview",
+            tz: &a.tz,
+        },
+    )
     .with_context(|| format!("{}", a.content.display()))?;
 
     // A subscriber in the store brings their own data and a real token.
@@ -154,27 +233,15 @@ pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Resu
         tracing::warn!(to = %addr, list = %a.list, "not a subscriber of that list: the unsubscribe link is a placeholder that unsubscribes nobody");
     }
     let (sub_id, list_id) = ids.unwrap_or((Uuid::nil(), Uuid::nil()));
-    let mut link_payload = Vec::with_capacity(32);
-    link_payload.extend_from_slice(sub_id.as_bytes());
-    link_payload.extend_from_slice(list_id.as_bytes());
-    let delivery = Uuid::now_v7();
-    let recipient = Recipient {
-        email: addr.to_string(),
+    let recipient = prepared.recipient(
+        addr.to_string(),
         name,
         attributes,
-        unsubscribe_url: format!(
-            "{}/u/{}",
-            public_url.trim_end_matches('/'),
-            signer.sign(Purpose::UnsubscribeLink, &link_payload)
-        ),
-        unsubscribe_mailto: format!(
-            "mailto:unsub-{}@{bounce_domain}",
-            signer.sign(Purpose::UnsubscribeMail, delivery.as_bytes())
-        ),
-        view_url: None,
-        message_id: Some(delivery.simple().to_string()),
-    };
-    let bytes = renderer.render(&recipient, chrono::Utc::now())?;
+        sub_id,
+        list_id,
+        Uuid::now_v7(),
+    );
+    let bytes = prepared.renderer.render(&recipient, chrono::Utc::now())?;
     match &a.out {
         Some(path) => {
             std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;

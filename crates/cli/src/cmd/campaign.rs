@@ -1,0 +1,325 @@
+//! `rundbrief campaign …`: create, list, send in the foreground, status.
+//! The scheduler (schedules, pause/resume, leases, several workers) comes
+//! later; `send` is the single-process path it will reuse.
+
+use crate::args::CampaignCmd;
+use crate::cmd::endpoint::apply_class;
+use crate::cmd::render::{Campaign, content_kind, prepare};
+use crate::output;
+use anyhow::{Context, bail};
+use rundbrief_core::{CampaignState, Config, DeliveryState};
+use rundbrief_render::ContentKind;
+use rundbrief_sender::{Delivery, Outcome, Relay, Sender};
+use rundbrief_store::{NewCampaign, Store};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Deliveries read per round.
+const BATCH: u64 = 500;
+/// How many times a deferred delivery is retried within one `send`.
+const MAX_ATTEMPTS: i32 = 3;
+
+pub async fn run(
+    store: &Store,
+    cfg: &Config,
+    cmd: &CampaignCmd,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CampaignCmd::Create {
+            name,
+            lists,
+            subject,
+            content,
+            layout,
+            from,
+            relay,
+        } => {
+            let kind = content_kind(content)?;
+            let text = std::fs::read_to_string(content)
+                .with_context(|| format!("cannot read {}", content.display()))?;
+            rundbrief_render::check_template(&content.display().to_string(), &text)?;
+            rundbrief_render::check_template("subject", subject)?;
+            let c = store
+                .create_campaign(&NewCampaign {
+                    name: name.clone(),
+                    lists: lists.clone(),
+                    subject: subject.clone(),
+                    content: text,
+                    content_kind: if kind == ContentKind::Html {
+                        "html"
+                    } else {
+                        "markdown"
+                    }
+                    .into(),
+                    layout: layout.as_ref().map(|p| p.display().to_string()),
+                    from: from.clone(),
+                    relay: relay.clone(),
+                })
+                .await?;
+            if json {
+                output::json(&c)?;
+            } else {
+                println!(
+                    "created campaign {} (draft) for {}",
+                    c.name,
+                    c.lists.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Ls => {
+            let all = store.campaigns().await?;
+            if json {
+                output::json(&all)?;
+            } else {
+                let rows = all.iter().map(|c| {
+                    [
+                        c.name.clone(),
+                        c.state.to_string(),
+                        c.lists.join(", "),
+                        c.subject.clone(),
+                    ]
+                });
+                println!(
+                    "{}",
+                    output::table(&["name", "state", "lists", "subject"], rows)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Status { name } => {
+            let c = store.campaign(name).await?;
+            let mut counts = store.campaign_counts(c.campaign.id).await?;
+            counts.state = c.campaign.state.to_string();
+            if json {
+                output::json(&counts)?;
+            } else {
+                println!(
+                    "{}: {}; {} recipients: {} sent, {} deferred, {} failed, {} rejected, {} bounced, {} pending",
+                    c.campaign.name,
+                    counts.state,
+                    counts.total,
+                    counts.sent,
+                    counts.deferred,
+                    counts.failed,
+                    counts.rejected,
+                    counts.bounced,
+                    counts.pending
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Send {
+            name,
+            relay,
+            pool,
+            wait: _,
+            insecure,
+        } => send(store, cfg, name, relay.as_deref(), *pool, *insecure, json).await,
+    }
+}
+
+async fn send(
+    store: &Store,
+    cfg: &Config,
+    name: &str,
+    relay: Option<&str>,
+    pool: usize,
+    insecure: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let c = store.campaign(name).await?;
+    if matches!(c.campaign.state, CampaignState::Cancelled) {
+        bail!("campaign `{name}` was cancelled");
+    }
+    let relay_url = relay
+        .map(str::to_string)
+        .or(c.relay.clone())
+        .or(cfg.relay.clone())
+        .context("no relay: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY")?;
+    let mut relay = Relay::parse(&relay_url).with_context(|| format!("relay `{relay_url}`"))?;
+    relay.options.pool_size = pool.max(1);
+    relay.options.dangerous_accept_invalid_certs = insecure;
+    let list_name = c.campaign.lists.first().cloned().unwrap_or_default();
+    let campaign_id = c.campaign.id.simple().to_string();
+    let prepared = Arc::new(prepare(
+        cfg,
+        Campaign {
+            subject: &c.campaign.subject,
+            content: c.content.clone(),
+            content_kind: if c.content_kind == "html" {
+                ContentKind::Html
+            } else {
+                ContentKind::Markdown
+            },
+            layout: c.layout.as_deref().map(std::path::Path::new),
+            from: c.from.clone(),
+            list_name: &list_name,
+            campaign_id: &campaign_id,
+            tz: "UTC",
+        },
+    )?);
+    let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
+    store
+        .set_campaign_state(c.campaign.id, CampaignState::Running)
+        .await?;
+    let added = store.materialise_deliveries(c.campaign.id).await?;
+    let total = store.campaign_counts(c.campaign.id).await?.total;
+    tracing::info!(campaign = name, added, total, "sending");
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, {eta} left) {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let started = Instant::now();
+    let list_id = c.first_list_id.unwrap_or_default();
+    let mut sent_now = 0u64;
+    for round in 0..MAX_ATTEMPTS {
+        let states: &[DeliveryState] = if round == 0 {
+            &[DeliveryState::Pending, DeliveryState::Deferred]
+        } else {
+            &[DeliveryState::Deferred]
+        };
+        loop {
+            let batch: Vec<_> = store
+                .deliveries_in(c.campaign.id, states, BATCH)
+                .await?
+                .into_iter()
+                .filter(|d| d.attempts < MAX_ATTEMPTS)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            let limit = Arc::new(tokio::sync::Semaphore::new(pool.max(1) * 2));
+            for d in batch {
+                let recipient = prepared.recipient(
+                    d.email.clone(),
+                    d.name.clone(),
+                    d.attributes.clone(),
+                    d.subscriber_id,
+                    list_id,
+                    d.delivery_id,
+                );
+                let rendered = prepared.renderer.render(&recipient, chrono::Utc::now());
+                let (sender, permit) = (
+                    Arc::clone(&sender),
+                    Arc::clone(&limit).acquire_owned().await?,
+                );
+                tasks.spawn(async move {
+                    let outcome = match rendered {
+                        Ok(bytes) => Ok(sender
+                            .send(Delivery {
+                                id: d.delivery_id,
+                                to: d.email.clone(),
+                                message: Arc::from(bytes),
+                            })
+                            .await),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    drop(permit);
+                    (d, outcome)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                let (d, outcome) = done.context("a send task failed")?;
+                let (state, error) = match &outcome {
+                    Err(render_error) => (
+                        DeliveryState::Failed,
+                        Some(format!("render: {render_error}")),
+                    ),
+                    Ok(Outcome::Sent { .. }) => (DeliveryState::Sent, None),
+                    Ok(Outcome::Deferred { error }) => {
+                        (DeliveryState::Deferred, Some(error.to_string()))
+                    }
+                    Ok(Outcome::Rejected { error }) => {
+                        (DeliveryState::Rejected, Some(error.to_string()))
+                    }
+                    Ok(Outcome::Failed { error }) => {
+                        (DeliveryState::Failed, Some(error.to_string()))
+                    }
+                };
+                store
+                    .record_delivery(d.delivery_id, state, error.as_deref())
+                    .await?;
+                if let Ok(Outcome::Rejected { error }) = &outcome
+                    && let Some(reply) = error.reply()
+                {
+                    // A 5xx at RCPT or DATA is a synchronous bounce: same classification and scoring.
+                    let enhanced = reply.enhanced.map(|e| e.to_string());
+                    let (class, rule) = rundbrief_bounce::classify_reply(
+                        reply.code,
+                        enhanced.as_deref(),
+                        &reply.text,
+                    );
+                    if let Some(target) = store.delivery_target(d.delivery_id).await? {
+                        apply_class(
+                            store,
+                            &target,
+                            class,
+                            enhanced.as_deref().unwrap_or("-"),
+                            rule,
+                            &format!("{} while sending", error.step().as_str()),
+                        )
+                        .await?;
+                    }
+                }
+                if state != DeliveryState::Deferred {
+                    sent_now += 1;
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                }
+            }
+            if states == [DeliveryState::Deferred] {
+                break;
+            }
+        }
+        if store.campaign_counts(c.campaign.id).await?.deferred == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500 * (round as u64 + 1))).await;
+    }
+    sender.shutdown().await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let mut counts = store.campaign_counts(c.campaign.id).await?;
+    let finished = counts.pending == 0 && counts.deferred == 0;
+    let state = if finished {
+        CampaignState::Finished
+    } else {
+        CampaignState::Paused
+    };
+    store.set_campaign_state(c.campaign.id, state).await?;
+    counts.state = state.to_string();
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        let mut v = serde_json::to_value(&counts)?;
+        v["seconds"] = secs.into();
+        v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
+        output::json(&v)?;
+    } else {
+        println!(
+            "{name}: {} sent, {} rejected, {} failed, {} still deferred of {} in {secs:.1} s ({:.0} msg/s){}",
+            counts.sent,
+            counts.rejected,
+            counts.failed,
+            counts.deferred,
+            counts.total,
+            sent_now as f64 / secs.max(1e-9),
+            if finished {
+                ""
+            } else {
+                "; run `campaign send` again later for the deferred ones"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
