@@ -102,6 +102,10 @@ pub struct Config {
     /// so bounces to mail sent before a rotation are not lost.
     /// Env: `RUNDBRIEF_PREVIOUS_SECRET`.
     pub previous_secret: Option<Secret>,
+    /// The default relay, as a URL in lettre's format: `smtp://host:2525`,
+    /// `smtp://user@host:587?tls=required` (STARTTLS), `smtps://host:465`.
+    /// Env: `RUNDBRIEF_RELAY`; `--relay` on a command wins.
+    pub relay: Option<String>,
     /// Where subscribers, lists and everything else are stored.
     pub database: DatabaseConfig,
     /// `rundbrief import` tuning.
@@ -315,6 +319,10 @@ secret = "{secret}"
 # After rotating `secret`, put the old value here for a while: tokens in mail
 # sent before the rotation keep verifying.
 # previous_secret = ""
+
+# The default relay (lettre URL format): smtp://host:2525,
+# smtp://user@host:587?tls=required (STARTTLS), smtps://host:465.
+# relay = "smtp://127.0.0.1:2525"
 
 [database]
 # sqlite://FILE?mode=rwc (embedded, created on first use) or postgres://user@host/db
