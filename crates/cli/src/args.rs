@@ -556,6 +556,19 @@ pub enum CampaignCmd {
         #[arg(long)]
         insecure: bool,
     },
+    /// Print the exact message one subscriber gets from this campaign.
+    ///
+    /// When the campaign has already a delivery for the subscriber, its id is
+    /// used, so Message-ID and unsubscribe tokens are those of the real send.
+    Preview {
+        name: String,
+        /// The subscriber.
+        #[arg(long, value_name = "EMAIL")]
+        to: String,
+        /// Write the message to this file instead of stdout.
+        #[arg(long, value_name = "FILE.eml")]
+        out: Option<PathBuf>,
+    },
     /// Progress of a campaign: total, sent, deferred, failed, bounced, pending.
     Status { name: String },
 }

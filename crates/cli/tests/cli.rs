@@ -1383,6 +1383,22 @@ fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
             &format!("127.0.0.1:{endpoint_port}"),
         ],
     );
+    // A preview before sending: the exact message, personalised.
+    let preview = e.ok(&["campaign", "preview", "issue-1", "--to", "ok1@example.org"]);
+    assert!(
+        preview.contains("Subject: Hi Ada\r\n") && preview.contains("To: Ada <ok1@example.org>"),
+        "{preview}"
+    );
+    assert!(
+        e.fails(&[
+            "campaign",
+            "preview",
+            "issue-1",
+            "--to",
+            "stranger@example.org"
+        ])
+        .contains("not a subscriber")
+    );
     let relay = format!("smtp://127.0.0.1:{sink_port}");
     let sent = e.json(&["campaign", "send", "issue-1", "--relay", &relay]);
     // The DSN for gone1 may already be back: it moves one from sent to bounced.
@@ -1445,6 +1461,22 @@ fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
         assert!(text.contains(&format!("Subject: Hi {name}")), "{text}");
     }
     assert_eq!(ids.len(), 3, "distinct deliveries");
+    // After the send, the preview uses the real delivery: the same Message-ID as the stored message.
+    let ada = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .find(|t| t.contains("<ok1@example.org>"))
+        .unwrap();
+    let mid = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("Message-ID:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        mid(&e.ok(&["campaign", "preview", "issue-1", "--to", "ok1@example.org"])),
+        mid(&ada)
+    );
 
     let status = |who: &str| {
         e.json(&["sub", "show", &format!("{who}@example.org")])["status"]

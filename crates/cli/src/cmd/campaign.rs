@@ -112,6 +112,41 @@ pub async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        CampaignCmd::Preview { name, to, out } => {
+            let c = store.campaign(name).await?;
+            let prepared = prepare_campaign(cfg, &c)?;
+            let addr = crate::cmd::address(to)?;
+            let sub = store.subscriber_detail(&addr).await.with_context(|| {
+                format!("{addr} is not a subscriber; `rundbrief render` previews any address")
+            })?;
+            let delivery = store
+                .deliveries(c.campaign.id)
+                .await?
+                .into_iter()
+                .find(|d| d.subscriber_id == sub.subscriber.id)
+                .map_or_else(uuid::Uuid::now_v7, |d| d.delivery_id);
+            let recipient = prepared.recipient(
+                sub.subscriber.email.clone(),
+                sub.subscriber.name.clone(),
+                sub.subscriber.attributes.clone(),
+                sub.subscriber.id,
+                c.first_list_id.unwrap_or_default(),
+                delivery,
+            );
+            let bytes = prepared.renderer.render(&recipient, chrono::Utc::now())?;
+            match out {
+                Some(path) => {
+                    std::fs::write(path, &bytes)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CampaignCmd::Send {
             name,
             relay,
@@ -143,25 +178,7 @@ async fn send(
     let mut relay = Relay::parse(&relay_url).with_context(|| format!("relay `{relay_url}`"))?;
     relay.options.pool_size = pool.max(1);
     relay.options.dangerous_accept_invalid_certs = insecure;
-    let list_name = c.campaign.lists.first().cloned().unwrap_or_default();
-    let campaign_id = c.campaign.id.simple().to_string();
-    let prepared = Arc::new(prepare(
-        cfg,
-        Campaign {
-            subject: &c.campaign.subject,
-            content: c.content.clone(),
-            content_kind: if c.content_kind == "html" {
-                ContentKind::Html
-            } else {
-                ContentKind::Markdown
-            },
-            layout: c.layout.as_deref().map(std::path::Path::new),
-            from: c.from.clone(),
-            list_name: &list_name,
-            campaign_id: &campaign_id,
-            tz: "UTC",
-        },
-    )?);
+    let prepared = Arc::new(prepare_campaign(cfg, &c)?);
     let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
     store
         .set_campaign_state(c.campaign.id, CampaignState::Running)
@@ -322,4 +339,30 @@ async fn send(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Compiles a stored campaign (shared by preview and send).
+fn prepare_campaign(
+    cfg: &Config,
+    c: &rundbrief_store::CampaignContent,
+) -> anyhow::Result<crate::cmd::render::Prepared> {
+    let list_name = c.campaign.lists.first().cloned().unwrap_or_default();
+    let campaign_id = c.campaign.id.simple().to_string();
+    prepare(
+        cfg,
+        Campaign {
+            subject: &c.campaign.subject,
+            content: c.content.clone(),
+            content_kind: if c.content_kind == "html" {
+                ContentKind::Html
+            } else {
+                ContentKind::Markdown
+            },
+            layout: c.layout.as_deref().map(std::path::Path::new),
+            from: c.from.clone(),
+            list_name: &list_name,
+            campaign_id: &campaign_id,
+            tz: "UTC",
+        },
+    )
 }
