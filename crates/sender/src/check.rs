@@ -332,61 +332,24 @@ pub async fn check(req: &CheckRequest) -> CheckReport {
         }
     };
     let name = ServerName::try_from(req.host.clone()).ok();
-    let tls_hint = |e: &str| -> String {
-        if e.contains("UnknownIssuer") || e.contains("self-signed") || e.contains("SelfSigned") {
-            "the certificate is not signed by a known authority (self-signed?): fix the server's certificate, or for a test server pass --insecure".into()
-        } else if e.contains("NotValidForName") || e.contains("name") {
-            format!(
-                "the certificate is not valid for `{}`: connect with the name it was issued for",
-                req.host
-            )
-        } else if e.contains("Expired") {
-            "the server's certificate has expired".into()
-        } else {
-            "the TLS handshake failed: is this the right port for this TLS mode? (465 implicit TLS, 587 STARTTLS)".into()
-        }
-    };
     let mut d = Dialogue {
         io: Conn::Plain(tcp),
         buf: Vec::new(),
         step_timeout: req.step_timeout,
     };
-    if req.tls == CheckTls::Implicit {
-        let t = Instant::now();
-        let Some(name) = name.clone() else {
-            s.push(
-                "starttls",
-                t,
-                Err((
-                    format!("`{}` is not a valid TLS server name", req.host),
-                    String::new(),
-                )),
-            );
-            return done(s);
-        };
-        match d.upgrade(&connector, name).await {
-            Ok(()) => {
-                let how = if req.dangerous_accept_invalid_certs {
-                    "certificate NOT verified (--insecure)"
-                } else {
-                    "certificate verified"
-                };
-                s.push(
-                    "starttls",
-                    t,
-                    Ok(format!("implicit TLS established; {how}")),
-                );
-            }
-            Err(e) => {
-                let h = if e.starts_with("no TLS handshake") {
-                    "this port may not speak implicit TLS: try --starttls on 587".to_string()
-                } else {
-                    tls_hint(&e)
-                };
-                s.push("starttls", t, Err((e, h)));
-                return done(s);
-            }
-        }
+    if req.tls == CheckTls::Implicit
+        && !tls_step(
+            &mut d,
+            &mut s,
+            req,
+            &connector,
+            name.clone(),
+            Instant::now(),
+            true,
+        )
+        .await
+    {
+        return done(s);
     }
 
     // banner
@@ -436,31 +399,8 @@ pub async fn check(req: &CheckRequest) -> CheckReport {
             );
             return quit(d, s).await;
         }
-        let Some(name) = name.clone() else {
-            s.push(
-                "starttls",
-                t,
-                Err((
-                    format!("`{}` is not a valid TLS server name", req.host),
-                    String::new(),
-                )),
-            );
+        if !tls_step(&mut d, &mut s, req, &connector, name.clone(), t, false).await {
             return done(s);
-        };
-        match d.upgrade(&connector, name).await {
-            Ok(()) => {
-                let how = if req.dangerous_accept_invalid_certs {
-                    "certificate NOT verified (--insecure)"
-                } else {
-                    "certificate verified"
-                };
-                s.push("starttls", t, Ok(format!("TLS established; {how}")));
-            }
-            Err(e) => {
-                let h = tls_hint(&e);
-                s.push("starttls", t, Err((e, h)));
-                return done(s);
-            }
         }
         let t = Instant::now();
         if !s.push(
@@ -541,5 +481,61 @@ async fn quit(mut d: Dialogue, mut s: Steps) -> CheckReport {
     CheckReport {
         ok: s.steps.iter().all(|x| x.ok),
         steps: s.steps,
+    }
+}
+
+/// Upgrades the dialogue to TLS and reports it as the `starttls` step.
+/// Returns false when it failed (the step says why).
+async fn tls_step(
+    d: &mut Dialogue,
+    s: &mut Steps,
+    req: &CheckRequest,
+    connector: &tokio_rustls::TlsConnector,
+    name: Option<ServerName<'static>>,
+    t: Instant,
+    implicit: bool,
+) -> bool {
+    let Some(name) = name else {
+        let what = format!("`{}` is not a valid TLS server name", req.host);
+        return s.push("starttls", t, Err((what, String::new())));
+    };
+    match d.upgrade(connector, name).await {
+        Ok(()) => {
+            let how = if req.dangerous_accept_invalid_certs {
+                "certificate NOT verified (--insecure)"
+            } else {
+                "certificate verified"
+            };
+            let what = if implicit {
+                "implicit TLS established"
+            } else {
+                "TLS established"
+            };
+            s.push("starttls", t, Ok(format!("{what}; {how}")))
+        }
+        Err(e) => {
+            let hint = if implicit && e.starts_with("no TLS handshake") {
+                "this port may not speak implicit TLS: try --starttls on 587".to_string()
+            } else {
+                tls_hint(&req.host, &e)
+            };
+            s.push("starttls", t, Err((e, hint)))
+        }
+    }
+}
+
+/// What a TLS failure usually means.
+fn tls_hint(host: &str, e: &str) -> String {
+    if e.contains("UnknownIssuer") || e.contains("self-signed") || e.contains("SelfSigned") {
+        "the certificate is not signed by a known authority (self-signed?): fix the server's certificate, or for a test server pass --insecure".into()
+    } else if e.contains("NotValidForName") || e.contains("name") {
+        format!(
+            "the certificate is not valid for `{}`: connect with the name it was issued for",
+            host
+        )
+    } else if e.contains("Expired") {
+        "the server's certificate has expired".into()
+    } else {
+        "the TLS handshake failed: is this the right port for this TLS mode? (465 implicit TLS, 587 STARTTLS)".into()
     }
 }

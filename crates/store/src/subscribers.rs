@@ -121,6 +121,24 @@ async fn exec<C: ConnectionTrait>(
     )
 }
 
+/// Sets a subscriber's status (the caller writes the audit entry).
+async fn set_status<C: ConnectionTrait>(
+    c: &C,
+    id: Uuid,
+    status: SubscriberStatus,
+    now: DateTime<Utc>,
+    doing: &'static str,
+) -> Result<()> {
+    exec(
+        c,
+        doing,
+        "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
+        vec![status.as_str().into(), now.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
 async fn find<C: ConnectionTrait>(c: &C, addr: &Address) -> Result<Option<SubRow>> {
     SubRow::find_by_statement(crate::stmt_for(
         c.get_database_backend(),
@@ -212,15 +230,12 @@ impl Store {
                         });
                     }
                     _ => {
-                        exec(
+                        set_status(
                             &txn,
+                            sub.id,
+                            SubscriberStatus::Active,
+                            now,
                             "restoring a subscriber",
-                            "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
-                            vec![
-                                SubscriberStatus::Active.as_str().into(),
-                                now.into(),
-                                sub.id.into(),
-                            ],
                         )
                         .await?;
                         let why = format!("{reason} (was {}; --resubscribe)", sub.status);
@@ -516,15 +531,12 @@ impl Store {
                 .await?;
                 let global = status == SubscriberStatus::Active;
                 if global {
-                    exec(
+                    set_status(
                         &txn,
+                        sub.id,
+                        SubscriberStatus::Unsubscribed,
+                        now,
                         "unsubscribing",
-                        "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
-                        vec![
-                            SubscriberStatus::Unsubscribed.as_str().into(),
-                            now.into(),
-                            sub.id.into(),
-                        ],
                     )
                     .await?;
                 }
@@ -561,11 +573,12 @@ impl Store {
                 false
             }
             Some(sub) => {
-                exec(
+                set_status(
                     &txn,
+                    sub.id,
+                    SubscriberStatus::Blocklisted,
+                    now,
                     "blocklisting",
-                    "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
-                    vec![blocked.into(), now.into(), sub.id.into()],
                 )
                 .await?;
                 audit(
@@ -674,15 +687,12 @@ impl Store {
             return Ok(false);
         }
         let now = Utc::now();
-        exec(
+        set_status(
             &txn,
+            sub.id,
+            SubscriberStatus::Bounced,
+            now,
             "marking a subscriber bounced",
-            "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
-            vec![
-                SubscriberStatus::Bounced.as_str().into(),
-                now.into(),
-                sub.id.into(),
-            ],
         )
         .await?;
         audit(&txn, sub.id, None, AuditAction::Bounced, actor, reason, now).await?;
@@ -717,15 +727,12 @@ impl Store {
             });
         }
         let now = Utc::now();
-        exec(
+        set_status(
             &txn,
+            sub.id,
+            SubscriberStatus::Active,
+            now,
             "restoring a subscriber",
-            "UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?",
-            vec![
-                SubscriberStatus::Active.as_str().into(),
-                now.into(),
-                sub.id.into(),
-            ],
         )
         .await?;
         audit(
