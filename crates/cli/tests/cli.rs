@@ -1512,3 +1512,103 @@ fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
         "{s}"
     );
 }
+
+#[test]
+fn an_ingested_dsn_finds_its_delivery_by_envid_or_message_id() {
+    let e = Env::new();
+    endpoint_config(&e);
+    e.ok(&["list", "create", "news"]);
+    for who in ["anna", "bob"] {
+        e.ok(&[
+            "sub",
+            "add",
+            &format!("{who}@example.org"),
+            "--list",
+            "news",
+        ]);
+    }
+    let deliveries = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
+            .await
+            .unwrap();
+        let c = store
+            .create_campaign(&rundbrief_store::NewCampaign {
+                name: "c".into(),
+                lists: vec!["news".into()],
+                subject: "s".into(),
+                content: "c".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        store.materialise_deliveries(c.id).await.unwrap();
+        let d = store.deliveries(c.id).await.unwrap();
+        store.close().await.unwrap();
+        d
+    });
+    let id_of = |who: &str| {
+        deliveries
+            .iter()
+            .find(|d| d.email.starts_with(who))
+            .unwrap()
+            .delivery_id
+    };
+    let dsn = |who: &str, envid: &str, message_id: &str| {
+        format!(
+            "From: MAILER-DAEMON@mx.example.org\r\nTo: postmaster@bounce.example.org\r\nSubject: Undelivered Mail\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n{envid}\r\n\
+             Final-Recipient: rfc822; {who}@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n\
+             --b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{message_id}@example.org>\r\nSubject: Hi\r\n\r\n--b--\r\n"
+        )
+    };
+    // anna's by ENVID, bob's by the returned Message-ID; a third names anna but carries bob's id.
+    e.write(
+        "anna.eml",
+        dsn(
+            "anna",
+            &format!("Original-Envelope-Id: {}", id_of("anna")),
+            "other",
+        )
+        .as_bytes(),
+    );
+    e.write(
+        "bob.eml",
+        dsn("bob", "", &id_of("bob").simple().to_string()).as_bytes(),
+    );
+    let r = e.json(&["bounce", "ingest", "anna.eml", "bob.eml"]);
+    assert_eq!(r["parsed"], 2, "{r}");
+    let status = |who: &str| {
+        e.json(&["sub", "show", &format!("{who}@example.org")])["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        (status("anna"), status("bob")),
+        ("bounced".into(), "bounced".into())
+    );
+
+    e.ok(&["sub", "restore", "anna@example.org"]);
+    e.write(
+        "forged.eml",
+        dsn(
+            "anna",
+            &format!("Original-Envelope-Id: {}", id_of("bob")),
+            "x",
+        )
+        .as_bytes(),
+    );
+    e.ok(&["bounce", "ingest", "forged.eml"]);
+    assert_eq!(
+        status("anna"),
+        "active",
+        "a report naming anna under bob's delivery changes nothing"
+    );
+}

@@ -96,7 +96,10 @@ pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
                         .record_bounce_parse(b.id, &kind, parsed.class.as_str(), json)
                         .await?;
                     tracing::debug!(bounce = %b.id, class = parsed.class.as_str(), rule = parsed.rule, "parsed");
-                    if let Some(delivery) = b.delivery_id {
+                    // The VERP token first; without one (e.g. `bounce ingest`),
+                    // the ENVID we sent or the returned Message-ID.
+                    if let Some(delivery) = b.delivery_id.or_else(|| delivery_from_report(&parsed))
+                    {
                         act_on(store, b.id, delivery, &parsed).await?;
                     }
                 }
@@ -113,6 +116,25 @@ pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
             done += 1;
         }
     }
+}
+
+/// The delivery a report names without a VERP token: the DSN's
+/// Original-Envelope-Id (we send `ENVID=<delivery id>`) or the returned
+/// message's Message-ID (`<delivery id, 32 hex digits>@domain`). Safe for the
+/// same reason as the token: only the report's line for that delivery's own
+/// address is acted on.
+fn delivery_from_report(parsed: &rundbrief_bounce::ParsedBounce) -> Option<uuid::Uuid> {
+    let envid = parsed
+        .original_envelope_id
+        .as_deref()
+        .and_then(|e| uuid::Uuid::parse_str(e.trim()).ok());
+    envid.or_else(|| {
+        let mid = parsed.original_message_id.as_deref()?;
+        let local = mid.trim().trim_start_matches('<').split('@').next()?;
+        (local.len() == 32)
+            .then(|| uuid::Uuid::parse_str(local).ok())
+            .flatten()
+    })
 }
 
 /// Applies one parsed bounce to the subscriber of `delivery`.
