@@ -102,6 +102,17 @@ pub enum Command {
     /// The output can be imported again as is.
     Export(ExportArgs),
 
+    /// Prune every subscriber whose bounce score has reached bounce.threshold.
+    ///
+    /// Only needed with bounce.auto_prune = false, when bounces are scored but
+    /// nobody is pruned automatically. --dry-run lists who would be pruned
+    /// and with which score.
+    Clean {
+        /// List only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
     /// Campaigns: create them, send them, see how they went.
     #[command(subcommand)]
     Campaign(CampaignCmd),

@@ -49,6 +49,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
+        Command::Clean { dry_run } => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::bounce::clean(&store, &loaded.config, *dry_run, cli.json).await
+        }
         Command::Campaign(c) => {
             let loaded = config::load(&cli)?;
             let store = cmd::open_store(&loaded.config).await?;

@@ -1612,3 +1612,80 @@ fn an_ingested_dsn_finds_its_delivery_by_envid_or_message_id() {
         "a report naming anna under bob's delivery changes nothing"
     );
 }
+
+#[test]
+fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
+    let e = Env::new();
+    endpoint_config(&e);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml"))
+        .unwrap()
+        .replace("auto_prune = true", "auto_prune = false");
+    e.write("rundbrief.toml", cfg.as_bytes());
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
+    let delivery = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
+            .await
+            .unwrap();
+        let c = store
+            .create_campaign(&rundbrief_store::NewCampaign {
+                name: "c".into(),
+                lists: vec!["news".into()],
+                subject: "s".into(),
+                content: "c".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        store.materialise_deliveries(c.id).await.unwrap();
+        let d = store.deliveries(c.id).await.unwrap()[0].delivery_id;
+        store.close().await.unwrap();
+        d
+    });
+    e.write(
+        "dsn.eml",
+        format!(
+            "From: MAILER-DAEMON@mx.example.org\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\n\
+             Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\nOriginal-Envelope-Id: {delivery}\r\n\r\n\
+             Final-Recipient: rfc822; anna@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n"
+        )
+        .as_bytes(),
+    );
+    e.ok(&["bounce", "ingest", "dsn.eml"]);
+    let status = || {
+        e.json(&["sub", "show", "anna@example.org"])["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status(), "active", "auto_prune is off");
+    let dry = e.json(&["clean", "--dry-run"]);
+    assert_eq!(dry["subscribers"][0]["email"], "anna@example.org", "{dry}");
+    assert_eq!(status(), "active", "a dry run changes nothing");
+    let done = e.json(&["clean"]);
+    assert_eq!(done["pruned"], 1, "{done}");
+    assert_eq!(status(), "bounced");
+    let last = e.json(&["sub", "show", "anna@example.org"])["audit"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("clean: bounce score 5.0"),
+        "{last}"
+    );
+    assert_eq!(
+        e.json(&["clean", "--dry-run"])["subscribers"],
+        serde_json::json!([]),
+        "pruned ones are not listed again"
+    );
+}

@@ -114,6 +114,37 @@ pub struct Config {
     pub sending: SendingConfig,
     /// Where operator layouts live.
     pub templates: TemplatesConfig,
+    /// How bounces turn into pruning.
+    pub bounce: BounceConfig,
+}
+
+/// `[bounce]`: scoring and pruning (Mailman's model with a decaying score).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BounceConfig {
+    /// Prune as soon as a subscriber's score reaches the threshold. Default
+    /// true. With false, scores are kept and `rundbrief clean` prunes.
+    pub auto_prune: bool,
+    /// Score at which an address is pruned. Default 5.0.
+    pub threshold: f64,
+    /// What a day with soft bounces adds. Default 0.5.
+    pub soft_weight: f64,
+    /// Hard bounces (on different days) before pruning. Default 1: at once.
+    pub hard_after: u32,
+    /// Days after which a score has halved. Default 14.
+    pub half_life_days: f64,
+}
+
+impl Default for BounceConfig {
+    fn default() -> Self {
+        BounceConfig {
+            auto_prune: true,
+            threshold: 5.0,
+            soft_weight: 0.5,
+            hard_after: 1,
+            half_life_days: 14.0,
+        }
+    }
 }
 
 /// `[sending]`
@@ -254,6 +285,19 @@ impl Config {
                 problem: format!("`{url}` must start with https://"),
             });
         }
+        let b = &self.bounce;
+        if !(b.threshold > 0.0
+            && b.soft_weight > 0.0
+            && b.half_life_days > 0.0
+            && b.hard_after >= 1)
+        {
+            return Err(ConfigError::Invalid {
+                key: "bounce",
+                problem:
+                    "threshold, soft_weight and half_life_days must be > 0 and hard_after >= 1"
+                        .into(),
+            });
+        }
         if self.import.max_line_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "import.max_line_bytes",
@@ -352,6 +396,16 @@ verp_prefix = "b"
 [templates]
 # A directory of your own layouts and partials (default: the built-in ones).
 # dir = "templates"
+
+[bounce]
+# Prune as soon as a score reaches the threshold; with false, `rundbrief clean` does.
+auto_prune = true
+# A day with a hard bounce adds threshold / hard_after, a day with soft bounces
+# soft_weight; the score halves every half_life_days.
+threshold = 5.0
+soft_weight = 0.5
+hard_after = 1
+half_life_days = 14.0
 "#
     )
 }

@@ -492,3 +492,46 @@ impl Store {
         Ok(c)
     }
 }
+
+/// An active subscriber with a bounce score, for `rundbrief clean`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScoredSubscriber {
+    pub subscriber_id: Uuid,
+    pub email: String,
+    /// The stored score (not decayed) and the day it was last counted.
+    pub score: f64,
+    pub day: i64,
+    pub day_weight: f64,
+}
+
+impl Store {
+    /// Active subscribers that have a bounce score, ordered by address.
+    pub async fn scored_subscribers(&self) -> Result<Vec<ScoredSubscriber>> {
+        #[derive(FromQueryResult)]
+        struct S {
+            id: Uuid,
+            email: String,
+            bounce_score: f64,
+            bounce_day: i64,
+            bounce_day_weight: f64,
+        }
+        Ok(S::find_by_statement(self.stmt(
+            "SELECT id, email, bounce_score, bounce_day, bounce_day_weight FROM subscribers \
+             WHERE status = ? AND bounce_score IS NOT NULL AND bounce_day IS NOT NULL AND bounce_day_weight IS NOT NULL \
+             ORDER BY email_key",
+            vec![SubscriberStatus::Active.as_str().into()],
+        ))
+        .all(&self.db)
+        .await
+        .doing("reading bounce scores")?
+        .into_iter()
+        .map(|s| ScoredSubscriber {
+            subscriber_id: s.id,
+            email: s.email,
+            score: s.bounce_score,
+            day: s.bounce_day,
+            day_weight: s.bounce_day_weight,
+        })
+        .collect())
+    }
+}

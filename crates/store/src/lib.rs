@@ -28,7 +28,7 @@ mod subscribers;
 pub use bounces::{BounceQuery, NewBounce, StoredBounce};
 pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryTarget, NewCampaign, PendingDelivery,
-    StoredScore,
+    ScoredSubscriber, StoredScore,
 };
 pub use import::{BatchReport, Import, ImportOptions};
 pub use subscribers::{AddOutcome, SubscriberQuery};

@@ -78,6 +78,7 @@ pub async fn run(
     use crate::cmd::endpoint::{Endpoint, process_pending};
     use rundbrief_core::{BounceSource, BounceState};
     use rundbrief_store::{BounceQuery, NewBounce};
+    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
     match cmd {
         BounceCmd::Parse { file } => parse(file, json),
         BounceCmd::Serve {
@@ -123,9 +124,10 @@ pub async fn run(
             let worker = (*parse_workers > 0).then(|| {
                 let store = store.clone();
                 let stop = stop.clone();
+                let policy = policy.clone();
                 tokio::spawn(async move {
                     loop {
-                        if let Err(e) = process_pending(&store).await {
+                        if let Err(e) = process_pending(&store, &policy).await {
                             tracing::error!(error = %e, "parsing stored bounces failed; retrying");
                         }
                         tokio::select! {
@@ -141,7 +143,7 @@ pub async fn run(
             server.await.context("the endpoint task failed")??;
             if let Some(w) = worker {
                 let _ = w.await;
-                process_pending(store).await?;
+                process_pending(store, &policy).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -211,7 +213,7 @@ pub async fn run(
                 };
                 store.insert_bounce(&b).await?;
             }
-            let parsed = process_pending(store).await?;
+            let parsed = process_pending(store, &policy).await?;
             if json {
                 output::json(&serde_json::json!({ "stored": raws.len(), "parsed": parsed }))?;
             } else {
@@ -318,7 +320,7 @@ pub async fn run(
         }
         BounceCmd::Reprocess { since } => {
             let requeued = store.requeue_bounces(*since).await?;
-            let parsed = process_pending(store).await?;
+            let parsed = process_pending(store, &policy).await?;
             if json {
                 output::json(&serde_json::json!({ "requeued": requeued, "parsed": parsed }))?;
             } else {
@@ -327,4 +329,63 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `rundbrief clean [--dry-run]`.
+pub async fn clean(
+    store: &rundbrief_store::Store,
+    cfg: &rundbrief_core::Config,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use rundbrief_bounce::score::Score;
+    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
+    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
+    let mut over = Vec::new();
+    for s in store.scored_subscribers().await? {
+        let score = Score {
+            value: s.score,
+            day: s.day,
+            day_weight: s.day_weight,
+        }
+        .decayed(today, &policy.score);
+        if score + 1e-9 >= policy.score.threshold {
+            over.push((s, score));
+        }
+    }
+    if !dry_run {
+        for (s, score) in &over {
+            let addr = rundbrief_core::Address::parse(&s.email)?;
+            let reason = format!(
+                "clean: bounce score {score:.1} >= threshold {:.1}",
+                policy.score.threshold
+            );
+            store
+                .mark_bounced(&addr, rundbrief_core::Actor::Cli, &reason)
+                .await?;
+        }
+    }
+    if json {
+        let v: Vec<_> = over
+            .iter()
+            .map(|(s, score)| serde_json::json!({ "email": s.email, "score": score }))
+            .collect();
+        output::json(
+            &serde_json::json!({ "dry_run": dry_run, "pruned": if dry_run { 0 } else { over.len() }, "subscribers": v }),
+        )?;
+    } else {
+        for (s, score) in &over {
+            println!("{}  score {score:.1}", s.email);
+        }
+        if dry_run {
+            println!(
+                "{} subscriber(s) would be pruned (threshold {:.1}); run without --dry-run to do it",
+                over.len(),
+                policy.score.threshold
+            );
+        } else {
+            println!("pruned {} subscriber(s)", over.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -278,6 +278,7 @@ async fn send(
                     if let Some(target) = store.delivery_target(d.delivery_id).await? {
                         apply_class(
                             store,
+                            &crate::cmd::endpoint::Policy::from_config(cfg),
                             &target,
                             class,
                             enhanced.as_deref().unwrap_or("-"),

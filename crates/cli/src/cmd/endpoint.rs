@@ -17,6 +17,28 @@ use rundbrief_store::{NewBounce, Store};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// How verdicts are carried out (from the `[bounce]` configuration).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub score: ScoreConfig,
+    pub auto_prune: bool,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &rundbrief_core::Config) -> Policy {
+        let b = &cfg.bounce;
+        Policy {
+            score: ScoreConfig {
+                threshold: b.threshold,
+                soft_weight: b.soft_weight,
+                hard_after: b.hard_after,
+                half_life_days: b.half_life_days,
+            },
+            auto_prune: b.auto_prune,
+        }
+    }
+}
+
 /// Accepts only verified VERP recipients; stores before answering.
 pub struct Endpoint {
     pub store: Store,
@@ -79,7 +101,7 @@ impl Handler for Endpoint {
 
 /// Parses every pending stored message; returns how many were handled.
 /// A message the parser cannot finish is marked `failed`, never lost.
-pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
+pub async fn process_pending(store: &Store, policy: &Policy) -> anyhow::Result<u64> {
     let mut done = 0;
     loop {
         let batch = store.pending_bounces(100).await?;
@@ -100,7 +122,7 @@ pub async fn process_pending(store: &Store) -> anyhow::Result<u64> {
                     // the ENVID we sent or the returned Message-ID.
                     if let Some(delivery) = b.delivery_id.or_else(|| delivery_from_report(&parsed))
                     {
-                        act_on(store, b.id, delivery, &parsed).await?;
+                        act_on(store, policy, b.id, delivery, &parsed).await?;
                     }
                 }
                 Err(_) => {
@@ -140,6 +162,7 @@ fn delivery_from_report(parsed: &rundbrief_bounce::ParsedBounce) -> Option<uuid:
 /// Applies one parsed bounce to the subscriber of `delivery`.
 async fn act_on(
     store: &Store,
+    policy: &Policy,
     bounce: uuid::Uuid,
     delivery: uuid::Uuid,
     parsed: &rundbrief_bounce::ParsedBounce,
@@ -165,6 +188,7 @@ async fn act_on(
     };
     apply_class(
         store,
+        policy,
         &target,
         line.class,
         status,
@@ -178,6 +202,7 @@ async fn act_on(
 /// the score of the delivery's subscriber and carries out the verdict, audited.
 pub async fn apply_class(
     store: &Store,
+    policy: &Policy,
     target: &rundbrief_store::DeliveryTarget,
     class: rundbrief_bounce::BounceClass,
     status: &str,
@@ -194,8 +219,7 @@ pub async fn apply_class(
                 day_weight,
             });
     let day = chrono::Utc::now().timestamp().div_euclid(86_400);
-    let (score, verdict) =
-        rundbrief_bounce::score::apply(previous, class, day, &ScoreConfig::default());
+    let (score, verdict) = rundbrief_bounce::score::apply(previous, class, day, &policy.score);
     store
         .record_bounce_score(target, score.map(|s| (s.value, s.day, s.day_weight)))
         .await?;
@@ -206,6 +230,9 @@ pub async fn apply_class(
     );
     let addr = Address::parse(&target.email)?;
     match verdict {
+        Verdict::Prune { rule: why } if !policy.auto_prune => {
+            tracing::info!(subscriber = %addr, source, why, "over the bounce threshold; bounce.auto_prune is off: `rundbrief clean` prunes");
+        }
         Verdict::Prune { rule: why } => {
             if store
                 .mark_bounced(&addr, Actor::Bounce, &format!("{reason}; {why}"))
