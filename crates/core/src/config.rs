@@ -166,6 +166,25 @@ pub struct SendingConfig {
     pub public_url: Option<String>,
     /// Domain of generated Message-IDs. Default: the domain of `from`.
     pub message_id_domain: Option<String>,
+    /// Messages per second over all recipient domains. Default 100.
+    pub rate: u32,
+    /// Messages per second to one recipient domain. Default 20. A `421` or
+    /// `4.7.x` from the relay halves it for a while; it recovers gradually.
+    pub domain_rate: u32,
+    /// Messages in flight at once to one recipient domain. Default 4.
+    pub domain_concurrency: usize,
+    /// Per-domain overrides: `[sending.domains."gmail.com"] rate = 10, concurrency = 2`.
+    pub domains: std::collections::BTreeMap<String, DomainLimitsConfig>,
+}
+
+/// `[sending.domains."DOMAIN"]`
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainLimitsConfig {
+    /// Messages per second to this domain.
+    pub rate: u32,
+    /// Messages in flight at once to this domain.
+    pub concurrency: usize,
 }
 
 impl Default for SendingConfig {
@@ -177,6 +196,10 @@ impl Default for SendingConfig {
             verp_prefix: "b".into(),
             public_url: None,
             message_id_domain: None,
+            rate: 100,
+            domain_rate: 20,
+            domain_concurrency: 4,
+            domains: Default::default(),
         }
     }
 }
@@ -283,6 +306,20 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "sending.public_url",
                 problem: format!("`{url}` must start with https://"),
+            });
+        }
+        let sd = &self.sending;
+        if sd.rate == 0
+            || sd.domain_rate == 0
+            || sd.domain_concurrency == 0
+            || sd
+                .domains
+                .values()
+                .any(|d| d.rate == 0 || d.concurrency == 0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "sending",
+                problem: "rates and concurrency must be > 0".into(),
             });
         }
         let b = &self.bounce;
@@ -392,6 +429,14 @@ verp_prefix = "b"
 # public_url = "https://news.example.org"
 # Domain of Message-IDs (default: the domain of `from`).
 # message_id_domain = "example.org"
+# Throttling: messages/s over all domains, per recipient domain, and in flight
+# per domain. A 421 or 4.7.x from the relay halves a domain's rate for a while.
+rate = 100
+domain_rate = 20
+domain_concurrency = 4
+# [sending.domains."gmail.com"]
+# rate = 10
+# concurrency = 2
 
 [templates]
 # A directory of your own layouts and partials (default: the built-in ones).

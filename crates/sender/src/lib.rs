@@ -36,6 +36,7 @@ mod connection;
 mod error;
 mod pool;
 mod relay;
+pub mod throttle;
 mod tls;
 
 pub use error::{EnhancedStatus, Outcome, Reply, SendError, SmtpStep};

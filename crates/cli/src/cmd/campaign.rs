@@ -180,6 +180,7 @@ async fn send(
     relay.options.dangerous_accept_invalid_certs = insecure;
     let prepared = Arc::new(prepare_campaign(cfg, &c)?);
     let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
+    let throttle = Arc::new(throttle_from(cfg));
     store
         .set_campaign_state(c.campaign.id, CampaignState::Running)
         .await?;
@@ -225,19 +226,33 @@ async fn send(
                     d.delivery_id,
                 );
                 let rendered = prepared.renderer.render(&recipient, chrono::Utc::now());
-                let (sender, permit) = (
+                let (sender, throttle, permit) = (
                     Arc::clone(&sender),
+                    Arc::clone(&throttle),
                     Arc::clone(&limit).acquire_owned().await?,
                 );
                 tasks.spawn(async move {
+                    let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
                     let outcome = match rendered {
-                        Ok(bytes) => Ok(sender
-                            .send(Delivery {
-                                id: d.delivery_id,
-                                to: d.email.clone(),
-                                message: Arc::from(bytes),
-                            })
-                            .await),
+                        Ok(bytes) => {
+                            // Per-domain concurrency and rate, then the global rate.
+                            let _slot = throttle.acquire(&domain).await;
+                            let outcome = sender
+                                .send(Delivery {
+                                    id: d.delivery_id,
+                                    to: d.email.clone(),
+                                    message: Arc::from(bytes),
+                                })
+                                .await;
+                            let reply = outcome.error().and_then(|e| e.reply());
+                            throttle.report(
+                                &domain,
+                                reply.map(|r| r.code),
+                                reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
+                                outcome.is_sent(),
+                            );
+                            Ok(outcome)
+                        }
                         Err(e) => Err(e.to_string()),
                     };
                     drop(permit);
@@ -366,4 +381,31 @@ fn prepare_campaign(
             tz: "UTC",
         },
     )
+}
+
+/// The throttle from `[sending]`: global rate, per-domain rate and concurrency.
+fn throttle_from(cfg: &Config) -> rundbrief_sender::throttle::Throttle {
+    use rundbrief_sender::throttle::{DomainLimits, Limits, Throttle};
+    let s = &cfg.sending;
+    Throttle::new(Limits {
+        global_rate: s.rate,
+        default_domain: DomainLimits {
+            rate: s.domain_rate,
+            concurrency: s.domain_concurrency,
+        },
+        domains: s
+            .domains
+            .iter()
+            .map(|(d, l)| {
+                (
+                    d.to_ascii_lowercase(),
+                    DomainLimits {
+                        rate: l.rate,
+                        concurrency: l.concurrency,
+                    },
+                )
+            })
+            .collect(),
+        ..Limits::default()
+    })
 }
