@@ -31,7 +31,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait on background tasks once the command is done: sqlx 0.9's pool
+    // maintenance task can spin when its pool is dropped without being closed
+    // (seen on error paths), and dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
