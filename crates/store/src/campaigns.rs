@@ -246,12 +246,15 @@ impl Store {
         }
         txn.execute_raw(crate::stmt_for(
             backend,
-            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+            // `pending` too: a fast DSN can arrive before the sender has
+            // recorded its 250 (record_delivery never overwrites `bounced`).
+            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
             vec![
                 DeliveryState::Bounced.as_str().into(),
                 Utc::now().into(),
                 target.delivery_id.into(),
                 DeliveryState::Sent.as_str().into(),
+                DeliveryState::Pending.as_str().into(),
             ],
         ))
         .await
@@ -379,7 +382,48 @@ impl Store {
         Ok(out)
     }
 
-    /// Sets the campaign's state.
+    /// Moves a campaign to `to`, if the current state allows it.
+    ///
+    /// # Errors
+    /// [`StoreError::CampaignNotFound`], [`StoreError::IllegalTransition`].
+    pub async fn transition_campaign(
+        &self,
+        name: &str,
+        to: CampaignState,
+    ) -> Result<CampaignState> {
+        let c = self.campaign(name).await?.campaign;
+        if c.state == to {
+            return Ok(to);
+        }
+        if !c.state.can_become(to) {
+            return Err(StoreError::IllegalTransition {
+                name: name.to_string(),
+                from: c.state,
+                to,
+            });
+        }
+        self.set_campaign_state(c.id, to).await?;
+        Ok(c.state)
+    }
+
+    /// The campaign's state now.
+    pub async fn campaign_state(&self, campaign_id: Uuid) -> Result<CampaignState> {
+        #[derive(FromQueryResult)]
+        struct S {
+            state: String,
+        }
+        let s = S::find_by_statement(self.stmt(
+            "SELECT state FROM campaigns WHERE id = ?",
+            vec![campaign_id.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("reading a campaign's state")?
+        .ok_or_else(|| StoreError::CampaignNotFound(campaign_id.to_string()))?;
+        Ok(s.state.parse()?)
+    }
+
+    /// Sets the campaign's state (unchecked; see [`Store::transition_campaign`]).
     pub async fn set_campaign_state(&self, campaign_id: Uuid, state: CampaignState) -> Result<()> {
         self.db
             .execute_raw(self.stmt(
@@ -442,7 +486,8 @@ impl Store {
             .collect()
     }
 
-    /// Records how one send ended.
+    /// Records how one send ended. A delivery already `bounced` (its DSN was
+    /// faster than this record) stays bounced.
     pub async fn record_delivery(
         &self,
         delivery_id: Uuid,
@@ -451,8 +496,15 @@ impl Store {
     ) -> Result<()> {
         self.db
             .execute_raw(self.stmt(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-                vec![state.as_str().into(), error.map(str::to_string).into(), Utc::now().into(), delivery_id.into()],
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? \
+                 WHERE id = ? AND state <> ?",
+                vec![
+                    state.as_str().into(),
+                    error.map(str::to_string).into(),
+                    Utc::now().into(),
+                    delivery_id.into(),
+                    DeliveryState::Bounced.as_str().into(),
+                ],
             ))
             .await
             .doing("recording a delivery")?;
