@@ -580,6 +580,24 @@ pub enum CampaignCmd {
         #[arg(long, value_name = "FILE.eml")]
         out: Option<PathBuf>,
     },
+    /// Pause a running campaign: its send stops within one batch; `resume` continues.
+    Pause { name: String },
+    /// Continue a paused campaign (in the foreground, like `send`): nobody is
+    /// sent twice and nobody skipped.
+    Resume {
+        name: String,
+        /// Relay URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        #[arg(long)]
+        relay: Option<String>,
+        /// Simultaneous SMTP connections.
+        #[arg(long, default_value_t = 4)]
+        pool: usize,
+        /// Accept any TLS certificate from the relay (test relays only).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Cancel a campaign for good; pending deliveries are never sent.
+    Cancel { name: String },
     /// Progress of a campaign: total, sent, deferred, failed, bounced, pending.
     Status { name: String },
 }

@@ -1414,9 +1414,11 @@ fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
     );
     assert_eq!(sent["state"], "finished", "{sent}");
 
-    // A second run sends nothing again.
-    let again = e.json(&["campaign", "send", "issue-1", "--relay", &relay]);
-    assert_eq!(n(&again, "sent") + n(&again, "bounced"), 5, "{again}");
+    // A finished campaign is not sent again.
+    assert!(
+        e.fails(&["campaign", "send", "issue-1", "--relay", &relay])
+            .contains("finished")
+    );
     stop(sink, "-INT");
     for _ in 0..100 {
         if e.json(&["bounce", "ls", "--state", "parsed"])
@@ -1687,5 +1689,129 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
         e.json(&["clean", "--dry-run"])["subscribers"],
         serde_json::json!([]),
         "pruned ones are not listed again"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn pause_and_resume_send_everybody_exactly_once() {
+    let e = Env::new();
+    endpoint_config(&e);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let cfg = cfg
+        .replace(
+            "# from = \"Newsletter <news@example.org>\"",
+            "from = \"Newsletter <news@example.org>\"",
+        )
+        .replace(
+            "# public_url = \"https://news.example.org\"",
+            "public_url = \"https://news.example.org\"",
+        );
+    e.write("rundbrief.toml", cfg.as_bytes());
+    e.ok(&["list", "create", "news"]);
+    let mut csv = String::from("email\n");
+    for i in 0..30 {
+        csv.push_str(&format!("r{i:02}@example.org\n"));
+    }
+    e.write("people.csv", csv.as_bytes());
+    e.ok(&["import", "people.csv", "--list", "news"]);
+    e.write("issue.md", b"Hello\n");
+    e.ok(&[
+        "campaign",
+        "create",
+        "slow",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    assert!(
+        e.fails(&["campaign", "pause", "slow"])
+            .contains("is draft; it cannot become paused")
+    );
+
+    let (sink, port) = start_sink(&e, &["--dir", "spool", "--latency", "20"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let sender = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .args([
+            "campaign", "send", "slow", "--relay", &relay, "--pool", "1", "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sent = || {
+        e.json(&["campaign", "status", "slow"])["sent"]
+            .as_u64()
+            .unwrap()
+    };
+    for _ in 0..400 {
+        if sent() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    e.ok(&["campaign", "pause", "slow"]);
+    let out = sender.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let paused: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let at_pause = paused["sent"].as_u64().unwrap();
+    assert!(at_pause > 0 && at_pause < 30, "{paused}");
+    assert!(
+        e.fails(&["campaign", "send", "slow", "--relay", &relay])
+            .contains("campaign resume")
+    );
+
+    let done = e.json(&[
+        "campaign", "resume", "slow", "--relay", &relay, "--pool", "4",
+    ]);
+    assert_eq!(
+        (done["state"].as_str(), done["sent"].as_u64()),
+        (Some("finished"), Some(30)),
+        "{done}"
+    );
+    stop(sink, "-INT");
+    let mut rcpts: Vec<String> = std::fs::read_dir(e.path("spool"))
+        .unwrap()
+        .map(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    rcpts.sort();
+    rcpts.dedup();
+    assert_eq!(rcpts.len(), 30, "everybody once");
+    assert_eq!(
+        std::fs::read_dir(e.path("spool")).unwrap().count(),
+        30,
+        "nobody twice"
+    );
+    assert!(
+        e.fails(&["campaign", "resume", "slow"])
+            .contains("finished")
+    );
+    e.ok(&[
+        "campaign",
+        "create",
+        "other",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    e.ok(&["campaign", "cancel", "other"]);
+    assert!(
+        e.fails(&["campaign", "send", "other", "--relay", &relay])
+            .contains("cancelled")
     );
 }

@@ -135,6 +135,22 @@ string_enum! {
     }
 }
 
+impl CampaignState {
+    /// Whether a campaign may go from `self` to `to`: draft → scheduled →
+    /// running ⇄ paused → finished; draft, scheduled, running and paused may
+    /// be cancelled; a draft may start at once; finished and cancelled are final.
+    pub fn can_become(self, to: CampaignState) -> bool {
+        use CampaignState::*;
+        matches!(
+            (self, to),
+            (Draft, Scheduled | Running | Cancelled)
+                | (Scheduled, Draft | Running | Cancelled)
+                | (Running, Paused | Finished | Cancelled)
+                | (Paused, Running | Cancelled)
+        )
+    }
+}
+
 string_enum! {
     /// One recipient's delivery of one campaign.
     DeliveryState {
@@ -310,6 +326,33 @@ mod tests {
             serde_json::to_string(&AuditAction::ListRemoved).unwrap(),
             "\"list-removed\""
         );
+    }
+
+    #[test]
+    fn campaign_transitions() {
+        use CampaignState::*;
+        let legal = [
+            (Draft, Scheduled),
+            (Draft, Running),
+            (Draft, Cancelled),
+            (Scheduled, Draft),
+            (Scheduled, Running),
+            (Scheduled, Cancelled),
+            (Running, Paused),
+            (Running, Finished),
+            (Running, Cancelled),
+            (Paused, Running),
+            (Paused, Cancelled),
+        ];
+        for from in CampaignState::ALL {
+            for to in CampaignState::ALL {
+                assert_eq!(
+                    from.can_become(*to),
+                    legal.contains(&(*from, *to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub enum StoreError {
     /// `campaign create` with a name that exists.
     #[error("a campaign named `{0}` already exists")]
     CampaignExists(String),
+    /// A state change the campaign's life does not allow.
+    #[error("campaign `{name}` is {from}; it cannot become {to}")]
+    IllegalTransition {
+        name: String,
+        from: rundbrief_core::CampaignState,
+        to: rundbrief_core::CampaignState,
+    },
     /// No campaign by that name.
     #[error("there is no campaign named `{0}` (see `rundbrief campaign ls`)")]
     CampaignNotFound(String),

@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Deliveries read per round.
-const BATCH: u64 = 500;
+/// Deliveries read per batch, per connection of the pool (8 to 500 in all):
+/// small enough that a pause takes effect quickly.
+const BATCH_PER_CONNECTION: u64 = 8;
 /// How many times a deferred delivery is retried within one `send`.
 const MAX_ATTEMPTS: i32 = 3;
 
@@ -153,11 +154,67 @@ pub async fn run(
             pool,
             wait: _,
             insecure,
-        } => send(store, cfg, name, relay.as_deref(), *pool, *insecure, json).await,
+        } => {
+            send(
+                false,
+                store,
+                cfg,
+                name,
+                relay.as_deref(),
+                *pool,
+                *insecure,
+                json,
+            )
+            .await
+        }
+        CampaignCmd::Resume {
+            name,
+            relay,
+            pool,
+            insecure,
+        } => {
+            store
+                .transition_campaign(name, CampaignState::Running)
+                .await?;
+            send(
+                true,
+                store,
+                cfg,
+                name,
+                relay.as_deref(),
+                *pool,
+                *insecure,
+                json,
+            )
+            .await
+        }
+        CampaignCmd::Pause { name } => change_state(store, name, CampaignState::Paused, json).await,
+        CampaignCmd::Cancel { name } => {
+            change_state(store, name, CampaignState::Cancelled, json).await
+        }
     }
 }
 
+async fn change_state(
+    store: &Store,
+    name: &str,
+    to: CampaignState,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let from = store.transition_campaign(name, to).await?;
+    if json {
+        output::json(
+            &serde_json::json!({ "campaign": name, "from": from.as_str(), "state": to.as_str() }),
+        )?;
+    } else {
+        println!("campaign {name}: {from} -> {to} (a running send stops within one batch)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn send(
+    resume: bool,
     store: &Store,
     cfg: &Config,
     name: &str,
@@ -167,8 +224,15 @@ async fn send(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let c = store.campaign(name).await?;
-    if matches!(c.campaign.state, CampaignState::Cancelled) {
-        bail!("campaign `{name}` was cancelled");
+    match c.campaign.state {
+        CampaignState::Cancelled => bail!("campaign `{name}` was cancelled"),
+        CampaignState::Finished => bail!(
+            "campaign `{name}` is finished: every recipient has an outcome (create a new campaign to send again)"
+        ),
+        CampaignState::Paused if !resume => {
+            bail!("campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it")
+        }
+        _ => {}
     }
     let relay_url = relay
         .map(str::to_string)
@@ -205,8 +269,16 @@ async fn send(
             &[DeliveryState::Deferred]
         };
         loop {
+            // Pause and cancel are state changes, honoured within one batch.
+            if store.campaign_state(c.campaign.id).await? != CampaignState::Running {
+                break;
+            }
             let batch: Vec<_> = store
-                .deliveries_in(c.campaign.id, states, BATCH)
+                .deliveries_in(
+                    c.campaign.id,
+                    states,
+                    (pool as u64 * BATCH_PER_CONNECTION).clamp(8, 500),
+                )
                 .await?
                 .into_iter()
                 .filter(|d| d.attempts < MAX_ATTEMPTS)
@@ -314,7 +386,9 @@ async fn send(
                 break;
             }
         }
-        if store.campaign_counts(c.campaign.id).await?.deferred == 0 {
+        if store.campaign_state(c.campaign.id).await? != CampaignState::Running
+            || store.campaign_counts(c.campaign.id).await?.deferred == 0
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500 * (round as u64 + 1))).await;
@@ -325,10 +399,10 @@ async fn send(
     }
     let mut counts = store.campaign_counts(c.campaign.id).await?;
     let finished = counts.pending == 0 && counts.deferred == 0;
-    let state = if finished {
-        CampaignState::Finished
-    } else {
-        CampaignState::Paused
+    let state = match store.campaign_state(c.campaign.id).await? {
+        CampaignState::Running if finished => CampaignState::Finished,
+        CampaignState::Running => CampaignState::Paused,
+        other => other, // paused or cancelled meanwhile
     };
     store.set_campaign_state(c.campaign.id, state).await?;
     counts.state = state.to_string();
