@@ -589,6 +589,49 @@ fn bounce_parse_prints_the_json_contract() {
     );
 }
 
+/// Creates campaign `name` on the list `news` through the store API (the
+/// delivery ledger comes with campaigns) and returns its deliveries.
+fn campaign_with_deliveries(e: &Env, name: &str) -> Vec<rundbrief_store::DeliveryTarget> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
+            .await
+            .unwrap();
+        let campaign = store
+            .create_campaign(&rundbrief_store::NewCampaign {
+                name: name.into(),
+                lists: vec!["news".into()],
+                subject: "s".into(),
+                content: "c".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        store.materialise_deliveries(campaign.id).await.unwrap();
+        let deliveries = store.deliveries(campaign.id).await.unwrap();
+        store.close().await.unwrap();
+        deliveries
+    })
+}
+
+/// Also sets sending.from and sending.public_url (after `endpoint_config`).
+fn sending_config(e: &Env) {
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    let cfg = cfg
+        .replace(
+            "# from = \"Newsletter <news@example.org>\"",
+            "from = \"Newsletter <news@example.org>\"",
+        )
+        .replace(
+            "# public_url = \"https://news.example.org\"",
+            "public_url = \"https://news.example.org\"",
+        );
+    e.write("rundbrief.toml", cfg.as_bytes());
+}
+
 /// Starts a long-running `rundbrief` server command (its args must make it
 /// listen on 127.0.0.1:0) and returns the child and the port it announced
 /// on stderr. The rest of stderr is drained so the child never writes into a
@@ -887,6 +930,17 @@ fn start_endpoint(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
     )
 }
 
+/// Stops a server with SIGINT and returns what it printed on stdout (the
+/// sink's JSON summary: messages, bounces_sent, bounces_failed, …).
+#[cfg(unix)]
+fn stop_output(child: std::process::Child) -> String {
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
 #[cfg(unix)]
 fn stop(child: std::process::Child, signal: &str) {
     std::process::Command::new("kill")
@@ -956,9 +1010,9 @@ fn bounce_endpoint_takes_only_signed_addresses_and_stores_before_250() {
         replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
         "{replies:?}"
     );
-    stop(sink, "-INT"); // drains its DSN queue before exiting
+    let sink_summary = stop_output(sink); // drains its DSN queue before exiting
     let mut stored = Value::Null;
-    for _ in 0..100 {
+    for _ in 0..400 {
         stored = e.json(&["bounce", "ls", "--state", "parsed"]);
         if stored.as_array().is_some_and(|a| !a.is_empty()) {
             break;
@@ -970,7 +1024,7 @@ fn bounce_endpoint_takes_only_signed_addresses_and_stores_before_250() {
     assert_eq!(
         all.as_array().unwrap().len(),
         1,
-        "only the signed DSN is stored: {all}"
+        "only the signed DSN is stored: {all}; sink: {sink_summary}"
     );
     let b = &stored[0];
     assert_eq!(
@@ -1075,29 +1129,8 @@ fn a_verified_hard_bounce_prunes_only_its_own_subscriber() {
         ]);
     }
     // The delivery ledger comes with campaigns; here the store API makes one.
-    let deliveries = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
-        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
-            .await
-            .unwrap();
-        let campaign = store
-            .create_campaign(&rundbrief_store::NewCampaign {
-                name: "issue-1".into(),
-                lists: vec!["news".into()],
-                subject: "Hi".into(),
-                content: "Hello".into(),
-                content_kind: "markdown".into(),
-                layout: None,
-                from: None,
-                relay: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(store.materialise_deliveries(campaign.id).await.unwrap(), 3);
-        let d = store.deliveries(campaign.id).await.unwrap();
-        store.close().await.unwrap();
-        d
-    });
+    let deliveries = campaign_with_deliveries(&e, "issue-1");
+    assert_eq!(deliveries.len(), 3);
     let id_of = |who: &str| {
         deliveries
             .iter()
@@ -1334,17 +1367,7 @@ fn smtp_check_walks_the_dialogue_and_explains_failures() {
 fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
     let e = Env::new();
     let verp = endpoint_config(&e);
-    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
-    let cfg = cfg
-        .replace(
-            "# from = \"Newsletter <news@example.org>\"",
-            "from = \"Newsletter <news@example.org>\"",
-        )
-        .replace(
-            "# public_url = \"https://news.example.org\"",
-            "public_url = \"https://news.example.org\"",
-        );
-    e.write("rundbrief.toml", cfg.as_bytes());
+    sending_config(&e);
     e.ok(&["list", "create", "news"]);
     e.write(
         "people.csv",
@@ -1529,29 +1552,7 @@ fn an_ingested_dsn_finds_its_delivery_by_envid_or_message_id() {
             "news",
         ]);
     }
-    let deliveries = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
-        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
-            .await
-            .unwrap();
-        let c = store
-            .create_campaign(&rundbrief_store::NewCampaign {
-                name: "c".into(),
-                lists: vec!["news".into()],
-                subject: "s".into(),
-                content: "c".into(),
-                content_kind: "markdown".into(),
-                layout: None,
-                from: None,
-                relay: None,
-            })
-            .await
-            .unwrap();
-        store.materialise_deliveries(c.id).await.unwrap();
-        let d = store.deliveries(c.id).await.unwrap();
-        store.close().await.unwrap();
-        d
-    });
+    let deliveries = campaign_with_deliveries(&e, "c");
     let id_of = |who: &str| {
         deliveries
             .iter()
@@ -1625,29 +1626,7 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     e.write("rundbrief.toml", cfg.as_bytes());
     e.ok(&["list", "create", "news"]);
     e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
-    let delivery = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
-        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
-            .await
-            .unwrap();
-        let c = store
-            .create_campaign(&rundbrief_store::NewCampaign {
-                name: "c".into(),
-                lists: vec!["news".into()],
-                subject: "s".into(),
-                content: "c".into(),
-                content_kind: "markdown".into(),
-                layout: None,
-                from: None,
-                relay: None,
-            })
-            .await
-            .unwrap();
-        store.materialise_deliveries(c.id).await.unwrap();
-        let d = store.deliveries(c.id).await.unwrap()[0].delivery_id;
-        store.close().await.unwrap();
-        d
-    });
+    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
     e.write(
         "dsn.eml",
         format!(
@@ -1697,17 +1676,7 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
 fn pause_and_resume_send_everybody_exactly_once() {
     let e = Env::new();
     endpoint_config(&e);
-    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
-    let cfg = cfg
-        .replace(
-            "# from = \"Newsletter <news@example.org>\"",
-            "from = \"Newsletter <news@example.org>\"",
-        )
-        .replace(
-            "# public_url = \"https://news.example.org\"",
-            "public_url = \"https://news.example.org\"",
-        );
-    e.write("rundbrief.toml", cfg.as_bytes());
+    sending_config(&e);
     e.ok(&["list", "create", "news"]);
     let mut csv = String::from("email\n");
     for i in 0..30 {
