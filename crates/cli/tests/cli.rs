@@ -1784,3 +1784,63 @@ fn pause_and_resume_send_everybody_exactly_once() {
             .contains("cancelled")
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_complaint_at_the_abuse_address_unsubscribes_the_complainer() {
+    let e = Env::new();
+    endpoint_config(&e);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    e.write(
+        "rundbrief.toml",
+        cfg.replace(
+            "# abuse_address = \"fbl@bounce.example.org\"",
+            "abuse_address = \"fbl@bounce.example.org\"",
+        )
+        .as_bytes(),
+    );
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
+    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
+    let (endpoint, port) = start_endpoint(&e, &[]);
+    let arf = format!(
+        "From: feedback@provider.example\r\nTo: fbl@bounce.example.org\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\
+         --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: Provider/1.0\r\nVersion: 1\r\n\
+         Original-Rcpt-To: anna@example.org\r\n\r\n\
+         --b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: news@example.org\r\nTo: anna@example.org\r\n\
+         Message-ID: <{}@example.org>\r\nSubject: Hi\r\n\r\n--b--",
+        delivery.simple()
+    );
+    let replies = smtp(port, "", &["FBL@bounce.example.org"], &arf);
+    assert!(
+        replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
+        "{replies:?}"
+    );
+    let other = smtp(
+        port,
+        "",
+        &["abuse@bounce.example.org"],
+        "Subject: x\r\n\r\nx",
+    );
+    assert!(
+        other.iter().any(|l| l.starts_with("550 5.1.1")),
+        "only the configured address: {other:?}"
+    );
+    stop(endpoint, "-INT");
+    let anna = e.json(&["sub", "show", "anna@example.org"]);
+    assert_eq!(anna["status"], "unsubscribed", "{anna}");
+    let last = anna["audit"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["reason"].as_str().unwrap().starts_with("complaint:"),
+        "{last}"
+    );
+    assert_eq!(
+        e.json(&["bounce", "ls", "--class", "complaint"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -133,6 +133,10 @@ pub struct BounceConfig {
     pub hard_after: u32,
     /// Days after which a score has halved. Default 14.
     pub half_life_days: f64,
+    /// An address the bounce endpoint also accepts mail for: register it with
+    /// mailbox providers' feedback loops (e.g. `fbl@bounce.example.org`). ARF
+    /// complaints that arrive there unsubscribe the complainer. Default none.
+    pub abuse_address: Option<String>,
 }
 
 impl Default for BounceConfig {
@@ -143,6 +147,7 @@ impl Default for BounceConfig {
             soft_weight: 0.5,
             hard_after: 1,
             half_life_days: 14.0,
+            abuse_address: None,
         }
     }
 }
@@ -451,6 +456,9 @@ threshold = 5.0
 soft_weight = 0.5
 hard_after = 1
 half_life_days = 14.0
+# Register this address with mailbox providers' feedback loops; ARF complaints
+# arriving there unsubscribe the complainer.
+# abuse_address = "fbl@bounce.example.org"
 "#
     )
 }

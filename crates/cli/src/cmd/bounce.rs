@@ -99,6 +99,11 @@ pub async fn run(
                 store: store.clone(),
                 verp,
                 domain: domain.clone(),
+                abuse: cfg
+                    .bounce
+                    .abuse_address
+                    .as_ref()
+                    .map(|a| a.trim().to_ascii_lowercase()),
                 stored: stored.clone(),
             });
             let limits = rundbrief_smtpd::Limits {

@@ -44,12 +44,21 @@ pub struct Endpoint {
     pub store: Store,
     pub verp: Verp,
     pub domain: String,
+    /// The feedback-loop address (`bounce.abuse_address`), lower-case.
+    pub abuse: Option<String>,
     /// Wakes the parse worker after each stored message.
     pub stored: Arc<Notify>,
 }
 
 impl Handler for Endpoint {
     async fn rcpt(&self, _info: &SessionInfo, _tx: &Envelope, rcpt: &Recipient) -> Decision {
+        if self
+            .abuse
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(rcpt.address.trim()))
+        {
+            return Decision::Accept;
+        }
         match self.verp.delivery(&rcpt.address) {
             Ok(_) => Decision::Accept,
             Err(TokenError::WrongDomain(_)) => Decision::Reject(Reply::with_status(
