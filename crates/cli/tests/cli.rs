@@ -668,6 +668,23 @@ fn start_server(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
     )
 }
 
+/// Waits (at most 20 s) until `n` stored bounces are parsed; the callers
+/// assert on what they find afterwards.
+#[cfg(unix)]
+fn wait_for_parsed(e: &Env, n: usize) {
+    for _ in 0..400 {
+        if e.json(&["bounce", "ls", "--state", "parsed"])
+            .as_array()
+            .unwrap()
+            .len()
+            == n
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Starts `rundbrief sink` on a free loopback port.
 #[cfg(unix)]
 fn start_sink(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
@@ -1011,14 +1028,8 @@ fn bounce_endpoint_takes_only_signed_addresses_and_stores_before_250() {
         "{replies:?}"
     );
     let sink_summary = stop_output(sink); // drains its DSN queue before exiting
-    let mut stored = Value::Null;
-    for _ in 0..400 {
-        stored = e.json(&["bounce", "ls", "--state", "parsed"]);
-        if stored.as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_parsed(&e, 1);
+    let stored = e.json(&["bounce", "ls", "--state", "parsed"]);
     stop(endpoint, "-INT");
     let all = e.json(&["bounce", "ls"]);
     assert_eq!(
@@ -1172,17 +1183,7 @@ fn a_verified_hard_bounce_prunes_only_its_own_subscriber() {
         );
     }
     stop(sink, "-INT");
-    for _ in 0..100 {
-        if e.json(&["bounce", "ls", "--state", "parsed"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_parsed(&e, 3);
     stop(endpoint, "-INT");
     assert_eq!(
         e.json(&["bounce", "ls", "--state", "parsed"])
@@ -1443,17 +1444,7 @@ fn a_campaign_is_sent_once_and_its_dead_addresses_are_pruned() {
             .contains("finished")
     );
     stop(sink, "-INT");
-    for _ in 0..100 {
-        if e.json(&["bounce", "ls", "--state", "parsed"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_parsed(&e, 1);
     stop(endpoint, "-INT");
 
     // Three messages stored, each with its own verifiable return path and personalisation.

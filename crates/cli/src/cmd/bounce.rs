@@ -9,7 +9,9 @@ use std::process::ExitCode;
 /// Largest message read for parsing; the parser itself looks at the first 4 MiB.
 const MAX_READ: u64 = 64 << 20;
 
-pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// Reads one message (at most [`MAX_READ`] bytes) from a file, or from
+/// standard input when `file` is `-`.
+fn read_message(file: &Path) -> anyhow::Result<Vec<u8>> {
     let mut raw = Vec::new();
     if file.as_os_str() == "-" {
         std::io::stdin()
@@ -23,6 +25,11 @@ pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .read_to_end(&mut raw)
             .with_context(|| format!("reading {}", file.display()))?;
     }
+    Ok(raw)
+}
+
+pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let raw = read_message(file)?;
     let parsed = rundbrief_bounce::parse(&raw);
     if json {
         output::json(&parsed)?;
@@ -190,22 +197,15 @@ pub async fn run(
             if files.is_empty() && !stdin {
                 anyhow::bail!("nothing to ingest: give .eml files or directories, or --stdin");
             }
+            // Everything is read before anything is stored: an unreadable
+            // file stops the ingest with nothing stored, so a rerun after
+            // fixing it cannot store a message twice.
             let mut raws = Vec::new();
             if *stdin {
-                let mut raw = Vec::new();
-                std::io::stdin()
-                    .take(MAX_READ)
-                    .read_to_end(&mut raw)
-                    .context("reading standard input")?;
-                raws.push(raw);
+                raws.push(read_message(Path::new("-"))?);
             }
             for f in &files {
-                let mut raw = Vec::new();
-                std::fs::File::open(f)
-                    .with_context(|| format!("cannot open {}", f.display()))?
-                    .take(MAX_READ)
-                    .read_to_end(&mut raw)?;
-                raws.push(raw);
+                raws.push(read_message(f)?);
             }
             for raw in &raws {
                 let b = NewBounce {
