@@ -212,6 +212,31 @@ async fn change_state(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `campaign send` (and the demo) runs a campaign in the foreground.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Relay URL overriding the campaign's and the config's.
+    pub relay: Option<String>,
+    /// SMTP connections.
+    pub pool: usize,
+    /// Accept invalid TLS certificates (test relays only).
+    pub insecure: bool,
+    /// Wait for deferred deliveries' retries until each has a final outcome.
+    pub wait: bool,
+    /// Show a progress bar on stderr (only drawn on a terminal).
+    pub progress: bool,
+}
+
+/// What a foreground send did.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    pub counts: rundbrief_store::CampaignCounts,
+    pub state: CampaignState,
+    pub seconds: f64,
+    /// Deliveries that reached a final outcome in this run.
+    pub sent_now: u64,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send(
     resume: bool,
@@ -224,14 +249,63 @@ async fn send(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let c = store.campaign(name).await?;
+    if c.campaign.state == CampaignState::Paused && !resume {
+        bail!("campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it");
+    }
+    let opts = SendOptions {
+        relay: relay.map(str::to_string),
+        pool,
+        insecure,
+        wait: true,
+        progress: !json,
+    };
+    let r = send_foreground(store, cfg, name, &opts).await?;
+    let (counts, secs, sent_now) = (r.counts, r.seconds, r.sent_now);
+    let finished = r.state == CampaignState::Finished;
+    if json {
+        let mut v = serde_json::to_value(&counts)?;
+        v["seconds"] = secs.into();
+        v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
+        output::json(&v)?;
+    } else {
+        println!(
+            "{name}: {} sent, {} rejected, {} failed, {} still deferred of {} in {secs:.1} s ({:.0} msg/s){}",
+            counts.sent,
+            counts.rejected,
+            counts.failed,
+            counts.deferred,
+            counts.total,
+            sent_now as f64 / secs.max(1e-9),
+            if finished {
+                ""
+            } else {
+                "; run `campaign send` again later for the deferred ones"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the campaign `name` in this process until every recipient has an
+/// outcome (or it is paused or cancelled meanwhile).
+pub async fn send_foreground(
+    store: &Store,
+    cfg: &Config,
+    name: &str,
+    opts: &SendOptions,
+) -> anyhow::Result<SendReport> {
+    let (relay, pool, insecure, json) = (
+        opts.relay.as_deref(),
+        opts.pool,
+        opts.insecure,
+        !opts.progress,
+    );
+    let c = store.campaign(name).await?;
     match c.campaign.state {
         CampaignState::Cancelled => bail!("campaign `{name}` was cancelled"),
         CampaignState::Finished => bail!(
             "campaign `{name}` is finished: every recipient has an outcome (create a new campaign to send again)"
         ),
-        CampaignState::Paused if !resume => {
-            bail!("campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it")
-        }
         _ => {}
     }
     let relay_url = relay
@@ -406,29 +480,12 @@ async fn send(
     };
     store.set_campaign_state(c.campaign.id, state).await?;
     counts.state = state.to_string();
-    let secs = started.elapsed().as_secs_f64();
-    if json {
-        let mut v = serde_json::to_value(&counts)?;
-        v["seconds"] = secs.into();
-        v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
-        output::json(&v)?;
-    } else {
-        println!(
-            "{name}: {} sent, {} rejected, {} failed, {} still deferred of {} in {secs:.1} s ({:.0} msg/s){}",
-            counts.sent,
-            counts.rejected,
-            counts.failed,
-            counts.deferred,
-            counts.total,
-            sent_now as f64 / secs.max(1e-9),
-            if finished {
-                ""
-            } else {
-                "; run `campaign send` again later for the deferred ones"
-            }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(SendReport {
+        counts,
+        state,
+        seconds: started.elapsed().as_secs_f64(),
+        sent_now,
+    })
 }
 
 /// Compiles a stored campaign (shared by preview and send).
