@@ -13,6 +13,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_subscribers;
 mod m20261123_000002_bounces;
 mod m20261123_000003_campaigns;
+mod m20261128_000004_scheduler;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_subscribers::Migration),
             Box::new(m20261123_000002_bounces::Migration),
             Box::new(m20261123_000003_campaigns::Migration),
+            Box::new(m20261128_000004_scheduler::Migration),
         ]
     }
 }

@@ -58,6 +58,29 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole pipeline once, locally, with nothing to configure:
+    /// import, render, send, bounces, pruning.
+    ///
+    /// In a fresh directory (a new temporary one unless --dir; it is kept and
+    /// printed) on the embedded SQLite default, the demo starts the test sink
+    /// and the bounce endpoint on free loopback ports, creates the list
+    /// `demo` with --subscribers generated subscribers of which a known share
+    /// is dead, renders a Markdown newsletter through the default layout and
+    /// sends it. The sink plays the world: 3 % of the addresses are unknown
+    /// at RCPT (550 5.1.1), 2 % are accepted and then bounced with an RFC
+    /// 3464 DSN to their VERP return path, 1 % are greylisted once (450) and
+    /// delivered on retry, one reader sends an out-of-office reply and one a
+    /// spam complaint (ARF). The demo waits until every bounce has come back
+    /// through the endpoint, prints what happened and checks that the numbers
+    /// reconcile: every dead address pruned, no live one (exit status 1 if
+    /// not). The directory holds a rundbrief.toml, so the commands it
+    /// suggests work from there. The demo reads no configuration of yours
+    /// (rundbrief.toml, DATABASE_URL and RUNDBRIEF_* do not apply to it) and
+    /// talks to nothing beyond 127.0.0.1.
+    ///
+    /// --json prints {"sent":N,"bounced":N,"pruned":N,"seconds":F,"msgs_per_s":F, …}.
+    Demo(DemoArgs),
+
     /// Write a commented rundbrief.toml with a freshly generated secret.
     ///
     /// The secret signs VERP return paths and unsubscribe links; commands
@@ -131,24 +154,48 @@ pub enum Command {
     /// Stands in for `campaign preview` until campaigns exist.
     Render(RenderArgs),
 
-    /// A fake SMTP server for dry runs: accepts mail on loopback, stores it,
-    /// and simulates the world with rules.
+    /// A fake SMTP server for dry runs that simulates the world with rules.
     ///
-    /// Point a campaign's relay at it (smtp://127.0.0.1:2525) to see exactly
-    /// what would be sent. With --dir, each message is stored as an .eml file
-    /// with `Return-Path: <MAIL FROM>` and one `Delivered-To: <RCPT>` line per
-    /// recipient prepended. Rules (first match wins; PATTERN is a glob on the
-    /// recipient, `*` matches anything):
+    /// It accepts mail on loopback. Point a campaign's relay at it
+    /// (smtp://127.0.0.1:2525) to see exactly what would be sent. With --dir,
+    /// each message is stored as an .eml file with `Return-Path: <MAIL FROM>`
+    /// and one `Delivered-To: <RCPT>` line per recipient prepended. Rules
+    /// (first match wins; PATTERN is a glob on the recipient, `*` matches
+    /// anything):
     ///   --reject 'PATTERN=550 5.1.1 User unknown'   refuse at RCPT
     ///   --defer  'PATTERN=451 4.7.1 Try later'      defer at RCPT
+    ///   --defer-once 'PATTERN=450 4.2.0 Greylisted' defer each recipient at
+    ///                              RCPT once (--defer-times N: N times), then
+    ///                              let it through (greylisting)
     ///   --bounce 'PATTERN=5.1.1'   accept, then send an RFC 3464 DSN to the
     ///                              message's return path at --bounce-to
+    ///   --auto-reply 'PATTERN'     accept, then send an RFC 3834 out-of-office
+    ///                              reply to the return path at --bounce-to
+    ///   --complain 'PATTERN'       accept, then send an RFC 5965 ARF spam
+    ///                              complaint to the return path at --bounce-to
+    ///
     /// Stop it with Ctrl-C: messages in flight are finished first.
+    #[command(verbatim_doc_comment)]
     Sink(SinkArgs),
+
+    /// The long-running process: scheduler, sender, bounce endpoint, HTTP
+    /// endpoint and Prometheus metrics in one.
+    ///
+    /// Starts scheduled campaigns when due (and each run of a recurring
+    /// one), sends every running campaign with leased batches (several
+    /// `serve` processes on one PostgreSQL share a campaign without sending
+    /// anything twice), retries deferred deliveries, receives bounces.
+    /// SIGTERM or Ctrl-C drains: sends in flight finish, unsent claims are
+    /// released, then it exits.
+    Serve(ServeArgs),
 
     /// SMTP diagnostics.
     #[command(subcommand)]
     Smtp(SmtpCmd),
+
+    /// The public HTTP endpoint: one-click unsubscribe, double opt-in.
+    #[command(subcommand)]
+    Http(HttpCmd),
 
     /// Bounce handling: parse a bounce message (the endpoint comes later).
     #[command(subcommand)]
@@ -157,6 +204,15 @@ pub enum Command {
     /// Show the configuration in effect (secrets hidden) and where it came from.
     #[command(subcommand)]
     Config(ConfigCmd),
+
+    /// DNS records to publish so that mail from rundbrief is accepted:
+    /// SPF, DKIM, DMARC, and the MX of the bounce domain.
+    #[command(subcommand)]
+    Dns(DnsCmd),
+
+    /// DKIM keys: generate one for [dkim] key_file.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
 
     /// Print a shell completion script: `rundbrief completions bash > /etc/bash_completion.d/rundbrief`.
     Completions {
@@ -231,6 +287,16 @@ pub enum SubCmd {
         /// the person asked for it: mailing people who left harms your reputation.
         #[arg(long)]
         resubscribe: bool,
+        /// Double opt-in: leave the membership `unconfirmed` and send the
+        /// address a confirmation mail (the same as the subscribe form's,
+        /// through the configured relay); it is subscribed once its owner
+        /// presses the button behind the link. Needs the secret,
+        /// sending.from, sending.public_url, sending.bounce_domain and a relay.
+        #[arg(long, conflicts_with_all = ["resubscribe", "attrs"])]
+        confirm: bool,
+        /// Relay for the confirmation mail (with --confirm); default the configured relay.
+        #[arg(long, requires = "confirm")]
+        relay: Option<String>,
     },
     /// List subscribers, optionally of one list and with one status.
     Ls {
@@ -398,6 +464,18 @@ pub enum BounceCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's database and configuration (created if
+    /// missing; must not hold a rundbrief.db yet). Default: a new directory
+    /// under the system's temporary directory, kept afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// How many subscribers to generate (at least 10).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub subscribers: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct SinkArgs {
     /// Address to listen on. Port 0 picks a free port (printed on stderr).
     #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR")]
@@ -411,10 +489,34 @@ pub struct SinkArgs {
     /// Defer matching recipients at RCPT with a 4xx: 'PATTERN=CODE ENHANCED TEXT'.
     #[arg(long, value_name = "PATTERN=REPLY")]
     pub defer: Vec<String>,
+    /// Defer matching recipients at RCPT with a 4xx only the first time each
+    /// is tried (see --defer-times), then accept them: 'PATTERN=CODE ENHANCED TEXT'.
+    ///
+    /// Simulates greylisting: a sender that retries gets through. Counted per
+    /// address while the sink runs.
+    #[arg(long, value_name = "PATTERN=REPLY")]
+    pub defer_once: Vec<String>,
+    /// How many times --defer-once rules defer each recipient before letting it through.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub defer_times: u32,
     /// Accept matching recipients, then bounce them with a DSN: 'PATTERN=STATUS'.
     #[arg(long, value_name = "PATTERN=STATUS")]
     pub bounce: Vec<String>,
-    /// Where DSNs of --bounce rules are delivered (an SMTP server, e.g. the bounce endpoint).
+    /// Accept matching recipients, then send an automatic out-of-office reply
+    /// (RFC 3834, Auto-Submitted: auto-replied) to the return path: 'PATTERN'.
+    ///
+    /// Bounce handling must recognise and ignore it: nobody is pruned.
+    #[arg(long, value_name = "PATTERN")]
+    pub auto_reply: Vec<String>,
+    /// Accept matching recipients, then send an ARF spam complaint (RFC 5965,
+    /// Feedback-Type: abuse, the original headers attached) to the return path: 'PATTERN'.
+    ///
+    /// What a mailbox provider's feedback loop sends when a user clicks
+    /// "spam"; the bounce endpoint unsubscribes the complainer.
+    #[arg(long, value_name = "PATTERN")]
+    pub complain: Vec<String>,
+    /// Where DSNs, auto-replies and complaints are delivered (an SMTP server,
+    /// e.g. the bounce endpoint).
     #[arg(long, value_name = "HOST:PORT")]
     pub bounce_to: Option<std::net::SocketAddr>,
     /// Wait this many milliseconds before every reply (a slow server).
@@ -432,6 +534,28 @@ pub struct SinkArgs {
     /// Do not offer STARTTLS (by default a self-signed certificate is generated).
     #[arg(long)]
     pub no_tls: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HttpCmd {
+    /// Serve the public endpoint behind sending.public_url.
+    ///
+    /// GET /u/TOKEN shows the unsubscribe page of a mail's link and POST
+    /// /u/TOKEN unsubscribes (RFC 8058 one-click, or the page's button);
+    /// POST /s/LIST (form fields email, name) asks for a subscription with
+    /// double opt-in and sends the confirmation mail; GET/POST /c/TOKEN
+    /// confirms. Without a relay there is no /s/LIST. Run it behind a
+    /// reverse proxy that terminates TLS (see docs/unsubscribe.md); limits
+    /// are in the [http] section of the configuration. Ctrl-C/SIGTERM
+    /// finish requests in flight and queued confirmation mails.
+    Serve {
+        /// Address to listen on; default http.listen (127.0.0.1:8080). Port 0 picks one.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Relay for confirmation mails; default the configured relay.
+        #[arg(long)]
+        relay: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -560,12 +684,19 @@ pub enum CampaignCmd {
         /// Simultaneous SMTP connections.
         #[arg(long, default_value_t = 4)]
         pool: usize,
-        /// Wait for the end (the only mode until the scheduler arrives).
-        #[arg(long, default_value_t = true)]
+        /// Also wait for the retries of deferred deliveries (and for the send
+        /// window to open) until every recipient has a final outcome. Without
+        /// it, `send` returns when only later retries are left; `serve` or
+        /// another `send` picks them up.
+        #[arg(long)]
         wait: bool,
         /// Accept any TLS certificate from the relay (test relays only).
         #[arg(long)]
         insecure: bool,
+        /// Refuse to send when the deliverability pre-flight warns (no DKIM,
+        /// From not aligned with the DKIM domain, no unsubscribe link).
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the exact message one subscriber gets from this campaign.
     ///
@@ -598,6 +729,174 @@ pub enum CampaignCmd {
     },
     /// Cancel a campaign for good; pending deliveries are never sent.
     Cancel { name: String },
-    /// Progress of a campaign: total, sent, deferred, failed, bounced, pending.
+    /// Progress of a campaign: total, sent, deferred, failed, bounced,
+    /// pending, and while it runs the current rate and an ETA.
     Status { name: String },
+    /// Everything about one campaign: state, lists, schedule, progress, runs.
+    Show { name: String },
+    /// Change a draft: subject, content, layout, From, relay.
+    Edit {
+        name: String,
+        #[arg(long)]
+        subject: Option<String>,
+        /// New content: Markdown (.md) or HTML (.html).
+        #[arg(long, value_name = "FILE")]
+        content: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        layout: Option<PathBuf>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        relay: Option<String>,
+    },
+    /// Schedule a draft: once (--at) or recurring (--cron), in a time zone.
+    ///
+    /// `rundbrief serve` starts it when due. A recurring campaign stays
+    /// `scheduled`; each occurrence runs as a campaign of its own named
+    /// NAME@DATE with its own recipient snapshot and statistics. A run missed
+    /// while no server was running starts late, once. Times are wall-clock
+    /// times in --tz, daylight saving included (a time skipped by the clocks
+    /// going forward is refused; one that happens twice means the first).
+    #[command(group(clap::ArgGroup::new("when").required(true).args(["at", "cron"])))]
+    Schedule {
+        name: String,
+        /// One-off: "2026-12-01 09:00" (in --tz) or RFC 3339 with an offset.
+        #[arg(long)]
+        at: Option<String>,
+        /// Recurring: five cron fields, e.g. "0 9 * * TUE" (Tuesdays 09:00).
+        #[arg(long)]
+        cron: Option<String>,
+        /// IANA time zone of --at, --cron and --window.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Only send between these local times, e.g. 08:00-20:00; outside
+        /// it sending pauses and resumes by itself.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        window: Option<String>,
+    },
+    /// Mark a draft or scheduled campaign running now; `rundbrief serve`
+    /// sends it (use `send` to send in the foreground instead).
+    Start {
+        name: String,
+        /// Refuse when the deliverability pre-flight warns.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Send again to the recipients whose delivery failed (our error, or
+    /// deferred past sending.max_age_secs) and who are still active.
+    RetryFailed {
+        name: String,
+        /// Send now in the foreground (like `send --wait`).
+        #[arg(long)]
+        send: bool,
+        #[arg(long)]
+        relay: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        pool: usize,
+    },
+    /// Send one real copy to ADDR with "[TEST]" before the subject and an
+    /// X-Rundbrief-Test header; it is not recorded as a delivery.
+    Test {
+        name: String,
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+        #[arg(long)]
+        relay: Option<String>,
+        /// Accept any TLS certificate from the relay (test relays only).
+        #[arg(long)]
+        insecure: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCmd {
+    /// Print the records to publish, each with a one-line reason.
+    ///
+    /// Built from sending.from (SPF, DMARC), [dkim] (the public key of the
+    /// configured private key) and sending.bounce_domain (MX and SPF of the
+    /// VERP return-path domain, which is the domain SPF checks). The text
+    /// output is zone-file lines you can paste; --json prints
+    /// {"records":[{"name":…,"type":"TXT|MX","value":…,"why":…}]}. Values
+    /// in <angle brackets> are placeholders: pass --spf and --mx-host to fill
+    /// them in. See docs/deliverability.md.
+    Records(DnsRecordsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsRecordsArgs {
+    /// SPF mechanisms that authorise your relay, e.g.
+    /// 'include:_spf.relay.example' or 'ip4:203.0.113.5'. Default: `a:` of
+    /// the configured relay's host, or a placeholder without a relay.
+    #[arg(long, value_name = "MECHANISMS")]
+    pub spf: Option<String>,
+    /// Public host name of the machine running `rundbrief bounce serve` on
+    /// port 25: the bounce domain's MX. Default: a placeholder.
+    #[arg(long, value_name = "HOST")]
+    pub mx_host: Option<String>,
+    /// Where receivers send DMARC aggregate reports (rua=). Default:
+    /// dmarc-reports@ the From domain; the mailbox must exist.
+    #[arg(long, value_name = "ADDRESS")]
+    pub dmarc_rua: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCmd {
+    /// Write a new DKIM private key (PEM, readable by you only) and print
+    /// the [dkim] settings and the DNS record for it.
+    ///
+    /// RSA 2048 is the default because every receiver verifies it; Ed25519
+    /// (RFC 8463) is shorter but not checked everywhere yet, so use it as a
+    /// second selector, not alone. For key rotation, generate a key under a
+    /// new selector, publish its record, wait for DNS, then switch
+    /// dkim.key_file and dkim.selector (docs/deliverability.md).
+    Keygen {
+        /// Where to write the private key; an existing file is kept unless --force.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The selector to print in the suggested settings (default:
+        /// rb<year><month>, e.g. rb202611).
+        #[arg(long)]
+        selector: Option<String>,
+        /// Key type.
+        #[arg(long, value_enum, default_value_t = DkimAlgorithm::Rsa)]
+        algorithm: DkimAlgorithm,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DkimAlgorithm {
+    /// RSA 2048, rsa-sha256.
+    Rsa,
+    /// Ed25519, ed25519-sha256 (RFC 8463).
+    Ed25519,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Relay URL for campaigns that name none (overrides RUNDBRIEF_RELAY).
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// SMTP connections per running campaign.
+    #[arg(long, default_value_t = 4)]
+    pub pool: usize,
+    /// The bounce endpoint's address (port 25 in production); `off` to run
+    /// without it.
+    #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR|off")]
+    pub bounce_listen: String,
+    /// The HTTP endpoint's address (unsubscribe, opt-in); `off` to run without it.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR|off")]
+    pub http_listen: String,
+    /// Prometheus metrics at http://ADDR/metrics; `off` to disable. Keep it
+    /// on loopback or behind a firewall.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    pub metrics_listen: String,
+    /// Seconds between two looks at the schedules.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub tick: u64,
+    /// Accept any TLS certificate from the relay (test relays only).
+    #[arg(long)]
+    pub insecure: bool,
 }

@@ -9,6 +9,7 @@
 mod args;
 mod cmd;
 mod config;
+mod metrics;
 mod output;
 
 use args::{Cli, Command, LogFormat};
@@ -54,6 +55,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
+        Command::Serve(a) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::serve::run(&store, &loaded.config, a).await
+        }
+        Command::Demo(a) => cmd::demo::run(a, cli.json).await,
         Command::Clean { dry_run } => {
             let loaded = config::load(&cli)?;
             let store = cmd::open_store(&loaded.config).await?;
@@ -80,6 +87,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::bounce::run(&store, &loaded.config, c, cli.json).await
         }
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
+        Command::Dns(args::DnsCmd::Records(a)) => {
+            cmd::dns::records(&config::load(&cli)?.config, a, cli.json)
+        }
+        Command::Dkim(c) => cmd::dns::dkim(c, cli.json),
         Command::Migrate { cmd } => {
             let loaded = config::load(&cli)?;
             cmd::migrate(&loaded.config, cmd.as_ref(), cli.json).await
@@ -91,6 +102,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.json,
             )
             .await
+        }
+        Command::Sub(args::SubCmd::Add {
+            email,
+            list,
+            name,
+            confirm: true,
+            relay,
+            ..
+        }) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            let (name, relay) = (name.as_deref(), relay.as_deref());
+            cmd::http::sub_add_confirm(&store, &loaded.config, email, list, name, relay, cli.json)
+                .await
+        }
+        Command::Http(args::HttpCmd::Serve { listen, relay }) => {
+            let loaded = config::load(&cli)?;
+            let store = cmd::open_store(&loaded.config).await?;
+            cmd::http::serve(&store, &loaded.config, *listen, relay.as_deref()).await
         }
         Command::Sub(c) => {
             cmd::sub::run(
@@ -119,6 +149,8 @@ fn init_tracing(cli: &Cli) {
         "error"
     } else {
         match cli.verbose {
+            // The demo prints its own story; per-subscriber info lines would drown it.
+            0 if matches!(cli.command, Command::Demo(_)) => "warn",
             0 => "warn,rundbrief=info,rundbrief_store=info",
             1 => "info,rundbrief=debug,rundbrief_store=debug,rundbrief_core=debug,lettre=info",
             // lettre logs every line it writes at debug, AUTH credentials and

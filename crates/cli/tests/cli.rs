@@ -1835,3 +1835,292 @@ fn a_complaint_at_the_abuse_address_unsubscribes_the_complainer() {
         1
     );
 }
+
+/// Recipients of the messages in a sink spool (one Delivered-To each).
+#[cfg(unix)]
+fn spool_recipients(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|f| {
+                std::fs::read_to_string(f.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .find(|l| l.starts_with("Delivered-To:"))
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A list `news` of `n` subscribers r000@example.org… and a draft campaign `c`.
+#[cfg(unix)]
+fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
+    let run = |args: &[&str]| {
+        let out = e.cmd().envs(extra_env.iter().copied()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["list", "create", "news"]);
+    let mut csv = String::from("email\n");
+    for i in 0..n {
+        csv.push_str(&format!("r{i:03}@example.org\n"));
+    }
+    e.write("people.csv", csv.as_bytes());
+    run(&["import", "people.csv", "--list", "news"]);
+    e.write("issue.md", b"Hello\n");
+    run(&[
+        "campaign", "create", "c", "--list", "news", "--subject", "Hi", "--content", "issue.md",
+    ]);
+}
+
+/// In-flight window of `campaign send --pool P`: 2P sends in flight plus
+/// at most 32 outcomes not yet recorded (see docs/architecture.md).
+#[cfg(unix)]
+fn in_flight_window(pool: usize) -> usize {
+    2 * pool + 32
+}
+
+#[cfg(unix)]
+#[test]
+fn a_send_killed_mid_campaign_is_finished_by_the_next_with_duplicates_inside_the_window() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 200, &[]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool", "--latency", "40"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .env("RUNDBRIEF_SENDING__LEASE_SECS", "1")
+        .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if spool_recipients(&e.path("spool")).len() >= 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    first.kill().unwrap(); // SIGKILL: no chance to record or release anything
+    first.wait().unwrap();
+    let before = spool_recipients(&e.path("spool")).len();
+    assert!((20..200).contains(&before), "killed mid-campaign after {before}");
+
+    let out = e
+        .cmd()
+        .env("RUNDBRIEF_SENDING__LEASE_SECS", "1")
+        .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((done["state"].as_str(), done["sent"].as_u64()), (Some("finished"), Some(200)), "{done}");
+    stop(sink, "-INT");
+    let all = spool_recipients(&e.path("spool"));
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 200, "every recipient got the message");
+    let duplicates = all.len() - unique.len();
+    eprintln!("duplicates after SIGKILL: {duplicates}");
+    assert!(
+        duplicates <= in_flight_window(2),
+        "{duplicates} duplicates > in-flight window {}",
+        in_flight_window(2)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn two_workers_split_a_campaign_without_duplicates() {
+    // On the configured PostgreSQL (FOR UPDATE SKIP LOCKED), else SQLite.
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    let mut db_env: Vec<(String, String)> = Vec::new();
+    if let Ok(url) = std::env::var("RUNDBRIEF_TEST_POSTGRES") {
+        db_env.push(("DATABASE_URL".into(), url));
+        db_env.push((
+            "RUNDBRIEF_DATABASE__SCHEMA".into(),
+            format!("t_{}", uuid::Uuid::now_v7().simple()),
+        ));
+    }
+    let envs: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    news_campaign(&e, 200, &envs);
+    let (sink, port) = start_sink(&e, &["--dir", "spool", "--latency", "20"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"));
+            c.current_dir(e.dir.path())
+                .envs(envs.iter().copied())
+                .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut done_here = Vec::new();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        done_here.push(v["done_here"].as_u64().unwrap());
+    }
+    stop(sink, "-INT");
+    let all = spool_recipients(&e.path("spool"));
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 200, "union = every recipient");
+    assert_eq!(all.len(), 200, "no crash, so no duplicate at all");
+    assert_eq!(done_here.iter().sum::<u64>(), 200, "{done_here:?}");
+    assert!(done_here.iter().all(|n| *n > 0), "both workers sent: {done_here:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn deferred_past_max_age_fail_and_retry_failed_sends_only_them() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 12, &[]);
+    let (sink, port) = start_sink(
+        &e,
+        &[
+            "--defer", "r000@*=451 4.7.1 Try later", "--defer", "r001@*=451 4.7.1 Try later",
+            "--defer", "r002@*=451 4.7.1 Try later",
+        ],
+    );
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let out = e
+        .cmd()
+        .env("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "1")
+        .env("RUNDBRIEF_SENDING__MAX_AGE_SECS", "1")
+        .args(["campaign", "send", "c", "--relay", &relay, "--wait", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["sent"].as_u64(), v["failed"].as_u64()),
+        (Some("finished"), Some(9), Some(3)),
+        "{v}"
+    );
+    stop(sink, "-INT");
+    let (sink, port) = start_sink(&e, &["--dir", "spool2"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let v = e.json(&["campaign", "retry-failed", "c", "--send", "--relay", &relay]);
+    assert_eq!((v["retried"].as_u64(), v["sent"].as_u64(), v["failed"].as_u64()), (Some(3), Some(12), Some(0)), "{v}");
+    stop(sink, "-INT");
+    let mut got = spool_recipients(&e.path("spool2"));
+    got.sort();
+    assert_eq!(
+        got,
+        ["r000", "r001", "r002"].map(|r| format!("Delivered-To: <{r}@example.org>")),
+        "only the failed ones again"
+    );
+    assert_eq!(e.json(&["campaign", "status", "c"])["state"], "finished");
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 25, &[]);
+    // Schedules are validated in their time zone.
+    assert!(
+        e.fails(&["campaign", "schedule", "c", "--at", "2026-03-29 02:30", "--tz", "Europe/Berlin"])
+            .contains("does not exist")
+    );
+    assert!(e.fails(&["campaign", "schedule", "c", "--cron", "0 9 * * XYZ"]).contains("cron"));
+    let weekly = e.json(&["campaign", "schedule", "c", "--cron", "0 9 * * TUE", "--tz", "Europe/Berlin", "--window", "08:00-20:00"]);
+    assert_eq!(weekly["state"], "scheduled");
+    let show = e.json(&["campaign", "show", "c"]);
+    assert_eq!(show["schedule"]["cron"], "0 9 * * TUE", "{show}");
+    assert_eq!(show["schedule"]["window_start"], "08:00", "{show}");
+    assert!(show["next_run"].is_string(), "{show}");
+    // Now a one-off in the past: `serve` starts it at once.
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    e.ok(&["campaign", "schedule", "c", "--at", &past]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let (serve, metrics_port) = start_server(
+        &e,
+        &[
+            "serve", "--relay", &relay, "--tick", "1", "--bounce-listen", "off", "--http-listen", "off",
+            "--metrics-listen", "127.0.0.1:0",
+        ],
+    );
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = e.json(&["campaign", "status", "c"])["state"].as_str().unwrap().to_string();
+        if state == "finished" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(state, "finished");
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains(r#"rundbrief_messages_total{domain="example.org",outcome="sent"} 25"#),
+        "{metrics}"
+    );
+    stop(serve, "-TERM");
+    stop(sink, "-INT");
+    assert_eq!(spool_recipients(&e.path("spool")).len(), 25);
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the body.
+#[cfg(unix)]
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+}
+
+#[cfg(unix)]
+#[test]
+fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 3, &[]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let refused = e.fails(&["campaign", "send", "c", "--relay", &relay, "--strict"]);
+    assert!(refused.contains("pre-flight") && refused.contains("DKIM"), "{refused}");
+    e.ok(&["dkim", "keygen", "--algorithm", "ed25519", "--selector", "rb1", "--out", "dkim.pem"]);
+    let dkim = [
+        ("RUNDBRIEF_DKIM__KEY_FILE", "dkim.pem"),
+        ("RUNDBRIEF_DKIM__SELECTOR", "rb1"),
+        ("RUNDBRIEF_DKIM__DOMAIN", "example.org"),
+    ];
+    let out = e
+        .cmd()
+        .envs(dkim)
+        .args(["campaign", "send", "c", "--relay", &relay, "--strict", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stop(sink, "-INT");
+    let files: Vec<_> = std::fs::read_dir(e.path("spool")).unwrap().collect();
+    assert_eq!(files.len(), 3);
+    for f in files {
+        let m = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        let sig = m
+            .lines()
+            .find(|l| l.starts_with("DKIM-Signature:"))
+            .unwrap_or_else(|| panic!("not signed:\n{m}"));
+        assert!(sig.contains("a=ed25519-sha256") && sig.contains("d=example.org") && sig.contains("s=rb1"), "{sig}");
+    }
+}

@@ -116,6 +116,87 @@ pub struct Config {
     pub templates: TemplatesConfig,
     /// How bounces turn into pruning.
     pub bounce: BounceConfig,
+    /// The public HTTP endpoint (unsubscribe pages, double opt-in).
+    pub http: HttpConfig,
+    /// DKIM signing of outgoing mail. Unset: mail goes out unsigned (and
+    /// `campaign send` warns).
+    pub dkim: DkimConfig,
+}
+
+/// `[dkim]`: the key that signs every outgoing message (RFC 6376). All three
+/// keys together switch signing on; `rundbrief dns records` prints the TXT
+/// record to publish for them. Env: `RUNDBRIEF_DKIM__KEY_FILE`,
+/// `RUNDBRIEF_DKIM__SELECTOR`, `RUNDBRIEF_DKIM__DOMAIN`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DkimConfig {
+    /// PEM private key: RSA (PKCS#1 `BEGIN RSA PRIVATE KEY` or PKCS#8
+    /// `BEGIN PRIVATE KEY`, 2048 bits recommended) or Ed25519 (PKCS#8). The
+    /// algorithm follows from the key. `rundbrief dkim keygen` writes one.
+    /// Read once at start-up; a relative path is relative to the working
+    /// directory. Default: none (no signing).
+    pub key_file: Option<std::path::PathBuf>,
+    /// The selector: the public key is published at
+    /// `<selector>._domainkey.<domain>`. A new selector per key makes rotation
+    /// safe (publish the new record, switch, retire the old one later).
+    pub selector: Option<String>,
+    /// The signing domain (`d=`). For DMARC it must be the domain of `From:`
+    /// or a parent of it (relaxed alignment), e.g. `example.org` for
+    /// `news@example.org` or `news@mail.example.org`.
+    pub domain: Option<String>,
+}
+
+impl DkimConfig {
+    /// True when any of the keys is set: then all three must be.
+    pub fn is_configured(&self) -> bool {
+        self.key_file.is_some() || self.selector.is_some() || self.domain.is_some()
+    }
+}
+
+/// `[http]`: the public endpoint behind `sending.public_url` (one-click
+/// unsubscribe, re-subscribe, double opt-in). Run it with `rundbrief http
+/// serve`, behind a reverse proxy that terminates TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default `127.0.0.1:8080` (loopback: put a
+    /// reverse proxy with TLS in front). `--listen` on the command wins.
+    pub listen: String,
+    /// Largest request body accepted, in bytes. Default 16384; a larger
+    /// body is answered 413 without being read.
+    pub max_body_bytes: usize,
+    /// Seconds a request may take from its first byte to the answer
+    /// (headers included). Default 10; a slower one is answered 408 or,
+    /// while its headers are still arriving, disconnected.
+    pub request_timeout_secs: u64,
+    /// Connections served at once. Default 256; further connections wait
+    /// in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+    /// Subscription requests (`POST /s/LIST`) one client IP may make per
+    /// hour. Default 20; over it the answer is 429 and nothing is stored.
+    pub subscribe_per_ip_per_hour: u32,
+    /// Confirmation mails one address may be sent per hour. Default 3; over
+    /// it the request is answered exactly as before (so the answer tells
+    /// nothing), but no further mail goes out.
+    pub subscribe_per_address_per_hour: u32,
+    /// Take the client IP for rate limiting from the last `X-Forwarded-For`
+    /// entry (set it only behind a reverse proxy that writes that header).
+    /// Default false: the peer address of the connection.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 16 * 1024,
+            request_timeout_secs: 10,
+            max_connections: 256,
+            subscribe_per_ip_per_hour: 20,
+            subscribe_per_address_per_hour: 3,
+            trust_forwarded_for: false,
+        }
+    }
 }
 
 /// `[bounce]`: scoring and pruning (Mailman's model with a decaying score).
@@ -180,6 +261,17 @@ pub struct SendingConfig {
     pub domain_concurrency: usize,
     /// Per-domain overrides: `[sending.domains."gmail.com"] rate = 10, concurrency = 2`.
     pub domains: std::collections::BTreeMap<String, DomainLimitsConfig>,
+    /// Seconds before the first retry of a deferred delivery (4xx, timeout,
+    /// lost connection); doubles with each attempt, ±25 % jitter. Default 60.
+    pub retry_base_secs: u64,
+    /// Longest wait between two attempts, in seconds. Default 3600.
+    pub retry_max_secs: u64,
+    /// A delivery still deferred this many seconds after its first attempt
+    /// is `failed` (`campaign retry-failed` sends it again). Default 259200 (3 days).
+    pub max_age_secs: u64,
+    /// Seconds a worker's claim on a batch lasts; a crashed worker's claims
+    /// return to the pool after it. Must exceed the time one batch takes. Default 120.
+    pub lease_secs: u64,
 }
 
 /// `[sending.domains."DOMAIN"]`
@@ -205,6 +297,10 @@ impl Default for SendingConfig {
             domain_rate: 20,
             domain_concurrency: 4,
             domains: Default::default(),
+            retry_base_secs: 60,
+            retry_max_secs: 3600,
+            max_age_secs: 3 * 24 * 3600,
+            lease_secs: 120,
         }
     }
 }
@@ -229,6 +325,11 @@ pub struct DatabaseConfig {
     /// Connections in the pool (PostgreSQL; SQLite always uses one writer).
     /// Default 8.
     pub max_connections: u32,
+    /// PostgreSQL only: keep every table in this schema (created if
+    /// missing), so that several installations can share one database.
+    /// Default none (the database's search path, usually `public`).
+    /// Env: `RUNDBRIEF_DATABASE__SCHEMA`.
+    pub schema: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -236,6 +337,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://rundbrief.db?mode=rwc".into(),
             max_connections: 8,
+            schema: None,
         }
     }
 }
@@ -317,6 +419,8 @@ impl Config {
         if sd.rate == 0
             || sd.domain_rate == 0
             || sd.domain_concurrency == 0
+            || sd.retry_base_secs == 0
+            || sd.lease_secs == 0
             || sd
                 .domains
                 .values()
@@ -324,7 +428,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid {
                 key: "sending",
-                problem: "rates and concurrency must be > 0".into(),
+                problem: "rates, concurrency, retry_base_secs and lease_secs must be > 0".into(),
             });
         }
         let b = &self.bounce;
@@ -338,6 +442,69 @@ impl Config {
                 problem:
                     "threshold, soft_weight and half_life_days must be > 0 and hard_after >= 1"
                         .into(),
+            });
+        }
+        if self.dkim.is_configured() {
+            let d = &self.dkim;
+            for (key, missing) in [
+                ("dkim.key_file", d.key_file.is_none()),
+                ("dkim.selector", d.selector.is_none()),
+                ("dkim.domain", d.domain.is_none()),
+            ] {
+                if missing {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem:
+                            "must be set too: DKIM signing needs key_file, selector and domain"
+                                .into(),
+                    });
+                }
+            }
+            let label_ok = |s: &str| {
+                !s.is_empty()
+                    && s.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    })
+            };
+            if !d.selector.as_deref().is_some_and(label_ok) {
+                return Err(ConfigError::Invalid {
+                    key: "dkim.selector",
+                    problem: "must be DNS labels (letters, digits, '-', '_', separated by dots)"
+                        .into(),
+                });
+            }
+            if !d
+                .domain
+                .as_deref()
+                .is_some_and(|s| label_ok(s) && s.contains('.'))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "dkim.domain",
+                    problem: "must be a domain name such as example.org".into(),
+                });
+            }
+        }
+        let h = &self.http;
+        if h.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "http.listen",
+                problem: format!("`{}` is not IP:PORT (e.g. 127.0.0.1:8080)", h.listen),
+            });
+        }
+        if h.max_body_bytes < 256
+            || h.request_timeout_secs == 0
+            || h.max_connections == 0
+            || h.subscribe_per_ip_per_hour == 0
+            || h.subscribe_per_address_per_hour == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "http",
+                problem: "max_body_bytes must be at least 256; request_timeout_secs, \
+                          max_connections and the subscribe limits must be > 0"
+                    .into(),
             });
         }
         if self.import.max_line_bytes < 1024 {
@@ -415,6 +582,8 @@ secret = "{secret}"
 url = "sqlite://rundbrief.db?mode=rwc"
 # Pool size for PostgreSQL.
 max_connections = 8
+# PostgreSQL only: keep the tables in this schema (created if missing).
+# schema = "rundbrief"
 
 [import]
 # Rows written per transaction; every committed batch survives an interruption.
@@ -439,6 +608,13 @@ verp_prefix = "b"
 rate = 100
 domain_rate = 20
 domain_concurrency = 4
+# Deferred deliveries (4xx, timeouts) are retried after retry_base_secs,
+# doubling up to retry_max_secs, and fail once max_age_secs old.
+retry_base_secs = 60
+retry_max_secs = 3600
+max_age_secs = 259200
+# How long a worker's claim on a batch lasts (crash recovery).
+lease_secs = 120
 # [sending.domains."gmail.com"]
 # rate = 10
 # concurrency = 2
@@ -459,6 +635,31 @@ half_life_days = 14.0
 # Register this address with mailbox providers' feedback loops; ARF complaints
 # arriving there unsubscribe the complainer.
 # abuse_address = "fbl@bounce.example.org"
+
+[http]
+# The public endpoint behind sending.public_url (`rundbrief http serve`):
+# one-click unsubscribe, re-subscribe and double opt-in. Keep it on loopback
+# behind a reverse proxy that terminates TLS (public_url must be https://).
+listen = "127.0.0.1:8080"
+# Larger request bodies get 413; slower requests 408.
+max_body_bytes = 16384
+request_timeout_secs = 10
+max_connections = 256
+# POST /s/LIST: requests per client IP per hour (429 over it), and
+# confirmation mails per address per hour (over it, the same answer, no mail).
+subscribe_per_ip_per_hour = 20
+subscribe_per_address_per_hour = 3
+# Behind a reverse proxy: take the client IP from X-Forwarded-For.
+trust_forwarded_for = false
+
+[dkim]
+# Sign every message (RFC 6376). Set all three to switch signing on; then
+# `rundbrief dns records` prints the TXT record to publish. `rundbrief dkim
+# keygen --out dkim.pem` writes a key (RSA 2048 by default, or Ed25519).
+# The domain must be the From: domain or a parent of it for DMARC alignment.
+# key_file = "dkim.pem"
+# selector = "rb2026"
+# domain = "example.org"
 "#
     )
 }
@@ -476,6 +677,8 @@ mod tests {
         assert_eq!(cfg.secret.as_ref().unwrap(), &secret);
         assert_eq!(cfg.import.batch_size, 1000);
         assert_eq!(cfg.sending.verp_prefix, "b");
+        assert_eq!(cfg.http.listen, "127.0.0.1:8080");
+        assert_eq!(cfg.http.subscribe_per_address_per_hour, 3);
     }
 
     #[test]
@@ -504,6 +707,36 @@ mod tests {
         cfg.sending.verp_prefix = "b".into();
         cfg.sending.public_url = Some("news.example.org".into());
         assert!(cfg.validate().unwrap_err().to_string().contains("https://"));
+    }
+
+    #[test]
+    fn dkim_needs_all_three_keys() {
+        let mut cfg = Config::default();
+        assert!(!cfg.dkim.is_configured());
+        cfg.validate().unwrap();
+        cfg.dkim.key_file = Some("dkim.pem".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("dkim.selector"), "{err}");
+        cfg.dkim.selector = Some("rb2026".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("dkim.domain"), "{err}");
+        cfg.dkim.domain = Some("example.org".into());
+        cfg.validate().unwrap();
+        cfg.dkim.selector = Some("bad selector".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("dkim.selector")
+        );
+        cfg.dkim.selector = Some("s1".into());
+        cfg.dkim.domain = Some("localhost".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("dkim.domain")
+        );
     }
 
     #[test]

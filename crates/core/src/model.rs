@@ -118,6 +118,8 @@ string_enum! {
         Bounce = "bounce",
         /// The HTTP endpoint (unsubscribe, opt-in).
         Http = "http",
+        /// A message to a signed `mailto:unsub-TOKEN@…` address (the bounce endpoint).
+        Mailto = "mailto",
         /// The campaign scheduler.
         Scheduler = "scheduler",
     }
@@ -156,6 +158,9 @@ string_enum! {
     DeliveryState {
         /// Waiting to be sent (or to be retried).
         Pending = "pending",
+        /// Claimed by a worker (leased) and being sent; returns to the pool
+        /// if the worker dies before recording an outcome.
+        Sending = "sending",
         /// The relay answered 250.
         Sent = "sent",
         /// A 4xx or a lost connection; retried later.

@@ -34,6 +34,9 @@ pub enum Purpose {
     UnsubscribeLink,
     /// A double opt-in confirmation link (payload: subscriber id, list id).
     Confirm,
+    /// The re-subscribe link shown after an unsubscribe (payload: subscriber
+    /// id, list id). Never sent by mail, only shown on the confirmation page.
+    Resubscribe,
 }
 
 impl Purpose {
@@ -43,6 +46,7 @@ impl Purpose {
             Purpose::UnsubscribeMail => b"rundbrief/unsub-mail/v1",
             Purpose::UnsubscribeLink => b"rundbrief/unsub-link/v1",
             Purpose::Confirm => b"rundbrief/confirm/v1",
+            Purpose::Resubscribe => b"rundbrief/resubscribe/v1",
         }
     }
 }
@@ -160,6 +164,17 @@ impl Verp {
             prefix: prefix.into().to_ascii_lowercase(),
             domain: domain.into().to_ascii_lowercase(),
         }
+    }
+
+    /// The signer the codec uses (for the other token purposes at the same
+    /// domain, such as `mailto:unsub-TOKEN@…`).
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The bounce domain, lower-case.
+    pub fn domain(&self) -> &str {
+        &self.domain
     }
 
     /// The return path for one delivery.

@@ -295,3 +295,150 @@ async fn config_errors_are_clear() {
     .expect("missing dir");
     assert!(err.to_string().contains("--dir"), "{err}");
 }
+
+#[tokio::test]
+async fn greylisting_auto_replies_and_complaints() {
+    let reports = tempfile::tempdir().expect("tempdir");
+    let receiver = start_sink(SinkConfig {
+        dir: Some(reports.path().to_path_buf()),
+        tls: SinkTls::Off,
+        ..SinkConfig::default()
+    })
+    .await;
+    let sink = start_sink(SinkConfig {
+        rules: vec![
+            Rule::defer_first("grey*@*=450 4.2.0 Greylisted", 2).expect("rule"),
+            Rule::auto_reply("away*@*").expect("rule"),
+            Rule::complain("grumpy*@*").expect("rule"),
+        ],
+        bounce_to: Some(receiver.addr),
+        hostname: "mx.sink.test".into(),
+        tls: SinkTls::Off,
+        ..SinkConfig::default()
+    })
+    .await;
+
+    let mut p = Peer::connect(sink.addr).await;
+    p.expect("220").await;
+    ehlo(&mut p).await;
+    // Deferred the first two times (per address, whatever its case), then accepted.
+    for _ in 0..2 {
+        p.cmd("MAIL FROM:<b-t1@bounce.example>", "250").await;
+        p.cmd("RCPT TO:<GREY1@x.example>", "450 4.2.0 Greylisted")
+            .await;
+        p.cmd("RSET", "250").await;
+    }
+    p.cmd("MAIL FROM:<b-t1@bounce.example>", "250").await;
+    p.cmd("RCPT TO:<grey1@x.example>", "250").await;
+    p.cmd("RCPT TO:<grey2@x.example>", "450 4.2.0").await;
+    p.cmd("DATA", "354").await;
+    p.send(b"Subject: once\r\n\r\nx\r\n.\r\n").await;
+    p.expect("250").await;
+    // One message to a vacationer, a complainer and a quiet reader.
+    p.cmd("MAIL FROM:<b-t2@bounce.example>", "250").await;
+    p.cmd("RCPT TO:<away1@x.example>", "250").await;
+    p.cmd("RCPT TO:<grumpy1@y.example>", "250").await;
+    p.cmd("RCPT TO:<quiet@y.example>", "250").await;
+    p.cmd("DATA", "354").await;
+    p.send(b"From: News <news@list.example>\r\nSubject: Issue 8\r\nMessage-ID: <m8@list.example>\r\n\r\nbody\r\n.\r\n").await;
+    p.expect("250").await;
+    // Nothing is sent back for the null sender.
+    p.cmd("MAIL FROM:<>", "250").await;
+    p.cmd("RCPT TO:<away2@x.example>", "250").await;
+    p.cmd("DATA", "354").await;
+    p.send(b"Subject: from nobody\r\n\r\nx\r\n.\r\n").await;
+    p.expect("250").await;
+    p.cmd("QUIT", "221").await;
+
+    let c = sink
+        .stats
+        .wait_for(WAIT, |c| {
+            c.replies_sent + c.complaints_sent + c.bounces_failed >= 2
+        })
+        .await
+        .expect("reports sent");
+    assert_eq!(
+        (
+            c.deferred,
+            c.messages,
+            c.replies_sent,
+            c.complaints_sent,
+            c.bounces_failed
+        ),
+        (3, 3, 1, 1, 0),
+        "{c:?}"
+    );
+    receiver
+        .stats
+        .wait_for(WAIT, |c| c.messages >= 2)
+        .await
+        .expect("reports received");
+
+    let mut kinds = Vec::new();
+    for f in eml_files(reports.path()) {
+        let raw = std::fs::read(&f).expect("read");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let parsed = rundbrief_bounce::parse(&raw);
+        let who: Vec<_> = parsed
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        match parsed.kind {
+            rundbrief_bounce::BounceKind::AutoReply => {
+                assert!(
+                    text.starts_with("Return-Path: <>\r\nDelivered-To: <b-t2@bounce.example>\r\n"),
+                    "{text}"
+                );
+                assert!(text.contains("Auto-Submitted: auto-replied\r\n"), "{text}");
+                assert!(
+                    text.contains("In-Reply-To: <m8@list.example>\r\n"),
+                    "{text}"
+                );
+                assert_eq!(parsed.class, rundbrief_bounce::BounceClass::Ignore);
+                assert_eq!(who, ["away1@x.example"]);
+            }
+            rundbrief_bounce::BounceKind::Arf => {
+                assert!(
+                    text.starts_with(
+                        "Return-Path: <fbl@mx.sink.test>\r\nDelivered-To: <b-t2@bounce.example>\r\n"
+                    ),
+                    "{text}"
+                );
+                assert_eq!(parsed.class, rundbrief_bounce::BounceClass::Complaint);
+                assert_eq!(parsed.feedback_type.as_deref(), Some("abuse"));
+                assert_eq!(who, ["grumpy1@y.example"]);
+                assert_eq!(
+                    parsed
+                        .original_message_id
+                        .as_deref()
+                        .map(|m| m.trim_matches(['<', '>'])),
+                    Some("m8@list.example")
+                );
+                assert!(!text.contains("\r\nbody\r\n"), "headers only: {text}");
+            }
+            other => panic!("unexpected {other:?}: {text}"),
+        }
+        kinds.push(parsed.kind);
+    }
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+
+    sink.shutdown().await;
+    receiver.shutdown().await;
+}
+
+#[tokio::test]
+async fn replies_and_complaints_need_a_target() {
+    for rule in [
+        Rule::auto_reply("a*@*").expect("rule"),
+        Rule::complain("c*@*").expect("rule"),
+    ] {
+        let err = Sink::new(SinkConfig {
+            rules: vec![rule],
+            ..SinkConfig::default()
+        })
+        .err()
+        .expect("needs --bounce-to");
+        assert!(err.to_string().contains("--bounce-to"), "{err}");
+    }
+}

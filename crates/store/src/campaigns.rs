@@ -246,15 +246,16 @@ impl Store {
         }
         txn.execute_raw(crate::stmt_for(
             backend,
-            // `pending` too: a fast DSN can arrive before the sender has
-            // recorded its 250 (record_delivery never overwrites `bounced`).
-            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
+            // `pending`/`sending` too: a fast DSN can arrive before the sender
+            // has recorded its 250 (record_delivery never overwrites `bounced`).
+            "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?)",
             vec![
                 DeliveryState::Bounced.as_str().into(),
                 Utc::now().into(),
                 target.delivery_id.into(),
                 DeliveryState::Sent.as_str().into(),
                 DeliveryState::Pending.as_str().into(),
+                DeliveryState::Sending.as_str().into(),
             ],
         ))
         .await
@@ -277,6 +278,16 @@ pub struct CampaignContent {
     pub first_list_id: Option<Uuid>,
 }
 
+/// Subscriber attributes as stored: a JSON object (PostgreSQL `jsonb`) or
+/// its text (SQLite).
+pub(crate) fn parse_attributes(v: serde_json::Value) -> rundbrief_core::Attributes {
+    match v {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::String(t) => serde_json::from_str(&t).unwrap_or_default(),
+        _ => Default::default(),
+    }
+}
+
 /// A pending delivery with the subscriber data a message needs.
 #[derive(Debug, Clone)]
 pub struct PendingDelivery {
@@ -286,6 +297,8 @@ pub struct PendingDelivery {
     pub name: Option<String>,
     pub attributes: rundbrief_core::Attributes,
     pub attempts: i32,
+    /// When it was first claimed for sending (the start of its max age).
+    pub first_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// Counts by delivery state, as `campaign status --json` prints them (field
@@ -300,9 +313,12 @@ pub struct CampaignCounts {
     /// Bounced: asynchronously (a DSN after a 250) or synchronously (a 5xx
     /// at RCPT or DATA, also counted in `rejected`).
     pub bounced: u64,
+    /// Waiting to be sent, including `sending` (claimed, in flight).
     pub pending: u64,
     /// The synchronous part of `bounced`.
     pub rejected: u64,
+    /// The part of `pending` a worker has claimed and is sending now.
+    pub sending: u64,
 }
 
 impl Store {
@@ -469,18 +485,14 @@ impl Store {
         .doing("reading pending deliveries")?;
         rows.into_iter()
             .map(|p| {
-                let attributes = match p.attributes {
-                    serde_json::Value::Object(m) => m,
-                    serde_json::Value::String(t) => serde_json::from_str(&t).unwrap_or_default(),
-                    _ => Default::default(),
-                };
                 Ok(PendingDelivery {
                     delivery_id: p.id,
                     subscriber_id: p.subscriber_id,
                     email: p.email,
                     name: p.name,
-                    attributes,
+                    attributes: parse_attributes(p.attributes),
                     attempts: p.attempts,
+                    first_attempt_at: None,
                 })
             })
             .collect()
@@ -531,6 +543,10 @@ impl Store {
             c.total += n;
             match r.state.parse::<DeliveryState>()? {
                 DeliveryState::Pending => c.pending += n,
+                DeliveryState::Sending => {
+                    c.pending += n;
+                    c.sending += n;
+                }
                 DeliveryState::Sent => c.sent += n,
                 DeliveryState::Deferred => c.deferred += n,
                 DeliveryState::Rejected => {

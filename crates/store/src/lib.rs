@@ -23,7 +23,9 @@ mod bounces;
 mod campaigns;
 pub mod import;
 mod lists;
+mod optin;
 mod subscribers;
+mod work;
 
 pub use bounces::{BounceQuery, NewBounce, StoredBounce};
 pub use campaigns::{
@@ -31,7 +33,9 @@ pub use campaigns::{
     ScoredSubscriber, StoredScore,
 };
 pub use import::{BatchReport, Import, ImportOptions};
+pub use optin::{Confirmed, MembershipView, OptIn};
 pub use subscribers::{AddOutcome, SubscriberQuery};
+pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 
 use rundbrief_migrations::{Migrator, MigratorTrait};
 

@@ -1,6 +1,9 @@
 //! `rundbrief bounce …`
 
+use crate::cmd::endpoint::{Endpoint, process_pending};
 use crate::output;
+use rundbrief_core::Config;
+use rundbrief_store::Store;
 use anyhow::Context;
 use std::io::Read;
 use std::path::Path;
@@ -82,7 +85,6 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::args::BounceCmd;
-    use crate::cmd::endpoint::{Endpoint, process_pending};
     use rundbrief_core::{BounceSource, BounceState};
     use rundbrief_store::{BounceQuery, NewBounce};
     let policy = crate::cmd::endpoint::Policy::from_config(cfg);
@@ -94,69 +96,24 @@ pub async fn run(
             max_connections,
             parse_workers,
         } => {
-            let verp = cfg.verp()?;
-            let domain = cfg.sending.bounce_domain.clone().unwrap_or_default();
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let addr = listener.local_addr()?;
-            eprintln!("bounce endpoint listening on {addr} for *@{domain}; Ctrl-C stops it");
-            let stored = std::sync::Arc::new(tokio::sync::Notify::new());
-            let handler = std::sync::Arc::new(Endpoint {
-                store: store.clone(),
-                verp,
-                domain: domain.clone(),
-                abuse: cfg
-                    .bounce
-                    .abuse_address
-                    .as_ref()
-                    .map(|a| a.trim().to_ascii_lowercase()),
-                stored: stored.clone(),
-            });
-            let limits = rundbrief_smtpd::Limits {
-                max_message_size: *max_size,
-                max_connections: *max_connections,
-                max_recipients: 10,
-                ..rundbrief_smtpd::Limits::default()
-            };
-            let server_cfg = rundbrief_smtpd::ServerConfig {
-                hostname: domain,
-                advertise_dsn: false,
-                limits,
-            };
-            let (tls, _) = rundbrief_smtpd::tls::self_signed(&["localhost"])?;
             let stop = rundbrief_smtpd::CancellationToken::new();
-            let server = tokio::spawn(rundbrief_smtpd::run(
-                listener,
-                server_cfg,
-                handler,
-                Some(tls),
+            let running = start_endpoint(
+                store,
+                cfg,
+                *listen,
+                *max_size,
+                *max_connections,
+                *parse_workers > 0,
                 stop.clone(),
-            ));
-            let worker = (*parse_workers > 0).then(|| {
-                let store = store.clone();
-                let stop = stop.clone();
-                let policy = policy.clone();
-                tokio::spawn(async move {
-                    loop {
-                        if let Err(e) = process_pending(&store, &policy).await {
-                            tracing::error!(error = %e, "parsing stored bounces failed; retrying");
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = stored.notified() => {}
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                        }
-                    }
-                })
-            });
+            )
+            .await?;
+            eprintln!(
+                "bounce endpoint listening on {} for *@{}; Ctrl-C stops it",
+                running.addr, running.domain
+            );
             crate::cmd::sink::shutdown_signal().await;
             stop.cancel();
-            server.await.context("the endpoint task failed")??;
-            if let Some(w) = worker {
-                let _ = w.await;
-                process_pending(store, &policy).await?;
-            }
+            running.finish(store, &policy).await?;
             Ok(ExitCode::SUCCESS)
         }
         BounceCmd::Ingest { paths, stdin } => {
@@ -393,4 +350,97 @@ pub async fn clean(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A running bounce endpoint (server and parse worker).
+pub struct RunningEndpoint {
+    pub addr: std::net::SocketAddr,
+    pub domain: String,
+    server: tokio::task::JoinHandle<Result<(), rundbrief_smtpd::SmtpdError>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningEndpoint {
+    /// Waits for messages in flight (after `stop` was cancelled), then parses
+    /// what is still pending.
+    pub async fn finish(self, store: &Store, policy: &crate::cmd::endpoint::Policy) -> anyhow::Result<()> {
+        self.server.await.context("the endpoint task failed")??;
+        if let Some(w) = self.worker {
+            let _ = w.await;
+            process_pending(store, policy).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the bounce endpoint on `listen` (and, with `parse`, the worker
+/// that parses stored messages) until `stop` is cancelled.
+pub async fn start_endpoint(
+    store: &Store,
+    cfg: &Config,
+    listen: std::net::SocketAddr,
+    max_size: usize,
+    max_connections: usize,
+    parse: bool,
+    stop: rundbrief_smtpd::CancellationToken,
+) -> anyhow::Result<RunningEndpoint> {
+    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
+    let verp = cfg.verp()?;
+    let domain = cfg.sending.bounce_domain.clone().unwrap_or_default();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let stored = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = std::sync::Arc::new(Endpoint {
+        store: store.clone(),
+        verp,
+        domain: domain.clone(),
+        abuse: cfg
+            .bounce
+            .abuse_address
+            .as_ref()
+            .map(|a| a.trim().to_ascii_lowercase()),
+        stored: stored.clone(),
+    });
+    let limits = rundbrief_smtpd::Limits {
+        max_message_size: max_size,
+        max_connections,
+        max_recipients: 10,
+        ..rundbrief_smtpd::Limits::default()
+    };
+    let server_cfg = rundbrief_smtpd::ServerConfig {
+        hostname: domain.clone(),
+        advertise_dsn: false,
+        limits,
+    };
+    let (tls, _) = rundbrief_smtpd::tls::self_signed(&["localhost"])?;
+    let server = tokio::spawn(rundbrief_smtpd::run(
+        listener,
+        server_cfg,
+        handler,
+        Some(tls),
+        stop.clone(),
+    ));
+    let worker = parse.then(|| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = process_pending(&store, &policy).await {
+                    tracing::error!(error = %e, "parsing stored bounces failed; retrying");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = stored.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+            }
+        })
+    });
+    Ok(RunningEndpoint {
+        addr,
+        domain,
+        server,
+        worker,
+    })
 }

@@ -7,20 +7,15 @@ use crate::cmd::endpoint::apply_class;
 use crate::cmd::render::{Campaign, content_kind, prepare};
 use crate::output;
 use anyhow::{Context, bail};
-use rundbrief_core::{CampaignState, Config, DeliveryState};
+use rundbrief_core::{CampaignState, Config};
 use rundbrief_render::ContentKind;
-use rundbrief_sender::{Delivery, Outcome, Relay, Sender};
-use rundbrief_store::{NewCampaign, Store};
+use rundbrief_scheduler::{Ended, Hooks, RetryPolicy, RunConfig, Runner, SystemClock};
+use rundbrief_sender::{Relay, SendError, Sender};
+use rundbrief_store::{NewCampaign, PendingDelivery, Store};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
-
-/// Deliveries read per batch, per connection of the pool (8 to 500 in all):
-/// small enough that a pause takes effect quickly.
-const BATCH_PER_CONNECTION: u64 = 8;
-/// How many times a deferred delivery is retried within one `send`.
-const MAX_ATTEMPTS: i32 = 3;
+use std::time::{Duration, Instant};
 
 pub async fn run(
     store: &Store,
@@ -93,26 +88,221 @@ pub async fn run(
         }
         CampaignCmd::Status { name } => {
             let c = store.campaign(name).await?;
-            let mut counts = store.campaign_counts(c.campaign.id).await?;
-            counts.state = c.campaign.state.to_string();
+            let v = status_json(store, &c).await?;
             if json {
-                output::json(&counts)?;
+                output::json(&v)?;
             } else {
+                println!("{}", status_line(&c.campaign.name, &v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Show { name } => {
+            let c = store.campaign(name).await?;
+            let sched = store.campaign_schedule(c.campaign.id).await?;
+            let runs = store.campaign_runs(c.campaign.id).await?;
+            let status = status_json(store, &c).await?;
+            let next_run = match (&sched.schedule.cron, sched.state) {
+                (Some(cron), CampaignState::Scheduled) => {
+                    let tz = rundbrief_scheduler::parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC"))?;
+                    rundbrief_scheduler::Recurrence::parse(cron, tz)?
+                        .next_after(sched.last_run_at.unwrap_or(sched.updated_at).max(chrono::Utc::now()))
+                }
+                _ => sched.schedule.send_at.filter(|_| sched.state == CampaignState::Scheduled),
+            };
+            let v = serde_json::json!({
+                "name": c.campaign.name,
+                "state": c.campaign.state.as_str(),
+                "lists": c.campaign.lists,
+                "subject": c.campaign.subject,
+                "content_kind": c.content_kind,
+                "layout": c.layout,
+                "from": c.from,
+                "relay": c.relay,
+                "created_at": c.campaign.created_at,
+                "schedule": sched.schedule,
+                "next_run": next_run,
+                "last_run_at": sched.last_run_at,
+                "runs": runs.iter().map(|(n, s)| serde_json::json!({"name": n, "state": s.as_str()})).collect::<Vec<_>>(),
+                "status": status,
+            });
+            if json {
+                output::json(&v)?;
+            } else {
+                println!("campaign  {} ({})", c.campaign.name, c.campaign.state);
+                println!("lists     {}", c.campaign.lists.join(", "));
+                println!("subject   {}", c.campaign.subject);
+                println!("content   {} ({} bytes)", c.content_kind, c.content.len());
+                if let Some(f) = &c.from {
+                    println!("from      {f}");
+                }
+                if let Some(r) = &c.relay {
+                    println!("relay     {r}");
+                }
+                let tz = sched.schedule.tz.as_deref().unwrap_or("UTC");
+                if let Some(cron) = &sched.schedule.cron {
+                    println!("schedule  cron \"{cron}\" in {tz}");
+                } else if let Some(at) = sched.schedule.send_at {
+                    println!("schedule  once at {at} ({tz})");
+                }
+                if let (Some(a), Some(b)) = (&sched.schedule.window_start, &sched.schedule.window_end) {
+                    println!("window    {a}-{b} ({tz})");
+                }
+                if let Some(n) = next_run {
+                    println!("next run  {n}");
+                }
+                for (n, st) in &runs {
+                    println!("run       {n} ({st})");
+                }
+                println!("{}", status_line(&c.campaign.name, &status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Edit {
+            name,
+            subject,
+            content,
+            layout,
+            from,
+            relay,
+        } => {
+            if let Some(s) = subject {
+                rundbrief_render::check_template("subject", s)?;
+            }
+            let (text, kind) = match content {
+                Some(path) => {
+                    let kind = content_kind(path)?;
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    rundbrief_render::check_template(&path.display().to_string(), &text)?;
+                    let kind = if kind == ContentKind::Html { "html" } else { "markdown" };
+                    (Some(text), Some(kind.to_string()))
+                }
+                None => (None, None),
+            };
+            store
+                .edit_campaign(
+                    name,
+                    &rundbrief_store::CampaignEdit {
+                        subject: subject.clone(),
+                        content: text,
+                        content_kind: kind,
+                        layout: layout.as_ref().map(|p| p.display().to_string()),
+                        from: from.clone(),
+                        relay: relay.clone(),
+                    },
+                )
+                .await?;
+            // Fail now, not at send time, if the edit broke the campaign.
+            prepare_campaign(cfg, &store.campaign(name).await?)?;
+            if json {
+                output::json(&serde_json::json!({"campaign": name, "edited": true}))?;
+            } else {
+                println!("campaign {name} edited");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Schedule {
+            name,
+            at,
+            cron,
+            tz,
+            window,
+        } => {
+            let zone = rundbrief_scheduler::parse_tz(tz)?;
+            let window = window
+                .as_deref()
+                .map(rundbrief_scheduler::Window::parse)
+                .transpose()?;
+            let send_at = at
+                .as_deref()
+                .map(|a| rundbrief_scheduler::parse_at(a, zone))
+                .transpose()?;
+            let next = match cron {
+                Some(p) => Some(
+                    rundbrief_scheduler::Recurrence::parse(p, zone)?
+                        .next_after(chrono::Utc::now())
+                        .context("the cron expression never matches")?,
+                ),
+                None => send_at,
+            };
+            if let Some(at) = send_at
+                && at < chrono::Utc::now()
+            {
+                tracing::warn!(%at, "the time is in the past: `serve` starts it at once");
+            }
+            store
+                .schedule_campaign(
+                    name,
+                    &rundbrief_store::Schedule {
+                        send_at,
+                        cron: cron.clone(),
+                        tz: Some(zone.name().to_string()),
+                        window_start: window.map(|w| w.start_str()),
+                        window_end: window.map(|w| w.end_str()),
+                    },
+                )
+                .await?;
+            if json {
+                output::json(&serde_json::json!({"campaign": name, "state": "scheduled", "next_run": next}))?;
+            } else {
+                let local = next.map(|n| n.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z").to_string());
                 println!(
-                    "{}: {}; {} recipients: {} sent, {} deferred, {} failed, {} rejected, {} bounced, {} pending",
-                    c.campaign.name,
-                    counts.state,
-                    counts.total,
-                    counts.sent,
-                    counts.deferred,
-                    counts.failed,
-                    counts.rejected,
-                    counts.bounced,
-                    counts.pending
+                    "campaign {name} scheduled; next run {} — `rundbrief serve` starts it",
+                    local.unwrap_or_else(|| "-".into())
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
+        CampaignCmd::Start { name, strict } => {
+            check_preflight(cfg, &store.campaign(name).await?, *strict)?;
+            let from = store.transition_campaign(name, CampaignState::Running).await?;
+            if json {
+                output::json(&serde_json::json!({ "campaign": name, "from": from.as_str(), "state": "running" }))?;
+            } else {
+                println!("campaign {name}: {from} -> running; `rundbrief serve` sends it");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::RetryFailed {
+            name,
+            send,
+            relay,
+            pool,
+        } => {
+            let n = store.retry_failed(name).await?;
+            if *send && n > 0 {
+                let opts = SendOptions {
+                    relay: relay.clone(),
+                    pool: *pool,
+                    insecure: false,
+                    wait: true,
+                    progress: !json,
+                    strict: false,
+                };
+                let r = send_foreground(store, cfg, name, &opts).await?;
+                if json {
+                    let mut v = serde_json::to_value(&r.counts)?;
+                    v["retried"] = n.into();
+                    output::json(&v)?;
+                } else {
+                    println!("{n} failed deliveries sent again: {} sent, {} failed", r.counts.sent, r.counts.failed);
+                }
+            } else if json {
+                output::json(&serde_json::json!({"campaign": name, "retried": n}))?;
+            } else {
+                println!(
+                    "{n} failed deliveries are pending again{}",
+                    if n > 0 { "; `campaign send` or `serve` sends them" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Test {
+            name,
+            to,
+            relay,
+            insecure,
+        } => send_test(store, cfg, name, to, relay.as_deref(), *insecure, json).await,
         CampaignCmd::Preview { name, to, out } => {
             let c = store.campaign(name).await?;
             let prepared = prepare_campaign(cfg, &c)?;
@@ -152,10 +342,13 @@ pub async fn run(
             name,
             relay,
             pool,
-            wait: _,
+            wait,
             insecure,
+            strict,
         } => {
             send(
+                *wait,
+                *strict,
                 false,
                 store,
                 cfg,
@@ -177,6 +370,8 @@ pub async fn run(
                 .transition_campaign(name, CampaignState::Running)
                 .await?;
             send(
+                true,
+                false,
                 true,
                 store,
                 cfg,
@@ -225,6 +420,8 @@ pub struct SendOptions {
     pub wait: bool,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
+    /// Refuse to start when the pre-flight checks warn.
+    pub strict: bool,
 }
 
 /// What a foreground send did.
@@ -239,6 +436,8 @@ pub struct SendReport {
 
 #[allow(clippy::too_many_arguments)]
 async fn send(
+    wait: bool,
+    strict: bool,
     resume: bool,
     store: &Store,
     cfg: &Config,
@@ -256,8 +455,9 @@ async fn send(
         relay: relay.map(str::to_string),
         pool,
         insecure,
-        wait: true,
+        wait,
         progress: !json,
+        strict,
     };
     let r = send_foreground(store, cfg, name, &opts).await?;
     let (counts, secs, sent_now) = (r.counts, r.seconds, r.sent_now);
@@ -266,6 +466,8 @@ async fn send(
         let mut v = serde_json::to_value(&counts)?;
         v["seconds"] = secs.into();
         v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
+        // What this process did (several may share a campaign).
+        v["done_here"] = sent_now.into();
         output::json(&v)?;
     } else {
         println!(
@@ -279,213 +481,376 @@ async fn send(
             if finished {
                 ""
             } else {
-                "; run `campaign send` again later for the deferred ones"
+                "; deferred ones are retried by `serve` or `campaign send --wait`"
             }
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the campaign `name` in this process until every recipient has an
-/// outcome (or it is paused or cancelled meanwhile).
+/// Runs the campaign `name` in this process: everything due now, and with
+/// `wait` also the retries of deferred deliveries and the hours outside the
+/// send window, until every recipient has an outcome (or the campaign is
+/// paused or cancelled meanwhile, or Ctrl-C stops it: in-flight sends finish,
+/// the rest stays for the next `send`, `resume` or `serve`).
 pub async fn send_foreground(
     store: &Store,
     cfg: &Config,
     name: &str,
     opts: &SendOptions,
 ) -> anyhow::Result<SendReport> {
-    let (relay, pool, insecure, json) = (
-        opts.relay.as_deref(),
-        opts.pool,
-        opts.insecure,
-        !opts.progress,
-    );
     let c = store.campaign(name).await?;
     match c.campaign.state {
         CampaignState::Cancelled => bail!("campaign `{name}` was cancelled"),
         CampaignState::Finished => bail!(
-            "campaign `{name}` is finished: every recipient has an outcome (create a new campaign to send again)"
+            "campaign `{name}` is finished: every recipient has an outcome \
+             (`rundbrief campaign retry-failed {name}` sends the failed ones again)"
         ),
+        CampaignState::Paused => {
+            bail!("campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it")
+        }
         _ => {}
     }
-    let relay_url = relay
-        .map(str::to_string)
-        .or(c.relay.clone())
-        .or(cfg.relay.clone())
-        .context("no relay: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY")?;
-    let mut relay = Relay::parse(&relay_url).with_context(|| format!("relay `{relay_url}`"))?;
-    relay.options.pool_size = pool.max(1);
-    relay.options.dangerous_accept_invalid_certs = insecure;
-    let prepared = Arc::new(prepare_campaign(cfg, &c)?);
-    let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
-    let throttle = Arc::new(throttle_from(cfg));
+    check_preflight(cfg, &c, opts.strict)?;
+    let runner = runner_for(store, cfg, &c, opts).await?;
     store
         .set_campaign_state(c.campaign.id, CampaignState::Running)
         .await?;
-    let added = store.materialise_deliveries(c.campaign.id).await?;
-    let total = store.campaign_counts(c.campaign.id).await?.total;
-    tracing::info!(campaign = name, added, total, "sending");
-    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(total);
+    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, {eta} left) {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::cmd::sink::shutdown_signal().await;
+            tracing::warn!("stopping: finishing the sends in flight (again to abort)");
+            stop.cancel();
+        })
+    };
     let started = Instant::now();
-    let list_id = c.first_list_id.unwrap_or_default();
-    let mut sent_now = 0u64;
-    for round in 0..MAX_ATTEMPTS {
-        let states: &[DeliveryState] = if round == 0 {
-            &[DeliveryState::Pending, DeliveryState::Deferred]
-        } else {
-            &[DeliveryState::Deferred]
-        };
-        loop {
-            // Pause and cancel are state changes, honoured within one batch.
-            if store.campaign_state(c.campaign.id).await? != CampaignState::Running {
-                break;
+    let before = store.campaign_counts(c.campaign.id).await?;
+    let progress = |n: u64| {
+        if let Some(b) = &bar {
+            if b.length() == Some(0) {
+                b.set_length(before.pending.max(n));
             }
-            let batch: Vec<_> = store
-                .deliveries_in(
-                    c.campaign.id,
-                    states,
-                    (pool as u64 * BATCH_PER_CONNECTION).clamp(8, 500),
-                )
-                .await?
-                .into_iter()
-                .filter(|d| d.attempts < MAX_ATTEMPTS)
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            let mut tasks = tokio::task::JoinSet::new();
-            let limit = Arc::new(tokio::sync::Semaphore::new(pool.max(1) * 2));
-            for d in batch {
-                let recipient = prepared.recipient(
-                    d.email.clone(),
-                    d.name.clone(),
-                    d.attributes.clone(),
-                    d.subscriber_id,
-                    list_id,
-                    d.delivery_id,
-                );
-                let rendered = prepared.renderer.render(&recipient, chrono::Utc::now());
-                let (sender, throttle, permit) = (
-                    Arc::clone(&sender),
-                    Arc::clone(&throttle),
-                    Arc::clone(&limit).acquire_owned().await?,
-                );
-                tasks.spawn(async move {
-                    let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
-                    let outcome = match rendered {
-                        Ok(bytes) => {
-                            // Per-domain concurrency and rate, then the global rate.
-                            let _slot = throttle.acquire(&domain).await;
-                            let outcome = sender
-                                .send(Delivery {
-                                    id: d.delivery_id,
-                                    to: d.email.clone(),
-                                    message: Arc::from(bytes),
-                                })
-                                .await;
-                            let reply = outcome.error().and_then(|e| e.reply());
-                            throttle.report(
-                                &domain,
-                                reply.map(|r| r.code),
-                                reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
-                                outcome.is_sent(),
-                            );
-                            Ok(outcome)
-                        }
-                        Err(e) => Err(e.to_string()),
-                    };
-                    drop(permit);
-                    (d, outcome)
-                });
-            }
-            while let Some(done) = tasks.join_next().await {
-                let (d, outcome) = done.context("a send task failed")?;
-                let (state, error) = match &outcome {
-                    Err(render_error) => (
-                        DeliveryState::Failed,
-                        Some(format!("render: {render_error}")),
-                    ),
-                    Ok(Outcome::Sent { .. }) => (DeliveryState::Sent, None),
-                    Ok(Outcome::Deferred { error }) => {
-                        (DeliveryState::Deferred, Some(error.to_string()))
-                    }
-                    Ok(Outcome::Rejected { error }) => {
-                        (DeliveryState::Rejected, Some(error.to_string()))
-                    }
-                    Ok(Outcome::Failed { error }) => {
-                        (DeliveryState::Failed, Some(error.to_string()))
-                    }
-                };
-                store
-                    .record_delivery(d.delivery_id, state, error.as_deref())
-                    .await?;
-                if let Ok(Outcome::Rejected { error }) = &outcome
-                    && let Some(reply) = error.reply()
-                {
-                    // A 5xx at RCPT or DATA is a synchronous bounce: same classification and scoring.
-                    let enhanced = reply.enhanced.map(|e| e.to_string());
-                    let (class, rule) = rundbrief_bounce::classify_reply(
-                        reply.code,
-                        enhanced.as_deref(),
-                        &reply.text,
-                    );
-                    if let Some(target) = store.delivery_target(d.delivery_id).await? {
-                        apply_class(
-                            store,
-                            &crate::cmd::endpoint::Policy::from_config(cfg),
-                            &target,
-                            class,
-                            enhanced.as_deref().unwrap_or("-"),
-                            rule,
-                            &format!("{} while sending", error.step().as_str()),
-                        )
-                        .await?;
-                    }
-                }
-                if state != DeliveryState::Deferred {
-                    sent_now += 1;
-                    if let Some(b) = &bar {
-                        b.inc(1);
-                    }
-                }
-            }
-            if states == [DeliveryState::Deferred] {
-                break;
-            }
+            b.set_position(n);
         }
-        if store.campaign_state(c.campaign.id).await? != CampaignState::Running
-            || store.campaign_counts(c.campaign.id).await?.deferred == 0
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500 * (round as u64 + 1))).await;
-    }
-    sender.shutdown().await;
+    };
+    let report = runner.run(c.campaign.id, &stop, &progress).await;
+    on_signal.abort();
+    runner.sender.shutdown().await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let mut counts = store.campaign_counts(c.campaign.id).await?;
-    let finished = counts.pending == 0 && counts.deferred == 0;
-    let state = match store.campaign_state(c.campaign.id).await? {
-        CampaignState::Running if finished => CampaignState::Finished,
-        CampaignState::Running => CampaignState::Paused,
-        other => other, // paused or cancelled meanwhile
-    };
-    store.set_campaign_state(c.campaign.id, state).await?;
+    let report = report?;
+    match report.ended {
+        Ended::Finished => tracing::info!(campaign = name, "finished"),
+        Ended::RetriesLater(at) => tracing::info!(
+            campaign = name,
+            next = %at,
+            "deferred deliveries are left for later: `campaign send --wait` or `serve` retries them"
+        ),
+        Ended::WindowClosed(at) => {
+            tracing::info!(campaign = name, opens = %at, "outside the send window")
+        }
+        Ended::Shutdown => {
+            tracing::warn!(campaign = name, "interrupted; `campaign send` continues it")
+        }
+        Ended::Stopped(state) => tracing::info!(campaign = name, %state, "stopped"),
+    }
+    let state = store.campaign_state(c.campaign.id).await?;
+    let mut counts = report.counts;
     counts.state = state.to_string();
     Ok(SendReport {
         counts,
         state,
         seconds: started.elapsed().as_secs_f64(),
-        sent_now,
+        sent_now: report.done,
     })
+}
+
+/// The scheduler's runner for one campaign: relay, sender, throttle, hooks.
+pub async fn runner_for(
+    store: &Store,
+    cfg: &Config,
+    c: &rundbrief_store::CampaignContent,
+    opts: &SendOptions,
+) -> anyhow::Result<Runner> {
+    let relay_url = opts
+        .relay
+        .clone()
+        .or(c.relay.clone())
+        .or(cfg.relay.clone())
+        .context("no relay: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY")?;
+    let mut relay = Relay::parse(&relay_url).with_context(|| format!("relay `{relay_url}`"))?;
+    relay.options.pool_size = opts.pool.max(1);
+    relay.options.dangerous_accept_invalid_certs = opts.insecure;
+    let prepared = prepare_campaign(cfg, c)?;
+    let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
+    let dkim = rundbrief_dkim::DkimSigner::from_config(cfg)
+        .context("[dkim]")?
+        .map(Arc::new);
+    let hooks = Arc::new(CampaignHooks {
+        prepared,
+        dkim,
+        list_id: c.first_list_id.unwrap_or_default(),
+        store: store.clone(),
+        policy: crate::cmd::endpoint::Policy::from_config(cfg),
+    });
+    Ok(Runner {
+        store: store.clone(),
+        sender,
+        throttle: Arc::new(throttle_from(cfg)),
+        hooks,
+        clock: Arc::new(SystemClock),
+        config: run_config(cfg, opts.pool, opts.wait),
+    })
+}
+
+/// Lease, batch and retry settings from `[sending]`.
+pub fn run_config(cfg: &Config, pool: usize, wait: bool) -> RunConfig {
+    let s = &cfg.sending;
+    let mut rc = RunConfig::new(worker_name(), pool.max(1) * 2);
+    rc.lease = Duration::from_secs(s.lease_secs);
+    rc.retry = RetryPolicy {
+        base: Duration::from_secs(s.retry_base_secs),
+        max: Duration::from_secs(s.retry_max_secs),
+        max_age: Duration::from_secs(s.max_age_secs),
+    };
+    rc.wait = wait;
+    rc
+}
+
+/// This process's name in delivery leases.
+fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}/{}/{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// Renders each delivery and turns 5xx replies into bounce decisions.
+struct CampaignHooks {
+    prepared: crate::cmd::render::Prepared,
+    /// Signs each rendered message when `[dkim]` is configured.
+    dkim: Option<Arc<rundbrief_dkim::DkimSigner>>,
+    list_id: uuid::Uuid,
+    store: Store,
+    policy: crate::cmd::endpoint::Policy,
+}
+
+#[async_trait::async_trait]
+impl Hooks for CampaignHooks {
+    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String> {
+        let recipient = self.prepared.recipient(
+            d.email.clone(),
+            d.name.clone(),
+            d.attributes.clone(),
+            d.subscriber_id,
+            self.list_id,
+            d.delivery_id,
+        );
+        let bytes = self
+            .prepared
+            .renderer
+            .render(&recipient, chrono::Utc::now())
+            .map_err(|e| e.to_string())?;
+        match &self.dkim {
+            Some(signer) => signer.sign(&bytes).map_err(|e| format!("DKIM: {e}")),
+            None => Ok(bytes),
+        }
+    }
+
+    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), String> {
+        // A 5xx at RCPT or DATA is a synchronous bounce: same classification and scoring.
+        let Some(reply) = error.reply() else {
+            return Ok(());
+        };
+        let enhanced = reply.enhanced.map(|e| e.to_string());
+        let (class, rule) =
+            rundbrief_bounce::classify_reply(reply.code, enhanced.as_deref(), &reply.text);
+        let target = self
+            .store
+            .delivery_target(d.delivery_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(target) = target {
+            apply_class(
+                &self.store,
+                &self.policy,
+                &target,
+                class,
+                enhanced.as_deref().unwrap_or("-"),
+                rule,
+                &format!("{} while sending", error.step().as_str()),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `campaign status` as JSON: the contract fields, plus the current rate
+/// (final outcomes per second over the last minute) and an ETA.
+async fn status_json(
+    store: &Store,
+    c: &rundbrief_store::CampaignContent,
+) -> anyhow::Result<serde_json::Value> {
+    let mut counts = store.campaign_counts(c.campaign.id).await?;
+    counts.state = c.campaign.state.to_string();
+    let mut v = serde_json::to_value(&counts)?;
+    if c.campaign.state == CampaignState::Running {
+        let window = 60;
+        let recent = store
+            .outcomes_since(c.campaign.id, chrono::Utc::now() - chrono::Duration::seconds(window))
+            .await?;
+        let rate = recent as f64 / window as f64;
+        v["rate_per_s"] = rate.into();
+        if rate > 0.0 {
+            v["eta_s"] = ((counts.pending as f64 / rate).ceil() as u64).into();
+        }
+    }
+    Ok(v)
+}
+
+fn status_line(name: &str, v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "{name}: {}; {} recipients: {} sent, {} deferred, {} failed, {} rejected, {} bounced, {} pending",
+        v["state"].as_str().unwrap_or("?"),
+        n("total"),
+        n("sent"),
+        n("deferred"),
+        n("failed"),
+        n("rejected"),
+        n("bounced"),
+        n("pending")
+    );
+    if let Some(rate) = v["rate_per_s"].as_f64() {
+        line.push_str(&format!("; {rate:.1} msg/s"));
+        if let Some(eta) = v["eta_s"].as_u64() {
+            line.push_str(&format!(", about {} left", humanize_secs(eta)));
+        }
+    }
+    line
+}
+
+fn humanize_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s.div_ceil(60)),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+/// `campaign test`: one real send to `to`, marked, outside the ledger.
+async fn send_test(
+    store: &Store,
+    cfg: &Config,
+    name: &str,
+    to: &str,
+    relay: Option<&str>,
+    insecure: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut c = store.campaign(name).await?;
+    c.campaign.subject = format!("[TEST] {}", c.campaign.subject);
+    let addr = crate::cmd::address(to)?;
+    let opts = SendOptions {
+        relay: relay.map(str::to_string),
+        pool: 1,
+        insecure,
+        wait: false,
+        progress: false,
+        strict: false,
+    };
+    let runner = runner_for(store, cfg, &c, &opts).await?;
+    let sub = store.subscriber_detail(&addr).await.ok();
+    let delivery = uuid::Uuid::now_v7();
+    let d = PendingDelivery {
+        delivery_id: delivery,
+        subscriber_id: sub.as_ref().map_or(uuid::Uuid::nil(), |s| s.subscriber.id),
+        email: addr.to_string(),
+        name: sub.as_ref().and_then(|s| s.subscriber.name.clone()),
+        attributes: sub.map(|s| s.subscriber.attributes).unwrap_or_default(),
+        attempts: 0,
+        first_attempt_at: None,
+    };
+    let body = runner.hooks.render(&d).map_err(|e| anyhow::anyhow!("render: {e}"))?;
+    let mut message = b"X-Rundbrief-Test: yes\r\n".to_vec();
+    message.extend_from_slice(&body);
+    let outcome = runner
+        .sender
+        .send(rundbrief_sender::Delivery {
+            id: delivery,
+            to: d.email.clone(),
+            message: Arc::from(message),
+        })
+        .await;
+    runner.sender.shutdown().await;
+    let ok = outcome.is_sent();
+    if json {
+        output::json(&serde_json::json!({
+            "to": d.email,
+            "outcome": outcome.as_str(),
+            "error": outcome.error().map(|e| e.to_string()),
+        }))?;
+    } else if ok {
+        println!("test message sent to {}", d.email);
+    } else {
+        println!(
+            "test message to {} {}: {}",
+            d.email,
+            outcome.as_str(),
+            outcome.error().map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Deliverability pre-flight (DKIM configured, From aligned with it, an
+/// unsubscribe link in the layout): warnings in the log, an error with
+/// `--strict`.
+pub fn check_preflight(
+    cfg: &Config,
+    c: &rundbrief_store::CampaignContent,
+    strict: bool,
+) -> anyhow::Result<()> {
+    let dir = c
+        .layout
+        .as_deref()
+        .map(std::path::Path::new)
+        .or(cfg.templates.dir.as_deref());
+    let layout_html = match dir {
+        Some(d) => Some(
+            std::fs::read_to_string(d.join("layout.html.hbs"))
+                .with_context(|| format!("reading {}", d.join("layout.html.hbs").display()))?,
+        ),
+        None => None,
+    };
+    let from = c
+        .from
+        .clone()
+        .or_else(|| cfg.sending.from.clone())
+        .unwrap_or_default();
+    let warnings = crate::cmd::preflight::preflight(cfg, layout_html.as_deref(), &from);
+    for w in &warnings {
+        tracing::warn!("pre-flight: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        bail!(
+            "pre-flight found {} problem(s) and --strict is set:\n  {}",
+            warnings.len(),
+            warnings.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// Compiles a stored campaign (shared by preview and send).

@@ -9,9 +9,15 @@
 //! carried out with an audit entry naming the bounce, the rule and the score.
 //! Only the report's line for the delivery's own address counts. Messages
 //! without a verified delivery are stored and parsed, never acted on.
+//!
+//! It also takes mail for `unsub-TOKEN@<bounce domain>`, the `mailto:` of
+//! `List-Unsubscribe`, when TOKEN verifies (`Purpose::UnsubscribeMail`, the
+//! delivery id): the message is stored like a bounce, then the delivery's
+//! subscriber is unsubscribed from that campaign's lists (audited, actor
+//! `mailto`), both before the 250. A forged one is refused at RCPT.
 
 use rundbrief_bounce::score::{Score, ScoreConfig, Verdict};
-use rundbrief_core::{Actor, Address, BounceSource, TokenError, Verp};
+use rundbrief_core::{Actor, Address, BounceSource, Purpose, TokenError, Verp};
 use rundbrief_smtpd::{DataDecision, Decision, Envelope, Handler, Recipient, Reply, SessionInfo};
 use rundbrief_store::{NewBounce, Store};
 use std::sync::Arc;
@@ -50,8 +56,77 @@ pub struct Endpoint {
     pub stored: Arc<Notify>,
 }
 
+/// Local-part prefix of the `mailto:` unsubscribe address (`List-Unsubscribe:
+/// <mailto:unsub-TOKEN@bounce-domain>`); the token signs the delivery id.
+const UNSUB_PREFIX: &str = "unsub-";
+
+impl Endpoint {
+    /// `None`: not an unsubscribe address. `Some(Ok(delivery))`: one whose
+    /// token verifies. `Some(Err(()))`: looks like one, but forged or altered.
+    fn unsubscribe_address(&self, address: &str) -> Option<Result<uuid::Uuid, ()>> {
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+        let (local, domain) = address.rsplit_once('@')?;
+        if !domain.eq_ignore_ascii_case(self.verp.domain()) {
+            return None;
+        }
+        let token = local
+            .get(..UNSUB_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(UNSUB_PREFIX))
+            .map(|_| &local[UNSUB_PREFIX.len()..])?;
+        Some(
+            self.verp
+                .signer()
+                .verify(Purpose::UnsubscribeMail, token, 16)
+                .ok()
+                .and_then(|p| uuid::Uuid::from_slice(&p).ok())
+                .ok_or(()),
+        )
+    }
+
+    /// Unsubscribes the recipients of the verified `unsub-` addresses of a
+    /// stored message from their campaign's lists, audited.
+    async fn unsubscribe_by_mail(
+        &self,
+        tx: &Envelope,
+        bounce: Option<uuid::Uuid>,
+    ) -> anyhow::Result<()> {
+        for rcpt in &tx.recipients {
+            if let Some(Ok(delivery)) = self.unsubscribe_address(&rcpt.address) {
+                let reason = format!(
+                    "mailto unsubscribe (message {})",
+                    bounce.map_or_else(|| "-".to_string(), |b| b.to_string())
+                );
+                match self
+                    .store
+                    .unsubscribe_delivery(delivery, Actor::Mailto, &reason)
+                    .await?
+                {
+                    Some((email, changed)) => {
+                        tracing::info!(subscriber = %email, %delivery, changed, "unsubscribed by mail")
+                    }
+                    None => {
+                        tracing::warn!(%delivery, "mailto unsubscribe for a delivery that is gone")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Handler for Endpoint {
     async fn rcpt(&self, _info: &SessionInfo, _tx: &Envelope, rcpt: &Recipient) -> Decision {
+        match self.unsubscribe_address(&rcpt.address) {
+            Some(Ok(_)) => return Decision::Accept,
+            Some(Err(())) => {
+                return Decision::Reject(Reply::with_status(
+                    550,
+                    (5, 1, 1),
+                    "no such unsubscribe address",
+                ));
+            }
+            None => {}
+        }
         if self
             .abuse
             .as_deref()
@@ -99,6 +174,16 @@ impl Handler for Endpoint {
                     ));
                 }
             }
+        }
+        // Stored first; the unsubscribe is done before the 250 too, and a
+        // failure asks the sender to retry (unsubscribing is idempotent).
+        if let Err(e) = self.unsubscribe_by_mail(tx, first).await {
+            tracing::error!(error = %e, "mailto unsubscribe failed; answering 451");
+            return DataDecision::Reject(Reply::with_status(
+                451,
+                (4, 3, 0),
+                "cannot process the unsubscribe right now; try again later",
+            ));
         }
         self.stored.notify_one();
         DataDecision::Accept {
@@ -229,9 +314,16 @@ pub async fn apply_class(
             });
     let day = chrono::Utc::now().timestamp().div_euclid(86_400);
     let (score, verdict) = rundbrief_bounce::score::apply(previous, class, day, &policy.score);
-    store
-        .record_bounce_score(target, score.map(|s| (s.value, s.day, s.day_weight)))
-        .await?;
+    // An auto-reply or a complaint means the message was delivered: the
+    // delivery stays `sent` and the score is untouched.
+    if !matches!(
+        class,
+        rundbrief_bounce::BounceClass::Ignore | rundbrief_bounce::BounceClass::Complaint
+    ) {
+        store
+            .record_bounce_score(target, score.map(|s| (s.value, s.day, s.day_weight)))
+            .await?;
+    }
     let value = score.map_or(0.0, |s| s.value);
     let reason = format!(
         "{source}: {} {status} (rule {rule}, score {value:.1})",

@@ -2,11 +2,16 @@
 
 pub mod bounce;
 pub mod campaign;
+pub mod demo;
+pub mod dns;
 pub mod endpoint;
 pub mod export;
+pub mod http;
 pub mod import;
 pub mod list;
+pub mod preflight;
 pub mod render;
+pub mod serve;
 pub mod sink;
 pub mod smtp;
 pub mod sub;
@@ -45,7 +50,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<Store> {
     let connect = ConnectConfig {
         url: cfg.database.url.clone(),
         max_connections: cfg.database.max_connections,
-        pg_schema: None,
+        pg_schema: cfg.database.schema.clone(),
     };
     Ok(Store::connect(&connect).await?)
 }

@@ -19,8 +19,20 @@ pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
     for spec in &a.defer {
         rules.push(Rule::defer(spec).with_context(|| format!("--defer '{spec}'"))?);
     }
+    for spec in &a.defer_once {
+        rules.push(
+            Rule::defer_first(spec, a.defer_times)
+                .with_context(|| format!("--defer-once '{spec}'"))?,
+        );
+    }
     for spec in &a.bounce {
         rules.push(Rule::bounce(spec).with_context(|| format!("--bounce '{spec}'"))?);
+    }
+    for spec in &a.auto_reply {
+        rules.push(Rule::auto_reply(spec).with_context(|| format!("--auto-reply '{spec}'"))?);
+    }
+    for spec in &a.complain {
+        rules.push(Rule::complain(spec).with_context(|| format!("--complain '{spec}'"))?);
     }
     if let Some(dir) = &a.dir {
         std::fs::create_dir_all(dir)
@@ -71,7 +83,7 @@ pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
             _ = &mut signal => break,
             _ = stats.changed(), if live => {
                 let c = stats.snapshot();
-                eprint!("\r{} message(s), {} recipient(s), {} rejected, {} deferred, {} bounced   ", c.messages, c.recipients, c.rejected, c.deferred, c.bounces_sent);
+                eprint!("\r{} message(s), {} recipient(s), {} rejected, {} deferred, {} bounced, {} auto-replied, {} complained   ", c.messages, c.recipients, c.rejected, c.deferred, c.bounces_sent, c.replies_sent, c.complaints_sent);
                 let _ = std::io::stderr().flush();
             }
         }
@@ -86,8 +98,15 @@ pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
         output::json(&summary(&c))?;
     } else {
         println!(
-            "{} message(s) for {} recipient(s); {} rejected, {} deferred, {} DSN(s) sent, {} DSN(s) failed",
-            c.messages, c.recipients, c.rejected, c.deferred, c.bounces_sent, c.bounces_failed
+            "{} message(s) for {} recipient(s); {} rejected, {} deferred, {} DSN(s), {} auto-reply(ies) and {} complaint(s) sent, {} failed",
+            c.messages,
+            c.recipients,
+            c.rejected,
+            c.deferred,
+            c.bounces_sent,
+            c.replies_sent,
+            c.complaints_sent,
+            c.bounces_failed
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -100,6 +119,8 @@ fn summary(c: &SinkCounts) -> serde_json::Value {
         "rejected": c.rejected,
         "deferred": c.deferred,
         "bounces_sent": c.bounces_sent,
+        "replies_sent": c.replies_sent,
+        "complaints_sent": c.complaints_sent,
         "bounces_failed": c.bounces_failed,
         "store_failures": c.store_failures,
     })

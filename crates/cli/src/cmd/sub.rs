@@ -15,6 +15,7 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
             name,
             attrs,
             resubscribe,
+            ..
         } => {
             let addr = address(email)?;
             if name

@@ -110,12 +110,12 @@ pub fn build_dsn(
     out
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// The header block of a message (up to the first empty line), capped.
-fn header_block(message: &[u8]) -> &[u8] {
+pub(crate) fn header_block(message: &[u8]) -> &[u8] {
     let end = find(message, b"\r\n\r\n")
         .map(|i| i + 2)
         .or_else(|| find(message, b"\n\n").map(|i| i + 1))

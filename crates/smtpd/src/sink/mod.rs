@@ -3,8 +3,10 @@
 //! It accepts mail on the [`crate::run`] core and, with a spool directory,
 //! stores each message as one `.eml` file (see [`spool::envelope_header`] for
 //! the exact envelope lines). Rules simulate the world: reject or defer
-//! recipients at RCPT, or accept and then bounce them with a real RFC 3464
-//! DSN delivered over SMTP to the message's return path (the VERP address).
+//! recipients at RCPT (always, or only the first N times: greylisting), or
+//! accept and then answer over SMTP to the message's return path (the VERP
+//! address) with a real RFC 3464 DSN, an RFC 3834 automatic reply or an RFC
+//! 5965 ARF complaint ([`report`]).
 //! [`SinkStats`] counts what happened and wakes waiters, so tests wait for a
 //! signal instead of sleeping.
 //!
@@ -12,13 +14,15 @@
 //! recipient decides. No match: accept.
 
 pub mod dsn;
+pub mod report;
 pub mod rules;
 pub mod spool;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -35,12 +39,18 @@ use crate::reply::Reply;
 use crate::tls;
 
 pub use dsn::{FailedRecipient, build_dsn};
+pub use report::{build_auto_reply, build_feedback_report};
 pub use rules::{Rule, RuleAction, RuleError};
 
-/// DSNs waiting for delivery; over it a DSN is dropped and counted as failed.
+/// Reports (DSNs, auto-replies, complaints) waiting for delivery; over it a
+/// report is dropped and counted in `bounces_failed`.
 const DSN_QUEUE: usize = 256;
-/// Timeout of each step of a DSN delivery.
+/// Timeout of each step of a report delivery.
 const DSN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recipients whose deferrals `--defer-once` rules count; past it a rule no
+/// longer defers addresses it has not seen yet (it accepts them at once), so
+/// a long-running sink cannot grow without bound.
+const MAX_DEFER_TRACKED: usize = 1_000_000;
 
 /// Whether and how the sink offers STARTTLS.
 #[derive(Clone, Default)]
@@ -71,10 +81,11 @@ pub struct SinkConfig {
     /// Spool directory (`--dir`); `None`: count messages, store nothing. It
     /// must exist.
     pub dir: Option<PathBuf>,
-    /// `--reject`, `--defer` and `--bounce` rules, first match wins.
+    /// `--reject`, `--defer`, `--defer-once`, `--bounce`, `--auto-reply` and
+    /// `--complain` rules, first match wins.
     pub rules: Vec<Rule>,
-    /// Where DSNs for `--bounce` rules are delivered (`--bounce-to`).
-    /// Required when there is a bounce rule.
+    /// Where DSNs, auto-replies and complaints are delivered (`--bounce-to`).
+    /// Required when there is a bounce, auto-reply or complain rule.
     pub bounce_to: Option<SocketAddr>,
     /// `--latency`: pause before every reply.
     pub latency: Option<Duration>,
@@ -106,9 +117,12 @@ impl Default for SinkConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SinkError {
-    /// A `--bounce` rule was given without `--bounce-to`.
-    #[error("--bounce rule `{rule}` needs --bounce-to HOST:PORT to deliver its DSNs")]
+    /// A `--bounce`, `--auto-reply` or `--complain` rule was given without
+    /// `--bounce-to`.
+    #[error("--{flag} rule `{rule}` needs --bounce-to HOST:PORT to deliver what it sends")]
     BounceWithoutTarget {
+        /// The flag of the rule, without dashes.
+        flag: &'static str,
         /// The rule's pattern.
         rule: String,
     },
@@ -137,11 +151,16 @@ pub struct SinkCounts {
     pub recipients: u64,
     /// Recipients refused by `--reject` rules.
     pub rejected: u64,
-    /// Recipients refused by `--defer` rules.
+    /// Recipients refused by `--defer` and `--defer-once` rules.
     pub deferred: u64,
     /// DSNs delivered to `--bounce-to`.
     pub bounces_sent: u64,
-    /// DSNs that could not be delivered (or were dropped on a full queue).
+    /// Automatic replies (`--auto-reply`) delivered to `--bounce-to`.
+    pub replies_sent: u64,
+    /// ARF complaints (`--complain`) delivered to `--bounce-to`.
+    pub complaints_sent: u64,
+    /// DSNs, replies and complaints that could not be delivered (or were
+    /// dropped on a full queue).
     pub bounces_failed: u64,
     /// Messages that could not be stored (answered 451).
     pub store_failures: u64,
@@ -155,6 +174,8 @@ pub struct SinkStats {
     rejected: AtomicU64,
     deferred: AtomicU64,
     bounces_sent: AtomicU64,
+    replies_sent: AtomicU64,
+    complaints_sent: AtomicU64,
     bounces_failed: AtomicU64,
     store_failures: AtomicU64,
     changed: Notify,
@@ -170,6 +191,8 @@ impl SinkStats {
             rejected: g(&self.rejected),
             deferred: g(&self.deferred),
             bounces_sent: g(&self.bounces_sent),
+            replies_sent: g(&self.replies_sent),
+            complaints_sent: g(&self.complaints_sent),
             bounces_failed: g(&self.bounces_failed),
             store_failures: g(&self.store_failures),
         }
@@ -232,12 +255,18 @@ impl Sink {
     /// directory or `drop_after == 0`.
     pub fn new(cfg: SinkConfig) -> Result<Self, SinkError> {
         if cfg.bounce_to.is_none()
-            && let Some(rule) = cfg
-                .rules
-                .iter()
-                .find(|r| matches!(r.action(), RuleAction::Bounce { .. }))
+            && let Some((flag, rule)) = cfg.rules.iter().find_map(|r| {
+                let flag = match r.action() {
+                    RuleAction::Bounce { .. } => "bounce",
+                    RuleAction::AutoReply => "auto-reply",
+                    RuleAction::Complain => "complain",
+                    _ => return None,
+                };
+                Some((flag, r))
+            })
         {
             return Err(SinkError::BounceWithoutTarget {
+                flag,
                 rule: rule.pattern().to_owned(),
             });
         }
@@ -312,6 +341,7 @@ impl Sink {
             cfg: self.cfg,
             stats: self.stats,
             dsn: dsn_tx,
+            deferrals: Mutex::new(HashMap::new()),
         });
         let result = crate::run(listener, server_cfg, handler, acceptor, stop).await;
         // Sessions are done: the handler (and with it the DSN sender) is dropped
@@ -339,7 +369,19 @@ pub async fn run_sink(
     Sink::new(cfg)?.run(listener, limits, stop).await
 }
 
+/// What a queued report is, for the counters.
+#[derive(Debug, Clone, Copy)]
+enum JobKind {
+    Dsn,
+    AutoReply,
+    Complaint,
+}
+
 struct DsnJob {
+    kind: JobKind,
+    /// MAIL FROM of the report: empty (the null reverse path) for DSNs and
+    /// auto-replies.
+    from: String,
     return_path: String,
     message: Vec<u8>,
 }
@@ -348,11 +390,50 @@ struct SinkHandler {
     cfg: SinkConfig,
     stats: Arc<SinkStats>,
     dsn: mpsc::Sender<DsnJob>,
+    /// `--defer-once` deferrals so far, by (rule index, lower-cased address);
+    /// at most [`MAX_DEFER_TRACKED`] entries.
+    deferrals: Mutex<HashMap<(usize, String), u32>>,
 }
 
 impl SinkHandler {
+    /// The first rule matching `address`. A `--defer-once` rule matches only
+    /// while the address has been deferred fewer than `times` times by it;
+    /// with `count`, a match also counts as one more deferral (RCPT time).
+    fn rule_for_counting(&self, address: &str, count: bool) -> Option<&Rule> {
+        self.cfg.rules.iter().enumerate().find_map(|(i, r)| {
+            if !r.matches(address) {
+                return None;
+            }
+            let RuleAction::DeferFirst { times, .. } = r.action() else {
+                return Some(r);
+            };
+            let mut seen = self
+                .deferrals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (i, address.to_lowercase());
+            let full = seen.len() >= MAX_DEFER_TRACKED;
+            match seen.get_mut(&key) {
+                Some(n) if *n >= *times => None,
+                Some(n) => {
+                    if count {
+                        *n += 1;
+                    }
+                    Some(r)
+                }
+                None if full => None,
+                None => {
+                    if count {
+                        seen.insert(key, 1);
+                    }
+                    Some(r)
+                }
+            }
+        })
+    }
+
     fn rule_for(&self, address: &str) -> Option<&Rule> {
-        self.cfg.rules.iter().find(|r| r.matches(address))
+        self.rule_for_counting(address, false)
     }
 
     fn failed_recipients(&self, tx: &Envelope) -> Vec<FailedRecipient> {
@@ -373,12 +454,15 @@ impl SinkHandler {
 
 impl Handler for SinkHandler {
     async fn rcpt(&self, _info: &SessionInfo, _tx: &Envelope, rcpt: &Recipient) -> Decision {
-        match self.rule_for(&rcpt.address).map(Rule::action) {
+        match self
+            .rule_for_counting(&rcpt.address, true)
+            .map(Rule::action)
+        {
             Some(RuleAction::Reject(reply)) => {
                 self.stats.bump(&self.stats.rejected, 1);
                 Decision::Reject(reply.clone())
             }
-            Some(RuleAction::Defer(reply)) => {
+            Some(RuleAction::Defer(reply) | RuleAction::DeferFirst { reply, .. }) => {
                 self.stats.bump(&self.stats.deferred, 1);
                 Decision::Reject(reply.clone())
             }
@@ -391,17 +475,25 @@ impl Handler for SinkHandler {
         // Built before the message moves to the blocking pool, queued only
         // once it is stored.
         let failed = self.failed_recipients(tx);
-        let dsn = (!failed.is_empty() && !tx.mail_from.is_null()).then(|| DsnJob {
-            return_path: tx.mail_from.address.clone(),
-            message: build_dsn(
-                &self.cfg.hostname,
-                tx,
-                &failed,
-                &message,
-                arrival,
-                &spool::unique_stem(),
-            ),
-        });
+        let mut jobs = Vec::new();
+        if !tx.mail_from.is_null() {
+            if !failed.is_empty() {
+                jobs.push(DsnJob {
+                    kind: JobKind::Dsn,
+                    from: String::new(),
+                    return_path: tx.mail_from.address.clone(),
+                    message: build_dsn(
+                        &self.cfg.hostname,
+                        tx,
+                        &failed,
+                        &message,
+                        arrival,
+                        &spool::unique_stem(),
+                    ),
+                });
+            }
+            jobs.extend(self.replies(info, tx, &message, arrival));
+        }
         let mut queue_id = None;
         if let Some(dir) = &self.cfg.dir {
             let (dir, env) = (dir.clone(), tx.clone());
@@ -425,11 +517,11 @@ impl Handler for SinkHandler {
                 }
             }
         }
-        if let Some(job) = dsn
-            && self.dsn.try_send(job).is_err()
-        {
-            warn!("DSN queue full, dropping a bounce");
-            self.stats.bump(&self.stats.bounces_failed, 1);
+        for job in jobs {
+            if self.dsn.try_send(job).is_err() {
+                warn!("report queue full, dropping a DSN, reply or complaint");
+                self.stats.bump(&self.stats.bounces_failed, 1);
+            }
         }
         self.stats
             .recipients
@@ -447,7 +539,47 @@ impl Handler for SinkHandler {
     }
 }
 
-/// Delivers queued DSNs one at a time until the queue closes.
+impl SinkHandler {
+    /// One automatic reply or complaint per recipient that an `--auto-reply`
+    /// or `--complain` rule matches.
+    fn replies(
+        &self,
+        info: &SessionInfo,
+        tx: &Envelope,
+        message: &[u8],
+        arrival: SystemTime,
+    ) -> Vec<DsnJob> {
+        let host = &self.cfg.hostname;
+        tx.recipients
+            .iter()
+            .filter_map(|r| match self.rule_for(&r.address).map(Rule::action) {
+                Some(RuleAction::AutoReply) => Some(DsnJob {
+                    kind: JobKind::AutoReply,
+                    from: String::new(),
+                    return_path: tx.mail_from.address.clone(),
+                    message: build_auto_reply(host, tx, r, message, &spool::unique_stem()),
+                }),
+                Some(RuleAction::Complain) => Some(DsnJob {
+                    kind: JobKind::Complaint,
+                    from: format!("fbl@{host}"),
+                    return_path: tx.mail_from.address.clone(),
+                    message: build_feedback_report(
+                        host,
+                        tx,
+                        r,
+                        info.peer.ip(),
+                        message,
+                        arrival,
+                        &spool::unique_stem(),
+                    ),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Delivers queued reports one at a time until the queue closes.
 async fn dsn_worker(
     mut rx: mpsc::Receiver<DsnJob>,
     addr: SocketAddr,
@@ -458,17 +590,24 @@ async fn dsn_worker(
         let res: Result<(), ClientError> = async {
             let mut client = Client::connect(addr, DSN_STEP_TIMEOUT).await?;
             client
-                .deliver(&hostname, "", &job.return_path, &job.message)
+                .deliver(&hostname, &job.from, &job.return_path, &job.message)
                 .await
         }
         .await;
         match res {
             Ok(()) => {
-                debug!(to = %job.return_path, "DSN delivered");
-                stats.bump(&stats.bounces_sent, 1);
+                debug!(to = %job.return_path, kind = ?job.kind, "report delivered");
+                stats.bump(
+                    match job.kind {
+                        JobKind::Dsn => &stats.bounces_sent,
+                        JobKind::AutoReply => &stats.replies_sent,
+                        JobKind::Complaint => &stats.complaints_sent,
+                    },
+                    1,
+                );
             }
             Err(e) => {
-                warn!(error = %e, to = %job.return_path, "DSN delivery failed");
+                warn!(error = %e, to = %job.return_path, kind = ?job.kind, "report delivery failed");
                 stats.bump(&stats.bounces_failed, 1);
             }
         }

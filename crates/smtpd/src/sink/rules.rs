@@ -1,6 +1,8 @@
 //! The sink's rules, parsed from the command-line strings
 //! `PATTERN=550 5.1.1 User unknown` (`--reject`), `PATTERN=451 4.7.1 Try
-//! later` (`--defer`) and `PATTERN=5.1.1` (`--bounce`).
+//! later` (`--defer`, and `--defer-once` which defers each recipient only its
+//! first N times), `PATTERN=5.1.1` (`--bounce`), and a bare `PATTERN`
+//! (`--auto-reply`, `--complain`).
 
 use std::fmt;
 
@@ -11,7 +13,8 @@ use crate::reply::{EnhancedStatus, Reply};
 #[error("--{flag} `{input}`: {reason} (expected {example})")]
 #[non_exhaustive]
 pub struct RuleError {
-    /// The flag without dashes: `reject`, `defer` or `bounce`.
+    /// The flag without dashes: `reject`, `defer`, `defer-once`, `bounce`,
+    /// `auto-reply` or `complain`.
     pub flag: &'static str,
     /// The rule as given.
     pub input: String,
@@ -29,6 +32,16 @@ pub enum RuleAction {
     Reject(Reply),
     /// Refuse at RCPT with this 4xx reply.
     Defer(Reply),
+    /// Refuse at RCPT with this 4xx reply the first `times` times a recipient
+    /// is tried (counted per rule and address, case-insensitively); after
+    /// that the rule no longer matches that recipient, so a later rule or
+    /// the default (accept) decides: "deferred, then delivered".
+    DeferFirst {
+        /// The 4xx reply.
+        reply: Reply,
+        /// How many times each recipient is deferred (at least 1).
+        times: u32,
+    },
     /// Accept, then send an RFC 3464 DSN to the message's return path.
     Bounce {
         /// `Status:` of the DSN (5.x.x).
@@ -36,6 +49,14 @@ pub enum RuleAction {
         /// The reply quoted in `Diagnostic-Code: smtp; …`.
         diagnostic: Reply,
     },
+    /// Accept, then send an RFC 3834 automatic reply (`Auto-Submitted:
+    /// auto-replied`, an out-of-office subject) from the recipient to the
+    /// message's return path.
+    AutoReply,
+    /// Accept, then send an RFC 5965 ARF feedback report (`Feedback-Type:
+    /// abuse`, the original headers attached) to the message's return path,
+    /// as a mailbox provider's feedback loop does when a user clicks "spam".
+    Complain,
 }
 
 /// A recipient glob and what happens to recipients it matches.
@@ -48,6 +69,8 @@ pub struct Rule {
 const REJECT_EXAMPLE: &str = "'*@dead.example=550 5.1.1 User unknown'";
 const DEFER_EXAMPLE: &str = "'*@slow.example=451 4.7.1 Try later'";
 const BOUNCE_EXAMPLE: &str = "'user1*@*=5.1.1' or '*@gone.example=5.2.1 Mailbox disabled'";
+const AUTO_REPLY_EXAMPLE: &str = "'away*@*'";
+const COMPLAIN_EXAMPLE: &str = "'grumpy*@*'";
 
 impl Rule {
     /// `--reject PATTERN=CODE [X.Y.Z] [TEXT]`; the code must be 5xx.
@@ -78,6 +101,76 @@ impl Rule {
                 reply,
                 "Try again later",
             )))
+        })
+    }
+
+    /// `--defer-once PATTERN=CODE [X.Y.Z] [TEXT]` (with `times` from
+    /// `--defer-times`, default 1); the code must be 4xx and `times` ≥ 1.
+    ///
+    /// # Errors
+    /// [`RuleError`] naming the flag, the input and the problem.
+    pub fn defer_first(spec: &str, times: u32) -> Result<Self, RuleError> {
+        if times == 0 {
+            return Err(RuleError {
+                flag: "defer-once",
+                input: spec.to_owned(),
+                reason: "--defer-times must be at least 1".to_owned(),
+                example: DEFER_EXAMPLE,
+            });
+        }
+        let mut rule = Self::defer(spec).map_err(|e| RuleError {
+            flag: "defer-once",
+            ..e
+        })?;
+        if let RuleAction::Defer(reply) = rule.action {
+            rule.action = RuleAction::DeferFirst { reply, times };
+        }
+        Ok(rule)
+    }
+
+    /// `--auto-reply PATTERN`: the whole argument is the pattern.
+    ///
+    /// # Errors
+    /// [`RuleError`] for an empty pattern or one with spaces.
+    pub fn auto_reply(pattern: &str) -> Result<Self, RuleError> {
+        Self::bare(
+            pattern,
+            "auto-reply",
+            AUTO_REPLY_EXAMPLE,
+            RuleAction::AutoReply,
+        )
+    }
+
+    /// `--complain PATTERN`: the whole argument is the pattern.
+    ///
+    /// # Errors
+    /// [`RuleError`] for an empty pattern or one with spaces.
+    pub fn complain(pattern: &str) -> Result<Self, RuleError> {
+        Self::bare(pattern, "complain", COMPLAIN_EXAMPLE, RuleAction::Complain)
+    }
+
+    fn bare(
+        spec: &str,
+        flag: &'static str,
+        example: &'static str,
+        action: RuleAction,
+    ) -> Result<Self, RuleError> {
+        let pattern = spec.trim();
+        let reason = if pattern.is_empty() {
+            "empty pattern"
+        } else if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            "the pattern must not contain spaces"
+        } else {
+            return Ok(Self {
+                pattern: pattern.to_owned(),
+                action,
+            });
+        };
+        Err(RuleError {
+            flag,
+            input: spec.to_owned(),
+            reason: reason.to_owned(),
+            example,
         })
     }
 
@@ -182,7 +275,16 @@ impl fmt::Display for Rule {
         match &self.action {
             RuleAction::Reject(r) => write!(f, "reject {} with {r}", self.pattern),
             RuleAction::Defer(r) => write!(f, "defer {} with {r}", self.pattern),
+            RuleAction::DeferFirst { reply, times } => {
+                write!(
+                    f,
+                    "defer {} with {reply} the first {times} time(s)",
+                    self.pattern
+                )
+            }
             RuleAction::Bounce { status, .. } => write!(f, "bounce {} with {status}", self.pattern),
+            RuleAction::AutoReply => write!(f, "auto-reply to mail for {}", self.pattern),
+            RuleAction::Complain => write!(f, "complain about mail for {}", self.pattern),
         }
     }
 }
@@ -278,6 +380,27 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_demo_rules() {
+        let d = Rule::defer_first("grey*@*=450 4.2.0 Greylisted", 2).expect("valid");
+        assert_eq!(d.pattern(), "grey*@*");
+        assert!(
+            matches!(d.action(), RuleAction::DeferFirst { reply, times: 2 } if reply.code() == 450 && reply.text() == "Greylisted")
+        );
+        let e = Rule::defer_first("*@x=550 5.1.1 no", 1).expect_err("5xx");
+        assert_eq!(e.flag, "defer-once");
+        // A bare pattern, '=' included (VERP-style local parts).
+        let a = Rule::auto_reply(" away=1*@* ").expect("valid");
+        assert_eq!(
+            (a.pattern(), a.action()),
+            ("away=1*@*", &RuleAction::AutoReply)
+        );
+        assert!(a.matches("AWAY=17@x.example"));
+        let c = Rule::complain("grumpy*@*").expect("valid");
+        assert_eq!(c.action(), &RuleAction::Complain);
+        assert_eq!(c.to_string(), "complain about mail for grumpy*@*");
+    }
+
+    #[test]
     fn rule_errors_are_clear() {
         let bad = [
             (Rule::reject("*@x=451 4.7.1 later"), "4xx"),
@@ -287,6 +410,10 @@ mod tests {
             (Rule::bounce("*@x=4.2.2"), "permanent"),
             (Rule::bounce("*@x=oops"), "enhanced status"),
             (Rule::reject("*@x=550 4.1.1 x"), "must match"),
+            (Rule::defer_first("*@x=550 5.1.1 no", 1), "5xx"),
+            (Rule::defer_first("*@x=451 4.7.1 later", 0), "at least 1"),
+            (Rule::auto_reply(""), "empty pattern"),
+            (Rule::complain("a b@x"), "spaces"),
         ];
         for (res, needle) in bad {
             let e = res.expect_err("must fail");

@@ -1,0 +1,882 @@
+//! `rundbrief demo`: the whole pipeline once, in-process, with nothing to
+//! configure. A fresh directory gets an embedded SQLite database and a
+//! rundbrief.toml with a generated secret; the test sink (playing the world)
+//! and the bounce endpoint run on free loopback ports; a list of generated
+//! subscribers, a known share of them dead, gets one Markdown issue; every
+//! bounce comes back through the endpoint; the summary is checked against
+//! the plan, so the demo doubles as an end-to-end check.
+//!
+//! The plan ([`Plan::for_subscribers`]) is the contract with
+//! `crates/cli/tests/demo.rs`, which computes the same numbers on its own.
+
+use crate::args::DemoArgs;
+use crate::cmd::campaign::{SendOptions, send_foreground};
+use crate::cmd::endpoint::{Endpoint, Policy, process_pending};
+use crate::output;
+use anyhow::{Context, bail};
+use rundbrief_core::csvin::ImportRow;
+use rundbrief_core::{
+    Address, Attributes, BounceState, CampaignState, Config, Secret, StatusFilter, SubscriberStatus,
+};
+use rundbrief_smtpd::sink::{Rule, Sink, SinkConfig, SinkStats, SinkTls};
+use rundbrief_smtpd::{CancellationToken, Limits, ServerConfig};
+use rundbrief_store::{BounceQuery, ImportOptions, NewCampaign, Store, SubscriberQuery};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The list the demo creates.
+const LIST: &str = "demo";
+/// The campaign the demo sends.
+const CAMPAIGN: &str = "demo-issue-1";
+/// The bounce domain: `.invalid` never resolves, so nothing can leak out.
+const BOUNCE_DOMAIN: &str = "bounce.demo.invalid";
+const PUBLIC_URL: &str = "https://demo.invalid";
+const FROM: &str = "Rundbrief Demo <news@demo.invalid>";
+/// Recipient domains, round-robin (RFC 2606 example domains).
+const DOMAINS: [&str; 3] = ["example.com", "example.net", "example.org"];
+/// How long the demo waits for the last bounce to come back and be processed.
+const BOUNCE_WAIT: Duration = Duration::from_secs(30);
+/// SMTP connections to the sink.
+const POOL: usize = 4;
+/// Fewest subscribers: one of each fate plus some live ones.
+const MIN_SUBSCRIBERS: u64 = 10;
+
+/// What the sink's rules make of an address; the local part starts with
+/// [`Fate::prefix`], so a rule matches on `PREFIX*@*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Accepted, nothing comes back.
+    Live,
+    /// Refused at RCPT with 550 5.1.1: a synchronous hard bounce.
+    Unknown,
+    /// Accepted, then an RFC 3464 DSN with 5.1.1: an asynchronous hard bounce.
+    Gone,
+    /// Refused once with 450 4.2.0, accepted on the retry.
+    Greylisted,
+    /// Accepted, then an RFC 3834 out-of-office reply (ignored).
+    Away,
+    /// Accepted, then an ARF spam complaint (unsubscribes).
+    Complains,
+}
+
+impl Fate {
+    fn prefix(self) -> &'static str {
+        match self {
+            Fate::Live => "reader",
+            Fate::Unknown => "nobody",
+            Fate::Gone => "moved",
+            Fate::Greylisted => "greylisted",
+            Fate::Away => "away",
+            Fate::Complains => "grumpy",
+        }
+    }
+
+    /// Pruned as dead (status `bounced`) once the demo is over.
+    fn is_dead(self) -> bool {
+        matches!(self, Fate::Unknown | Fate::Gone)
+    }
+}
+
+/// How many subscribers meet each fate: 3 % unknown at RCPT, 2 % bounced by
+/// DSN, 1 % greylisted (at least one each), one auto-reply, one complaint;
+/// the rest are live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    subscribers: u64,
+    unknown: u64,
+    gone: u64,
+    greylisted: u64,
+    away: u64,
+    complains: u64,
+}
+
+impl Plan {
+    fn for_subscribers(n: u64) -> Plan {
+        Plan {
+            subscribers: n,
+            unknown: (n * 3 / 100).max(1),
+            gone: (n * 2 / 100).max(1),
+            greylisted: (n / 100).max(1),
+            away: 1,
+            complains: 1,
+        }
+    }
+
+    /// The fate of every subscriber, in a fixed pseudo-random order (the
+    /// same for the same `n`).
+    fn fates(&self) -> Vec<Fate> {
+        let mut v = Vec::with_capacity(self.subscribers as usize);
+        for (fate, count) in [
+            (Fate::Unknown, self.unknown),
+            (Fate::Gone, self.gone),
+            (Fate::Greylisted, self.greylisted),
+            (Fate::Away, self.away),
+            (Fate::Complains, self.complains),
+        ] {
+            v.extend(std::iter::repeat_n(fate, count as usize));
+        }
+        v.resize(self.subscribers as usize, Fate::Live);
+        // Fisher–Yates with a fixed 64-bit LCG: deterministic, no dependency.
+        let mut state: u64 = 0x5eed_de30;
+        for i in (1..v.len()).rev() {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let j = ((state >> 33) % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+
+    fn dead(&self) -> u64 {
+        self.unknown + self.gone
+    }
+}
+
+/// One generated subscriber.
+struct Person {
+    email: String,
+    name: String,
+    fate: Fate,
+}
+
+fn people(plan: &Plan) -> Vec<Person> {
+    const FIRST: [&str; 16] = [
+        "Ada", "Bea", "Carl", "Dana", "Emil", "Fay", "Gus", "Hanna", "Ivo", "Jule", "Kai", "Lea",
+        "Mats", "Nora", "Otto", "Pia",
+    ];
+    const LAST: [&str; 8] = [
+        "Berger", "Fischer", "Hoffmann", "Klein", "Lange", "Meyer", "Schulz", "Wolf",
+    ];
+    plan.fates()
+        .into_iter()
+        .enumerate()
+        .map(|(i, fate)| Person {
+            email: format!(
+                "{}{:04}@{}",
+                fate.prefix(),
+                i + 1,
+                DOMAINS[i % DOMAINS.len()]
+            ),
+            name: format!(
+                "{} {}",
+                FIRST[i % FIRST.len()],
+                LAST[(i / FIRST.len()) % LAST.len()]
+            ),
+            fate,
+        })
+        .collect()
+}
+
+/// The sink's rules for the plan (first match wins).
+fn sink_rules() -> anyhow::Result<Vec<Rule>> {
+    Ok(vec![
+        Rule::reject(&format!(
+            "{}*@*=550 5.1.1 User unknown",
+            Fate::Unknown.prefix()
+        ))?,
+        Rule::bounce(&format!(
+            "{}*@*=5.1.1 The mailbox does not exist",
+            Fate::Gone.prefix()
+        ))?,
+        Rule::defer_first(
+            &format!(
+                "{}*@*=450 4.2.0 Greylisted, try again in a moment",
+                Fate::Greylisted.prefix()
+            ),
+            1,
+        )?,
+        Rule::auto_reply(&format!("{}*@*", Fate::Away.prefix()))?,
+        Rule::complain(&format!("{}*@*", Fate::Complains.prefix()))?,
+    ])
+}
+
+const SUBJECT: &str = "Rundbrief demo, issue 1: hello {{subscriber.name}}";
+
+const CONTENT: &str = r#"# Hello {{default subscriber.name "there"}}
+
+This is issue 1 of the **rundbrief demo** newsletter. It went to every
+subscriber of the list *demo* through a local test mail server that played
+the rest of the world:
+
+- a few addresses do not exist and were refused at once (550 5.1.1);
+- some were accepted and bounced a moment later with a delivery status notification;
+- a few were greylisted and got through on the second try;
+- one reader is on vacation, and one thinks this is spam.
+
+Every bounce came back to its own signed return path, was parsed and
+classified, and the dead addresses were pruned from the list, each with an
+audit entry saying why.
+
+Thanks for reading!
+"#;
+
+/// What the demo found, as printed (`--json` keeps these names).
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    /// Messages the relay (the sink) accepted.
+    sent: u64,
+    /// Hard, soft and block bounces: synchronous (refused at RCPT) plus DSNs.
+    bounced: u64,
+    /// Subscribers of the list now `bounced`.
+    pruned: u64,
+    /// Seconds the send took (retries of greylisted deliveries included).
+    seconds: f64,
+    /// Deliveries finished per second of `seconds`.
+    msgs_per_s: f64,
+    subscribers: u64,
+    deferred_then_delivered: u64,
+    rejected_at_rcpt: u64,
+    bounced_by_dsn: u64,
+    bounced_by_class: std::collections::BTreeMap<&'static str, u64>,
+    complained: u64,
+    unsubscribed: u64,
+    auto_replies_ignored: u64,
+    /// Seconds from start to the last processed bounce.
+    elapsed_seconds: f64,
+    dir: String,
+}
+
+pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if a.subscribers < MIN_SUBSCRIBERS {
+        bail!(
+            "--subscribers must be at least {MIN_SUBSCRIBERS} (one of each fate and some live ones)"
+        );
+    }
+    let dir = demo_dir(a.dir.as_deref())?;
+    let say = |s: String| {
+        if !json {
+            eprintln!("{s}");
+        }
+    };
+    say(format!("demo directory: {}", dir.display()));
+    let secret = Secret::generate();
+    write_config(&dir, &secret)?;
+    let cfg = demo_config(&dir, secret);
+    let store = crate::cmd::open_store(&cfg).await?;
+    let result = run_in(&store, &cfg, &dir, a.subscribers, json, started, &say).await;
+    store.close().await.context("closing the database")?;
+    result
+}
+
+async fn run_in(
+    store: &Store,
+    cfg: &Config,
+    dir: &Path,
+    subscribers: u64,
+    json: bool,
+    started: Instant,
+    say: &impl Fn(String),
+) -> anyhow::Result<ExitCode> {
+    let plan = Plan::for_subscribers(subscribers);
+    let people = people(&plan);
+
+    // 1. The list and its subscribers, through the import path.
+    import_people(store, cfg, &people).await?;
+    say(format!(
+        "list `{LIST}`: {} subscribers ({} unknown, {} that bounce later, {} greylisted, {} on vacation, {} who complain)",
+        plan.subscribers, plan.unknown, plan.gone, plan.greylisted, plan.away, plan.complains
+    ));
+
+    // 2. The bounce endpoint and the sink, on free loopback ports.
+    let stop = CancellationToken::new();
+    let stored = Arc::new(Notify::new());
+    let endpoint_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the bounce endpoint on 127.0.0.1")?;
+    let endpoint_addr = endpoint_listener.local_addr()?;
+    let endpoint = Arc::new(Endpoint {
+        store: store.clone(),
+        verp: cfg.verp()?,
+        domain: BOUNCE_DOMAIN.to_string(),
+        abuse: None,
+        stored: stored.clone(),
+    });
+    let endpoint_task = tokio::spawn(rundbrief_smtpd::run(
+        endpoint_listener,
+        ServerConfig {
+            hostname: BOUNCE_DOMAIN.to_string(),
+            advertise_dsn: false,
+            limits: Limits {
+                max_recipients: 10,
+                ..Limits::default()
+            },
+        },
+        endpoint,
+        None,
+        stop.clone(),
+    ));
+    let sink = Sink::new(SinkConfig {
+        rules: sink_rules()?,
+        bounce_to: Some(endpoint_addr),
+        tls: SinkTls::Off,
+        ..SinkConfig::default()
+    })?;
+    let sink_stats = sink.stats();
+    let sink_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the sink on 127.0.0.1")?;
+    let sink_addr = sink_listener.local_addr()?;
+    let sink_task = tokio::spawn(sink.run(sink_listener, Limits::default(), stop.clone()));
+    say(format!(
+        "test sink (the world) on {sink_addr}, bounce endpoint on {endpoint_addr}"
+    ));
+
+    let outcome = async {
+        // 3. The campaign: Markdown through the default layout.
+        rundbrief_render::check_template("content", CONTENT)?;
+        rundbrief_render::check_template("subject", SUBJECT)?;
+        let campaign = store
+            .create_campaign(&NewCampaign {
+                name: CAMPAIGN.into(),
+                lists: vec![LIST.into()],
+                subject: SUBJECT.into(),
+                content: CONTENT.into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await?;
+        say(format!("sending `{CAMPAIGN}` to {} subscribers…", plan.subscribers));
+        let report = send_foreground(
+            store,
+            cfg,
+            CAMPAIGN,
+            &SendOptions {
+                relay: Some(format!("smtp://{sink_addr}")),
+                pool: POOL,
+                insecure: false,
+                wait: true,
+                progress: !json,
+                strict: false,
+            },
+        )
+        .await
+        .context("sending the demo campaign")?;
+
+        // 4. Wait until every report the sink sends has been stored and processed.
+        let expected = plan.gone + plan.away + plan.complains;
+        say(format!(
+            "sent in {:.1} s; waiting for {expected} bounce(s), auto-replies and complaints to come back…",
+            report.seconds
+        ));
+        wait_for_reports(store, cfg, &sink_stats, &stored, expected).await?;
+        anyhow::Ok((campaign.id, report))
+    }
+    .await;
+    stop.cancel();
+    let sink_done = sink_task.await;
+    let endpoint_done = endpoint_task.await;
+    let (campaign_id, report) = outcome?;
+    sink_done.context("the sink task failed")??;
+    endpoint_done.context("the endpoint task failed")??;
+
+    // 5. What happened, from the database, checked against the plan.
+    let sink = sink_stats.snapshot();
+    let counts = store.campaign_counts(campaign_id).await?;
+    let parsed = store
+        .bounces(&BounceQuery {
+            state: Some(BounceState::Parsed),
+            ..BounceQuery::default()
+        })
+        .await?;
+    let class_of = |c: &str| {
+        parsed
+            .iter()
+            .filter(|b| b.class.as_deref() == Some(c))
+            .count() as u64
+    };
+    // What the world saw comes from the sink (it is ours, in this process):
+    // recipients refused at RCPT, messages accepted.
+    let (reject_class, _) = rundbrief_bounce::classify_reply(550, Some("5.1.1"), "User unknown");
+    let mut by_class = std::collections::BTreeMap::new();
+    for class in ["hard", "soft", "block"] {
+        let sync = if reject_class.as_str() == class {
+            sink.rejected
+        } else {
+            0
+        };
+        by_class.insert(class, sync + class_of(class));
+    }
+    let bounced_by_dsn = class_of("hard") + class_of("soft") + class_of("block");
+    let with_status = |s: SubscriberStatus| async move {
+        let rows = store
+            .subscribers(&SubscriberQuery {
+                list: Some(LIST.into()),
+                status: Some(StatusFilter::Subscriber(s)),
+                after: None,
+                limit: 0,
+            })
+            .await?;
+        anyhow::Ok(
+            rows.into_iter()
+                .map(|r| r.subscriber.email)
+                .collect::<BTreeSet<_>>(),
+        )
+    };
+    let pruned = with_status(SubscriberStatus::Bounced).await?;
+    let unsubscribed = with_status(SubscriberStatus::Unsubscribed).await?;
+    let summary = Summary {
+        sent: sink.messages,
+        bounced: by_class.values().sum(),
+        pruned: pruned.len() as u64,
+        seconds: report.seconds,
+        msgs_per_s: report.sent_now as f64 / report.seconds.max(1e-9),
+        subscribers: plan.subscribers,
+        deferred_then_delivered: sink.deferred,
+        rejected_at_rcpt: sink.rejected,
+        bounced_by_dsn,
+        bounced_by_class: by_class,
+        complained: class_of("complaint"),
+        unsubscribed: unsubscribed.len() as u64,
+        auto_replies_ignored: parsed
+            .iter()
+            .filter(|b| {
+                b.kind.as_deref() == Some("auto-reply") && b.class.as_deref() == Some("ignore")
+            })
+            .count() as u64,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        dir: dir.display().to_string(),
+    };
+    let problems = reconcile(
+        &plan,
+        &people,
+        &summary,
+        &counts,
+        report.state,
+        &pruned,
+        &unsubscribed,
+    );
+
+    let dead_example = pruned.iter().next().cloned();
+    let live_example = people
+        .iter()
+        .find(|p| p.fate == Fate::Live)
+        .map(|p| p.email.clone());
+    if json {
+        output::json(&summary)?;
+    } else {
+        print_summary(
+            &summary,
+            dir,
+            dead_example.as_deref(),
+            live_example.as_deref(),
+        );
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the demo's numbers do not reconcile:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the list and imports `people` into it in import-sized batches.
+async fn import_people(store: &Store, cfg: &Config, people: &[Person]) -> anyhow::Result<()> {
+    store.create_list(LIST, Some("rundbrief demo")).await?;
+    let mut import = store
+        .begin_import(
+            LIST,
+            ImportOptions {
+                source: "rundbrief demo".into(),
+                ..ImportOptions::default()
+            },
+        )
+        .await?;
+    for (n, chunk) in people.chunks(cfg.import.batch_size.max(1)).enumerate() {
+        let rows = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut attributes = Attributes::new();
+                attributes.insert("city".into(), "Demotown".into());
+                Ok(ImportRow {
+                    line: (n * cfg.import.batch_size.max(1) + i + 2) as u64,
+                    address: Address::parse(&p.email)
+                        .with_context(|| format!("generated address {}", p.email))?,
+                    name: Some(p.name.clone()),
+                    attributes,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        import.write_batch(rows).await?;
+    }
+    import.finish().await?;
+    Ok(())
+}
+
+/// Parses what the endpoint stored until `expected` messages are processed.
+///
+/// # Errors
+/// When the sink could not deliver a report, or after [`BOUNCE_WAIT`].
+async fn wait_for_reports(
+    store: &Store,
+    cfg: &Config,
+    sink_stats: &SinkStats,
+    stored: &Notify,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let policy = Policy::from_config(cfg);
+    let deadline = tokio::time::Instant::now() + BOUNCE_WAIT;
+    loop {
+        process_pending(store, &policy).await?;
+        let processed = store
+            .bounces(&BounceQuery {
+                state: Some(BounceState::Parsed),
+                ..BounceQuery::default()
+            })
+            .await?
+            .len() as u64;
+        if processed >= expected {
+            break;
+        }
+        let c = sink_stats.snapshot();
+        if c.bounces_failed > 0 {
+            bail!(
+                "the sink could not deliver {} report(s) to the bounce endpoint (run with -v for why)",
+                c.bounces_failed
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "only {processed} of {expected} bounce messages came back within {} s (sink sent {} DSN(s), {} auto-reply(ies), {} complaint(s))",
+                BOUNCE_WAIT.as_secs(),
+                c.bounces_sent,
+                c.replies_sent,
+                c.complaints_sent
+            );
+        }
+        tokio::select! {
+            _ = stored.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Everything that must hold after the demo; each broken rule is one line.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    plan: &Plan,
+    people: &[Person],
+    s: &Summary,
+    counts: &rundbrief_store::CampaignCounts,
+    state: CampaignState,
+    pruned: &BTreeSet<String>,
+    unsubscribed: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    check(
+        state == CampaignState::Finished,
+        format!("the campaign ended `{state}`, not finished"),
+    );
+    check(
+        counts.total == plan.subscribers,
+        format!(
+            "{} deliveries for {} subscribers",
+            counts.total, plan.subscribers
+        ),
+    );
+    check(
+        counts.failed == 0 && counts.deferred == 0 && counts.pending == 0,
+        format!(
+            "{} failed, {} still deferred and {} pending deliveries",
+            counts.failed, counts.deferred, counts.pending
+        ),
+    );
+    check(
+        s.sent == plan.subscribers - plan.unknown,
+        format!(
+            "the sink accepted {} messages, expected {}",
+            s.sent,
+            plan.subscribers - plan.unknown
+        ),
+    );
+    check(
+        s.rejected_at_rcpt == plan.unknown,
+        format!(
+            "{} refused at RCPT, expected {}",
+            s.rejected_at_rcpt, plan.unknown
+        ),
+    );
+    check(
+        s.bounced_by_dsn == plan.gone,
+        format!(
+            "{} bounced by DSN, expected {}",
+            s.bounced_by_dsn, plan.gone
+        ),
+    );
+    check(
+        s.deferred_then_delivered == plan.greylisted,
+        format!(
+            "{} deferred then delivered, expected {}",
+            s.deferred_then_delivered, plan.greylisted
+        ),
+    );
+    check(
+        s.auto_replies_ignored == plan.away,
+        format!(
+            "{} auto-replies ignored, expected {}",
+            s.auto_replies_ignored, plan.away
+        ),
+    );
+    check(
+        s.complained == plan.complains,
+        format!("{} complaints, expected {}", s.complained, plan.complains),
+    );
+    let dead: BTreeSet<String> = people
+        .iter()
+        .filter(|p| p.fate.is_dead())
+        .map(|p| p.email.clone())
+        .collect();
+    let missed: Vec<_> = dead.difference(pruned).take(5).cloned().collect();
+    check(
+        missed.is_empty(),
+        format!("dead addresses not pruned: {}", missed.join(", ")),
+    );
+    let wrong: Vec<_> = pruned.difference(&dead).take(5).cloned().collect();
+    check(
+        wrong.is_empty(),
+        format!("live addresses pruned: {}", wrong.join(", ")),
+    );
+    check(
+        pruned.len() as u64 == plan.dead(),
+        format!("{} pruned, expected {}", pruned.len(), plan.dead()),
+    );
+    let complainers: BTreeSet<String> = people
+        .iter()
+        .filter(|p| p.fate == Fate::Complains)
+        .map(|p| p.email.clone())
+        .collect();
+    check(
+        *unsubscribed == complainers,
+        format!(
+            "unsubscribed {:?}, expected the complainer(s) {:?}",
+            unsubscribed, complainers
+        ),
+    );
+    problems
+}
+
+fn print_summary(
+    s: &Summary,
+    dir: &Path,
+    pruned_example: Option<&str>,
+    live_example: Option<&str>,
+) {
+    let class = |c: &str| s.bounced_by_class.get(c).copied().unwrap_or(0);
+    println!();
+    println!(
+        "rundbrief demo: {} subscribers on list `{LIST}`",
+        s.subscribers
+    );
+    println!(
+        "  sent                     {:>6}  in {:.2} s ({:.0} msgs/s)",
+        s.sent, s.seconds, s.msgs_per_s
+    );
+    println!(
+        "  deferred, then delivered {:>6}  (greylisted once, retried)",
+        s.deferred_then_delivered
+    );
+    println!(
+        "  bounced                  {:>6}  ({} refused at RCPT, {} by DSN; hard {}, soft {}, block {})",
+        s.bounced,
+        s.rejected_at_rcpt,
+        s.bounced_by_dsn,
+        class("hard"),
+        class("soft"),
+        class("block")
+    );
+    println!(
+        "  pruned                   {:>6}  (every dead address, no live one)",
+        s.pruned
+    );
+    println!(
+        "  complained               {:>6}  (ARF report: unsubscribed)",
+        s.complained
+    );
+    println!(
+        "  auto-replies ignored     {:>6}  (out of office: still subscribed)",
+        s.auto_replies_ignored
+    );
+    println!(
+        "  elapsed                  {:>8.2} s  (bounces included)",
+        s.elapsed_seconds
+    );
+    println!();
+    let exe = program_name();
+    let cd = format!("cd {}", shell_quote(&dir.display().to_string()));
+    println!(
+        "Everything is in {} (rundbrief.db and rundbrief.toml). Try:",
+        dir.display()
+    );
+    println!("  {cd}");
+    println!("  {exe} sub ls --status bounced --list {LIST}");
+    if let Some(addr) = pruned_example {
+        println!("  {exe} sub show {addr}");
+    }
+    println!("  {exe} campaign status {CAMPAIGN}");
+    if let Some(addr) = live_example {
+        println!("  {exe} campaign preview {CAMPAIGN} --to {addr}");
+    }
+    println!("  {exe} bounce ls");
+}
+
+/// `rundbrief` when that is what the shell finds, else this binary's path
+/// (e.g. after `cargo run`).
+fn program_name() -> String {
+    let me = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| {
+            let candidate = p.join("rundbrief");
+            candidate.is_file()
+                && me.as_ref().is_some_and(|me| {
+                    std::fs::canonicalize(&candidate).ok() == std::fs::canonicalize(me).ok()
+                })
+        })
+    });
+    match me {
+        Some(me) if !on_path => shell_quote(&me.display().to_string()),
+        _ => "rundbrief".to_string(),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The demo's directory: `--dir` (created if missing, refused if it holds a
+/// database already) or a new one under the temporary directory.
+fn demo_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            if d.join("rundbrief.db").exists() {
+                bail!(
+                    "{} holds a rundbrief.db already; the demo needs a fresh directory (omit --dir for a new temporary one)",
+                    d.display()
+                );
+            }
+            d.to_path_buf()
+        }
+        None => {
+            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+            let base = std::env::temp_dir();
+            let mut n = 0;
+            loop {
+                let d = base.join(format!("rundbrief-demo-{stamp}-{}-{n}", std::process::id()));
+                match std::fs::create_dir(&d) {
+                    Ok(()) => break d,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                    Err(e) => return Err(e).with_context(|| format!("creating {}", d.display())),
+                }
+            }
+        }
+    };
+    std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))
+}
+
+/// The configuration the demo runs with, built in code (no file is read).
+fn demo_config(dir: &Path, secret: Secret) -> Config {
+    let mut cfg = Config {
+        secret: Some(secret),
+        ..Config::default()
+    };
+    cfg.database.url = format!("sqlite://{}?mode=rwc", dir.join("rundbrief.db").display());
+    cfg.sending.from = Some(FROM.into());
+    cfg.sending.bounce_domain = Some(BOUNCE_DOMAIN.into());
+    cfg.sending.public_url = Some(PUBLIC_URL.into());
+    // Only loopback is involved: no need to be gentle.
+    cfg.sending.rate = 100_000;
+    cfg.sending.domain_rate = 100_000;
+    cfg.sending.domain_concurrency = POOL * 4;
+    // Greylisted deliveries come back after the shortest retry delay.
+    cfg.sending.retry_base_secs = 1;
+    cfg.sending.retry_max_secs = 2;
+    cfg
+}
+
+/// The same settings as a rundbrief.toml in `dir`, so that the commands the
+/// demo suggests work there (private: it holds the secret).
+fn write_config(dir: &Path, secret: &Secret) -> anyhow::Result<()> {
+    let path = dir.join(crate::config::DEFAULT_FILE);
+    let secret = String::from_utf8_lossy(secret.expose()).into_owned();
+    let text = format!(
+        "# Written by `rundbrief demo`: the settings the demo ran with.\n\
+         secret = \"{secret}\"\n\n\
+         [database]\n\
+         url = \"sqlite://rundbrief.db?mode=rwc\"\n\n\
+         [sending]\n\
+         from = \"{FROM}\"\n\
+         bounce_domain = \"{BOUNCE_DOMAIN}\"\n\
+         public_url = \"{PUBLIC_URL}\"\n"
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_shares() {
+        let p = Plan::for_subscribers(2000);
+        assert_eq!(
+            (p.unknown, p.gone, p.greylisted, p.away, p.complains),
+            (60, 40, 20, 1, 1)
+        );
+        let small = Plan::for_subscribers(10);
+        assert_eq!((small.unknown, small.gone, small.greylisted), (1, 1, 1));
+    }
+
+    #[test]
+    fn fates_are_deterministic_and_complete() {
+        let p = Plan::for_subscribers(60);
+        let a = people(&p);
+        let b = people(&p);
+        assert_eq!(
+            a.iter().map(|x| &x.email).collect::<Vec<_>>(),
+            b.iter().map(|x| &x.email).collect::<Vec<_>>()
+        );
+        let count = |f: Fate| a.iter().filter(|x| x.fate == f).count() as u64;
+        assert_eq!(count(Fate::Unknown), p.unknown);
+        assert_eq!(count(Fate::Gone), p.gone);
+        assert_eq!(count(Fate::Live), 60 - p.dead() - p.greylisted - 2);
+        let rules = sink_rules().expect("valid rules");
+        for person in &a {
+            let first = rules.iter().find(|r| r.matches(&person.email));
+            assert_eq!(
+                first.is_none(),
+                person.fate == Fate::Live,
+                "{}",
+                person.email
+            );
+        }
+    }
+}

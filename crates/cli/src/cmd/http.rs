@@ -1,0 +1,142 @@
+//! `rundbrief http serve` and `rundbrief sub add --confirm` (both send the
+//! double opt-in confirmation mail through `rundbrief_http::Mailer`).
+
+use anyhow::Context;
+use rundbrief_core::{Actor, Config};
+use rundbrief_http::{AppState, ConfirmJob, Mailer};
+use rundbrief_sender::{Relay, Sender};
+use rundbrief_store::{OptIn, Store};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// The confirmation mailer for `relay` (or the configured one). `Ok(None)`
+/// when no relay is configured at all.
+///
+/// # Errors
+/// A relay that does not parse, or a missing secret, `sending.from`,
+/// `sending.public_url` or `sending.bounce_domain`, each named.
+pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer>> {
+    let Some(url) = relay.map(str::to_string).or_else(|| cfg.relay.clone()) else {
+        return Ok(None);
+    };
+    let relay = Relay::parse(&url).with_context(|| format!("relay `{url}`"))?;
+    let missing = |key: &str, example: &str| {
+        anyhow::anyhow!(
+            "`{key}` is not set; confirmation mails need it (e.g. {example} in rundbrief.toml)"
+        )
+    };
+    let from = cfg
+        .sending
+        .from
+        .as_deref()
+        .ok_or_else(|| missing("sending.from", "from = \"News <news@example.org>\""))?;
+    let public_url = cfg.sending.public_url.as_deref().ok_or_else(|| {
+        missing(
+            "sending.public_url",
+            "public_url = \"https://news.example.org\"",
+        )
+    })?;
+    let sender = Sender::new(relay, cfg.verp()?).context("setting up the relay")?;
+    Ok(Some(Mailer::new(
+        sender,
+        cfg.signer()?,
+        from,
+        public_url,
+        cfg.sending.message_id_domain.as_deref(),
+    )?))
+}
+
+pub async fn serve(
+    store: &Store,
+    cfg: &Config,
+    listen: Option<SocketAddr>,
+    relay: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let listen = match listen {
+        Some(a) => a,
+        None => cfg
+            .http
+            .listen
+            .parse()
+            .with_context(|| format!("http.listen `{}`", cfg.http.listen))?,
+    };
+    let mailer = mailer(cfg, relay)?;
+    if mailer.is_none() {
+        tracing::warn!(
+            "no relay configured: POST /s/LIST (double opt-in) is off; unsubscribe links work"
+        );
+    }
+    if cfg
+        .sending
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("http://"))
+    {
+        tracing::warn!(
+            "sending.public_url is http://: mailbox providers expect https:// for one-click unsubscribe"
+        );
+    }
+    let state = AppState::new(store.clone(), cfg.signer()?, cfg.http.clone(), mailer);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!("HTTP endpoint listening on {addr}; Ctrl-C stops it");
+    rundbrief_http::serve(listener, state, crate::cmd::sink::shutdown_signal())
+        .await
+        .context("the HTTP endpoint failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sub_add_confirm(
+    store: &Store,
+    cfg: &Config,
+    email: &str,
+    list: &str,
+    name: Option<&str>,
+    relay: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let addr = crate::cmd::address(email)?;
+    if name.is_some_and(|n| n.chars().any(char::is_control)) {
+        anyhow::bail!("--name must not contain line breaks or other control characters");
+    }
+    let mailer = mailer(cfg, relay)?.context(
+        "--confirm sends a confirmation mail: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
+    )?;
+    let outcome = store
+        .request_subscription(&addr, list, name, Actor::Cli, "sub add --confirm")
+        .await?;
+    let sent = match outcome {
+        OptIn::SendConfirmation {
+            subscriber_id,
+            list_id,
+        } => {
+            let job = ConfirmJob {
+                email: addr.to_string(),
+                list: list.to_string(),
+                subscriber_id,
+                list_id,
+            };
+            let result = mailer.send(&job).await;
+            mailer.shutdown().await;
+            result?;
+            true
+        }
+        OptIn::Nothing => false,
+    };
+    if json {
+        crate::output::json(&serde_json::json!({
+            "email": addr.as_str(),
+            "list": list,
+            "confirmation_sent": sent,
+        }))?;
+    } else if sent {
+        println!(
+            "sent a confirmation mail to {addr} for {list}; the membership stays unconfirmed until its link is followed"
+        );
+    } else {
+        println!("{addr} is already subscribed to {list} (or blocklisted): nothing sent");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,329 @@
+//! `rundbrief demo` end to end: the real binary, a small list, its JSON
+//! contract, and the database it leaves behind.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::Path;
+
+fn rundbrief(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("rundbrief").unwrap();
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = rundbrief(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The demo's shares, computed here on their own (see `rundbrief demo
+/// --help`): 3 % unknown at RCPT, 2 % bounced by DSN, 1 % greylisted, at
+/// least one each; one auto-reply, one complaint.
+struct Expected {
+    sent: u64,
+    bounced: u64,
+    pruned: u64,
+    greylisted: u64,
+}
+
+fn expected(n: u64) -> Expected {
+    let unknown = (n * 3 / 100).max(1);
+    let by_dsn = (n * 2 / 100).max(1);
+    Expected {
+        sent: n - unknown,
+        bounced: unknown + by_dsn,
+        pruned: unknown + by_dsn,
+        greylisted: (n / 100).max(1),
+    }
+}
+
+#[test]
+fn the_demo_prunes_exactly_the_dead_addresses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let d = dir.to_str().unwrap();
+    let n = 60;
+    let s = json(
+        tmp.path(),
+        &["demo", "--subscribers", "60", "--json", "--dir", d],
+    );
+    let want = expected(n);
+    let num = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("`{k}` missing or not a count in {s}"))
+    };
+    assert_eq!(
+        (num("sent"), num("bounced"), num("pruned")),
+        (want.sent, want.bounced, want.pruned),
+        "{s}"
+    );
+    for k in ["seconds", "msgs_per_s"] {
+        assert!(s[k].as_f64().is_some_and(|v| v >= 0.0), "`{k}` in {s}");
+    }
+    assert_eq!(num("deferred_then_delivered"), want.greylisted, "{s}");
+    assert_eq!(
+        (num("complained"), num("auto_replies_ignored")),
+        (1, 1),
+        "{s}"
+    );
+
+    // The database in DIR says the same, through the commands the demo suggests.
+    let bounced = json(
+        &dir,
+        &[
+            "sub", "ls", "--status", "bounced", "--list", "demo", "--limit", "0", "--json",
+        ],
+    );
+    let emails: Vec<&str> = bounced
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails.len() as u64, want.pruned, "{bounced}");
+    assert!(
+        emails
+            .iter()
+            .all(|e| e.starts_with("nobody") || e.starts_with("moved")),
+        "only the dead ones are bounced: {emails:?}"
+    );
+    let all = json(
+        &dir,
+        &["sub", "ls", "--list", "demo", "--limit", "0", "--json"],
+    );
+    let status_of = |prefix: &str| -> Vec<String> {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["email"].as_str().unwrap().starts_with(prefix))
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(all.as_array().unwrap().len() as u64, n);
+    for live in ["reader", "greylisted", "away"] {
+        let st = status_of(live);
+        assert!(
+            !st.is_empty() && st.iter().all(|s| s == "active"),
+            "{live}: {st:?}"
+        );
+    }
+    assert_eq!(status_of("grumpy"), ["unsubscribed"]);
+    // Why an address was pruned is on record.
+    let pruned = json(&dir, &["sub", "show", emails[0], "--json"]);
+    let last = pruned["audit"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().contains("5.1.1"), "{last}");
+
+    // A second run in the same directory is refused: it needs a fresh one.
+    let again = rundbrief(tmp.path())
+        .args(["demo", "--subscribers", "10", "--dir", d])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("fresh directory"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// Starts a long-running `rundbrief` server command listening on
+/// 127.0.0.1:0 and returns it with the port it announced on stderr.
+#[cfg(unix)]
+fn start_server(dir: &Path, args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (
+        child,
+        port.unwrap_or_else(|| panic!("{args:?} did not say where it listens")),
+    )
+}
+
+/// Stops a server with SIGINT and returns its stdout.
+#[cfg(unix)]
+fn stop(child: std::process::Child) -> String {
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+/// One SMTP transaction; returns every reply line.
+#[cfg(unix)]
+fn smtp(port: u16, from: &str, rcpts: &[&str], body: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut replies = Vec::new();
+    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let done = l.as_bytes().get(3) != Some(&b'-');
+        replies.push(l.trim_end().to_string());
+        if done {
+            break;
+        }
+    };
+    read_reply(&mut r);
+    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
+        w.write_all(c.as_bytes()).unwrap();
+        read_reply(r);
+    };
+    cmd(&mut w, &mut r, "EHLO test.example\r\n");
+    cmd(&mut w, &mut r, &format!("MAIL FROM:<{from}>\r\n"));
+    for rcpt in rcpts {
+        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
+    }
+    cmd(&mut w, &mut r, "DATA\r\n");
+    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
+    cmd(&mut w, &mut r, "QUIT\r\n");
+    replies
+}
+
+#[cfg(unix)]
+#[test]
+fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (receiver, receiver_port) = start_server(
+        dir,
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tls",
+            "--dir",
+            "reports",
+        ],
+    );
+    let (sink, port) = start_server(
+        dir,
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            "--no-tls",
+            "--defer-once",
+            "grey*@*=450 4.2.0 Greylisted",
+            "--defer-times",
+            "2",
+            "--auto-reply",
+            "away*@*",
+            "--complain",
+            "grumpy*@*",
+            "--bounce-to",
+            &format!("127.0.0.1:{receiver_port}"),
+        ],
+    );
+    for attempt in 0..3 {
+        let replies = smtp(
+            port,
+            "b-1@bounce.example",
+            &["grey@x.example"],
+            "Subject: g\r\n\r\ng",
+        );
+        let deferred = replies
+            .iter()
+            .any(|l| l.starts_with("450 4.2.0 Greylisted"));
+        assert_eq!(deferred, attempt < 2, "attempt {attempt}: {replies:?}");
+    }
+    smtp(
+        port,
+        "b-2@bounce.example",
+        &["away@x.example", "grumpy@y.example"],
+        "From: News <news@list.example>\r\nSubject: Issue 9\r\nMessage-ID: <m9@list.example>\r\n\r\nhello",
+    );
+    let reports = dir.join("reports");
+    let emls = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&reports)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while emls().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let counts: Value = serde_json::from_str(&stop(sink)).unwrap();
+    stop(receiver);
+    assert_eq!(
+        (
+            &counts["messages"],
+            &counts["deferred"],
+            &counts["replies_sent"],
+            &counts["complaints_sent"],
+            &counts["bounces_failed"]
+        ),
+        (&2.into(), &2.into(), &1.into(), &1.into(), &0.into()),
+        "{counts}"
+    );
+    let mut seen: Vec<(String, String, String)> = emls()
+        .iter()
+        .map(|f| {
+            let v = json(dir, &["bounce", "parse", f.to_str().unwrap(), "--json"]);
+            (
+                v["kind"].as_str().unwrap().to_string(),
+                v["class"].as_str().unwrap().to_string(),
+                v["recipients"][0]["address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("arf".into(), "complaint".into(), "grumpy@y.example".into()),
+            (
+                "auto-reply".into(),
+                "ignore".into(),
+                "away@x.example".into()
+            ),
+        ]
+    );
+}

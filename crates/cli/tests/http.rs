@@ -1,0 +1,386 @@
+//! Issue 9 through the real binary: the `mailto:` unsubscribe at the bounce
+//! endpoint over SMTP, `sub add --confirm`, and `rundbrief http serve`.
+#![cfg(unix)]
+
+use assert_cmd::Command;
+use rundbrief_core::{Purpose, Secret, Signer};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("rundbrief").unwrap();
+        c.current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cmd().args(args).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `rundbrief init`, then a bounce domain, a From and a public URL;
+    /// returns the signer for the generated secret.
+    fn configure(&self) -> Signer {
+        self.cmd().arg("init").assert().success();
+        let cfg = std::fs::read_to_string(self.path("rundbrief.toml")).unwrap();
+        let secret = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("secret = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let cfg = cfg
+            .replace(
+                "# bounce_domain = \"bounce.example.org\"",
+                "bounce_domain = \"bounce.example.org\"",
+            )
+            .replace(
+                "# from = \"Newsletter <news@example.org>\"",
+                "from = \"Newsletter <news@example.org>\"",
+            )
+            .replace(
+                "# public_url = \"https://news.example.org\"",
+                "public_url = \"https://news.example.org\"",
+            );
+        std::fs::write(self.path("rundbrief.toml"), cfg).unwrap();
+        Signer::new(Secret::new(secret), None)
+    }
+
+    /// Starts a server command that announces `listening on 127.0.0.1:PORT`.
+    fn start(&self, args: &[&str]) -> Server {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut port = None;
+        for _ in 0..20 {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                port = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|p| p.parse().ok());
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let port = port.unwrap_or_else(|| panic!("{args:?} did not say where it listens"));
+        Server { child, port }
+    }
+
+    fn membership(&self, email: &str, list: &str) -> (String, Value) {
+        let d = self.json(&["sub", "show", email]);
+        let m = d["memberships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["list"] == list)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (m, d["audit"].as_array().unwrap().last().unwrap().clone())
+    }
+}
+
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One SMTP conversation; returns every reply line.
+fn smtp(port: u16, rcpts: &[&str], body: &str) -> Vec<String> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut replies = Vec::new();
+    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let done = l.as_bytes().get(3) != Some(&b'-');
+        replies.push(l.trim_end().to_string());
+        if done {
+            break;
+        }
+    };
+    read_reply(&mut r);
+    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
+        w.write_all(c.as_bytes()).unwrap();
+        read_reply(r);
+    };
+    cmd(&mut w, &mut r, "EHLO mx.example.net\r\n");
+    cmd(&mut w, &mut r, "MAIL FROM:<ann@example.org>\r\n");
+    for rcpt in rcpts {
+        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
+    }
+    cmd(&mut w, &mut r, "DATA\r\n");
+    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
+    cmd(&mut w, &mut r, "QUIT\r\n");
+    replies
+}
+
+/// One HTTP/1.1 request; returns status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: news.example.org\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, out.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// Creates a campaign on `news` through the store API and returns
+/// (delivery id, email) of its deliveries.
+fn deliveries(e: &Env) -> Vec<(uuid::Uuid, String)> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+        let store = rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url))
+            .await
+            .unwrap();
+        let c = store
+            .create_campaign(&rundbrief_store::NewCampaign {
+                name: "issue-1".into(),
+                lists: vec!["news".into()],
+                subject: "s".into(),
+                content: "c".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        store.materialise_deliveries(c.id).await.unwrap();
+        let d = store.deliveries(c.id).await.unwrap();
+        store.close().await.unwrap();
+        d.into_iter().map(|d| (d.delivery_id, d.email)).collect()
+    })
+}
+
+#[test]
+fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
+    let e = Env::new();
+    let signer = e.configure();
+    e.json(&["list", "create", "news"]);
+    e.json(&["list", "create", "other"]);
+    for who in ["ann@example.org", "bob@example.org"] {
+        e.json(&["sub", "add", who, "--list", "news"]);
+        e.json(&["sub", "add", who, "--list", "other"]);
+    }
+    let ann = deliveries(&e)
+        .into_iter()
+        .find(|(_, email)| email == "ann@example.org")
+        .unwrap()
+        .0;
+    let token = signer.sign(Purpose::UnsubscribeMail, ann.as_bytes());
+    let good = format!("unsub-{token}@bounce.example.org");
+    let endpoint = e.start(&["bounce", "serve", "--listen", "127.0.0.1:0"]);
+
+    // Forged, altered, other purpose: refused at RCPT, nothing stored.
+    let mut altered = good.clone().into_bytes();
+    altered[8] = if altered[8] == b'a' { b'b' } else { b'a' };
+    let verp_token = signer.sign(Purpose::Verp, ann.as_bytes());
+    for bad in [
+        String::from_utf8(altered).unwrap(),
+        format!("unsub-{verp_token}@bounce.example.org"),
+        "unsub-abc@bounce.example.org".to_string(),
+    ] {
+        let replies = smtp(endpoint.port, &[&bad], "Subject: unsubscribe\r\n\r\nplease");
+        assert!(
+            replies.iter().any(|l| l.starts_with("550 5.1.1")),
+            "{bad}: {replies:?}"
+        );
+        assert!(
+            !replies.iter().any(|l| l.starts_with("250 2.0.0")),
+            "{bad}: {replies:?}"
+        );
+    }
+    assert_eq!(e.membership("ann@example.org", "news").0, "subscribed");
+
+    // The real one, upper-cased by some MTA on the way: stored, then unsubscribed, before 250.
+    let replies = smtp(
+        endpoint.port,
+        &[&good.to_uppercase()],
+        "Subject: unsubscribe\r\n\r\nplease",
+    );
+    assert!(
+        replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
+        "{replies:?}"
+    );
+    let (status, last) = e.membership("ann@example.org", "news");
+    assert_eq!(status, "unsubscribed");
+    assert_eq!(last["actor"], "mailto", "{last}");
+    assert_eq!(last["action"], "unsubscribed", "{last}");
+    assert_eq!(
+        e.membership("ann@example.org", "other").0,
+        "subscribed",
+        "only the campaign's list"
+    );
+    assert_eq!(
+        e.membership("bob@example.org", "news").0,
+        "subscribed",
+        "nobody else"
+    );
+    drop(endpoint);
+    let stored = e.json(&["bounce", "ls"]);
+    let stored = stored.as_array().unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(
+        stored[0]["rcpt"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&good)
+    );
+}
+
+#[test]
+fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() {
+    let e = Env::new();
+    let signer = e.configure();
+    let list = e.json(&["list", "create", "news"]);
+    std::fs::create_dir(e.path("mail")).unwrap();
+    let sink = e.start(&[
+        "sink",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        "mail",
+        "--no-tls",
+    ]);
+    let relay = format!("smtp://127.0.0.1:{}", sink.port);
+
+    let out = e.json(&[
+        "sub",
+        "add",
+        "nina@example.org",
+        "--list",
+        "news",
+        "--confirm",
+        "--relay",
+        &relay,
+    ]);
+    assert_eq!(out["confirmation_sent"], true, "{out}");
+    assert_eq!(e.membership("nina@example.org", "news").0, "unconfirmed");
+    // The relay said 250, so the sink has stored it.
+    let mails: Vec<_> = std::fs::read_dir(e.path("mail"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    assert_eq!(mails.len(), 1);
+    let mail = std::fs::read_to_string(&mails[0]).unwrap();
+    assert!(mail.contains("Delivered-To: <nina@example.org>"), "{mail}");
+    let b64: String = mail
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    use base64::Engine;
+    let body = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let path = body
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("https://news.example.org"))
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string();
+    assert!(path.starts_with("/c/"), "{path}");
+
+    let web = e.start(&["http", "serve", "--listen", "127.0.0.1:0"]);
+    let (status, page) = http(web.port, "GET", &path, "");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        e.membership("nina@example.org", "news").0,
+        "unconfirmed",
+        "GET changes nothing"
+    );
+    let (status, page) = http(web.port, "POST", &path, "confirm=yes");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(e.membership("nina@example.org", "news").0, "subscribed");
+
+    // The one-click link our campaigns carry.
+    let sub: uuid::Uuid = e.json(&["sub", "show", "nina@example.org"])["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let list: uuid::Uuid = list["id"].as_str().unwrap().parse().unwrap();
+    let token = signer.sign(
+        Purpose::UnsubscribeLink,
+        &[sub.as_bytes().as_slice(), list.as_bytes()].concat(),
+    );
+    let (status, _) = http(
+        web.port,
+        "POST",
+        &format!("/u/{token}x"),
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(e.membership("nina@example.org", "news").0, "subscribed");
+    let (status, page) = http(
+        web.port,
+        "POST",
+        &format!("/u/{token}"),
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(status, 200, "{page}");
+    let (state, last) = e.membership("nina@example.org", "news");
+    assert_eq!(state, "unsubscribed");
+    assert_eq!(last["actor"], "http");
+}

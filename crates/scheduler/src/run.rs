@@ -1,0 +1,366 @@
+//! Running one campaign: claim a leased batch of due deliveries, render and
+//! send each through the sender (throttled), record outcomes in groups,
+//! repeat until nothing is left, the campaign is paused or cancelled, the
+//! send window closes, or the process is asked to stop.
+
+use crate::clock::Clock;
+use crate::retry::{Retry, RetryPolicy};
+use crate::schedule::{Window, parse_tz};
+use chrono::{DateTime, Utc};
+use rundbrief_core::{CampaignState, DeliveryState};
+use rundbrief_sender::throttle::Throttle;
+use rundbrief_sender::{Delivery, Outcome, SendError, Sender};
+use rundbrief_store::{CampaignCounts, DeliveryOutcome, PendingDelivery, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Longest time between two outcome records (progress and pause checks).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the caller supplies per campaign: the renderer and what happens
+/// after a synchronous bounce. Keeps templates and bounce policy out of
+/// this crate.
+#[async_trait::async_trait]
+pub trait Hooks: Send + Sync {
+    /// The complete message for one delivery, or why it cannot be built.
+    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String>;
+    /// A 5xx at RCPT or DATA: classify and score it like a bounce.
+    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), String>;
+    /// Every outcome, for metrics: recipient domain, final state, send time.
+    fn observe(&self, _domain: &str, _state: DeliveryState, _latency: Duration) {}
+}
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// This worker's name in leases (unique per process).
+    pub owner: String,
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Deliveries claimed per batch.
+    pub batch: u64,
+    /// How long a claim is ours; a dead worker's claims return after it.
+    pub lease: Duration,
+    /// Outcomes recorded per transaction.
+    pub record_every: usize,
+    pub retry: RetryPolicy,
+    /// Wait for retries and for the send window instead of returning.
+    pub wait: bool,
+}
+
+impl RunConfig {
+    pub fn new(owner: impl Into<String>, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        RunConfig {
+            owner: owner.into(),
+            concurrency,
+            batch: (concurrency as u64 * 8).clamp(16, 1000),
+            lease: Duration::from_secs(120),
+            record_every: 32,
+            retry: RetryPolicy::default(),
+            wait: true,
+        }
+    }
+}
+
+/// Why a run returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every delivery has a final outcome; the campaign is finished.
+    Finished,
+    /// Paused or cancelled meanwhile (the state it has now).
+    Stopped(CampaignState),
+    /// Only retries later than now are left (`wait` off).
+    RetriesLater(DateTime<Utc>),
+    /// Outside the send window until then (`wait` off).
+    WindowClosed(DateTime<Utc>),
+    /// The process is shutting down; in-flight sends were finished.
+    Shutdown,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub ended: Ended,
+    pub counts: CampaignCounts,
+    /// Outcomes recorded by this run (deferrals included).
+    pub attempts: u64,
+    /// Final outcomes (sent, rejected, failed) recorded by this run.
+    pub done: u64,
+    pub seconds: f64,
+}
+
+/// Errors that end a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] rundbrief_store::StoreError),
+    #[error("campaign schedule: {0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
+    #[error("a send task failed: {0}")]
+    Task(String),
+}
+
+/// Everything a run needs.
+pub struct Runner {
+    pub store: Store,
+    pub sender: Arc<Sender>,
+    pub throttle: Arc<Throttle>,
+    pub hooks: Arc<dyn Hooks>,
+    pub clock: Arc<dyn Clock>,
+    pub config: RunConfig,
+}
+
+impl Runner {
+    /// Runs `campaign_id` (which must be `running`) until it ends; see [`Ended`].
+    /// `progress` is called with the number of final outcomes after each group.
+    pub async fn run(
+        &self,
+        campaign_id: uuid::Uuid,
+        stop: &CancellationToken,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let store = &self.store;
+        let sched = store.campaign_schedule(campaign_id).await?;
+        let window = match (&sched.schedule.window_start, &sched.schedule.window_end) {
+            (Some(a), Some(b)) => Window::from_parts(a, b),
+            _ => None,
+        };
+        let tz = parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC"))?;
+        if store.campaign_state(campaign_id).await? == CampaignState::Running {
+            let added = store.materialise_deliveries(campaign_id).await?;
+            tracing::info!(campaign = %sched.name, added, "recipients materialised");
+        }
+        let (mut attempts, mut done) = (0u64, 0u64);
+        let ended = loop {
+            if stop.is_cancelled() {
+                break Ended::Shutdown;
+            }
+            let state = store.campaign_state(campaign_id).await?;
+            if state != CampaignState::Running {
+                break Ended::Stopped(state);
+            }
+            let now = self.clock.now();
+            if let Some(w) = window
+                && !w.contains(tz, now)
+            {
+                let opens = w.opens_at(tz, now);
+                if !self.config.wait {
+                    break Ended::WindowClosed(opens);
+                }
+                tracing::info!(campaign = %sched.name, %opens, "outside the send window; waiting");
+                self.sleep_until(opens, stop).await;
+                continue;
+            }
+            let lease_until = now
+                + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::minutes(2));
+            let batch = store
+                .claim_deliveries(campaign_id, &self.config.owner, now, lease_until, self.config.batch)
+                .await?;
+            if batch.is_empty() {
+                if store.finish_if_done(campaign_id).await? {
+                    break Ended::Finished;
+                }
+                let next = store
+                    .next_work_at(campaign_id)
+                    .await?
+                    .unwrap_or(now + chrono::Duration::seconds(1));
+                if !self.config.wait {
+                    break Ended::RetriesLater(next);
+                }
+                self.sleep_until(next, stop).await;
+                continue;
+            }
+            let (a, d) = self.send_batch(campaign_id, batch, stop, progress, done).await?;
+            attempts += a;
+            done += d;
+        };
+        if matches!(ended, Ended::Shutdown | Ended::Stopped(_)) {
+            // Claimed but never started: back to the pool for whoever continues.
+            store.release_claims(campaign_id, &self.config.owner).await?;
+        }
+        let mut counts = store.campaign_counts(campaign_id).await?;
+        counts.state = store.campaign_state(campaign_id).await?.to_string();
+        Ok(RunReport {
+            ended,
+            counts,
+            attempts,
+            done,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Sleeps until `at` by the injected clock, in real steps of at most one
+    /// second (so a pause, a stop or a moved test clock is noticed).
+    async fn sleep_until(&self, at: DateTime<Utc>, stop: &CancellationToken) {
+        let left = (at - self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(left) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+
+    /// Sends one claimed batch; returns (outcomes recorded, final outcomes).
+    async fn send_batch(
+        &self,
+        campaign_id: uuid::Uuid,
+        batch: Vec<PendingDelivery>,
+        stop: &CancellationToken,
+        progress: &(dyn Fn(u64) + Sync),
+        done_before: u64,
+    ) -> Result<(u64, u64), RunError> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut unsent = Vec::new();
+        let mut it = batch.into_iter();
+        let mut pending_records: Vec<DeliveryOutcome> = Vec::new();
+        let mut rejections: Vec<(PendingDelivery, SendError)> = Vec::new();
+        let (mut attempts, mut done) = (0u64, 0u64);
+        let mut last_flush = Instant::now();
+        let mut halted = false;
+        loop {
+            // Start sends while there are permits; record finished ones as they come.
+            let next = if stop.is_cancelled() || halted { None } else { it.next() };
+            let Some(d) = next else { break };
+            let permit = tokio::select! {
+                p = Arc::clone(&limit).acquire_owned() => p.map_err(|e| RunError::Task(e.to_string()))?,
+                () = stop.cancelled() => { unsent.push(d); break; }
+            };
+            let rendered = self.hooks.render(&d);
+            let (sender, throttle) = (Arc::clone(&self.sender), Arc::clone(&self.throttle));
+            tasks.spawn(async move {
+                let t0 = Instant::now();
+                let outcome = match rendered {
+                    Ok(bytes) => {
+                        let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
+                        let _slot = throttle.acquire(&domain).await;
+                        let o = sender
+                            .send(Delivery {
+                                id: d.delivery_id,
+                                to: d.email.clone(),
+                                message: Arc::from(bytes),
+                            })
+                            .await;
+                        let reply = o.error().and_then(|e| e.reply());
+                        throttle.report(
+                            &domain,
+                            reply.map(|r| r.code),
+                            reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
+                            o.is_sent(),
+                        );
+                        Ok(o)
+                    }
+                    Err(e) => Err(e),
+                };
+                drop(permit);
+                (d, outcome, t0.elapsed())
+            });
+            while let Some(r) = tasks.try_join_next() {
+                let (a, f) = self.settle(r, &mut pending_records, &mut rejections).await?;
+                attempts += a;
+                done += f;
+            }
+            if pending_records.len() >= self.config.record_every
+                || last_flush.elapsed() >= FLUSH_INTERVAL
+            {
+                self.flush(&mut pending_records, &mut rejections).await?;
+                progress(done_before + done);
+                last_flush = Instant::now();
+                // A pause or cancel takes effect within one flush interval:
+                // sends in flight finish, the rest of the batch is released.
+                halted = self.store.campaign_state(campaign_id).await? != CampaignState::Running;
+            }
+        }
+        unsent.extend(it);
+        while let Some(r) = tasks.join_next().await {
+            let (a, f) = self.settle(r, &mut pending_records, &mut rejections).await?;
+            attempts += a;
+            done += f;
+            if pending_records.len() >= self.config.record_every {
+                self.flush(&mut pending_records, &mut rejections).await?;
+                progress(done_before + done);
+            }
+        }
+        self.flush(&mut pending_records, &mut rejections).await?;
+        progress(done_before + done);
+        // Claimed but never started (shutdown): the caller releases the claims.
+        drop(unsent);
+        Ok((attempts, done))
+    }
+
+    /// Records a group of outcomes, then hands the synchronous bounces among
+    /// them to the hooks (after, so the delivery is `rejected` before the
+    /// bounce policy looks at it).
+    async fn flush(
+        &self,
+        records: &mut Vec<DeliveryOutcome>,
+        rejections: &mut Vec<(PendingDelivery, SendError)>,
+    ) -> Result<(), RunError> {
+        self.store.record_outcomes(records).await?;
+        records.clear();
+        for (d, error) in rejections.drain(..) {
+            if let Err(e) = self.hooks.rejected(&d, &error).await {
+                tracing::warn!(delivery = %d.delivery_id, "could not classify a synchronous bounce: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns one finished send into the outcome to record.
+    async fn settle(
+        &self,
+        joined: Result<
+            (PendingDelivery, Result<Outcome, String>, Duration),
+            tokio::task::JoinError,
+        >,
+        records: &mut Vec<DeliveryOutcome>,
+        rejections: &mut Vec<(PendingDelivery, SendError)>,
+    ) -> Result<(u64, u64), RunError> {
+        let (d, outcome, latency) = joined.map_err(|e| RunError::Task(e.to_string()))?;
+        let now = self.clock.now();
+        let (state, error, next) = match &outcome {
+            Err(render_error) => (DeliveryState::Failed, Some(format!("render: {render_error}")), None),
+            Ok(Outcome::Sent { .. }) => (DeliveryState::Sent, None, None),
+            Ok(Outcome::Rejected { error }) => (DeliveryState::Rejected, Some(error.to_string()), None),
+            Ok(Outcome::Failed { error }) => (DeliveryState::Failed, Some(error.to_string()), None),
+            Ok(Outcome::Deferred { error }) => {
+                let first = d.first_attempt_at.unwrap_or(now);
+                match self.config.retry.after_deferral(
+                    d.delivery_id,
+                    (d.attempts + 1).max(1) as u32,
+                    first,
+                    now,
+                ) {
+                    Retry::At(at) => (DeliveryState::Deferred, Some(error.to_string()), Some(at)),
+                    Retry::GiveUp => (
+                        DeliveryState::Failed,
+                        Some(format!(
+                            "deferred since {} (past the maximum age of {} s): {error}",
+                            first.format("%Y-%m-%d %H:%M:%S UTC"),
+                            self.config.retry.max_age.as_secs()
+                        )),
+                        None,
+                    ),
+                }
+            }
+        };
+        let domain = d.email.rsplit('@').next().unwrap_or_default();
+        self.hooks.observe(domain, state, latency);
+        records.push(DeliveryOutcome {
+            delivery_id: d.delivery_id,
+            state,
+            error,
+            next_attempt_at: next,
+        });
+        if let Ok(Outcome::Rejected { error }) = outcome {
+            rejections.push((d, error));
+        }
+        Ok((1, u64::from(state != DeliveryState::Deferred)))
+    }
+}

@@ -1,0 +1,220 @@
+//! Work claiming: leases, outcomes, retries, schedules and runs, on SQLite
+//! and (when configured) PostgreSQL.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use rundbrief_core::{Actor, Address, Attributes, CampaignState, DeliveryState};
+use rundbrief_store::{DeliveryOutcome, NewCampaign, Schedule, Store};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+async fn campaign_with(s: &Store, name: &str, n: usize) -> Uuid {
+    if s.find_list("news").await.unwrap().is_none() {
+        s.create_list("news", None).await.unwrap();
+    }
+    for i in 0..n {
+        s.add_subscriber(
+            &Address::parse(&format!("{name}{i}@example.org")).unwrap(),
+            "news",
+            None,
+            Attributes::new(),
+            false,
+            Actor::Cli,
+            "t",
+        )
+        .await
+        .unwrap();
+    }
+    let c = s
+        .create_campaign(&NewCampaign {
+            name: name.into(),
+            lists: vec!["news".into()],
+            subject: "s".into(),
+            content: "c".into(),
+            content_kind: "markdown".into(),
+            layout: None,
+            from: None,
+            relay: None,
+        })
+        .await
+        .unwrap();
+    s.set_campaign_state(c.id, CampaignState::Running)
+        .await
+        .unwrap();
+    s.materialise_deliveries(c.id).await.unwrap();
+    c.id
+}
+
+fn outcome(id: Uuid, state: DeliveryState) -> DeliveryOutcome {
+    DeliveryOutcome {
+        delivery_id: id,
+        state,
+        error: None,
+        next_attempt_at: None,
+    }
+}
+
+#[tokio::test]
+async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "w", 25).await;
+        let now = Utc::now();
+        let lease = now + Duration::seconds(60);
+        let a = s.claim_deliveries(c, "A", now, lease, 10).await.unwrap();
+        let bb = s.claim_deliveries(c, "B", now, lease, 10).await.unwrap();
+        assert_eq!((a.len(), bb.len()), (10, 10), "{b}");
+        let ids_a: HashSet<_> = a.iter().map(|d| d.delivery_id).collect();
+        assert!(bb.iter().all(|d| !ids_a.contains(&d.delivery_id)), "{b}: disjoint");
+        assert!(a.iter().all(|d| d.first_attempt_at.is_some()), "{b}");
+        let counts = s.campaign_counts(c).await.unwrap();
+        assert_eq!((counts.pending, counts.sending), (25, 20), "{b}");
+
+        // B dies. Before its lease ends nobody gets its rows; after, they return.
+        let c_rest = s.claim_deliveries(c, "C", now, lease, 100).await.unwrap();
+        assert_eq!(c_rest.len(), 5, "{b}: only the unclaimed");
+        assert!(s.claim_deliveries(c, "C", now, lease, 100).await.unwrap().is_empty());
+        let later = now + Duration::seconds(61);
+        let reclaimed = s
+            .claim_deliveries(c, "C", later, later + Duration::seconds(60), 100)
+            .await
+            .unwrap();
+        let reclaimed: HashSet<_> = reclaimed.iter().map(|d| d.delivery_id).collect();
+        // A's and C's leases ended too (same instant); what matters: B's rows are back.
+        assert!(bb.iter().all(|d| reclaimed.contains(&d.delivery_id)), "{b}");
+
+        // Record everything: A sent, a bounced one stays bounced, one deferred.
+        let all: Vec<_> = a.iter().chain(&bb).chain(&c_rest).map(|d| d.delivery_id).collect();
+        let target = s.delivery_target(all[0]).await.unwrap().unwrap();
+        s.record_bounce_score(&target, None).await.unwrap();
+        let retry_at = later + Duration::seconds(30);
+        let mut outs: Vec<_> = all.iter().map(|id| outcome(*id, DeliveryState::Sent)).collect();
+        outs[1] = DeliveryOutcome {
+            delivery_id: all[1],
+            state: DeliveryState::Deferred,
+            error: Some("451 4.7.1 later".into()),
+            next_attempt_at: Some(retry_at),
+        };
+        s.record_outcomes(&outs).await.unwrap();
+        let counts = s.campaign_counts(c).await.unwrap();
+        assert_eq!(
+            (counts.sent, counts.bounced, counts.deferred, counts.sending, counts.pending),
+            (23, 1, 1, 0, 0),
+            "{b}: {counts:?}"
+        );
+        assert!(!s.finish_if_done(c).await.unwrap(), "{b}: one deferred left");
+        assert_eq!(s.next_work_at(c).await.unwrap().map(|t| t.timestamp()), Some(retry_at.timestamp()), "{b}");
+        // Not due before its time, due after.
+        assert!(s.claim_deliveries(c, "A", later, lease, 10).await.unwrap().is_empty(), "{b}");
+        let due = s
+            .claim_deliveries(c, "A", retry_at, retry_at + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1, "{b}");
+        assert_eq!(due[0].attempts, 1, "{b}");
+        s.record_outcomes(&[outcome(all[1], DeliveryState::Failed)]).await.unwrap();
+        assert!(s.finish_if_done(c).await.unwrap(), "{b}");
+        assert_eq!(s.campaign_state(c).await.unwrap(), CampaignState::Finished);
+
+        // retry-failed: the failed one is pending again and the campaign runs.
+        assert_eq!(s.retry_failed("w").await.unwrap(), 1, "{b}");
+        assert_eq!(s.campaign_state(c).await.unwrap(), CampaignState::Running);
+        let again = s.claim_deliveries(c, "A", Utc::now(), lease, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{b}");
+        assert_eq!(again[0].attempts, 0, "{b}: attempts start over");
+    }
+}
+
+#[tokio::test]
+async fn released_claims_return_at_once() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "r", 6).await;
+        let now = Utc::now();
+        let got = s
+            .claim_deliveries(c, "A", now, now + Duration::seconds(600), 4)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 4, "{b}");
+        assert_eq!(s.release_claims(c, "B").await.unwrap(), 0, "{b}: not B's");
+        assert_eq!(s.release_claims(c, "A").await.unwrap(), 4, "{b}");
+        let all = s
+            .claim_deliveries(c, "B", now, now + Duration::seconds(600), 100)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 6, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_delivery() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "k", 200).await;
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let now = Utc::now();
+                    let got = s
+                        .claim_deliveries(c, &format!("w{w}"), now, now + Duration::seconds(600), 7)
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        break mine;
+                    }
+                    mine.extend(got.into_iter().map(|d| d.delivery_id));
+                }
+            }));
+        }
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        for t in tasks {
+            for id in t.await.unwrap() {
+                total += 1;
+                assert!(seen.insert(id), "{b}: {id} claimed twice");
+            }
+        }
+        assert_eq!(total, 200, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn recurring_runs_are_created_once_per_occurrence() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let parent = campaign_with(s, "weekly", 3).await;
+        s.set_campaign_state(parent, CampaignState::Draft).await.unwrap();
+        s.schedule_campaign(
+            "weekly",
+            &Schedule {
+                cron: Some("0 9 * * TUE".into()),
+                tz: Some("Europe/Berlin".into()),
+                window_start: Some("08:00".into()),
+                window_end: Some("20:00".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let sc = s.campaign_schedule(parent).await.unwrap();
+        assert_eq!(sc.state, CampaignState::Scheduled, "{b}");
+        assert_eq!(sc.schedule.cron.as_deref(), Some("0 9 * * TUE"));
+        let occ = Utc::now();
+        let run = s.create_run(parent, None, occ, "weekly@1").await.unwrap();
+        let run = run.expect("first");
+        // A second worker with the same view loses the compare-and-set.
+        assert_eq!(s.create_run(parent, None, occ, "weekly@1b").await.unwrap(), None, "{b}");
+        assert_eq!(s.campaign_state(run).await.unwrap(), CampaignState::Running);
+        assert_eq!(s.materialise_deliveries(run).await.unwrap(), 3, "{b}: own snapshot");
+        let rs = s.campaign_schedule(run).await.unwrap();
+        assert_eq!(rs.schedule.window_start.as_deref(), Some("08:00"), "{b}: window copied");
+        assert_eq!(s.campaign_runs(parent).await.unwrap().len(), 1, "{b}");
+        let p = s.campaign_schedule(parent).await.unwrap();
+        assert_eq!(p.state, CampaignState::Scheduled, "{b}: the parent stays scheduled");
+        assert_eq!(p.last_run_at.map(|t| t.timestamp()), Some(occ.timestamp()), "{b}");
+    }
+}
