@@ -1,69 +1,10 @@
 //! The real `rundbrief` binary against a temporary SQLite file per test.
 
-use assert_cmd::Command;
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::Path;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("rundbrief").unwrap();
-        c.current_dir(self.dir.path());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c
-    }
-
-    /// Runs, expects success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-    }
-
-    /// Runs, expects failure, returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            !out.status.success(),
-            "{args:?} should have failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> String {
-        std::fs::write(self.dir.path().join(name), bytes).unwrap();
-        name.to_string()
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 #[test]
 fn init_writes_a_private_config_with_a_secret() {
@@ -617,119 +558,6 @@ fn campaign_with_deliveries(e: &Env, name: &str) -> Vec<rundbrief_store::Deliver
     })
 }
 
-/// Also sets sending.from and sending.public_url (after `endpoint_config`).
-fn sending_config(e: &Env) {
-    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
-    let cfg = cfg
-        .replace(
-            "# from = \"Newsletter <news@example.org>\"",
-            "from = \"Newsletter <news@example.org>\"",
-        )
-        .replace(
-            "# public_url = \"https://news.example.org\"",
-            "public_url = \"https://news.example.org\"",
-        );
-    e.write("rundbrief.toml", cfg.as_bytes());
-}
-
-/// Starts a long-running `rundbrief` server command (its args must make it
-/// listen on 127.0.0.1:0) and returns the child and the port it announced
-/// on stderr. The rest of stderr is drained so the child never writes into a
-/// closed pipe.
-#[cfg(unix)]
-fn start_server(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
-        .current_dir(e.dir.path())
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut port = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok());
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (
-        child,
-        port.unwrap_or_else(|| panic!("{args:?} did not say where it listens")),
-    )
-}
-
-/// Waits (at most 20 s) until `n` stored bounces are parsed; the callers
-/// assert on what they find afterwards.
-#[cfg(unix)]
-fn wait_for_parsed(e: &Env, n: usize) {
-    for _ in 0..400 {
-        if e.json(&["bounce", "ls", "--state", "parsed"])
-            .as_array()
-            .unwrap()
-            .len()
-            == n
-        {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// Starts `rundbrief sink` on a free loopback port.
-#[cfg(unix)]
-fn start_sink(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
-    start_server(
-        e,
-        &[&["sink", "--listen", "127.0.0.1:0", "--json"], args].concat(),
-    )
-}
-
-/// One SMTP conversation; returns every reply line.
-#[cfg(unix)]
-fn smtp(port: u16, from: &str, rcpts: &[&str], body: &str) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut replies = Vec::new();
-    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let done = l.as_bytes().get(3) != Some(&b'-');
-        replies.push(l.trim_end().to_string());
-        if done {
-            break;
-        }
-    };
-    read_reply(&mut r);
-    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
-        w.write_all(c.as_bytes()).unwrap();
-        read_reply(r);
-    };
-    cmd(&mut w, &mut r, "EHLO test.example\r\n");
-    cmd(&mut w, &mut r, &format!("MAIL FROM:<{from}>\r\n"));
-    for rcpt in rcpts {
-        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
-    }
-    cmd(&mut w, &mut r, "DATA\r\n");
-    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
-    cmd(&mut w, &mut r, "QUIT\r\n");
-    replies
-}
-
 #[cfg(unix)]
 #[test]
 fn sink_stores_the_envelope_applies_rules_and_bounces() {
@@ -914,58 +742,6 @@ fn render_needs_the_secret_and_keeps_subscriber_data_out_of_headers() {
             .unwrap()
             .starts_with(b"From: Newsletter <news@example.org>\r\n")
     );
-}
-
-/// Writes a config with a secret and a bounce domain; returns the VERP codec for it.
-fn endpoint_config(e: &Env) -> rundbrief_core::Verp {
-    e.cmd().arg("init").assert().success();
-    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
-    let secret = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("secret = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    let cfg = cfg.replace(
-        "# bounce_domain = \"bounce.example.org\"",
-        "bounce_domain = \"bounce.example.org\"",
-    );
-    e.write("rundbrief.toml", cfg.as_bytes());
-    rundbrief_core::Verp::new(
-        rundbrief_core::Signer::new(rundbrief_core::Secret::new(secret), None),
-        "b",
-        "bounce.example.org",
-    )
-}
-
-/// Starts `rundbrief bounce serve` on a free loopback port.
-#[cfg(unix)]
-fn start_endpoint(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
-    start_server(
-        e,
-        &[&["bounce", "serve", "--listen", "127.0.0.1:0"], args].concat(),
-    )
-}
-
-/// Stops a server with SIGINT and returns what it printed on stdout (the
-/// sink's JSON summary: messages, bounces_sent, bounces_failed, …).
-#[cfg(unix)]
-fn stop_output(child: std::process::Child) -> String {
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-}
-
-#[cfg(unix)]
-fn stop(child: std::process::Child, signal: &str) {
-    std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut child = child;
-    child.wait().unwrap();
 }
 
 #[cfg(unix)]
@@ -1836,24 +1612,6 @@ fn a_complaint_at_the_abuse_address_unsubscribes_the_complainer() {
     );
 }
 
-/// Recipients of the messages in a sink spool (one Delivered-To each).
-#[cfg(unix)]
-fn spool_recipients(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|f| {
-                std::fs::read_to_string(f.unwrap().path())
-                    .unwrap()
-                    .lines()
-                    .find(|l| l.starts_with("Delivered-To:"))
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A list `news` of `n` subscribers r000@example.org… and a draft campaign `c`.
 #[cfg(unix)]
 fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
@@ -2074,18 +1832,6 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
     stop(serve, "-TERM");
     stop(sink, "-INT");
     assert_eq!(spool_recipients(&e.path("spool")).len(), 25);
-}
-
-/// A plain HTTP/1.1 GET on loopback; returns the body.
-#[cfg(unix)]
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
 }
 
 #[cfg(unix)]

@@ -1,36 +1,10 @@
 //! `rundbrief demo` end to end: the real binary, a small list, its JSON
 //! contract, and the database it leaves behind.
 
-use assert_cmd::Command;
+mod common;
+
+use common::*;
 use serde_json::Value;
-use std::path::Path;
-
-fn rundbrief(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("rundbrief").unwrap();
-    c.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = rundbrief(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// The demo's shares, computed here on their own (see `rundbrief demo
 /// --help`): 3 % unknown at RCPT, 2 % bounced by DSN, 1 % greylisted, at
@@ -59,7 +33,7 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
     let dir = tmp.path().join("demo");
     let d = dir.to_str().unwrap();
     let n = 60;
-    let s = json(
+    let s = json_in(
         tmp.path(),
         &["demo", "--subscribers", "60", "--json", "--dir", d],
     );
@@ -84,7 +58,7 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
     );
 
     // The database in DIR says the same, through the commands the demo suggests.
-    let bounced = json(
+    let bounced = json_in(
         &dir,
         &[
             "sub", "ls", "--status", "bounced", "--list", "demo", "--limit", "0", "--json",
@@ -103,7 +77,7 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
             .all(|e| e.starts_with("nobody") || e.starts_with("moved")),
         "only the dead ones are bounced: {emails:?}"
     );
-    let all = json(
+    let all = json_in(
         &dir,
         &["sub", "ls", "--list", "demo", "--limit", "0", "--json"],
     );
@@ -125,12 +99,12 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
     }
     assert_eq!(status_of("grumpy"), ["unsubscribed"]);
     // Why an address was pruned is on record.
-    let pruned = json(&dir, &["sub", "show", emails[0], "--json"]);
+    let pruned = json_in(&dir, &["sub", "show", emails[0], "--json"]);
     let last = pruned["audit"].as_array().unwrap().last().unwrap().clone();
     assert!(last["reason"].as_str().unwrap().contains("5.1.1"), "{last}");
 
     // A second run in the same directory is refused: it needs a fresh one.
-    let again = rundbrief(tmp.path())
+    let again = rundbrief_in(tmp.path())
         .args(["demo", "--subscribers", "10", "--dir", d])
         .output()
         .unwrap();
@@ -142,92 +116,12 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
     );
 }
 
-/// Starts a long-running `rundbrief` server command listening on
-/// 127.0.0.1:0 and returns it with the port it announced on stderr.
-#[cfg(unix)]
-fn start_server(dir: &Path, args: &[&str]) -> (std::process::Child, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
-        .current_dir(dir)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut port = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok());
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (
-        child,
-        port.unwrap_or_else(|| panic!("{args:?} did not say where it listens")),
-    )
-}
-
-/// Stops a server with SIGINT and returns its stdout.
-#[cfg(unix)]
-fn stop(child: std::process::Child) -> String {
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-}
-
-/// One SMTP transaction; returns every reply line.
-#[cfg(unix)]
-fn smtp(port: u16, from: &str, rcpts: &[&str], body: &str) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut replies = Vec::new();
-    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let done = l.as_bytes().get(3) != Some(&b'-');
-        replies.push(l.trim_end().to_string());
-        if done {
-            break;
-        }
-    };
-    read_reply(&mut r);
-    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
-        w.write_all(c.as_bytes()).unwrap();
-        read_reply(r);
-    };
-    cmd(&mut w, &mut r, "EHLO test.example\r\n");
-    cmd(&mut w, &mut r, &format!("MAIL FROM:<{from}>\r\n"));
-    for rcpt in rcpts {
-        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
-    }
-    cmd(&mut w, &mut r, "DATA\r\n");
-    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
-    cmd(&mut w, &mut r, "QUIT\r\n");
-    replies
-}
-
 #[cfg(unix)]
 #[test]
 fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (receiver, receiver_port) = start_server(
+    let (receiver, receiver_port) = start_server_in(
         dir,
         &[
             "sink",
@@ -238,7 +132,7 @@ fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
             "reports",
         ],
     );
-    let (sink, port) = start_server(
+    let (sink, port) = start_server_in(
         dir,
         &[
             "sink",
@@ -290,8 +184,8 @@ fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
     while emls().len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let counts: Value = serde_json::from_str(&stop(sink)).unwrap();
-    stop(receiver);
+    let counts: Value = serde_json::from_str(&stop_output(sink)).unwrap();
+    stop_output(receiver);
     assert_eq!(
         (
             &counts["messages"],
@@ -306,7 +200,7 @@ fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
     let mut seen: Vec<(String, String, String)> = emls()
         .iter()
         .map(|f| {
-            let v = json(dir, &["bounce", "parse", f.to_str().unwrap(), "--json"]);
+            let v = json_in(dir, &["bounce", "parse", f.to_str().unwrap(), "--json"]);
             (
                 v["kind"].as_str().unwrap().to_string(),
                 v["class"].as_str().unwrap().to_string(),

@@ -1,23 +1,14 @@
 //! `rundbrief dns records` and `rundbrief dkim keygen` through the real
 //! binary, each test in its own directory. Issue #9, "DKIM and DNS".
 
-use assert_cmd::Command;
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn cmd(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("rundbrief").unwrap();
-    c.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
 fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    cmd(dir)
+    rundbrief_in(dir)
         .args(args)
         .envs(envs.iter().copied())
         .output()
