@@ -154,21 +154,24 @@ impl AppState {
             }
         }
     }
+}
 
-    fn client_ip(&self, peer: Option<ClientAddr>, headers: &HeaderMap) -> IpAddr {
-        if self.0.cfg.trust_forwarded_for
-            && let Some(ip) = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .next_back()
-                .and_then(|s| s.trim().parse().ok())
-        {
-            return ip;
-        }
-        peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip())
+/// The client IP the rate limit counts: with `trust_forwarded_for`, the last
+/// `X-Forwarded-For` entry (the one our own proxy wrote; earlier ones are
+/// the client's word), else the connection's peer.
+fn client_ip(trust_forwarded_for: bool, peer: Option<ClientAddr>, headers: &HeaderMap) -> IpAddr {
+    if trust_forwarded_for
+        && let Some(ip) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|s| s.trim().parse().ok())
+    {
+        return ip;
     }
+    peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip())
 }
 
 async fn run_outbox(
@@ -440,7 +443,7 @@ async fn subscribe(
     headers: HeaderMap,
     form: Result<axum::Form<SubscribeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let ip = app.client_ip(peer.map(|p| p.0), &headers);
+    let ip = client_ip(app.0.cfg.trust_forwarded_for, peer.map(|p| p.0), &headers);
     if let Err(wait) = app.0.limits.check_ip(ip) {
         tracing::info!(%ip, "subscribe rate limit reached for this client");
         return pages::too_many(wait);
@@ -498,4 +501,58 @@ async fn subscribe(
         }
     }
     pages::check_inbox()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_ip_comes_from_the_proxy_only_when_trusted() {
+        let peer = Some(ClientAddr("10.0.0.1:4711".parse().unwrap()));
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 192.0.2.7"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.9"));
+        let ip = |trust, h: &HeaderMap| client_ip(trust, peer, h).to_string();
+        assert_eq!(ip(false, &h), "10.0.0.1");
+        assert_eq!(ip(true, &h), "198.51.100.9", "the last entry: our proxy's");
+        assert_eq!(ip(true, &HeaderMap::new()), "10.0.0.1");
+        let mut bad = HeaderMap::new();
+        bad.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(ip(true, &bad), "10.0.0.1");
+    }
+
+    #[test]
+    fn tokens_carry_two_or_three_ids_and_only_for_their_purpose() {
+        let signer = Signer::new(rundbrief_core::Secret::new("k".repeat(40)), None);
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let two = signer.sign(Purpose::UnsubscribeLink, &mail::member_payload(a, b));
+        assert_eq!(
+            member_token(&signer, Purpose::UnsubscribeLink, &two),
+            Some((a, b, None))
+        );
+        let three: Vec<u8> = [a, b, c].iter().flat_map(|u| *u.as_bytes()).collect();
+        let three = signer.sign(Purpose::UnsubscribeLink, &three);
+        assert_eq!(
+            member_token(&signer, Purpose::UnsubscribeLink, &three),
+            Some((a, b, Some(c)))
+        );
+        let confirm = signer.sign(
+            Purpose::Confirm,
+            &[a.as_bytes().as_slice(), b.as_bytes(), c.as_bytes()].concat(),
+        );
+        assert_eq!(
+            member_token(&signer, Purpose::Confirm, &confirm),
+            None,
+            "48 bytes only for links"
+        );
+        assert_eq!(member_token(&signer, Purpose::Confirm, &two), None);
+        assert_eq!(
+            member_token(&signer, Purpose::UnsubscribeLink, &two.to_uppercase()),
+            Some((a, b, None))
+        );
+    }
 }
