@@ -614,17 +614,27 @@ pub enum SmtpCmd {
     /// step prints a hint for the usual causes (port 25 blocked, 465 vs 587,
     /// self-signed certificate, AUTH before TLS, relay access denied). The
     /// exit code is non-zero when a step fails. The password for --auth is
-    /// read from RUNDBRIEF_SMTP_PASSWORD and never printed.
+    /// read from RUNDBRIEF_SMTP_PASSWORD and never printed. After STARTTLS
+    /// (or with --tls) the server's certificate is summarised: subject,
+    /// issuer, expiry and whether it is valid for HOST.
     Check {
         /// The relay: HOST or HOST:PORT (default port 25; 587 with --starttls; 465 with --tls).
-        target: String,
+        #[arg(required_unless_present = "relay", conflicts_with = "relay")]
+        target: Option<String>,
+        /// Check a configured relay instead of HOST: a [relays.NAME] (its
+        /// host, port, TLS mode, AUTH user and password, EHLO name) or a
+        /// relay URL. --starttls, --tls, --auth and --ehlo still override.
+        #[arg(long, value_name = "NAME|URL")]
+        relay: Option<String>,
         /// Require STARTTLS after EHLO (submission, port 587).
         #[arg(long, conflicts_with = "tls")]
         starttls: bool,
         /// Implicit TLS from the first byte (port 465).
         #[arg(long)]
         tls: bool,
-        /// Authenticate (AUTH PLAIN) as this user; password from RUNDBRIEF_SMTP_PASSWORD.
+        /// Authenticate (AUTH PLAIN, or LOGIN where PLAIN is not offered) as
+        /// this user; password from RUNDBRIEF_SMTP_PASSWORD. The password is
+        /// sent only when the server advertises AUTH.
         #[arg(long, value_name = "USER")]
         auth: Option<String>,
         /// MAIL FROM address. Default: a VERP return path when the secret and
@@ -634,9 +644,9 @@ pub enum SmtpCmd {
         /// Also try RCPT TO this address (sender/recipient verification).
         #[arg(long, value_name = "ADDR")]
         to: Option<String>,
-        /// Name to give in EHLO.
-        #[arg(long, default_value = "localhost")]
-        ehlo: String,
+        /// Name to give in EHLO. Default: the relay's ehlo_name, else localhost.
+        #[arg(long)]
+        ehlo: Option<String>,
         /// Seconds each step may take.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -666,7 +676,7 @@ pub enum CampaignCmd {
         /// From: header; default sending.from.
         #[arg(long)]
         from: Option<String>,
-        /// Relay URL for this campaign; default the configured relay.
+        /// Relay for this campaign: a [relays.NAME] or a URL; default the configured relay.
         #[arg(long)]
         relay: Option<String>,
     },
@@ -678,7 +688,7 @@ pub enum CampaignCmd {
     /// to those still pending or deferred, never twice to the same delivery.
     Send {
         name: String,
-        /// Relay URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
         #[arg(long)]
         relay: Option<String>,
         /// Simultaneous SMTP connections.
@@ -717,7 +727,7 @@ pub enum CampaignCmd {
     /// sent twice and nobody skipped.
     Resume {
         name: String,
-        /// Relay URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
         #[arg(long)]
         relay: Option<String>,
         /// Simultaneous SMTP connections.
@@ -876,7 +886,7 @@ pub enum DkimAlgorithm {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Relay URL for campaigns that name none (overrides RUNDBRIEF_RELAY).
+    /// Relay for campaigns that name none: a [relays.NAME] or a URL (overrides RUNDBRIEF_RELAY).
     #[arg(long)]
     pub relay: Option<String>,
     /// SMTP connections per running campaign.

@@ -44,7 +44,13 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
     fig = fig.merge(
         Env::prefixed("RUNDBRIEF_")
             .split("__")
-            .ignore(&["config", "test_postgres"]),
+            .ignore(&["config", "test_postgres"])
+            // RUNDBRIEF_SMTP_PASSWORD (smtp check --auth) and names chosen
+            // for [relays.NAME] password_env: passwords, never config keys.
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                k.contains('.') || !k.ends_with("_password")
+            }),
     );
     if let Some(url) = &cli.database_url {
         fig = fig.merge(Serialized::default("database.url", url));

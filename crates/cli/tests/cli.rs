@@ -1870,3 +1870,27 @@ fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
         assert!(sig.contains("a=ed25519-sha256") && sig.contains("d=example.org") && sig.contains("s=rb1"), "{sig}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn outside_its_send_window_a_campaign_waits() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 4, &[]);
+    // A window that opens in two hours (UTC) and closes an hour later.
+    let now = chrono::Utc::now();
+    let window = format!(
+        "{}-{}",
+        (now + chrono::Duration::hours(2)).format("%H:00"),
+        (now + chrono::Duration::hours(3)).format("%H:00")
+    );
+    let in_a_day = (now + chrono::Duration::days(1)).to_rfc3339();
+    e.ok(&["campaign", "schedule", "c", "--at", &in_a_day, "--window", &window]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let v = e.json(&["campaign", "send", "c", "--relay", &relay]);
+    assert_eq!((v["state"].as_str(), v["sent"].as_u64(), v["pending"].as_u64()), (Some("running"), Some(0), Some(4)), "{v}");
+    stop(sink, "-INT");
+    assert!(spool_recipients(&e.path("spool")).is_empty(), "nothing sent outside the window");
+}

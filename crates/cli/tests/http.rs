@@ -2,119 +2,43 @@
 //! endpoint over SMTP, `sub add --confirm`, and `rundbrief http serve`.
 #![cfg(unix)]
 
-use assert_cmd::Command;
-use rundbrief_core::{Purpose, Secret, Signer};
+mod common;
+
+use common::*;
+use rundbrief_core::{Purpose, Signer};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 
-struct Env {
-    dir: tempfile::TempDir,
+/// `rundbrief init`, then a bounce domain, a From and a public URL;
+/// returns the signer for the generated secret.
+fn configure(e: &Env) -> Signer {
+    let verp = endpoint_config(e);
+    sending_config(e);
+    verp.signer().clone()
 }
 
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("rundbrief").unwrap();
-        c.current_dir(self.dir.path());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.cmd().args(args).arg("--json").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `rundbrief init`, then a bounce domain, a From and a public URL;
-    /// returns the signer for the generated secret.
-    fn configure(&self) -> Signer {
-        self.cmd().arg("init").assert().success();
-        let cfg = std::fs::read_to_string(self.path("rundbrief.toml")).unwrap();
-        let secret = cfg
-            .lines()
-            .find_map(|l| l.strip_prefix("secret = "))
-            .unwrap()
-            .trim_matches('"')
-            .to_string();
-        let cfg = cfg
-            .replace(
-                "# bounce_domain = \"bounce.example.org\"",
-                "bounce_domain = \"bounce.example.org\"",
-            )
-            .replace(
-                "# from = \"Newsletter <news@example.org>\"",
-                "from = \"Newsletter <news@example.org>\"",
-            )
-            .replace(
-                "# public_url = \"https://news.example.org\"",
-                "public_url = \"https://news.example.org\"",
-            );
-        std::fs::write(self.path("rundbrief.toml"), cfg).unwrap();
-        Signer::new(Secret::new(secret), None)
-    }
-
-    /// Starts a server command that announces `listening on 127.0.0.1:PORT`.
-    fn start(&self, args: &[&str]) -> Server {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
-            .current_dir(self.dir.path())
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut port = None;
-        for _ in 0..20 {
-            let mut line = String::new();
-            if err.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                port = rest
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|p| p.parse().ok());
-                break;
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        let port = port.unwrap_or_else(|| panic!("{args:?} did not say where it listens"));
-        Server { child, port }
-    }
-
-    fn membership(&self, email: &str, list: &str) -> (String, Value) {
-        let d = self.json(&["sub", "show", email]);
-        let m = d["memberships"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["list"] == list)
-            .unwrap()["status"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        (m, d["audit"].as_array().unwrap().last().unwrap().clone())
-    }
+/// Starts a server command that announces `listening on 127.0.0.1:PORT`.
+fn start(e: &Env, args: &[&str]) -> Server {
+    let (child, port) = start_server(e, args);
+    Server { child, port }
 }
 
+/// (membership status on `list`, last audit entry) of `email`.
+fn membership(e: &Env, email: &str, list: &str) -> (String, Value) {
+    let d = e.json(&["sub", "show", email]);
+    let m = d["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["list"] == list)
+        .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (m, d["audit"].as_array().unwrap().last().unwrap().clone())
+}
+
+/// A server stopped with SIGINT when dropped.
 struct Server {
     child: std::process::Child,
     port: u16,
@@ -127,40 +51,6 @@ impl Drop for Server {
             .status();
         let _ = self.child.wait();
     }
-}
-
-/// One SMTP conversation; returns every reply line.
-fn smtp(port: u16, rcpts: &[&str], body: &str) -> Vec<String> {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut replies = Vec::new();
-    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| loop {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let done = l.as_bytes().get(3) != Some(&b'-');
-        replies.push(l.trim_end().to_string());
-        if done {
-            break;
-        }
-    };
-    read_reply(&mut r);
-    let mut cmd = |w: &mut std::net::TcpStream, r: &mut BufReader<std::net::TcpStream>, c: &str| {
-        w.write_all(c.as_bytes()).unwrap();
-        read_reply(r);
-    };
-    cmd(&mut w, &mut r, "EHLO mx.example.net\r\n");
-    cmd(&mut w, &mut r, "MAIL FROM:<ann@example.org>\r\n");
-    for rcpt in rcpts {
-        cmd(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>\r\n"));
-    }
-    cmd(&mut w, &mut r, "DATA\r\n");
-    cmd(&mut w, &mut r, &format!("{body}\r\n.\r\n"));
-    cmd(&mut w, &mut r, "QUIT\r\n");
-    replies
 }
 
 /// One HTTP/1.1 request; returns status and body.
@@ -212,7 +102,7 @@ fn deliveries(e: &Env) -> Vec<(uuid::Uuid, String)> {
 #[test]
 fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
     let e = Env::new();
-    let signer = e.configure();
+    let signer = configure(&e);
     e.json(&["list", "create", "news"]);
     e.json(&["list", "create", "other"]);
     for who in ["ann@example.org", "bob@example.org"] {
@@ -226,7 +116,7 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
         .0;
     let token = signer.sign(Purpose::UnsubscribeMail, ann.as_bytes());
     let good = format!("unsub-{token}@bounce.example.org");
-    let endpoint = e.start(&["bounce", "serve", "--listen", "127.0.0.1:0"]);
+    let endpoint = start(&e, &["bounce", "serve", "--listen", "127.0.0.1:0"]);
 
     // Forged, altered, other purpose: refused at RCPT, nothing stored.
     let mut altered = good.clone().into_bytes();
@@ -237,7 +127,7 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
         format!("unsub-{verp_token}@bounce.example.org"),
         "unsub-abc@bounce.example.org".to_string(),
     ] {
-        let replies = smtp(endpoint.port, &[&bad], "Subject: unsubscribe\r\n\r\nplease");
+        let replies = smtp(endpoint.port, "ann@example.org", &[&bad], "Subject: unsubscribe\r\n\r\nplease");
         assert!(
             replies.iter().any(|l| l.starts_with("550 5.1.1")),
             "{bad}: {replies:?}"
@@ -247,11 +137,11 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
             "{bad}: {replies:?}"
         );
     }
-    assert_eq!(e.membership("ann@example.org", "news").0, "subscribed");
+    assert_eq!(membership(&e, "ann@example.org", "news").0, "subscribed");
 
     // The real one, upper-cased by some MTA on the way: stored, then unsubscribed, before 250.
     let replies = smtp(
-        endpoint.port,
+        endpoint.port, "ann@example.org",
         &[&good.to_uppercase()],
         "Subject: unsubscribe\r\n\r\nplease",
     );
@@ -259,17 +149,17 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
         replies.iter().filter(|l| l.starts_with("250")).count() >= 3,
         "{replies:?}"
     );
-    let (status, last) = e.membership("ann@example.org", "news");
+    let (status, last) = membership(&e, "ann@example.org", "news");
     assert_eq!(status, "unsubscribed");
     assert_eq!(last["actor"], "mailto", "{last}");
     assert_eq!(last["action"], "unsubscribed", "{last}");
     assert_eq!(
-        e.membership("ann@example.org", "other").0,
+        membership(&e, "ann@example.org", "other").0,
         "subscribed",
         "only the campaign's list"
     );
     assert_eq!(
-        e.membership("bob@example.org", "news").0,
+        membership(&e, "bob@example.org", "news").0,
         "subscribed",
         "nobody else"
     );
@@ -288,10 +178,10 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
 #[test]
 fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() {
     let e = Env::new();
-    let signer = e.configure();
+    let signer = configure(&e);
     let list = e.json(&["list", "create", "news"]);
     std::fs::create_dir(e.path("mail")).unwrap();
-    let sink = e.start(&[
+    let sink = start(&e, &[
         "sink",
         "--listen",
         "127.0.0.1:0",
@@ -300,6 +190,14 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
         "--no-tls",
     ]);
     let relay = format!("smtp://127.0.0.1:{}", sink.port);
+    // Confirmation mails are DKIM-signed like campaigns.
+    e.ok(&["dkim", "keygen", "--algorithm", "ed25519", "--out", "dkim.pem"]);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml"))
+        .unwrap()
+        .replace("# key_file = \"dkim.pem\"", "key_file = \"dkim.pem\"")
+        .replace("# selector = \"rb2026\"", "selector = \"rb2026\"")
+        .replace("# domain = \"example.org\"", "domain = \"example.org\"");
+    e.write("rundbrief.toml", cfg.as_bytes());
 
     let out = e.json(&[
         "sub",
@@ -312,7 +210,7 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
         &relay,
     ]);
     assert_eq!(out["confirmation_sent"], true, "{out}");
-    assert_eq!(e.membership("nina@example.org", "news").0, "unconfirmed");
+    assert_eq!(membership(&e, "nina@example.org", "news").0, "unconfirmed");
     // The relay said 250, so the sink has stored it.
     let mails: Vec<_> = std::fs::read_dir(e.path("mail"))
         .unwrap()
@@ -322,6 +220,10 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
     assert_eq!(mails.len(), 1);
     let mail = std::fs::read_to_string(&mails[0]).unwrap();
     assert!(mail.contains("Delivered-To: <nina@example.org>"), "{mail}");
+    assert!(
+        mail.contains("DKIM-Signature:") && mail.contains("d=example.org"),
+        "{mail}"
+    );
     let b64: String = mail
         .split("\r\n\r\n")
         .nth(1)
@@ -342,17 +244,17 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
         .to_string();
     assert!(path.starts_with("/c/"), "{path}");
 
-    let web = e.start(&["http", "serve", "--listen", "127.0.0.1:0"]);
+    let web = start(&e, &["http", "serve", "--listen", "127.0.0.1:0"]);
     let (status, page) = http(web.port, "GET", &path, "");
     assert_eq!(status, 200, "{page}");
     assert_eq!(
-        e.membership("nina@example.org", "news").0,
+        membership(&e, "nina@example.org", "news").0,
         "unconfirmed",
         "GET changes nothing"
     );
     let (status, page) = http(web.port, "POST", &path, "confirm=yes");
     assert_eq!(status, 200, "{page}");
-    assert_eq!(e.membership("nina@example.org", "news").0, "subscribed");
+    assert_eq!(membership(&e, "nina@example.org", "news").0, "subscribed");
 
     // The one-click link our campaigns carry.
     let sub: uuid::Uuid = e.json(&["sub", "show", "nina@example.org"])["id"]
@@ -372,7 +274,7 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
         "List-Unsubscribe=One-Click",
     );
     assert_eq!(status, 404);
-    assert_eq!(e.membership("nina@example.org", "news").0, "subscribed");
+    assert_eq!(membership(&e, "nina@example.org", "news").0, "subscribed");
     let (status, page) = http(
         web.port,
         "POST",
@@ -380,7 +282,7 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
         "List-Unsubscribe=One-Click",
     );
     assert_eq!(status, 200, "{page}");
-    let (state, last) = e.membership("nina@example.org", "news");
+    let (state, last) = membership(&e, "nina@example.org", "news");
     assert_eq!(state, "unsubscribed");
     assert_eq!(last["actor"], "http");
 }

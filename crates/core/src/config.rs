@@ -104,8 +104,13 @@ pub struct Config {
     pub previous_secret: Option<Secret>,
     /// The default relay, as a URL in lettre's format: `smtp://host:2525`,
     /// `smtp://user@host:587?tls=required` (STARTTLS), `smtps://host:465`.
-    /// Env: `RUNDBRIEF_RELAY`; `--relay` on a command wins.
+    /// Env: `RUNDBRIEF_RELAY`; `--relay` on a command wins. May also name
+    /// one of `[relays.NAME]` (a name is looked up first, then a URL).
     pub relay: Option<String>,
+    /// Named relays, for AUTH, TLS and pool settings a bare URL cannot
+    /// carry: `[relays.NAME]`. `--relay NAME`, a campaign's relay or
+    /// `relay = "NAME"` pick one. Env: `RUNDBRIEF_RELAYS__NAME__URL`, …
+    pub relays: std::collections::BTreeMap<String, RelayConfig>,
     /// Where subscribers, lists and everything else are stored.
     pub database: DatabaseConfig,
     /// `rundbrief import` tuning.
@@ -121,6 +126,66 @@ pub struct Config {
     /// DKIM signing of outgoing mail. Unset: mail goes out unsigned (and
     /// `campaign send` warns).
     pub dkim: DkimConfig,
+}
+
+/// `[relays.NAME]`: one relay with everything a URL cannot carry. Unset
+/// options keep the sender's defaults (given with each option). The
+/// password is never in the URL and never in this file: `password_env` or
+/// `password_file` names where it is read, once, when the relay is used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The relay as a URL in lettre's format, without password:
+    /// `smtp://host:2525`, `smtp://user@host:587?tls=required` (STARTTLS;
+    /// the user is the AUTH user), `smtps://host:465`. Required.
+    pub url: String,
+    /// Environment variable holding the AUTH password (PLAIN or LOGIN,
+    /// whichever the relay offers, PLAIN first). Needs a user in `url`.
+    /// Variables named `RUNDBRIEF_*_PASSWORD` are never read as
+    /// configuration keys, so `RUNDBRIEF_RELAY_PASSWORD` is a fine name.
+    pub password_env: Option<String>,
+    /// File holding the AUTH password (one trailing newline is dropped);
+    /// keep it readable by rundbrief's user only. Not together with
+    /// `password_env`.
+    pub password_file: Option<std::path::PathBuf>,
+    /// How the connection is secured, when the URL does not say it
+    /// (`?tls=` or `smtps://`): `none`, `starttls` (required: refuse to send
+    /// if not offered), `starttls-opportunistic` or `tls` (implicit, 465).
+    /// Without a port in the URL it also picks the port (25, 587, 587, 465).
+    /// Default: what the URL says, else `none`.
+    pub tls: Option<RelayTls>,
+    /// Connections kept open to the relay. Default 4. `campaign send
+    /// --pool` and `serve --pool` set it for their campaigns.
+    pub pool_size: Option<usize>,
+    /// Seconds for DNS plus the TCP connection. Default 30; on expiry the
+    /// send is deferred.
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds to wait for the reply to each command. Default 60; on expiry
+    /// the send is deferred and the connection dropped.
+    pub command_timeout_secs: Option<u64>,
+    /// Seconds to send the message body and get the reply to the final dot.
+    /// Default 600.
+    pub data_timeout_secs: Option<u64>,
+    /// Messages over one connection before it is closed and a new one
+    /// opened. Default 100.
+    pub max_messages_per_connection: Option<u32>,
+    /// The name sent in EHLO. Default: the URL's path
+    /// (`smtp://host/ehlo.example`), else this machine's host name.
+    pub ehlo_name: Option<String>,
+}
+
+/// `tls` of a `[relays.NAME]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayTls {
+    /// Plain text (loopback relays, tests).
+    None,
+    /// STARTTLS, required.
+    Starttls,
+    /// STARTTLS when offered, plain text otherwise.
+    StarttlsOpportunistic,
+    /// TLS from the first byte (port 465).
+    Tls,
 }
 
 /// `[dkim]`: the key that signs every outgoing message (RFC 6376). All three
@@ -487,6 +552,9 @@ impl Config {
                 });
             }
         }
+        for (name, r) in &self.relays {
+            validate_relay(name, r)?;
+        }
         let h = &self.http;
         if h.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
@@ -553,6 +621,47 @@ impl Config {
     }
 }
 
+/// The checks of `[relays.NAME]` that need no URL parser (the sender
+/// parses the URL when the relay is used).
+fn validate_relay(name: &str, r: &RelayConfig) -> Result<(), ConfigError> {
+    let bad = |problem: String| {
+        Err(ConfigError::Invalid {
+            key: "relays",
+            problem,
+        })
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return bad(format!(
+            "name `{name}` must be letters, digits, '-', '_' or '.' (it is what --relay NAME picks)"
+        ));
+    }
+    if r.url.trim().is_empty() {
+        return bad(format!(
+            "`relays.{name}.url` is not set (e.g. url = \"smtp://user@relay.example:587?tls=required\")"
+        ));
+    }
+    if r.password_env.is_some() && r.password_file.is_some() {
+        return bad(format!(
+            "`relays.{name}`: give password_env or password_file, not both"
+        ));
+    }
+    if r.pool_size == Some(0)
+        || r.connect_timeout_secs == Some(0)
+        || r.command_timeout_secs == Some(0)
+        || r.data_timeout_secs == Some(0)
+        || r.max_messages_per_connection == Some(0)
+    {
+        return bad(format!(
+            "`relays.{name}`: pool_size, the timeouts and max_messages_per_connection must be > 0"
+        ));
+    }
+    Ok(())
+}
+
 /// The commented example configuration `rundbrief init` writes, with `secret`
 /// filled in.
 pub fn example_toml(secret: &Secret) -> String {
@@ -576,6 +685,22 @@ secret = "{secret}"
 # The default relay (lettre URL format): smtp://host:2525,
 # smtp://user@host:587?tls=required (STARTTLS), smtps://host:465.
 # relay = "smtp://127.0.0.1:2525"
+# It may also name one of the [relays.NAME] below: relay = "company".
+
+# Named relays: pick one with `--relay NAME`, a campaign's relay, or relay = "NAME".
+# The AUTH password is never in the URL: password_env or password_file.
+# Unset options keep their defaults (shown).
+# [relays.company]
+# url = "smtp://news@smtp.example.com:587?tls=required"
+# password_env = "RUNDBRIEF_RELAY_PASSWORD"
+# # password_file = "/etc/rundbrief/relay-password"
+# # tls = "starttls"   # none | starttls | starttls-opportunistic | tls, when the URL does not say
+# pool_size = 4
+# connect_timeout_secs = 30
+# command_timeout_secs = 60
+# data_timeout_secs = 600
+# max_messages_per_connection = 100
+# # ehlo_name = "news.example.org"
 
 [database]
 # sqlite://FILE?mode=rwc (embedded, created on first use) or postgres://user@host/db
@@ -679,6 +804,47 @@ mod tests {
         assert_eq!(cfg.sending.verp_prefix, "b");
         assert_eq!(cfg.http.listen, "127.0.0.1:8080");
         assert_eq!(cfg.http.subscribe_per_address_per_hour, 3);
+    }
+
+    #[test]
+    fn named_relays_parse_and_are_checked() {
+        let text = r#"
+relay = "company"
+[relays.company]
+url = "smtp://news@smtp.example.com:587?tls=required"
+password_env = "RUNDBRIEF_RELAY_PASSWORD"
+pool_size = 8
+[relays.local]
+url = "smtp://127.0.0.1:2525"
+tls = "starttls-opportunistic"
+"#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let c = &cfg.relays["company"];
+        assert_eq!(c.pool_size, Some(8));
+        assert_eq!(c.password_env.as_deref(), Some("RUNDBRIEF_RELAY_PASSWORD"));
+        assert_eq!(
+            cfg.relays["local"].tls,
+            Some(RelayTls::StarttlsOpportunistic)
+        );
+        let bad = [
+            (
+                "[relays.x]\nurl = \"smtp://h\"\npassword_env = \"A\"\npassword_file = \"f\"",
+                "not both",
+            ),
+            ("[relays.x]\nurl = \"smtp://h\"\npool_size = 0", "> 0"),
+            ("[relays.x]\npool_size = 1", "url` is not set"),
+            ("[relays.\"a b\"]\nurl = \"smtp://h\"", "name `a b`"),
+        ];
+        for (text, needle) in bad {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert!(toml::from_str::<Config>("[relays.x]\nurl = \"smtp://h\"\ntls = \"yes\"").is_err());
+        assert!(
+            toml::from_str::<Config>("[relays.x]\nurl = \"smtp://h\"\npassword = \"pw\"").is_err()
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     /// Wait for retries and for the send window instead of returning.
     pub wait: bool,
+    /// Materialise the recipients at the start (off when the caller did).
+    pub materialise: bool,
 }
 
 impl RunConfig {
@@ -60,6 +62,7 @@ impl RunConfig {
             record_every: 32,
             retry: RetryPolicy::default(),
             wait: true,
+            materialise: true,
         }
     }
 }
@@ -130,7 +133,9 @@ impl Runner {
             _ => None,
         };
         let tz = parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC"))?;
-        if store.campaign_state(campaign_id).await? == CampaignState::Running {
+        if self.config.materialise
+            && store.campaign_state(campaign_id).await? == CampaignState::Running
+        {
             let added = store.materialise_deliveries(campaign_id).await?;
             tracing::info!(campaign = %sched.name, added, "recipients materialised");
         }
@@ -217,7 +222,6 @@ impl Runner {
     ) -> Result<(u64, u64), RunError> {
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut unsent = Vec::new();
         let mut it = batch.into_iter();
         let mut pending_records: Vec<DeliveryOutcome> = Vec::new();
         let mut rejections: Vec<(PendingDelivery, SendError)> = Vec::new();
@@ -230,7 +234,8 @@ impl Runner {
             let Some(d) = next else { break };
             let permit = tokio::select! {
                 p = Arc::clone(&limit).acquire_owned() => p.map_err(|e| RunError::Task(e.to_string()))?,
-                () = stop.cancelled() => { unsent.push(d); break; }
+                // Claimed but never started: the caller releases the claims.
+                () = stop.cancelled() => { drop(d); break; }
             };
             let rendered = self.hooks.render(&d);
             let (sender, throttle) = (Arc::clone(&self.sender), Arc::clone(&self.throttle));
@@ -277,7 +282,6 @@ impl Runner {
                 halted = self.store.campaign_state(campaign_id).await? != CampaignState::Running;
             }
         }
-        unsent.extend(it);
         while let Some(r) = tasks.join_next().await {
             let (a, f) = self.settle(r, &mut pending_records, &mut rejections).await?;
             attempts += a;
@@ -289,8 +293,6 @@ impl Runner {
         }
         self.flush(&mut pending_records, &mut rejections).await?;
         progress(done_before + done);
-        // Claimed but never started (shutdown): the caller releases the claims.
-        drop(unsent);
         Ok((attempts, done))
     }
 

@@ -3,11 +3,13 @@
 //! format; the password comes from a separate source and never appears in
 //! `Debug`, `Display` or logs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rundbrief_core::Secret;
+use rundbrief_core::config::{RelayConfig, RelayTls};
 
 /// `smtp://` without `tls=`: port 25.
 pub const SMTP_PORT: u16 = 25;
@@ -106,6 +108,44 @@ pub enum RelayError {
         /// The URL.
         url: String,
     },
+    /// `--relay`/`relay`/a campaign's relay is neither a configured name
+    /// nor a URL.
+    #[error(
+        "relay `{given}` is neither a configured relay ({known}) nor a URL like smtp://host:2525"
+    )]
+    Unknown {
+        /// What was given.
+        given: String,
+        /// The configured names, comma-separated, or "none configured".
+        known: String,
+    },
+    /// A `[relays.NAME]` entry that cannot be used.
+    #[error("[relays.{name}]: {source}")]
+    Named {
+        /// The relay's name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<RelayError>,
+    },
+    /// `tls` in the config contradicts the URL (`smtps://` or `?tls=`).
+    #[error("relay `{url}`: tls = \"{configured}\" contradicts the URL; say it in one place")]
+    TlsConflict {
+        /// The URL.
+        url: String,
+        /// The configured mode.
+        configured: &'static str,
+    },
+    /// A user in the URL but no password source, for a named relay.
+    #[error(
+        "relay `{url}` names the AUTH user `{user}` but no password: set password_env or password_file"
+    )]
+    UserWithoutPassword {
+        /// The URL.
+        url: String,
+        /// The user.
+        user: String,
+    },
     /// An option out of range.
     #[error("relay option `{option}` {problem}")]
     Option {
@@ -172,6 +212,10 @@ pub struct Relay {
     tls: TlsMode,
     user: Option<String>,
     password: Option<Secret>,
+    /// The URL gave a port (else it follows the TLS mode).
+    explicit_port: bool,
+    /// The URL said how to secure the connection (`smtps://` or `?tls=`).
+    explicit_tls: bool,
     /// Tuning; change it freely before handing the relay to a sender.
     pub options: RelayOptions,
 }
@@ -294,8 +338,132 @@ impl Relay {
             tls,
             user,
             password: None,
+            explicit_port: url.port().is_some(),
+            explicit_tls: url.scheme() == "smtps" || tls_param.is_some(),
             options,
         })
+    }
+
+    /// The relay `name_or_url` stands for: a name from `relays` (the
+    /// `[relays.NAME]` section) first, else a URL ([`Relay::parse`]). This
+    /// is the one place `--relay`, `relay = …` and a campaign's relay are
+    /// resolved; a named relay's password is read here.
+    ///
+    /// # Errors
+    /// [`RelayError::Unknown`] for a string that is neither;
+    /// [`RelayError::Named`] wrapping what is wrong with a named relay;
+    /// the errors of [`Relay::parse`] for a URL.
+    pub fn resolve(
+        name_or_url: &str,
+        relays: &BTreeMap<String, RelayConfig>,
+    ) -> Result<Self, RelayError> {
+        let given = name_or_url.trim();
+        if let Some(cfg) = relays.get(given) {
+            return Self::from_config(cfg).map_err(|e| RelayError::Named {
+                name: given.to_owned(),
+                source: Box::new(e),
+            });
+        }
+        if given.contains("://") {
+            return Self::parse(given);
+        }
+        Err(RelayError::Unknown {
+            given: redact(given),
+            known: if relays.is_empty() {
+                "none configured".into()
+            } else {
+                relays.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+
+    /// A relay from its `[relays.NAME]` entry: the URL, then the TLS mode,
+    /// the options and the password (read now) on top, then [`Relay::validate`].
+    ///
+    /// # Errors
+    /// A bad URL, a `tls` that contradicts it, a user without a password
+    /// source (or the reverse), an unreadable password, options out of range.
+    pub fn from_config(cfg: &RelayConfig) -> Result<Self, RelayError> {
+        let mut relay = Self::parse(&cfg.url)?;
+        if let Some(mode) = cfg.tls {
+            relay.set_tls(match mode {
+                RelayTls::None => TlsMode::None,
+                RelayTls::Starttls => TlsMode::Required,
+                RelayTls::StarttlsOpportunistic => TlsMode::Opportunistic,
+                RelayTls::Tls => TlsMode::Implicit,
+            })?;
+        }
+        let o = &mut relay.options;
+        if let Some(n) = cfg.pool_size {
+            o.pool_size = n;
+        }
+        let secs = Duration::from_secs;
+        if let Some(t) = cfg.connect_timeout_secs {
+            o.connect_timeout = secs(t);
+        }
+        if let Some(t) = cfg.command_timeout_secs {
+            o.command_timeout = secs(t);
+        }
+        if let Some(t) = cfg.data_timeout_secs {
+            o.data_timeout = secs(t);
+        }
+        if let Some(n) = cfg.max_messages_per_connection {
+            o.max_messages_per_connection = n;
+        }
+        if let Some(name) = &cfg.ehlo_name {
+            o.ehlo_name = Some(name.clone());
+        }
+        let source = match (&cfg.password_env, &cfg.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(RelayError::Option {
+                    option: "password_env",
+                    problem: "and password_file cannot both be set".into(),
+                });
+            }
+            (Some(var), None) => Some(PasswordSource::Env(var.clone())),
+            (None, Some(path)) => Some(PasswordSource::File(path.clone())),
+            (None, None) => None,
+        };
+        relay = match (source, relay.user.clone()) {
+            (Some(source), _) => relay.with_password(&source)?,
+            (None, Some(user)) => {
+                return Err(RelayError::UserWithoutPassword {
+                    url: relay.to_string(),
+                    user,
+                });
+            }
+            (None, None) => relay,
+        };
+        relay.validate()?;
+        Ok(relay)
+    }
+
+    /// Sets how the connection is secured, for a URL that did not say it;
+    /// without a port in the URL the port follows (25, 587 or 465).
+    ///
+    /// # Errors
+    /// [`RelayError::TlsConflict`] when the URL said something else.
+    pub fn set_tls(&mut self, mode: TlsMode) -> Result<(), RelayError> {
+        if self.explicit_tls && mode != self.tls {
+            return Err(RelayError::TlsConflict {
+                url: self.to_string(),
+                configured: match mode {
+                    TlsMode::None => "none",
+                    TlsMode::Required => "starttls",
+                    TlsMode::Opportunistic => "starttls-opportunistic",
+                    TlsMode::Implicit => "tls",
+                },
+            });
+        }
+        self.tls = mode;
+        if !self.explicit_port {
+            self.port = match mode {
+                TlsMode::None => SMTP_PORT,
+                TlsMode::Required | TlsMode::Opportunistic => SUBMISSION_PORT,
+                TlsMode::Implicit => SUBMISSIONS_PORT,
+            };
+        }
+        Ok(())
     }
 
     /// Reads the AUTH password from `source` now; nothing re-reads it later.
@@ -412,6 +580,16 @@ impl Relay {
 
     pub(crate) fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
+    }
+
+    /// The AUTH user and password, for `smtp check --relay NAME`.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => {
+                Some((u.clone(), String::from_utf8_lossy(p.expose()).into_owned()))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -583,6 +761,125 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("env RUNDBRIEF_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn resolve_takes_a_name_first_then_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "file-pw\n").unwrap();
+        let mut relays = BTreeMap::new();
+        relays.insert(
+            "company".to_owned(),
+            RelayConfig {
+                url: "smtp://news@smtp.example.com".into(),
+                password_file: Some(pw.clone()),
+                tls: Some(RelayTls::Starttls),
+                pool_size: Some(9),
+                connect_timeout_secs: Some(3),
+                command_timeout_secs: Some(4),
+                data_timeout_secs: Some(5),
+                max_messages_per_connection: Some(6),
+                ehlo_name: Some("news.example.org".into()),
+                ..RelayConfig::default()
+            },
+        );
+        relays.insert(
+            "local".to_owned(),
+            RelayConfig {
+                url: "smtp://127.0.0.1:2525".into(),
+                ..RelayConfig::default()
+            },
+        );
+        let r = Relay::resolve("company", &relays).unwrap();
+        assert_eq!(
+            (r.host(), r.port(), r.tls(), r.user()),
+            ("smtp.example.com", 587, TlsMode::Required, Some("news"))
+        );
+        assert_eq!(r.password().unwrap().expose(), b"file-pw");
+        let o = &r.options;
+        assert_eq!(
+            (
+                o.pool_size,
+                o.connect_timeout,
+                o.command_timeout,
+                o.data_timeout,
+                o.max_messages_per_connection,
+                o.ehlo_name.as_deref()
+            ),
+            (
+                9,
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                Duration::from_secs(5),
+                6,
+                Some("news.example.org")
+            )
+        );
+        assert!(!format!("{r:?}{r}").contains("file-pw"));
+        assert_eq!(Relay::resolve("local", &relays).unwrap().port(), 2525);
+        // Not a name: a URL.
+        let r = Relay::resolve("smtps://relay.example", &relays).unwrap();
+        assert_eq!((r.port(), r.tls()), (465, TlsMode::Implicit));
+        // Neither.
+        let e = Relay::resolve("compnay", &relays).unwrap_err().to_string();
+        assert!(e.contains("compnay") && e.contains("company, local"), "{e}");
+        assert!(
+            Relay::resolve("x", &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("none configured")
+        );
+    }
+
+    #[test]
+    fn named_relays_refuse_contradictions() {
+        let one = |cfg: RelayConfig| {
+            let mut m = BTreeMap::new();
+            m.insert("r".to_owned(), cfg);
+            Relay::resolve("r", &m).unwrap_err().to_string()
+        };
+        let e = one(RelayConfig {
+            url: "smtps://relay.example".into(),
+            tls: Some(RelayTls::Starttls),
+            ..RelayConfig::default()
+        });
+        assert!(e.contains("[relays.r]") && e.contains("contradicts"), "{e}");
+        let e = one(RelayConfig {
+            url: "smtp://u@relay.example:587?tls=required".into(),
+            ..RelayConfig::default()
+        });
+        assert!(e.contains("no password"), "{e}");
+        let e = one(RelayConfig {
+            url: "smtp://relay.example".into(),
+            password_env: Some("RUNDBRIEF_TEST_SURELY_UNSET_VAR".into()),
+            ..RelayConfig::default()
+        });
+        assert!(e.contains("names no user"), "{e}");
+        let e = one(RelayConfig {
+            url: "smtp://u@relay.example".into(),
+            password_env: Some("RUNDBRIEF_TEST_SURELY_UNSET_VAR".into()),
+            ..RelayConfig::default()
+        });
+        assert!(e.contains("env RUNDBRIEF_TEST_SURELY_UNSET_VAR"), "{e}");
+        let e = one(RelayConfig {
+            url: "smtp://relay.example".into(),
+            pool_size: Some(0),
+            ..RelayConfig::default()
+        });
+        assert!(e.contains("pool_size"), "{e}");
+        // The same mode twice is no contradiction; a port in the URL stays.
+        let mut m = BTreeMap::new();
+        m.insert(
+            "r".to_owned(),
+            RelayConfig {
+                url: "smtp://relay.example:2587?tls=required".into(),
+                tls: Some(RelayTls::Starttls),
+                ..RelayConfig::default()
+            },
+        );
+        let r = Relay::resolve("r", &m).unwrap();
+        assert_eq!((r.port(), r.tls()), (2587, TlsMode::Required));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub(crate) fn setup(
     };
     let starttls = TlsParameters::builder(host.to_owned())
         .dangerous_accept_invalid_certs(dangerous_accept_invalid_certs)
+        // "Any certificate" includes one for another name (the implicit-TLS
+        // connector below accepts those too); lettre checks names apart.
+        .dangerous_accept_invalid_hostnames(dangerous_accept_invalid_certs)
         .build_rustls()
         .map_err(|e| tls_err(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

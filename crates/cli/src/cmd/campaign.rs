@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use rundbrief_core::{CampaignState, Config};
 use rundbrief_render::ContentKind;
 use rundbrief_scheduler::{Ended, Hooks, RetryPolicy, RunConfig, Runner, SystemClock};
-use rundbrief_sender::{Relay, SendError, Sender};
+use rundbrief_sender::{SendError, Sender};
 use rundbrief_store::{NewCampaign, PendingDelivery, Store};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -512,12 +512,21 @@ pub async fn send_foreground(
         _ => {}
     }
     check_preflight(cfg, &c, opts.strict)?;
-    let runner = runner_for(store, cfg, &c, opts).await?;
+    let mut runner = runner_for(store, cfg, &c, opts).await?;
     store
         .set_campaign_state(c.campaign.id, CampaignState::Running)
         .await?;
+    let added = store.materialise_deliveries(c.campaign.id).await?;
+    runner.config.materialise = false;
+    let before = store.campaign_counts(c.campaign.id).await?;
+    tracing::info!(
+        campaign = name,
+        added,
+        to_send = before.pending + before.deferred,
+        "recipients materialised"
+    );
     let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
+        let b = indicatif::ProgressBar::new(before.pending + before.deferred);
         b.set_style(
             indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, {eta} left) {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -534,12 +543,8 @@ pub async fn send_foreground(
         })
     };
     let started = Instant::now();
-    let before = store.campaign_counts(c.campaign.id).await?;
     let progress = |n: u64| {
         if let Some(b) = &bar {
-            if b.length() == Some(0) {
-                b.set_length(before.pending.max(n));
-            }
             b.set_position(n);
         }
     };
@@ -583,13 +588,7 @@ pub async fn runner_for(
     c: &rundbrief_store::CampaignContent,
     opts: &SendOptions,
 ) -> anyhow::Result<Runner> {
-    let relay_url = opts
-        .relay
-        .clone()
-        .or(c.relay.clone())
-        .or(cfg.relay.clone())
-        .context("no relay: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY")?;
-    let mut relay = Relay::parse(&relay_url).with_context(|| format!("relay `{relay_url}`"))?;
+    let mut relay = crate::cmd::relay_for(cfg, opts.relay.as_deref().or(c.relay.as_deref()))?;
     relay.options.pool_size = opts.pool.max(1);
     relay.options.dangerous_accept_invalid_certs = opts.insecure;
     let prepared = prepare_campaign(cfg, c)?;

@@ -43,7 +43,12 @@ pub fn build(cfg: &Config, a: &DnsRecordsArgs) -> anyhow::Result<Vec<Record>> {
          dkim.domain in rundbrief.toml (or RUNDBRIEF_DKIM__KEY_FILE, …__SELECTOR, …__DOMAIN)",
     )?;
 
-    let (spf, spf_hint) = match (&a.spf, relay_host(cfg.relay.as_deref())) {
+    // `relay` may name a [relays.NAME]: its URL holds the host.
+    let relay_url = cfg
+        .relay
+        .as_deref()
+        .map(|r| cfg.relays.get(r).map_or(r, |named| named.url.as_str()));
+    let (spf, spf_hint) = match (&a.spf, relay_host(relay_url)) {
         (Some(m), _) => (m.trim().to_owned(), String::new()),
         (None, Some(host)) => (
             format!("a:{host}"),

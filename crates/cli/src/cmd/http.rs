@@ -4,7 +4,7 @@
 use anyhow::Context;
 use rundbrief_core::{Actor, Config};
 use rundbrief_http::{AppState, ConfirmJob, Mailer};
-use rundbrief_sender::{Relay, Sender};
+use rundbrief_sender::Sender;
 use rundbrief_store::{OptIn, Store};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -16,10 +16,10 @@ use std::process::ExitCode;
 /// A relay that does not parse, or a missing secret, `sending.from`,
 /// `sending.public_url` or `sending.bounce_domain`, each named.
 pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer>> {
-    let Some(url) = relay.map(str::to_string).or_else(|| cfg.relay.clone()) else {
+    if relay.is_none() && cfg.relay.is_none() {
         return Ok(None);
-    };
-    let relay = Relay::parse(&url).with_context(|| format!("relay `{url}`"))?;
+    }
+    let relay = crate::cmd::relay_for(cfg, relay)?;
     let missing = |key: &str, example: &str| {
         anyhow::anyhow!(
             "`{key}` is not set; confirmation mails need it (e.g. {example} in rundbrief.toml)"
@@ -37,13 +37,26 @@ pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer
         )
     })?;
     let sender = Sender::new(relay, cfg.verp()?).context("setting up the relay")?;
-    Ok(Some(Mailer::new(
+    let mut mailer = Mailer::new(
         sender,
         cfg.signer()?,
         from,
         public_url,
         cfg.sending.message_id_domain.as_deref(),
-    )?))
+    )?;
+    // Confirmation mails are DKIM-signed like campaigns.
+    if let Some(dkim) = rundbrief_dkim::DkimSigner::from_config(cfg).context("[dkim]")? {
+        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| {
+            match dkim.sign(&m) {
+                Ok(signed) => signed,
+                Err(e) => {
+                    tracing::error!("DKIM signing of a confirmation mail failed; sending it unsigned: {e}");
+                    m
+                }
+            }
+        }));
+    }
+    Ok(Some(mailer))
 }
 
 pub async fn serve(

@@ -55,6 +55,23 @@ async fn connect(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::connect(&connect).await?)
 }
 
+/// The relay a command uses: `given` (`--relay NAME|URL`, or a campaign's
+/// relay) if any, else the configured default (`relay`, `RUNDBRIEF_RELAY`).
+/// Either is looked up in `[relays.NAME]` first, then parsed as a URL
+/// ([`rundbrief_sender::Relay::resolve`]); a named relay's password is read
+/// here, once.
+///
+/// # Errors
+/// No relay at all, an unknown name that is no URL, or a relay that cannot
+/// be used, each saying what to do.
+pub fn relay_for(cfg: &Config, given: Option<&str>) -> anyhow::Result<rundbrief_sender::Relay> {
+    let name_or_url = given.or(cfg.relay.as_deref()).context(
+        "no relay: pass --relay smtp://HOST:PORT or --relay NAME ([relays.NAME]), \
+         or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
+    )?;
+    Ok(rundbrief_sender::Relay::resolve(name_or_url, &cfg.relays)?)
+}
+
 /// Parses an address given on the command line.
 pub fn address(input: &str) -> anyhow::Result<Address> {
     Address::parse(input).with_context(|| format!("`{input}` is not an address rundbrief can use"))
@@ -151,5 +168,34 @@ fn strip_nulls(v: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = v {
         map.retain(|_, v| !v.is_null());
         map.values_mut().for_each(strip_nulls);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_for_prefers_the_given_relay_and_resolves_names_first() {
+        let mut cfg: Config = toml::from_str(
+            "relay = \"local\"\n\
+             [relays.local]\nurl = \"smtp://127.0.0.1:2525\"\npool_size = 2\n\
+             [relays.other]\nurl = \"smtp://127.0.0.1:2526\"",
+        )
+        .unwrap();
+        let r = relay_for(&cfg, None).unwrap();
+        assert_eq!((r.port(), r.options.pool_size), (2525, 2));
+        assert_eq!(relay_for(&cfg, Some("other")).unwrap().port(), 2526);
+        assert_eq!(
+            relay_for(&cfg, Some("smtp://127.0.0.1:2527"))
+                .unwrap()
+                .port(),
+            2527
+        );
+        let e = format!("{:#}", relay_for(&cfg, Some("nope")).unwrap_err());
+        assert!(e.contains("local, other"), "{e}");
+        cfg.relay = None;
+        let e = format!("{:#}", relay_for(&cfg, None).unwrap_err());
+        assert!(e.contains("no relay") && e.contains("--relay NAME"), "{e}");
     }
 }

@@ -4,6 +4,7 @@ use crate::args::SmtpCmd;
 use crate::output;
 use anyhow::Context;
 use rundbrief_core::Config;
+use rundbrief_sender::TlsMode;
 use rundbrief_sender::check::{CheckRequest, CheckTls, check};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<ExitCode> {
     let SmtpCmd::Check {
         target,
+        relay,
         starttls,
         tls,
         auth,
@@ -20,25 +22,40 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
         timeout,
         insecure,
     } = cmd;
+    // --relay NAME|URL: host, port, TLS mode, credentials and EHLO name
+    // from the configured relay (the flags below still override).
+    let relay = match relay {
+        Some(r) => Some(crate::cmd::relay_for(cfg, Some(r))?),
+        None => None,
+    };
     let mode = if *tls {
         CheckTls::Implicit
     } else if *starttls {
         CheckTls::StartTls
     } else {
-        CheckTls::None
+        match relay.as_ref().map(|r| r.tls()) {
+            Some(TlsMode::Required) => CheckTls::StartTls,
+            Some(TlsMode::Opportunistic) => CheckTls::Opportunistic,
+            Some(TlsMode::Implicit) => CheckTls::Implicit,
+            _ => CheckTls::None,
+        }
     };
     let default_port = match mode {
         CheckTls::None => 25,
-        CheckTls::StartTls => 587,
+        CheckTls::StartTls | CheckTls::Opportunistic => 587,
         CheckTls::Implicit => 465,
     };
-    let (host, port) = match target.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
-            h.trim_matches(|c| c == '[' || c == ']').to_string(),
-            p.parse::<u16>()
-                .with_context(|| format!("`{p}` is not a port"))?,
-        ),
-        _ => (target.clone(), default_port),
+    let (host, port) = match (&relay, target) {
+        (Some(r), _) => (r.host().to_owned(), r.port()),
+        (None, Some(target)) => match target.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                p.parse::<u16>()
+                    .with_context(|| format!("`{p}` is not a port"))?,
+            ),
+            _ => (target.clone(), default_port),
+        },
+        (None, None) => anyhow::bail!("name the relay: HOST[:PORT] or --relay NAME"),
     };
     let auth = match auth {
         Some(user) => {
@@ -47,8 +64,12 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
             )?;
             Some((user.clone(), password))
         }
-        None => None,
+        None => relay.as_ref().and_then(|r| r.credentials()),
     };
+    let ehlo = ehlo
+        .clone()
+        .or_else(|| relay.as_ref().and_then(|r| r.options.ehlo_name.clone()))
+        .unwrap_or_else(|| "localhost".to_owned());
     let from = match from {
         Some(f) => f.clone(),
         None => cfg
@@ -63,7 +84,7 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
         auth,
         from,
         to: to.clone(),
-        ehlo_name: ehlo.clone(),
+        ehlo_name: ehlo,
         step_timeout: Duration::from_secs((*timeout).max(1)),
         dangerous_accept_invalid_certs: *insecure,
     };

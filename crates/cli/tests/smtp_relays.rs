@@ -1,0 +1,330 @@
+//! `smtp check` with AUTH and named relays (`[relays.NAME]`, `--relay
+//! NAME`), and its certificate summary against `rundbrief sink`. The AUTH
+//! server is the sender crate's scripted submission relay (AUTH only after
+//! STARTTLS), included by path so there is one copy. Refs #6.
+#![cfg(unix)]
+
+#[path = "../../sender/tests/support/auth_relay.rs"]
+mod auth_relay;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const PASSWORD: &str = "correct horse";
+
+/// A temporary working directory and the real binary, without any
+/// RUNDBRIEF_* variables from the outside.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rundbrief.toml"), config).unwrap();
+        Env { dir }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("rundbrief").unwrap();
+        c.current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c
+    }
+
+    /// Runs `smtp check ARGS --json`; the exit status and the report.
+    fn check(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, Value) {
+        let mut c = self.cmd();
+        c.args(["smtp", "check"]).args(args).arg("--json");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), v)
+    }
+}
+
+fn step<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no {name} step: {v}"))
+}
+
+#[test]
+fn smtp_check_auth_with_the_password_from_the_environment() {
+    let relay = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
+    let e = Env::new("");
+    let target = format!("127.0.0.1:{}", relay.port);
+    let args = [
+        target.as_str(),
+        "--starttls",
+        "--insecure",
+        "--auth",
+        "news@example.org",
+    ];
+
+    let (ok, v) = e.check(&args, &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)]);
+    assert!(ok, "{v}");
+    let auth = step(&v, "auth");
+    assert!(
+        auth["ok"] == true && auth["reply"].as_str().unwrap().starts_with("235"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(PASSWORD), "password leaked: {v}");
+
+    let (ok, v) = e.check(&args, &[("RUNDBRIEF_SMTP_PASSWORD", "wrong")]);
+    assert!(!ok);
+    let auth = step(&v, "auth");
+    assert_eq!(auth["ok"], false, "{v}");
+    assert!(
+        auth["reply"].as_str().unwrap().starts_with("535 5.7.8"),
+        "{v}"
+    );
+    assert!(auth["hint"].as_str().unwrap().contains("password"), "{v}");
+
+    // Without STARTTLS the relay offers no AUTH: the hint says so and the
+    // password is not sent.
+    let (ok, v) = e.check(
+        &[target.as_str(), "--auth", "news@example.org"],
+        &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)],
+    );
+    assert!(!ok);
+    assert!(
+        step(&v, "auth")["hint"]
+            .as_str()
+            .unwrap()
+            .contains("only after STARTTLS"),
+        "{v}"
+    );
+    let auths = relay
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("AUTH"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        auths,
+        [
+            "AUTH PLAIN news@example.org ok tls",
+            "AUTH PLAIN news@example.org failed tls"
+        ]
+    );
+}
+
+#[test]
+fn smtp_check_relay_name_uses_the_named_relays_settings() {
+    let relay = auth_relay::start(auth_relay::Script {
+        mechanisms: vec!["LOGIN"],
+        ..auth_relay::Script::new("news@example.org", PASSWORD)
+    });
+    let e = Env::new(&format!(
+        "[relays.submit]\n\
+         url = \"smtp://news%40example.org@127.0.0.1:{}\"\n\
+         tls = \"starttls\"\n\
+         password_env = \"RUNDBRIEF_SUBMIT_PASSWORD\"\n\
+         ehlo_name = \"news.example.org\"\n",
+        relay.port
+    ));
+    let (ok, v) = e.check(
+        &["--relay", "submit", "--insecure"],
+        &[("RUNDBRIEF_SUBMIT_PASSWORD", PASSWORD)],
+    );
+    assert!(ok, "{v}");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "dns", "connect", "banner", "ehlo", "starttls", "ehlo", "auth", "mail", "quit"
+        ],
+        "{v}"
+    );
+    assert!(
+        step(&v, "auth")["reply"]
+            .as_str()
+            .unwrap()
+            .contains("AUTH LOGIN"),
+        "{v}"
+    );
+
+    // An unknown name lists the configured ones; an unset password variable is named.
+    let out = e
+        .cmd()
+        .args(["smtp", "check", "--relay", "submt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("submit"), "{err}");
+    let out = e
+        .cmd()
+        .args(["smtp", "check", "--relay", "submit"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("RUNDBRIEF_SUBMIT_PASSWORD"),
+        "{err}"
+    );
+}
+
+/// `rundbrief sink` on a free loopback port; the child and its port.
+fn start_sink(e: &Env) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (child, port.expect("the sink says where it listens"))
+}
+
+#[test]
+fn smtp_check_summarises_the_sinks_self_signed_certificate() {
+    let e = Env::new("");
+    let (mut sink, port) = start_sink(&e);
+    let target = format!("localhost:{port}");
+
+    // Verified: refused, but the certificate is still summarised.
+    let (ok, v) = e.check(&[&target, "--starttls"], &[]);
+    assert!(!ok);
+    let tls = step(&v, "starttls");
+    assert_eq!(tls["ok"], false, "{v}");
+    let cert = &tls["cert"];
+    assert_eq!(cert["self_signed"], true, "{v}");
+    assert_eq!(cert["matches_host"], true, "issued for localhost: {v}");
+    assert!(
+        cert["subject"].is_string() && cert["issuer"].is_string(),
+        "{v}"
+    );
+    assert!(
+        cert["not_after"].as_str().unwrap().ends_with('Z'),
+        "RFC 3339 UTC: {v}"
+    );
+    assert!(tls["hint"].as_str().unwrap().contains("self-signed"), "{v}");
+
+    // --insecure: accepted, summarised in the reply, and the hint still warns.
+    let (ok, v) = e.check(&[&target, "--starttls", "--insecure"], &[]);
+    assert!(ok, "{v}");
+    let tls = step(&v, "starttls");
+    let reply = tls["reply"].as_str().unwrap();
+    assert!(
+        reply.contains("subject") && reply.contains("issuer") && reply.contains("expires"),
+        "{v}"
+    );
+    assert!(tls["hint"].as_str().unwrap().contains("self-signed"), "{v}");
+    assert!(step(&v, "ehlo")["cert"].is_null(), "cert only on starttls");
+
+    // By IP address the name does not match.
+    let (_, v) = e.check(
+        &[&format!("127.0.0.1:{port}"), "--starttls", "--insecure"],
+        &[],
+    );
+    assert_eq!(step(&v, "starttls")["cert"]["matches_host"], false, "{v}");
+
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &sink.id().to_string()])
+        .status();
+    let _ = sink.wait();
+}
+
+/// A campaign names a relay; the name is resolved when it is sent, with
+/// STARTTLS and AUTH from `[relays.NAME]`, the password from the variable
+/// the configuration names.
+#[test]
+fn campaign_send_through_a_named_relay_with_auth() {
+    let relay = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
+    let e = Env::new("");
+    e.cmd().args(["init", "--force"]).assert().success();
+    let path = e.dir.path().join("rundbrief.toml");
+    let cfg = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "# bounce_domain = \"bounce.example.org\"",
+            "bounce_domain = \"bounce.example.org\"",
+        )
+        .replace(
+            "# from = \"Newsletter <news@example.org>\"",
+            "from = \"Newsletter <news@example.org>\"",
+        )
+        .replace(
+            "# public_url = \"https://news.example.org\"",
+            "public_url = \"https://news.example.org\"",
+        );
+    let cfg = format!(
+        "{cfg}\n[relays.submit]\n\
+         url = \"smtp://news%40example.org@127.0.0.1:{}?tls=required\"\n\
+         password_env = \"RUNDBRIEF_SUBMIT_PASSWORD\"\n\
+         pool_size = 1\n",
+        relay.port
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let run = |args: &[&str]| {
+        let out = e
+            .cmd()
+            .env("RUNDBRIEF_SUBMIT_PASSWORD", PASSWORD)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["list", "create", "news"]);
+    run(&["sub", "add", "ann@example.net", "--list", "news"]);
+    std::fs::write(e.dir.path().join("issue.md"), "Hello\n").unwrap();
+    run(&[
+        "campaign", "create", "c", "--list", "news", "--subject", "Hi", "--content", "issue.md",
+        "--relay", "submit",
+    ]);
+    let sent: Value =
+        serde_json::from_str(&run(&["campaign", "send", "c", "--insecure", "--json"])).unwrap();
+    assert_eq!(
+        (sent["state"].as_str(), sent["sent"].as_u64()),
+        (Some("finished"), Some(1)),
+        "{sent}"
+    );
+    let log = relay.log();
+    assert_eq!(log[0], "AUTH PLAIN news@example.org ok tls", "{log:?}");
+    assert!(
+        log[1].starts_with("MAIL FROM:<b-") && log[1].contains("@bounce.example.org>"),
+        "{log:?}"
+    );
+}
