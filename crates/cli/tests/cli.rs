@@ -1894,3 +1894,34 @@ fn outside_its_send_window_a_campaign_waits() {
     stop(sink, "-INT");
     assert!(spool_recipients(&e.path("spool")).is_empty(), "nothing sent outside the window");
 }
+
+#[cfg(unix)]
+#[test]
+fn campaign_test_sends_one_marked_copy_and_edit_changes_only_drafts() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 2, &[]);
+    e.ok(&["campaign", "edit", "c", "--subject", "Issue 7 edited"]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let t = e.json(&["campaign", "test", "c", "--to", "editor@example.net", "--relay", &relay]);
+    assert_eq!(t["outcome"], "sent", "{t}");
+    // Not a delivery: the ledger is untouched and the campaign still a draft.
+    let st = e.json(&["campaign", "status", "c"]);
+    assert_eq!((st["state"].as_str(), st["total"].as_u64()), (Some("draft"), Some(0)), "{st}");
+    e.ok(&["campaign", "send", "c", "--relay", &relay]);
+    let refused = e.fails(&["campaign", "edit", "c", "--subject", "too late"]);
+    assert!(refused.contains("is finished: only drafts can be edited"), "{refused}");
+    stop(sink, "-INT");
+    let mails: Vec<String> = std::fs::read_dir(e.path("spool"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 3);
+    let test: Vec<_> = mails.iter().filter(|m| m.contains("X-Rundbrief-Test: yes")).collect();
+    assert_eq!(test.len(), 1);
+    assert!(test[0].contains("Delivered-To: <editor@example.net>"), "{}", test[0]);
+    assert!(test[0].contains("Subject: [TEST] Issue"), "{}", test[0]);
+    assert!(mails.iter().all(|m| m.contains("edited")), "the edited subject went out");
+}

@@ -94,6 +94,14 @@ pub enum StoreError {
         from: rundbrief_core::CampaignState,
         to: rundbrief_core::CampaignState,
     },
+    /// `campaign edit` on a campaign that is no longer a draft.
+    #[error(
+        "campaign `{name}` is {state}: only drafts can be edited (create a new campaign, or `campaign test` to check a change)"
+    )]
+    NotADraft {
+        name: String,
+        state: rundbrief_core::CampaignState,
+    },
     /// No campaign by that name.
     #[error("there is no campaign named `{0}` (see `rundbrief campaign ls`)")]
     CampaignNotFound(String),

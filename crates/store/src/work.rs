@@ -576,10 +576,9 @@ impl Store {
     pub async fn edit_campaign(&self, name: &str, e: &CampaignEdit) -> Result<()> {
         let c = self.campaign(name).await?.campaign;
         if c.state != CampaignState::Draft {
-            return Err(StoreError::IllegalTransition {
+            return Err(StoreError::NotADraft {
                 name: name.to_string(),
-                from: c.state,
-                to: CampaignState::Draft,
+                state: c.state,
             });
         }
         let mut sets = Vec::new();
