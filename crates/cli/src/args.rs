@@ -691,9 +691,10 @@ pub enum CampaignCmd {
         /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
         #[arg(long)]
         relay: Option<String>,
-        /// Simultaneous SMTP connections.
-        #[arg(long, default_value_t = 4)]
-        pool: usize,
+        /// Simultaneous SMTP connections (default: the relay's pool_size, 4
+        /// unless a [relays.NAME] says otherwise).
+        #[arg(long)]
+        pool: Option<usize>,
         /// Also wait for the retries of deferred deliveries (and for the send
         /// window to open) until every recipient has a final outcome. Without
         /// it, `send` returns when only later retries are left; `serve` or
@@ -730,9 +731,10 @@ pub enum CampaignCmd {
         /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
         #[arg(long)]
         relay: Option<String>,
-        /// Simultaneous SMTP connections.
-        #[arg(long, default_value_t = 4)]
-        pool: usize,
+        /// Simultaneous SMTP connections (default: the relay's pool_size, 4
+        /// unless a [relays.NAME] says otherwise).
+        #[arg(long)]
+        pool: Option<usize>,
         /// Accept any TLS certificate from the relay (test relays only).
         #[arg(long)]
         insecure: bool,
@@ -801,8 +803,9 @@ pub enum CampaignCmd {
         send: bool,
         #[arg(long)]
         relay: Option<String>,
-        #[arg(long, default_value_t = 4)]
-        pool: usize,
+        /// SMTP connections (default: the relay's pool_size).
+        #[arg(long)]
+        pool: Option<usize>,
     },
     /// Send one real copy to ADDR with "[TEST]" before the subject and an
     /// X-Rundbrief-Test header; it is not recorded as a delivery.
@@ -889,9 +892,9 @@ pub struct ServeArgs {
     /// Relay for campaigns that name none: a [relays.NAME] or a URL (overrides RUNDBRIEF_RELAY).
     #[arg(long)]
     pub relay: Option<String>,
-    /// SMTP connections per running campaign.
-    #[arg(long, default_value_t = 4)]
-    pub pool: usize,
+    /// SMTP connections per running campaign (default: the relay's pool_size).
+    #[arg(long)]
+    pub pool: Option<usize>,
     /// The bounce endpoint's address (port 25 in production); `off` to run
     /// without it.
     #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR|off")]

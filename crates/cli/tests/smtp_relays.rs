@@ -311,8 +311,17 @@ fn campaign_send_through_a_named_relay_with_auth() {
     run(&["sub", "add", "ann@example.net", "--list", "news"]);
     std::fs::write(e.dir.path().join("issue.md"), "Hello\n").unwrap();
     run(&[
-        "campaign", "create", "c", "--list", "news", "--subject", "Hi", "--content", "issue.md",
-        "--relay", "submit",
+        "campaign",
+        "create",
+        "c",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+        "--relay",
+        "submit",
     ]);
     let sent: Value =
         serde_json::from_str(&run(&["campaign", "send", "c", "--insecure", "--json"])).unwrap();

@@ -1,7 +1,9 @@
 //! `rundbrief smtp check`: the troubleshooting checklist as one dialogue,
 //! driven step by step so each step is timed and reported with the server's
 //! reply and a hint for the usual causes. It sends no message: it stops
-//! after MAIL (and RCPT when asked) and QUITs.
+//! after MAIL (and RCPT when asked) and QUITs. The `starttls` step carries a
+//! summary of the server's certificate ([`CertSummary`]), also when the
+//! handshake failed because of it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -2,7 +2,9 @@
 //! envelope per delivery with a signed VERP return path, and says exactly
 //! how each send ended.
 //!
-//! Owns: relay URLs and their options ([`Relay`]), the SMTP conversation
+//! Owns: relay URLs, named relays and their options ([`Relay`];
+//! [`Relay::resolve`] is the one place a `--relay NAME|URL` becomes a relay),
+//! the SMTP conversation
 //! driven one step at a time over lettre's `AsyncSmtpConnection`
 //! (`connection.rs`), a pool of long-lived connections ([`Sender`],
 //! [`Worker`]) and the classification of every send into an [`Outcome`]

@@ -413,7 +413,7 @@ pub struct SendOptions {
     /// Relay URL overriding the campaign's and the config's.
     pub relay: Option<String>,
     /// SMTP connections.
-    pub pool: usize,
+    pub pool: Option<usize>,
     /// Accept invalid TLS certificates (test relays only).
     pub insecure: bool,
     /// Wait for deferred deliveries' retries until each has a final outcome.
@@ -443,7 +443,7 @@ async fn send(
     cfg: &Config,
     name: &str,
     relay: Option<&str>,
-    pool: usize,
+    pool: Option<usize>,
     insecure: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -589,7 +589,10 @@ pub async fn runner_for(
     opts: &SendOptions,
 ) -> anyhow::Result<Runner> {
     let mut relay = crate::cmd::relay_for(cfg, opts.relay.as_deref().or(c.relay.as_deref()))?;
-    relay.options.pool_size = opts.pool.max(1);
+    if let Some(n) = opts.pool {
+        relay.options.pool_size = n.max(1);
+    }
+    let pool = relay.options.pool_size;
     relay.options.dangerous_accept_invalid_certs = opts.insecure;
     let prepared = prepare_campaign(cfg, c)?;
     let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
@@ -609,7 +612,7 @@ pub async fn runner_for(
         throttle: Arc::new(throttle_from(cfg)),
         hooks,
         clock: Arc::new(SystemClock),
-        config: run_config(cfg, opts.pool, opts.wait),
+        config: run_config(cfg, pool, opts.wait),
     })
 }
 
@@ -763,7 +766,7 @@ async fn send_test(
     let addr = crate::cmd::address(to)?;
     let opts = SendOptions {
         relay: relay.map(str::to_string),
-        pool: 1,
+        pool: Some(1),
         insecure,
         wait: false,
         progress: false,

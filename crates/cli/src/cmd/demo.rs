@@ -351,7 +351,7 @@ async fn run_in(
             CAMPAIGN,
             &SendOptions {
                 relay: Some(format!("smtp://{sink_addr}")),
-                pool: POOL,
+                pool: Some(POOL),
                 insecure: false,
                 wait: true,
                 progress: !json,
