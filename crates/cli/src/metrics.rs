@@ -58,6 +58,7 @@ pub struct Metrics {
     bounces: Family<ClassLabel, Gauge>,
     subscribers: Family<StatusLabel, Gauge>,
     running: Gauge,
+    connections: Counter,
     domains: Mutex<HashSet<String>>,
 }
 
@@ -102,6 +103,12 @@ impl Metrics {
         );
         let running = Gauge::default();
         registry.register("campaigns_running", "Campaigns in state running", running.clone());
+        let connections = Counter::default();
+        registry.register(
+            "endpoint_connections",
+            "SMTP connections accepted by the bounce endpoint",
+            connections.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -110,8 +117,14 @@ impl Metrics {
             bounces,
             subscribers,
             running,
+            connections,
             domains: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The counter the bounce endpoint increments per connection.
+    pub fn endpoint_connections(&self) -> Counter {
+        self.connections.clone()
     }
 
     /// One send attempt's outcome.

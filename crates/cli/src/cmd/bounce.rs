@@ -105,6 +105,7 @@ pub async fn run(
                 *max_connections,
                 *parse_workers > 0,
                 stop.clone(),
+                Default::default(),
             )
             .await?;
             eprintln!(
@@ -383,6 +384,7 @@ pub async fn start_endpoint(
     max_connections: usize,
     parse: bool,
     stop: rundbrief_smtpd::CancellationToken,
+    connections: prometheus_client::metrics::counter::Counter,
 ) -> anyhow::Result<RunningEndpoint> {
     let policy = crate::cmd::endpoint::Policy::from_config(cfg);
     let verp = cfg.verp()?;
@@ -402,6 +404,7 @@ pub async fn start_endpoint(
             .as_ref()
             .map(|a| a.trim().to_ascii_lowercase()),
         stored: stored.clone(),
+        connections,
     });
     let limits = rundbrief_smtpd::Limits {
         max_message_size: max_size,

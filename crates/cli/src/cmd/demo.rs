@@ -297,6 +297,7 @@ async fn run_in(
         domain: BOUNCE_DOMAIN.to_string(),
         abuse: None,
         stored: stored.clone(),
+        connections: Default::default(),
     });
     let endpoint_task = tokio::spawn(rundbrief_smtpd::run(
         endpoint_listener,

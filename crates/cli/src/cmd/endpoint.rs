@@ -54,6 +54,8 @@ pub struct Endpoint {
     pub abuse: Option<String>,
     /// Wakes the parse worker after each stored message.
     pub stored: Arc<Notify>,
+    /// Connections accepted (`rundbrief_endpoint_connections_total` under `serve`).
+    pub connections: prometheus_client::metrics::counter::Counter,
 }
 
 /// Local-part prefix of the `mailto:` unsubscribe address (`List-Unsubscribe:
@@ -115,6 +117,11 @@ impl Endpoint {
 }
 
 impl Handler for Endpoint {
+    async fn connect(&self, _info: &SessionInfo) -> Decision {
+        self.connections.inc();
+        Decision::Accept
+    }
+
     async fn rcpt(&self, _info: &SessionInfo, _tx: &Envelope, rcpt: &Recipient) -> Decision {
         match self.unsubscribe_address(&rcpt.address) {
             Some(Ok(_)) => return Decision::Accept,

@@ -51,6 +51,7 @@ pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<E
                 128,
                 true,
                 stop.child_token(),
+                metrics.endpoint_connections(),
             )
             .await?;
             eprintln!("bounce endpoint on {} for *@{}", e.addr, e.domain);
