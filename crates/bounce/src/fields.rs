@@ -7,6 +7,8 @@
 //! blank line and decode every field as an unstructured header, so this small
 //! tokenizer walks all blocks itself and leaves the meaning to the callers.
 
+use std::borrow::Cow;
+
 use crate::{MAX_FIELD_VALUE, MAX_FIELDS};
 
 /// One field: its name as written and its unfolded value (continuation lines joined
@@ -15,8 +17,8 @@ use crate::{MAX_FIELD_VALUE, MAX_FIELDS};
 pub struct Field<'a> {
     /// The field name as written (compare with `eq_ignore_ascii_case`).
     pub name: &'a str,
-    /// The unfolded value.
-    pub value: String,
+    /// The unfolded value (borrowed from the input unless it was folded or cut).
+    pub value: Cow<'a, str>,
     /// Index of the blank-line separated block the field belongs to (0-based).
     pub block: usize,
 }
@@ -50,8 +52,14 @@ pub fn parse_fields(text: &str) -> Vec<Field<'_>> {
             if out.len() >= MAX_FIELDS {
                 break;
             }
-            let mut v = String::with_capacity(value.len());
-            push_bounded(&mut v, value.trim());
+            let value = value.trim();
+            let v = if value.len() <= MAX_FIELD_VALUE {
+                Cow::Borrowed(value)
+            } else {
+                let mut v = String::with_capacity(MAX_FIELD_VALUE);
+                push_bounded(&mut v, value);
+                Cow::Owned(v)
+            };
             out.push(Field {
                 name,
                 value: v,
@@ -63,10 +71,11 @@ pub fn parse_fields(text: &str) -> Vec<Field<'_>> {
         // continuation (or a stray line) of the open field in this block
         if in_block && let Some(last) = out.last_mut() {
             let t = line.trim();
-            if !last.value.is_empty() {
-                push_bounded(&mut last.value, " ");
+            let value = last.value.to_mut();
+            if !value.is_empty() {
+                push_bounded(value, " ");
             }
-            push_bounded(&mut last.value, t);
+            push_bounded(value, t);
         }
     }
     out
@@ -141,7 +150,7 @@ mod tests {
         let f = parse_fields(text);
         let got: Vec<(&str, &str, usize)> = f
             .iter()
-            .map(|f| (f.name, f.value.as_str(), f.block))
+            .map(|f| (f.name, f.value.as_ref(), f.block))
             .collect();
         assert_eq!(
             got,

@@ -95,6 +95,12 @@ const SENDER_LEADS: &[&str] = &[
     "envelope-from",
 ];
 
+/// ASCII case-insensitive `ends_with` (`suffix` is lower-case ASCII).
+fn ends_with_ci(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
 fn clean_addr(a: &str) -> String {
     a.trim_matches(['<', '>', '"', '\'', ':', ',', ';', '.', '(', ')', '[', ']'])
         .to_string()
@@ -114,7 +120,7 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
             continue;
         }
         let addrs = find_addresses(t);
-        let lower_prev = prev_nonblank.trim().to_ascii_lowercase();
+        let prev = prev_nonblank.trim();
         prev_nonblank = line;
         let Some(&(st, en)) = addrs.first() else {
             continue;
@@ -140,7 +146,7 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
         {
             continue;
         }
-        if SENDER_LEADS.iter().any(|s| lower_prev.ends_with(s)) && lead_ok {
+        if lead_ok && SENDER_LEADS.iter().any(|s| ends_with_ci(prev, s)) {
             continue;
         }
         if lead_ok {
@@ -358,6 +364,20 @@ const FAILURE_MARKS: &[&str] = &[
     "gave up",
 ];
 
+/// One automaton per needle list that is searched in the whole report text (up to
+/// 64 KiB): one pass instead of one `contains` per needle.
+fn automaton(needles: &[&str]) -> aho_corasick::AhoCorasick {
+    aho_corasick::AhoCorasick::new(needles)
+        .expect("a few dozen short literal needles: always a valid automaton")
+}
+
+static BOUNCE_BODY_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(BOUNCE_BODY));
+static DELAY_MARKS_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(DELAY_MARKS));
+static FAILURE_MARKS_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(FAILURE_MARKS));
+
 /// Evidence, from headers and text, that the message is a bounce.
 pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> bool {
     if x_failed {
@@ -370,15 +390,15 @@ pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> boo
             .any(|d| local == *d || local.starts_with("mailer-daemon"))
         || DAEMON_NAMES.iter().any(|d| view.from_name.contains(d));
     let subject = BOUNCE_SUBJECTS.iter().any(|s| view.subject.contains(s));
-    let body = BOUNCE_BODY.iter().any(|s| report_lower.contains(s));
+    let body = BOUNCE_BODY_SET.is_match(report_lower);
     (daemon && (subject || body)) || (subject && body) || (body && view.has_original)
 }
 
 /// Whether a heuristic bounce is only a delay warning.
 pub fn is_delay(view: &View, report_lower: &str) -> bool {
     let subject = DELAY_SUBJECTS.iter().any(|s| view.subject.contains(s));
-    let body = DELAY_MARKS.iter().any(|s| report_lower.contains(s));
-    let failed = FAILURE_MARKS.iter().any(|s| report_lower.contains(s))
+    let body = DELAY_MARKS_SET.is_match(report_lower);
+    let failed = FAILURE_MARKS_SET.is_match(report_lower)
         || view.subject.contains("fail")
         || view.subject.contains("undeliver");
     (subject || body) && !failed

@@ -148,13 +148,32 @@ fn after_blank_line(raw: &[u8], from: usize) -> Option<usize> {
 /// is unwrapped.
 const MAX_FORWARD_DEPTH: u8 = 2;
 
-/// mail-parser set up to decode only the headers the recognisers read; every other
-/// header (notably `Received`, costly to tokenize) stays raw text.
+/// Headers read by name through [`header_text`]: mail-parser keeps their value as
+/// raw text. Every other header that is not decoded (see [`message_parser`]) is
+/// skipped. A header read by name must be listed here.
+const RAW_HEADERS: &[&str] = &[
+    "x-apple-unsubscribe",
+    "x-failed-recipients",
+    "auto-submitted",
+    "x-autoreply",
+    "x-autorespond",
+    "x-autoresponder",
+    "x-autoreply-from",
+    "precedence",
+    "list-id",
+];
+
+/// mail-parser set up to decode only the headers the recognisers read; the headers
+/// in [`RAW_HEADERS`] stay raw text and every other header (notably `Received`) is
+/// skipped without copying its value.
 pub(crate) fn message_parser() -> &'static MessageParser {
     static P: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
         use mail_parser::HeaderName;
-        MessageParser::new()
-            .with_mime_headers()
+        let mut p = MessageParser::new().default_header_ignore();
+        for h in RAW_HEADERS {
+            p = p.header_raw(HeaderName::from(*h));
+        }
+        p.with_mime_headers()
             .header_text(HeaderName::Subject)
             .header_address(HeaderName::From)
             .header_address(HeaderName::To)
@@ -284,6 +303,10 @@ fn looks_like_message(text: &str) -> bool {
 
 /// Value of the first header called `name` (case-insensitive), as text.
 fn header_text(msg: &Message<'_>, name: &str) -> Option<String> {
+    debug_assert!(
+        RAW_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || name == "in-reply-to",
+        "{name} must be in RAW_HEADERS"
+    );
     msg.headers()
         .iter()
         .find(|h| h.name().eq_ignore_ascii_case(name))
@@ -460,14 +483,22 @@ fn heuristic_bounce(
             .collect();
     }
     for (address, text) in items {
-        let text = if text.trim().is_empty() {
+        let from_report = text.trim().is_empty();
+        let text = if from_report {
             view.report.as_ref()
         } else {
             text.as_str()
         };
-        let norm = normalize(text);
-        let (reply, status) = signal_parts(&norm);
-        let (class, rule) = decide(action, &Signal::new(status, reply, &norm));
+        // `report_lower` is `normalize(&view.report)` already.
+        let owned;
+        let norm: &str = if from_report {
+            report_lower
+        } else {
+            owned = normalize(text);
+            &owned
+        };
+        let (reply, status) = signal_parts(norm);
+        let (class, rule) = decide(action, &Signal::new(status, reply, norm));
         b.recipients.push(Recipient {
             address,
             status: status.map(|s| s.to_string()).unwrap_or_default(),

@@ -71,6 +71,15 @@ fn ctype_of(part: &MessagePart<'_>) -> (String, String) {
     }
 }
 
+/// `String::from_utf8_lossy`, with the (much faster) validation of `str::from_utf8`
+/// first: parts are nearly always valid UTF-8 already.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// The largest char boundary of `s` at or below `max`.
 fn floor_boundary(s: &str, max: usize) -> usize {
     let mut end = s.len().min(max);
@@ -190,6 +199,14 @@ pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// Whether a `:` occurs where one of [`ORIGINAL_HEADERS`] would put it: a cheap test
+/// that rules out most prose lines before the prefix comparisons.
+fn has_early_colon(line: &str) -> bool {
+    const LONGEST: usize = 24;
+    let b = line.as_bytes();
+    memchr::memchr(b':', &b[..b.len().min(LONGEST)]).is_some()
+}
+
 /// Splits a report text at the start of a copied original message: returns the end
 /// of the report part and, if a copy starts, where it starts.
 fn cut_original(text: &str) -> (usize, Option<usize>) {
@@ -221,7 +238,11 @@ fn cut_original(text: &str) -> (usize, Option<usize>) {
             return (pos, Some(pos + raw.len()));
         }
         let indented = line.starts_with([' ', '\t']);
-        if !indented && seen_text && ORIGINAL_HEADERS.iter().any(|h| starts_with_ci(trimmed, h)) {
+        if !indented
+            && seen_text
+            && has_early_colon(trimmed)
+            && ORIGINAL_HEADERS.iter().any(|h| starts_with_ci(trimmed, h))
+        {
             if header_run == 0 {
                 header_run_start = pos;
             }
@@ -298,11 +319,11 @@ impl<'a> View<'a> {
                         && (sub == "delivery-status" || sub == "global-delivery-status")
                     {
                         if v.delivery_status.len() < 4 {
-                            v.delivery_status.push(String::from_utf8_lossy(bytes));
+                            v.delivery_status.push(lossy(bytes));
                         }
                     } else if is_msg && sub == "feedback-report" {
                         if v.feedback_report.is_none() {
-                            v.feedback_report = Some(String::from_utf8_lossy(bytes));
+                            v.feedback_report = Some(lossy(bytes));
                         }
                     } else if (is_msg || ct == "text")
                         && (sub == "rfc822-headers" || sub == "global-headers" || sub == "rfc822")

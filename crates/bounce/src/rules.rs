@@ -422,8 +422,11 @@ impl Matcher {
                 group.push((RULES.len() + k) as u8);
             }
         }
+        // A full DFA: a few hundred short needles make it small (tens of KiB), and it
+        // scans about twice as fast as the default contiguous NFA.
         let ac = aho_corasick::AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::Standard)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(&pats)
             .expect("the rule needles are a few hundred short literals: always a valid automaton");
         Matcher { ac, group }
@@ -524,21 +527,42 @@ pub fn collapse(text: &str, max: usize) -> String {
 }
 
 fn squeeze(text: &str, max: usize, lower: bool) -> String {
-    let mut out: Vec<u8> = Vec::with_capacity(text.len().min(max));
-    let mut space = false;
-    for &b in text.as_bytes() {
-        if b.is_ascii_whitespace() {
-            space = !out.is_empty();
-            continue;
+    if max == usize::MAX && lower {
+        return normalize_unbounded(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len().min(max));
+    let mut i = 0;
+    // Copies one run of non-space bytes at a time (whole runs, not byte by byte);
+    // a single space separates runs, none leads or trails.
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
         }
-        if out.len() + 1 + usize::from(space) > max {
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
             break;
         }
-        if space {
-            out.push(b' ');
-            space = false;
+        let sep = usize::from(!out.is_empty());
+        let room = max.saturating_sub(out.len() + sep);
+        if room == 0 {
+            break;
         }
-        out.push(if lower { b.to_ascii_lowercase() } else { b });
+        if sep == 1 {
+            out.push(b' ');
+        }
+        let run = &bytes[start..start + (i - start).min(room)];
+        let from = out.len();
+        out.extend_from_slice(run);
+        if lower {
+            out[from..].make_ascii_lowercase();
+        }
+        if run.len() < i - start {
+            break;
+        }
     }
     // Only ASCII bytes were changed or dropped, so `out` is valid UTF-8 except where
     // `max` cut a character: back off to the last boundary.
@@ -551,6 +575,41 @@ fn squeeze(text: &str, max: usize, lower: bool) -> String {
             String::from_utf8(bytes).unwrap_or_default()
         }
     }
+}
+
+/// [`normalize`] without a length limit: copies the text, lower-cases it in one
+/// (vectorised) pass and then closes the white-space gaps in place. Text that is
+/// already single-spaced is never moved.
+fn normalize_unbounded(text: &str) -> String {
+    let mut v = text.as_bytes().to_vec();
+    v.make_ascii_lowercase();
+    let n = v.len();
+    let (mut r, mut w) = (0, 0);
+    while r < n && v[r].is_ascii_whitespace() {
+        r += 1;
+    }
+    while r < n {
+        let end = v[r..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(n, |p| r + p);
+        if w != r {
+            v.copy_within(r..end, w);
+        }
+        w += end - r;
+        r = end;
+        while r < n && v[r].is_ascii_whitespace() {
+            r += 1;
+        }
+        if r < n {
+            v[w] = b' ';
+            w += 1;
+        }
+    }
+    v.truncate(w);
+    // Only ASCII bytes were changed or dropped, and whole runs of non-space bytes
+    // were kept, so the bytes are still UTF-8.
+    String::from_utf8(v).unwrap_or_default()
 }
 
 #[rustfmt::skip]
@@ -573,17 +632,54 @@ const STAGE_CONNECT: &[&str] = &[
 /// The SMTP step the normalized `text` says the rejection answered. RCPT wins over
 /// DATA and MAIL FROM when several are named (transcripts list every step).
 pub fn stage_of(text: &str) -> Stage {
-    if any_in(text, STAGE_RCPT) {
-        Stage::Rcpt
-    } else if any_in(text, STAGE_DATA) {
-        Stage::Data
-    } else if any_in(text, STAGE_MAIL) {
-        Stage::MailFrom
-    } else if any_in(text, STAGE_CONNECT) {
-        Stage::Connect
-    } else {
-        Stage::Unknown
+    stage_matcher().stage(text)
+}
+
+/// One Aho-Corasick automaton over the stage phrases only (for [`stage_of`], which
+/// runs on whole report texts where the rule needles are not wanted).
+struct StageMatcher {
+    ac: aho_corasick::AhoCorasick,
+    /// Index into [`STAGE_GROUPS`] of each pattern.
+    group: Vec<u8>,
+}
+
+impl StageMatcher {
+    fn build() -> StageMatcher {
+        let mut pats: Vec<&str> = Vec::new();
+        let mut group: Vec<u8> = Vec::new();
+        for (k, (needles, _)) in STAGE_GROUPS.iter().enumerate() {
+            for n in *needles {
+                pats.push(n);
+                group.push(k as u8);
+            }
+        }
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(&pats)
+            .expect("the stage phrases are a few dozen short literals: always a valid automaton");
+        StageMatcher { ac, group }
     }
+
+    /// The highest-priority stage named anywhere in `text`; stops as soon as a RCPT
+    /// phrase (the highest priority) is seen.
+    fn stage(&self, text: &str) -> Stage {
+        let mut best = STAGE_GROUPS.len();
+        for m in self.ac.find_overlapping_iter(text) {
+            if let Some(&g) = self.group.get(m.pattern().as_usize()) {
+                best = best.min(usize::from(g));
+                if best == 0 {
+                    break;
+                }
+            }
+        }
+        STAGE_GROUPS.get(best).map_or(Stage::Unknown, |(_, st)| *st)
+    }
+}
+
+fn stage_matcher() -> &'static StageMatcher {
+    static M: std::sync::LazyLock<StageMatcher> = std::sync::LazyLock::new(StageMatcher::build);
+    &M
 }
 
 /// Classifies an SMTP reply seen while sending (a synchronous bounce), with the same
@@ -887,6 +983,21 @@ mod tests {
         ];
         for (t, want) in cases {
             assert_eq!(stage_of(t), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn normalize_fast_path_matches_the_general_one() {
+        for s in [
+            "",
+            "   ",
+            "a",
+            " A b ",
+            "Ab\t\tC\r\n  d\x0ce ",
+            "\u{c9}T\u{c9}  X\u{a0}Y",
+            "550-5.1.1 The email\r\n550-5.1.1 account",
+        ] {
+            assert_eq!(normalize(s), squeeze(s, usize::MAX - 1, true), "{s:?}");
         }
     }
 
