@@ -106,6 +106,34 @@ pub enum RunError {
     Task(String),
 }
 
+/// Sends in flight and outcomes not yet recorded, across batches.
+struct Flight {
+    limit: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<(PendingDelivery, Result<Outcome, String>, Duration)>,
+    records: Vec<DeliveryOutcome>,
+    rejections: Vec<(PendingDelivery, SendError)>,
+    last_flush: Instant,
+    /// The campaign left `running` (pause, cancel): start nothing more.
+    halted: bool,
+    attempts: u64,
+    done: u64,
+}
+
+impl Flight {
+    fn new(concurrency: usize) -> Self {
+        Flight {
+            limit: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            tasks: tokio::task::JoinSet::new(),
+            records: Vec::new(),
+            rejections: Vec::new(),
+            last_flush: Instant::now(),
+            halted: false,
+            attempts: 0,
+            done: 0,
+        }
+    }
+}
+
 /// Everything a run needs.
 pub struct Runner {
     pub store: Store,
@@ -139,13 +167,15 @@ impl Runner {
             let added = store.materialise_deliveries(campaign_id).await?;
             tracing::info!(campaign = %sched.name, added, "recipients materialised");
         }
-        let (mut attempts, mut done) = (0u64, 0u64);
+        let mut flight = Flight::new(self.config.concurrency);
         let ended = loop {
             if stop.is_cancelled() {
+                self.drain(&mut flight, progress).await?;
                 break Ended::Shutdown;
             }
             let state = store.campaign_state(campaign_id).await?;
             if state != CampaignState::Running {
+                self.drain(&mut flight, progress).await?;
                 break Ended::Stopped(state);
             }
             let now = self.clock.now();
@@ -153,6 +183,7 @@ impl Runner {
                 && !w.contains(tz, now)
             {
                 let opens = w.opens_at(tz, now);
+                self.drain(&mut flight, progress).await?;
                 if !self.config.wait {
                     break Ended::WindowClosed(opens);
                 }
@@ -166,6 +197,11 @@ impl Runner {
                 .claim_deliveries(campaign_id, &self.config.owner, now, lease_until, self.config.batch)
                 .await?;
             if batch.is_empty() {
+                if !flight.tasks.is_empty() || !flight.records.is_empty() {
+                    // Ours in flight: record them, then look again.
+                    self.drain(&mut flight, progress).await?;
+                    continue;
+                }
                 if store.finish_if_done(campaign_id).await? {
                     break Ended::Finished;
                 }
@@ -179,9 +215,8 @@ impl Runner {
                 self.sleep_until(next, stop).await;
                 continue;
             }
-            let (a, d) = self.send_batch(campaign_id, batch, stop, progress, done).await?;
-            attempts += a;
-            done += d;
+            self.send_batch(campaign_id, batch, &mut flight, stop, progress)
+                .await?;
         };
         if matches!(ended, Ended::Shutdown | Ended::Stopped(_)) {
             // Claimed but never started: back to the pool for whoever continues.
@@ -192,8 +227,8 @@ impl Runner {
         Ok(RunReport {
             ended,
             counts,
-            attempts,
-            done,
+            attempts: flight.attempts,
+            done: flight.done,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -211,37 +246,37 @@ impl Runner {
         }
     }
 
-    /// Sends one claimed batch; returns (outcomes recorded, final outcomes).
+    /// Starts sends for one claimed batch, settling and recording finished
+    /// ones as permits free up. Sends still in flight at the end stay in
+    /// `flight`: the next batch is claimed while they finish, so the pipe
+    /// never drains between batches.
     async fn send_batch(
         &self,
         campaign_id: uuid::Uuid,
         batch: Vec<PendingDelivery>,
+        flight: &mut Flight,
         stop: &CancellationToken,
         progress: &(dyn Fn(u64) + Sync),
-        done_before: u64,
-    ) -> Result<(u64, u64), RunError> {
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut it = batch.into_iter();
-        let mut pending_records: Vec<DeliveryOutcome> = Vec::new();
-        let mut rejections: Vec<(PendingDelivery, SendError)> = Vec::new();
-        let (mut attempts, mut done) = (0u64, 0u64);
-        let mut last_flush = Instant::now();
-        let mut halted = false;
-        loop {
-            // Start sends while there are permits; record finished ones as they come.
-            let next = if stop.is_cancelled() || halted { None } else { it.next() };
-            let Some(d) = next else { break };
+    ) -> Result<(), RunError> {
+        for d in batch {
+            // Claimed but not started when stopping: the caller releases them.
+            if stop.is_cancelled() || flight.halted {
+                break;
+            }
             let permit = tokio::select! {
-                p = Arc::clone(&limit).acquire_owned() => p.map_err(|e| RunError::Task(e.to_string()))?,
-                // Claimed but never started: the caller releases the claims.
-                () = stop.cancelled() => { drop(d); break; }
+                p = Arc::clone(&flight.limit).acquire_owned() => p.map_err(|e| RunError::Task(e.to_string()))?,
+                () = stop.cancelled() => break,
             };
-            let rendered = self.hooks.render(&d);
-            let (sender, throttle) = (Arc::clone(&self.sender), Arc::clone(&self.throttle));
-            tasks.spawn(async move {
+            let (sender, throttle, hooks) = (
+                Arc::clone(&self.sender),
+                Arc::clone(&self.throttle),
+                Arc::clone(&self.hooks),
+            );
+            flight.tasks.spawn(async move {
                 let t0 = Instant::now();
-                let outcome = match rendered {
+                // Rendering (and DKIM signing) runs on the runtime's threads,
+                // not on the claiming task.
+                let outcome = match hooks.render(&d) {
                     Ok(bytes) => {
                         let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
                         let _slot = throttle.acquire(&domain).await;
@@ -266,34 +301,35 @@ impl Runner {
                 drop(permit);
                 (d, outcome, t0.elapsed())
             });
-            while let Some(r) = tasks.try_join_next() {
-                let (a, f) = self.settle(r, &mut pending_records, &mut rejections).await?;
-                attempts += a;
-                done += f;
+            while let Some(r) = flight.tasks.try_join_next() {
+                self.settle(r, flight).await?;
             }
-            if pending_records.len() >= self.config.record_every
-                || last_flush.elapsed() >= FLUSH_INTERVAL
+            if flight.records.len() >= self.config.record_every
+                || flight.last_flush.elapsed() >= FLUSH_INTERVAL
             {
-                self.flush(&mut pending_records, &mut rejections).await?;
-                progress(done_before + done);
-                last_flush = Instant::now();
+                self.flush(flight, progress).await?;
                 // A pause or cancel takes effect within one flush interval:
                 // sends in flight finish, the rest of the batch is released.
-                halted = self.store.campaign_state(campaign_id).await? != CampaignState::Running;
+                flight.halted =
+                    self.store.campaign_state(campaign_id).await? != CampaignState::Running;
             }
         }
-        while let Some(r) = tasks.join_next().await {
-            let (a, f) = self.settle(r, &mut pending_records, &mut rejections).await?;
-            attempts += a;
-            done += f;
-            if pending_records.len() >= self.config.record_every {
-                self.flush(&mut pending_records, &mut rejections).await?;
-                progress(done_before + done);
+        Ok(())
+    }
+
+    /// Waits for every send in flight and records all outcomes.
+    async fn drain(
+        &self,
+        flight: &mut Flight,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RunError> {
+        while let Some(r) = flight.tasks.join_next().await {
+            self.settle(r, flight).await?;
+            if flight.records.len() >= self.config.record_every {
+                self.flush(flight, progress).await?;
             }
         }
-        self.flush(&mut pending_records, &mut rejections).await?;
-        progress(done_before + done);
-        Ok((attempts, done))
+        self.flush(flight, progress).await
     }
 
     /// Records a group of outcomes, then hands the synchronous bounces among
@@ -301,16 +337,18 @@ impl Runner {
     /// bounce policy looks at it).
     async fn flush(
         &self,
-        records: &mut Vec<DeliveryOutcome>,
-        rejections: &mut Vec<(PendingDelivery, SendError)>,
+        flight: &mut Flight,
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RunError> {
-        self.store.record_outcomes(records).await?;
-        records.clear();
-        for (d, error) in rejections.drain(..) {
+        self.store.record_outcomes(&flight.records).await?;
+        flight.records.clear();
+        for (d, error) in flight.rejections.drain(..) {
             if let Err(e) = self.hooks.rejected(&d, &error).await {
                 tracing::warn!(delivery = %d.delivery_id, "could not classify a synchronous bounce: {e}");
             }
         }
+        flight.last_flush = Instant::now();
+        progress(flight.done);
         Ok(())
     }
 
@@ -321,9 +359,8 @@ impl Runner {
             (PendingDelivery, Result<Outcome, String>, Duration),
             tokio::task::JoinError,
         >,
-        records: &mut Vec<DeliveryOutcome>,
-        rejections: &mut Vec<(PendingDelivery, SendError)>,
-    ) -> Result<(u64, u64), RunError> {
+        flight: &mut Flight,
+    ) -> Result<(), RunError> {
         let (d, outcome, latency) = joined.map_err(|e| RunError::Task(e.to_string()))?;
         let now = self.clock.now();
         let (state, error, next) = match &outcome {
@@ -354,15 +391,17 @@ impl Runner {
         };
         let domain = d.email.rsplit('@').next().unwrap_or_default();
         self.hooks.observe(domain, state, latency);
-        records.push(DeliveryOutcome {
+        flight.records.push(DeliveryOutcome {
             delivery_id: d.delivery_id,
             state,
             error,
             next_attempt_at: next,
         });
         if let Ok(Outcome::Rejected { error }) = outcome {
-            rejections.push((d, error));
+            flight.rejections.push((d, error));
         }
-        Ok((1, u64::from(state != DeliveryState::Deferred)))
+        flight.attempts += 1;
+        flight.done += u64::from(state != DeliveryState::Deferred);
+        Ok(())
     }
 }

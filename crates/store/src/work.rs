@@ -208,7 +208,32 @@ impl Store {
         }
         let now = Utc::now();
         let txn = self.write_txn().await.doing("starting to record outcomes")?;
-        for o in outcomes {
+        // The common case, a plain 250, is one statement for the whole group
+        // (a round trip per delivery made PostgreSQL the bottleneck).
+        let (plain, other): (Vec<&DeliveryOutcome>, Vec<&DeliveryOutcome>) =
+            outcomes.iter().partition(|o| {
+                o.state == DeliveryState::Sent && o.error.is_none() && o.next_attempt_at.is_none()
+            });
+        if !plain.is_empty() {
+            let marks = vec!["?"; plain.len()].join(", ");
+            let mut values: Vec<Value> = vec![
+                DeliveryState::Bounced.as_str().into(),
+                DeliveryState::Sent.as_str().into(),
+                now.into(),
+            ];
+            values.extend(plain.iter().map(|o| Value::from(o.delivery_id)));
+            txn.execute_raw(self.stmt(
+                &format!(
+                    "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, \
+                     attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL, \
+                     lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id IN ({marks})"
+                ),
+                values,
+            ))
+            .await
+            .doing("recording sent deliveries")?;
+        }
+        for o in other {
             txn.execute_raw(self.stmt(
                 "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, \
                  attempts = attempts + 1, last_error = ?, next_attempt_at = ?, \
