@@ -1,12 +1,25 @@
 //! `rundbrief-bench`: the figures the issues ask for, printed as one table.
 //!
 //! It measures the real `rundbrief` binary (built next to this one: run
-//! `cargo build --release --workspace` first) as a child process, so peak RSS
-//! is the child's own (`wait4` rusage), and compares with the practical
-//! ceilings named in the issues (psql's `\copy` for the import). Library-level
-//! figures (bounce parsing) run in-process on one thread.
+//! `cargo build --release -p rundbrief -p rundbrief-bench` first) as a child
+//! process, so peak RSS is the child's own (`wait4` rusage), and compares
+//! with the practical ceilings named in the issues: psql's `\copy` for the
+//! import, Postfix's `smtp-source` for sending, a private Postfix instance's
+//! intake for the bounce endpoint. Library-level figures (bounce parsing,
+//! rendering, the sender) run in-process. docs/benchmarks.md has the latest
+//! table and what each group measures.
 //!
 //! Nothing here is a test: it prints numbers, it asserts nothing.
+//!
+//! Every server it starts (Postfix `smtp-sink`, a private Postfix instance,
+//! `rundbrief bounce serve`) listens on 127.0.0.1 only and is stopped when
+//! the figure that needed it is done, also when that figure fails.
+
+mod campaign;
+mod endpoint;
+mod postfix;
+mod render;
+mod send;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -51,13 +64,59 @@ enum What {
     },
     /// Bounce parsing messages/s on one core over the fixture corpus.
     BounceParse,
+    /// Render + MIME messages/s on one core (the render_bench newsletter).
+    Render,
+    /// Sender msgs/s to Postfix smtp-sink vs smtp-source against the same sink.
+    Send,
+    /// DSNs/s through `rundbrief bounce serve` (durable storage), 8 senders,
+    /// on SQLite and PostgreSQL, vs a private Postfix instance's intake.
+    Endpoint {
+        /// Messages per sender connection (default 1,000; 250 with --quick).
+        #[arg(long)]
+        per_sender: Option<usize>,
+    },
+    /// An N-recipient campaign to a loopback smtp-sink: materialisation,
+    /// end-to-end msgs/s and peak RSS of `campaign send`.
+    Campaign {
+        /// Recipients (default 1,000,000; 20,000 with --quick).
+        #[arg(long)]
+        recipients: Option<u64>,
+        /// Skip the SQLite run (PostgreSQL only).
+        #[arg(long)]
+        no_sqlite: bool,
+    },
 }
 
-struct Figure {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    note: String,
+/// One figure group: appends its rows to the table.
+type Group<'a> = dyn Fn(&mut Vec<Figure>) -> anyhow::Result<()> + 'a;
+
+/// One row of the table.
+pub(crate) struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub note: String,
+}
+
+impl Figure {
+    pub fn new(
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        note: impl Into<String>,
+    ) -> Self {
+        Figure {
+            name: name.into(),
+            value,
+            unit,
+            note: note.into(),
+        }
+    }
+}
+
+/// Bytes as MiB.
+pub(crate) fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,17 +125,46 @@ fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     match &args.what {
         What::All => {
-            import(&args, None, &mut figures)?;
-            bounce_parse(&args, &mut figures)?;
+            // One failing group must not lose the others' figures.
+            let groups: [(&str, &Group); 6] = [
+                ("import", &|f| import(&args, None, f)),
+                ("bounce-parse", &|f| bounce_parse(&args, f)),
+                ("render", &|f| render::run(&args, f)),
+                ("send", &|f| send::run(&args, f)),
+                ("endpoint", &|f| endpoint::run(&args, None, f)),
+                ("campaign", &|f| campaign::run(&args, None, false, f)),
+            ];
+            for (name, run) in groups {
+                if let Err(e) = run(&mut figures) {
+                    eprintln!("{name}: failed: {e:#}");
+                    figures.push(Figure {
+                        name: format!("{name} (failed)"),
+                        value: f64::NAN,
+                        unit: "",
+                        note: format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                    });
+                }
+            }
         }
         What::Import { rows } => import(&args, *rows, &mut figures)?,
         What::BounceParse => bounce_parse(&args, &mut figures)?,
+        What::Render => render::run(&args, &mut figures)?,
+        What::Send => send::run(&args, &mut figures)?,
+        What::Endpoint { per_sender } => endpoint::run(&args, *per_sender, &mut figures)?,
+        What::Campaign {
+            recipients,
+            no_sqlite,
+        } => campaign::run(&args, *recipients, *no_sqlite, &mut figures)?,
     }
-    println!("\n{:<44} {:>14} {:<8} note", "figure", "value", "unit");
+    println!("\n{:<60} {:>10} {:<7} note", "figure", "value", "unit");
     for f in &figures {
-        let decimals = if f.unit == "ratio" { 2 } else { 1 };
+        let decimals = match f.unit {
+            "ratio" => 2,
+            "msg/s" | "rows/s" | "DSN/s" if f.value >= 100.0 => 0,
+            _ => 1,
+        };
         println!(
-            "{:<44} {:>14.decimals$} {:<8} {}",
+            "{:<60} {:>10.decimals$} {:<7} {}",
             f.name, f.value, f.unit, f.note
         );
     }
@@ -84,12 +172,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The `rundbrief` binary next to this one.
-fn rundbrief() -> anyhow::Result<PathBuf> {
+pub(crate) fn rundbrief() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("rundbrief");
     if !bin.exists() {
         bail!(
-            "{} not found: build it first with `cargo build --release --workspace`",
+            "{} not found: build it first with `cargo build --release -p rundbrief -p rundbrief-bench`",
             bin.display()
         );
     }
@@ -97,25 +185,32 @@ fn rundbrief() -> anyhow::Result<PathBuf> {
 }
 
 /// A finished child: stdout, wall time, peak RSS in bytes.
-struct Measured {
-    stdout: String,
-    elapsed: Duration,
-    max_rss: u64,
+pub(crate) struct Measured {
+    pub stdout: String,
+    pub elapsed: Duration,
+    pub max_rss: u64,
+    /// Each stderr line with the time it arrived, counted from the spawn.
+    pub stderr_lines: Vec<(Duration, String)>,
 }
 
 /// Runs `cmd` to the end and reads its own peak RSS with `wait4`.
-fn measure(cmd: &mut Command) -> anyhow::Result<Measured> {
+pub(crate) fn measure(cmd: &mut Command) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()?;
-    let mut err_pipe = child.stderr.take().context("stderr")?;
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let err_pipe = child.stderr.take().context("stderr")?;
     let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(err_pipe).lines() {
+            let Ok(line) = line else { break };
+            lines.push((started.elapsed(), line));
+        }
+        lines
     });
     let mut stdout = String::new();
     child
@@ -130,18 +225,26 @@ fn measure(cmd: &mut Command) -> anyhow::Result<Measured> {
     // SAFETY: waiting for a child we spawned; pointers are valid for the call.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = started.elapsed();
-    let stderr = err_reader.join().unwrap_or_default();
+    let stderr_lines = err_reader.join().unwrap_or_default();
     if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (status {status}):\n{stderr}");
+        let tail: Vec<&str> = stderr_lines
+            .iter()
+            .rev()
+            .take(20)
+            .rev()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        bail!("{cmd:?} failed (status {status}):\n{}", tail.join("\n"));
     }
     Ok(Measured {
         stdout,
         elapsed,
         max_rss: usage.ru_maxrss as u64 * 1024,
+        stderr_lines,
     })
 }
 
-fn generate_csv(path: &Path, rows: u64) -> anyhow::Result<()> {
+pub(crate) fn generate_csv(path: &Path, rows: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).is_ok() {
         return Ok(());
     }
@@ -174,7 +277,7 @@ fn pg_url_for(base: &str, db: &str) -> String {
     }
 }
 
-fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
+pub(crate) fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
     let out = Command::new("psql")
         .args([url, "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql])
         .output()
@@ -186,14 +289,14 @@ fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
 }
 
 /// A scratch PostgreSQL database, dropped at the end.
-struct ScratchDb {
+pub(crate) struct ScratchDb {
     admin: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl ScratchDb {
-    fn new(admin: &str, tag: &str) -> anyhow::Result<Self> {
+    pub fn new(admin: &str, tag: &str) -> anyhow::Result<Self> {
         let name = format!("rb_bench_{tag}_{}", std::process::id());
         psql(admin, &format!("DROP DATABASE IF EXISTS {name}"))?;
         psql(admin, &format!("CREATE DATABASE {name}"))?;
