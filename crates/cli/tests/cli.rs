@@ -1632,11 +1632,12 @@ fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
     ]);
 }
 
-/// In-flight window of `campaign send --pool P`: 2P sends in flight plus
-/// at most 32 outcomes not yet recorded (see docs/architecture.md).
+/// In-flight window of `campaign send --pool P`: 2P sends in flight, plus
+/// finished ones not yet recorded (fewer than 32 + 2P; see
+/// docs/architecture.md).
 #[cfg(unix)]
 fn in_flight_window(pool: usize) -> usize {
-    2 * pool + 32
+    4 * pool + 32
 }
 
 #[cfg(unix)]

@@ -262,17 +262,25 @@ pub fn stop(child: std::process::Child, signal: &str) {
 }
 
 /// Recipients of the messages in a sink spool (one Delivered-To each).
+/// Safe to call while the sink is writing: only finished `.eml` files count
+/// (a file being written under a temporary name may vanish between listing
+/// and reading).
 #[cfg(unix)]
 pub fn spool_recipients(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
-            d.map(|f| {
-                std::fs::read_to_string(f.unwrap().path())
-                    .unwrap()
-                    .lines()
-                    .find(|l| l.starts_with("Delivered-To:"))
-                    .unwrap_or_default()
-                    .to_string()
+            d.filter_map(|f| {
+                let path = f.ok()?.path();
+                if path.extension().is_none_or(|x| x != "eml") {
+                    return None;
+                }
+                let text = std::fs::read_to_string(path).ok()?;
+                Some(
+                    text.lines()
+                        .find(|l| l.starts_with("Delivered-To:"))
+                        .unwrap_or_default()
+                        .to_string(),
+                )
             })
             .collect()
         })
