@@ -7,52 +7,36 @@
 #[path = "../../sender/tests/support/auth_relay.rs"]
 mod auth_relay;
 
-use assert_cmd::Command;
+mod common;
+
+use common::*;
 use serde_json::Value;
 
 const PASSWORD: &str = "correct horse";
 
-/// A temporary working directory and the real binary, without any
-/// RUNDBRIEF_* variables from the outside.
-struct Env {
-    dir: tempfile::TempDir,
+/// A fresh working directory whose rundbrief.toml is `config`.
+fn env_with(config: &str) -> Env {
+    let e = Env::new();
+    e.write("rundbrief.toml", config.as_bytes());
+    e
 }
 
-impl Env {
-    fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rundbrief.toml"), config).unwrap();
-        Env { dir }
+/// Runs `smtp check ARGS --json`; the exit status and the report.
+fn check(e: &Env, args: &[&str], env: &[(&str, &str)]) -> (bool, Value) {
+    let mut c = e.cmd();
+    c.args(["smtp", "check"]).args(args).arg("--json");
+    for (k, v) in env {
+        c.env(k, v);
     }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("rundbrief").unwrap();
-        c.current_dir(self.dir.path());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c
-    }
-
-    /// Runs `smtp check ARGS --json`; the exit status and the report.
-    fn check(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, Value) {
-        let mut c = self.cmd();
-        c.args(["smtp", "check"]).args(args).arg("--json");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{args:?}: not JSON ({e}): {} {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.success(), v)
-    }
+    let out = c.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "{args:?}: not JSON ({err}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
 }
 
 fn step<'a>(v: &'a Value, name: &str) -> &'a Value {
@@ -67,7 +51,7 @@ fn step<'a>(v: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn smtp_check_auth_with_the_password_from_the_environment() {
     let relay = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
-    let e = Env::new("");
+    let e = env_with("");
     let target = format!("127.0.0.1:{}", relay.port);
     let args = [
         target.as_str(),
@@ -77,7 +61,7 @@ fn smtp_check_auth_with_the_password_from_the_environment() {
         "news@example.org",
     ];
 
-    let (ok, v) = e.check(&args, &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)]);
+    let (ok, v) = check(&e, &args, &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)]);
     assert!(ok, "{v}");
     let auth = step(&v, "auth");
     assert!(
@@ -86,7 +70,7 @@ fn smtp_check_auth_with_the_password_from_the_environment() {
     );
     assert!(!v.to_string().contains(PASSWORD), "password leaked: {v}");
 
-    let (ok, v) = e.check(&args, &[("RUNDBRIEF_SMTP_PASSWORD", "wrong")]);
+    let (ok, v) = check(&e, &args, &[("RUNDBRIEF_SMTP_PASSWORD", "wrong")]);
     assert!(!ok);
     let auth = step(&v, "auth");
     assert_eq!(auth["ok"], false, "{v}");
@@ -98,7 +82,8 @@ fn smtp_check_auth_with_the_password_from_the_environment() {
 
     // Without STARTTLS the relay offers no AUTH: the hint says so and the
     // password is not sent.
-    let (ok, v) = e.check(
+    let (ok, v) = check(
+        &e,
         &[target.as_str(), "--auth", "news@example.org"],
         &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)],
     );
@@ -130,7 +115,7 @@ fn smtp_check_relay_name_uses_the_named_relays_settings() {
         mechanisms: vec!["LOGIN"],
         ..auth_relay::Script::new("news@example.org", PASSWORD)
     });
-    let e = Env::new(&format!(
+    let e = env_with(&format!(
         "[relays.submit]\n\
          url = \"smtp://news%40example.org@127.0.0.1:{}\"\n\
          tls = \"starttls\"\n\
@@ -138,7 +123,8 @@ fn smtp_check_relay_name_uses_the_named_relays_settings() {
          ehlo_name = \"news.example.org\"\n",
         relay.port
     ));
-    let (ok, v) = e.check(
+    let (ok, v) = check(
+        &e,
         &["--relay", "submit", "--insecure"],
         &[("RUNDBRIEF_SUBMIT_PASSWORD", PASSWORD)],
     );
@@ -184,43 +170,14 @@ fn smtp_check_relay_name_uses_the_named_relays_settings() {
     );
 }
 
-/// `rundbrief sink` on a free loopback port; the child and its port.
-fn start_sink(e: &Env) -> (std::process::Child, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
-        .current_dir(e.dir.path())
-        .args(["sink", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut port = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok());
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (child, port.expect("the sink says where it listens"))
-}
-
 #[test]
 fn smtp_check_summarises_the_sinks_self_signed_certificate() {
-    let e = Env::new("");
-    let (mut sink, port) = start_sink(&e);
+    let e = env_with("");
+    let (mut sink, port) = start_server(&e, &["sink", "--listen", "127.0.0.1:0"]);
     let target = format!("localhost:{port}");
 
     // Verified: refused, but the certificate is still summarised.
-    let (ok, v) = e.check(&[&target, "--starttls"], &[]);
+    let (ok, v) = check(&e, &[&target, "--starttls"], &[]);
     assert!(!ok);
     let tls = step(&v, "starttls");
     assert_eq!(tls["ok"], false, "{v}");
@@ -238,7 +195,7 @@ fn smtp_check_summarises_the_sinks_self_signed_certificate() {
     assert!(tls["hint"].as_str().unwrap().contains("self-signed"), "{v}");
 
     // --insecure: accepted, summarised in the reply, and the hint still warns.
-    let (ok, v) = e.check(&[&target, "--starttls", "--insecure"], &[]);
+    let (ok, v) = check(&e, &[&target, "--starttls", "--insecure"], &[]);
     assert!(ok, "{v}");
     let tls = step(&v, "starttls");
     let reply = tls["reply"].as_str().unwrap();
@@ -250,7 +207,8 @@ fn smtp_check_summarises_the_sinks_self_signed_certificate() {
     assert!(step(&v, "ehlo")["cert"].is_null(), "cert only on starttls");
 
     // By IP address the name does not match.
-    let (_, v) = e.check(
+    let (_, v) = check(
+        &e,
         &[&format!("127.0.0.1:{port}"), "--starttls", "--insecure"],
         &[],
     );
@@ -268,7 +226,7 @@ fn smtp_check_summarises_the_sinks_self_signed_certificate() {
 #[test]
 fn campaign_send_through_a_named_relay_with_auth() {
     let relay = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
-    let e = Env::new("");
+    let e = env_with("");
     e.cmd().args(["init", "--force"]).assert().success();
     let path = e.dir.path().join("rundbrief.toml");
     let cfg = std::fs::read_to_string(&path)
