@@ -7,11 +7,11 @@
 //! them are idempotent: doing the same thing twice changes nothing the
 //! second time and says so.
 
-use crate::subscribers::audit;
+use crate::subscribers::{audit, exec, find, insert_subscriber};
 use crate::{Doing, Result, Store};
 use chrono::{DateTime, Utc};
 use rundbrief_core::{Actor, Address, AuditAction, MembershipStatus, SubscriberStatus};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use uuid::Uuid;
 
 /// One membership as the unsubscribe and confirmation pages show it.
@@ -49,20 +49,6 @@ pub enum Confirmed {
     Blocklisted,
     /// The subscriber or the list no longer exists.
     Gone,
-}
-
-async fn exec<C: ConnectionTrait>(
-    c: &C,
-    doing: &'static str,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<u64> {
-    Ok(
-        c.execute_raw(crate::stmt_for(c.get_database_backend(), sql, values))
-            .await
-            .doing(doing)?
-            .rows_affected(),
-    )
 }
 
 #[derive(FromQueryResult)]
@@ -171,20 +157,7 @@ impl Store {
         let list = self.list(list).await?;
         let txn = self.write_txn().await.doing("starting a transaction")?;
         let now = Utc::now();
-        #[derive(FromQueryResult)]
-        struct S {
-            id: Uuid,
-            status: String,
-        }
-        let found = S::find_by_statement(crate::stmt_for(
-            txn.get_database_backend(),
-            "SELECT id, status FROM subscribers WHERE email_key = ?",
-            vec![addr.key().into()],
-        ))
-        .one(&txn)
-        .await
-        .doing("looking up a subscriber")?;
-        let id = match found {
+        let id = match find(&txn, addr).await? {
             Some(s) => {
                 if s.status.parse::<SubscriberStatus>()? == SubscriberStatus::Blocklisted {
                     return Ok(OptIn::Nothing);
@@ -192,26 +165,7 @@ impl Store {
                 s.id
             }
             None => {
-                let id = Uuid::now_v7();
-                exec(
-                    &txn,
-                    "creating a subscriber",
-                    "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    vec![
-                        id.into(),
-                        addr.as_str().into(),
-                        addr.key().into(),
-                        name.map(str::to_string).into(),
-                        serde_json::json!({}).into(),
-                        SubscriberStatus::Active.as_str().into(),
-                        now.into(),
-                        now.into(),
-                    ],
-                )
-                .await?;
-                audit(&txn, id, None, AuditAction::Created, actor, reason, now).await?;
-                id
+                insert_subscriber(&txn, addr, name, Default::default(), actor, reason, now).await?
             }
         };
         let Some((v, member)) = view(&txn, id, list.id).await? else {

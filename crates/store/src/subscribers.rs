@@ -107,7 +107,7 @@ pub(crate) async fn audit<C: ConnectionTrait>(
     Ok(())
 }
 
-async fn exec<C: ConnectionTrait>(
+pub(crate) async fn exec<C: ConnectionTrait>(
     c: &C,
     doing: &'static str,
     sql: &str,
@@ -119,6 +119,38 @@ async fn exec<C: ConnectionTrait>(
             .doing(doing)?
             .rows_affected(),
     )
+}
+
+/// Creates an active subscriber and audits it; returns its id.
+pub(crate) async fn insert_subscriber<C: ConnectionTrait>(
+    c: &C,
+    addr: &Address,
+    name: Option<&str>,
+    attributes: Attributes,
+    actor: Actor,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    exec(
+        c,
+        "creating a subscriber",
+        "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            id.into(),
+            addr.as_str().into(),
+            addr.key().into(),
+            name.map(str::to_string).into(),
+            serde_json::Value::Object(attributes).into(),
+            SubscriberStatus::Active.as_str().into(),
+            now.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    audit(c, id, None, AuditAction::Created, actor, reason, now).await?;
+    Ok(id)
 }
 
 /// Sets a subscriber's status (the caller writes the audit entry).
@@ -139,7 +171,7 @@ async fn set_status<C: ConnectionTrait>(
     .map(drop)
 }
 
-async fn find<C: ConnectionTrait>(c: &C, addr: &Address) -> Result<Option<SubRow>> {
+pub(crate) async fn find<C: ConnectionTrait>(c: &C, addr: &Address) -> Result<Option<SubRow>> {
     SubRow::find_by_statement(crate::stmt_for(
         c.get_database_backend(),
         &format!("SELECT {SUB_COLUMNS} FROM subscribers s WHERE s.email_key = ?"),
@@ -194,25 +226,8 @@ impl Store {
         let mut out = AddOutcome::default();
         let id = match find(&txn, addr).await? {
             None => {
-                let id = Uuid::now_v7();
-                exec(
-                    &txn,
-                    "creating a subscriber",
-                    "INSERT INTO subscribers (id, email, email_key, name, attributes, status, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    vec![
-                        id.into(),
-                        addr.as_str().into(),
-                        addr.key().into(),
-                        name.map(str::to_string).into(),
-                        serde_json::Value::Object(attributes).into(),
-                        SubscriberStatus::Active.as_str().into(),
-                        now.into(),
-                        now.into(),
-                    ],
-                )
-                .await?;
-                audit(&txn, id, None, AuditAction::Created, actor, reason, now).await?;
+                let id =
+                    insert_subscriber(&txn, addr, name, attributes, actor, reason, now).await?;
                 out.created = true;
                 id
             }
