@@ -112,7 +112,7 @@ pub async fn run(
                 "bounce endpoint listening on {} for *@{}; Ctrl-C stops it",
                 running.addr, running.domain
             );
-            crate::cmd::sink::shutdown_signal().await;
+            crate::cmd::shutdown_signal().await;
             stop.cancel();
             running.finish(store, &policy).await?;
             Ok(ExitCode::SUCCESS)

@@ -537,7 +537,7 @@ pub async fn send_foreground(
     let on_signal = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            crate::cmd::sink::shutdown_signal().await;
+            crate::cmd::shutdown_signal().await;
             tracing::warn!("stopping: finishing the sends in flight (again to abort)");
             stop.cancel();
         })

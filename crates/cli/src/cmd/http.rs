@@ -95,7 +95,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     eprintln!("HTTP endpoint listening on {addr}; Ctrl-C stops it");
-    rundbrief_http::serve(listener, state, crate::cmd::sink::shutdown_signal())
+    rundbrief_http::serve(listener, state, crate::cmd::shutdown_signal())
         .await
         .context("the HTTP endpoint failed")?;
     Ok(ExitCode::SUCCESS)

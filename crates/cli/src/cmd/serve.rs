@@ -99,7 +99,7 @@ pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<E
     let on_signal = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            crate::cmd::sink::shutdown_signal().await;
+            crate::cmd::shutdown_signal().await;
             tracing::info!("stopping: finishing the sends in flight");
             stop.cancel();
         })

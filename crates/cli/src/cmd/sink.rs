@@ -76,7 +76,7 @@ pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(sink.run(listener, limits, stop.clone()));
     let live = std::io::stderr().is_terminal() && !json;
-    let signal = shutdown_signal();
+    let signal = crate::cmd::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -126,25 +126,3 @@ fn summary(c: &SinkCounts) -> serde_json::Value {
     })
 }
 
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
