@@ -390,18 +390,27 @@ pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> boo
             .any(|d| local == *d || local.starts_with("mailer-daemon"))
         || DAEMON_NAMES.iter().any(|d| view.from_name.contains(d));
     let subject = BOUNCE_SUBJECTS.iter().any(|s| view.subject.contains(s));
-    let body = BOUNCE_BODY_SET.is_match(report_lower);
-    (daemon && (subject || body)) || (subject && body) || (body && view.has_original)
+    // `(daemon && (subject || body)) || (subject && body) || (body && has_original)`,
+    // with the text searched only when the headers do not decide.
+    if daemon && subject {
+        return true;
+    }
+    (daemon || subject || view.has_original) && BOUNCE_BODY_SET.is_match(report_lower)
 }
 
 /// Whether a heuristic bounce is only a delay warning.
 pub fn is_delay(view: &View, report_lower: &str) -> bool {
-    let subject = DELAY_SUBJECTS.iter().any(|s| view.subject.contains(s));
-    let body = DELAY_MARKS_SET.is_match(report_lower);
-    let failed = FAILURE_MARKS_SET.is_match(report_lower)
-        || view.subject.contains("fail")
-        || view.subject.contains("undeliver");
-    (subject || body) && !failed
+    // `(delay subject or delay text) and not failed`, cheapest tests first: a failure
+    // mark usually comes early in a report, the absence of a delay mark needs the
+    // whole text.
+    if view.subject.contains("fail")
+        || view.subject.contains("undeliver")
+        || FAILURE_MARKS_SET.is_match(report_lower)
+    {
+        return false;
+    }
+    DELAY_SUBJECTS.iter().any(|s| view.subject.contains(s))
+        || DELAY_MARKS_SET.is_match(report_lower)
 }
 
 #[cfg(test)]

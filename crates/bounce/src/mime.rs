@@ -1,11 +1,12 @@
-//! One pass over the MIME tree (parsed by mail-parser) that collects what the
+//! One pass over the MIME tree (walked by `walk.rs`) that collects what the
 //! recognisers need: the human-readable report text, the machine-readable report
 //! parts and the returned original message.
 
 use std::borrow::Cow;
 
-use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
+use mail_parser::{MessagePart, MimeHeaders, PartType};
 
+use crate::walk::Walked;
 use crate::{MAX_PARTS, MAX_REPORT_TEXT};
 
 /// What the recognisers look at, built once per message.
@@ -263,7 +264,8 @@ fn cut_original(text: &str) -> (usize, Option<usize>) {
 
 impl<'a> View<'a> {
     /// Walks `msg` (top level only: parts of the returned message are its own).
-    pub(crate) fn build(msg: &'a Message<'_>) -> View<'a> {
+    pub(crate) fn build(walked: &'a Walked<'_>) -> View<'a> {
+        let msg = &walked.msg;
         let mut v = View {
             subject: msg.subject().unwrap_or("").to_lowercase(),
             ..View::default()
@@ -293,8 +295,8 @@ impl<'a> View<'a> {
         }
 
         let mut texts: Vec<&'a str> = Vec::new();
-        let mut htmls: Vec<&'a str> = Vec::new();
-        for part in msg.parts.iter().take(MAX_PARTS) {
+        let mut htmls: Vec<(usize, &'a str)> = Vec::new();
+        for (i, part) in msg.parts.iter().enumerate().take(MAX_PARTS) {
             let (ct, sub) = ctype_of(part);
             match &part.body {
                 PartType::Message(inner) => {
@@ -330,7 +332,7 @@ impl<'a> View<'a> {
                     {
                         v.has_original = true;
                         if v.original_message_id.is_none()
-                            && let Some(h) = crate::message_parser().parse_headers(bytes)
+                            && let Some(h) = crate::walk::parse_headers(bytes)
                         {
                             v.original_message_id = h
                                 .message_id()
@@ -345,7 +347,7 @@ impl<'a> View<'a> {
                             texts.push(t);
                         }
                     } else if let PartType::Html(t) = body {
-                        htmls.push(t.as_ref());
+                        htmls.push((i, t.as_ref()));
                     }
                 }
             }
@@ -353,8 +355,9 @@ impl<'a> View<'a> {
         if texts.is_empty() && !htmls.is_empty() {
             // rare: build owned text from HTML
             let mut full = String::new();
-            for h in &htmls {
-                push_capped(&mut full, &html_to_text(h));
+            for &(i, h) in &htmls {
+                let deferred = walked.html(i);
+                push_capped(&mut full, &html_to_text(deferred.as_deref().unwrap_or(h)));
             }
             let (end, _) = cut_original(&full);
             v.report = Cow::Owned(full[..end].to_string());
@@ -385,7 +388,7 @@ impl<'a> View<'a> {
             && let Some(orig) = v.inline_original
         {
             let trimmed = orig.trim_start_matches(['\r', '\n']);
-            if let Some(h) = crate::message_parser().parse_headers(trimmed.as_bytes()) {
+            if let Some(h) = crate::walk::parse_headers(trimmed.as_bytes()) {
                 if v.original_message_id.is_none() {
                     v.original_message_id = h
                         .message_id()
