@@ -102,7 +102,11 @@ impl Metrics {
             subscribers.clone(),
         );
         let running = Gauge::default();
-        registry.register("campaigns_running", "Campaigns in state running", running.clone());
+        registry.register(
+            "campaigns_running",
+            "Campaigns in state running",
+            running.clone(),
+        );
         let connections = Counter::default();
         registry.register(
             "endpoint_connections",

@@ -127,7 +127,12 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
         format!("unsub-{verp_token}@bounce.example.org"),
         "unsub-abc@bounce.example.org".to_string(),
     ] {
-        let replies = smtp(endpoint.port, "ann@example.org", &[&bad], "Subject: unsubscribe\r\n\r\nplease");
+        let replies = smtp(
+            endpoint.port,
+            "ann@example.org",
+            &[&bad],
+            "Subject: unsubscribe\r\n\r\nplease",
+        );
         assert!(
             replies.iter().any(|l| l.starts_with("550 5.1.1")),
             "{bad}: {replies:?}"
@@ -141,7 +146,8 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
 
     // The real one, upper-cased by some MTA on the way: stored, then unsubscribed, before 250.
     let replies = smtp(
-        endpoint.port, "ann@example.org",
+        endpoint.port,
+        "ann@example.org",
         &[&good.to_uppercase()],
         "Subject: unsubscribe\r\n\r\nplease",
     );
@@ -181,17 +187,27 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
     let signer = configure(&e);
     let list = e.json(&["list", "create", "news"]);
     std::fs::create_dir(e.path("mail")).unwrap();
-    let sink = start(&e, &[
-        "sink",
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        "mail",
-        "--no-tls",
-    ]);
+    let sink = start(
+        &e,
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            "mail",
+            "--no-tls",
+        ],
+    );
     let relay = format!("smtp://127.0.0.1:{}", sink.port);
     // Confirmation mails are DKIM-signed like campaigns.
-    e.ok(&["dkim", "keygen", "--algorithm", "ed25519", "--out", "dkim.pem"]);
+    e.ok(&[
+        "dkim",
+        "keygen",
+        "--algorithm",
+        "ed25519",
+        "--out",
+        "dkim.pem",
+    ]);
     let cfg = std::fs::read_to_string(e.path("rundbrief.toml"))
         .unwrap()
         .replace("# key_file = \"dkim.pem\"", "key_file = \"dkim.pem\"")

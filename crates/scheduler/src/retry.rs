@@ -57,7 +57,8 @@ impl RetryPolicy {
         let spread = u16::from_le_bytes([b[14] ^ (attempts as u8), b[15]]) as f64 / u16::MAX as f64;
         let delay = delay.mul_f64(0.75 + 0.5 * spread);
         let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-        let deadline = first + chrono::Duration::from_std(self.max_age).unwrap_or(chrono::Duration::days(3));
+        let deadline =
+            first + chrono::Duration::from_std(self.max_age).unwrap_or(chrono::Duration::days(3));
         if now >= deadline || at > deadline {
             Retry::GiveUp
         } else {
@@ -77,7 +78,9 @@ mod tests {
             max: Duration::from_secs(600),
             max_age: Duration::from_secs(3600),
         };
-        let t0 = DateTime::parse_from_rfc3339("2026-12-01T08:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-12-01T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut spreads = std::collections::BTreeSet::new();
         for i in 0..50u128 {
             let id = Uuid::from_u128(i * 0x1234_5678_9abc_def1);
@@ -86,7 +89,10 @@ mod tests {
                     panic!("gave up too early");
                 };
                 let secs = (at - t0).num_milliseconds() as f64 / 1000.0;
-                assert!(secs >= nominal * 0.75 - 0.01 && secs <= nominal * 1.25 + 0.01, "{attempt}: {secs}");
+                assert!(
+                    secs >= nominal * 0.75 - 0.01 && secs <= nominal * 1.25 + 0.01,
+                    "{attempt}: {secs}"
+                );
                 if attempt == 1 {
                     spreads.insert(secs as u64);
                 }

@@ -23,11 +23,15 @@ use std::str::FromStr;
 pub enum ScheduleError {
     #[error("unknown time zone `{0}`: use an IANA name such as Europe/Berlin or UTC")]
     TimeZone(String),
-    #[error("cannot read the time `{0}`: write it as \"2026-12-01 09:00\" (in --tz) or RFC 3339 with an offset")]
+    #[error(
+        "cannot read the time `{0}`: write it as \"2026-12-01 09:00\" (in --tz) or RFC 3339 with an offset"
+    )]
     At(String),
     #[error("{at} does not exist in {tz}: the clocks go forward then; pick a time outside the gap")]
     Nonexistent { at: String, tz: String },
-    #[error("invalid cron expression `{pattern}`: {reason} (five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * TUE\")")]
+    #[error(
+        "invalid cron expression `{pattern}`: {reason} (five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * TUE\")"
+    )]
     Cron { pattern: String, reason: String },
     #[error("invalid send window `{0}`: write it as HH:MM-HH:MM, e.g. 08:00-20:00")]
     Window(String),
@@ -194,7 +198,9 @@ impl Window {
             // A start inside a DST gap opens at the first minute after it.
             let at = match tz.from_local_datetime(&local) {
                 LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
-                LocalResult::None => match tz.from_local_datetime(&(local + chrono::Duration::hours(1))) {
+                LocalResult::None => match tz
+                    .from_local_datetime(&(local + chrono::Duration::hours(1)))
+                {
                     LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
                     LocalResult::None => continue,
                 },
@@ -276,7 +282,10 @@ mod tests {
         let r = Recurrence::parse("30 2 * * *", BERLIN).unwrap();
         let n = r.next_after(utc("2026-03-28T12:00:00Z")).unwrap();
         // Runs on the 29th (some time after the gap), not skipped to the 30th.
-        assert_eq!(n.with_timezone(&BERLIN).date_naive().to_string(), "2026-03-29");
+        assert_eq!(
+            n.with_timezone(&BERLIN).date_naive().to_string(),
+            "2026-03-29"
+        );
         assert!(n >= utc("2026-03-29T01:00:00Z"), "{n}");
     }
 

@@ -60,7 +60,10 @@ async fn a_one_off_starts_when_due_and_only_once() {
     .unwrap();
     let clock = ManualClock::new(at - Duration::seconds(1));
     assert!(tick(&s, &clock).await.unwrap().is_empty(), "not yet");
-    assert_eq!(s.campaign_state(id).await.unwrap(), CampaignState::Scheduled);
+    assert_eq!(
+        s.campaign_state(id).await.unwrap(),
+        CampaignState::Scheduled
+    );
     clock.set(at);
     let started = tick(&s, &clock).await.unwrap();
     assert_eq!(started.len(), 1);
@@ -90,7 +93,10 @@ async fn a_recurring_campaign_runs_once_per_occurrence_and_once_after_downtime()
     let occurrence = started[0].occurrence.unwrap();
     assert!(occurrence <= clock_now(&clock) && clock_now(&clock) - occurrence < Duration::days(1));
     assert!(started[0].name.starts_with("daily@"), "{}", started[0].name);
-    assert!(tick(&s, &clock).await.unwrap().is_empty(), "same occurrence never twice");
+    assert!(
+        tick(&s, &clock).await.unwrap().is_empty(),
+        "same occurrence never twice"
+    );
     // Each run has its own recipients.
     assert_eq!(s.materialise_deliveries(started[0].id).await.unwrap(), 3);
     // The next day: the next run.
@@ -101,7 +107,10 @@ async fn a_recurring_campaign_runs_once_per_occurrence_and_once_after_downtime()
     let runs = s.campaign_runs(parent).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|(_, st)| *st == CampaignState::Running));
-    assert_eq!(s.campaign_state(parent).await.unwrap(), CampaignState::Scheduled);
+    assert_eq!(
+        s.campaign_state(parent).await.unwrap(),
+        CampaignState::Scheduled
+    );
 }
 
 fn clock_now(c: &ManualClock) -> chrono::DateTime<Utc> {

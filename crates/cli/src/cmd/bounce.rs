@@ -2,9 +2,9 @@
 
 use crate::cmd::endpoint::{Endpoint, process_pending};
 use crate::output;
+use anyhow::Context;
 use rundbrief_core::Config;
 use rundbrief_store::Store;
-use anyhow::Context;
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
@@ -364,7 +364,11 @@ pub struct RunningEndpoint {
 impl RunningEndpoint {
     /// Waits for messages in flight (after `stop` was cancelled), then parses
     /// what is still pending.
-    pub async fn finish(self, store: &Store, policy: &crate::cmd::endpoint::Policy) -> anyhow::Result<()> {
+    pub async fn finish(
+        self,
+        store: &Store,
+        policy: &crate::cmd::endpoint::Policy,
+    ) -> anyhow::Result<()> {
         self.server.await.context("the endpoint task failed")??;
         if let Some(w) = self.worker {
             let _ = w.await;
@@ -376,6 +380,7 @@ impl RunningEndpoint {
 
 /// Starts the bounce endpoint on `listen` (and, with `parse`, the worker
 /// that parses stored messages) until `stop` is cancelled.
+#[allow(clippy::too_many_arguments)] // each is a separate operator setting
 pub async fn start_endpoint(
     store: &Store,
     cfg: &Config,

@@ -46,13 +46,13 @@ pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer
     )?;
     // Confirmation mails are DKIM-signed like campaigns.
     if let Some(dkim) = rundbrief_dkim::DkimSigner::from_config(cfg).context("[dkim]")? {
-        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| {
-            match dkim.sign(&m) {
-                Ok(signed) => signed,
-                Err(e) => {
-                    tracing::error!("DKIM signing of a confirmation mail failed; sending it unsigned: {e}");
-                    m
-                }
+        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| match dkim.sign(&m) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::error!(
+                    "DKIM signing of a confirmation mail failed; sending it unsigned: {e}"
+                );
+                m
             }
         }));
     }

@@ -160,7 +160,9 @@ pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<E
             .await?;
     }
     if let Some(h) = http {
-        h.await.context("the HTTP task failed")?.context("the HTTP endpoint failed")?;
+        h.await
+            .context("the HTTP task failed")?
+            .context("the HTTP endpoint failed")?;
     }
     if let Some(m) = metrics_task {
         let _ = m.await;

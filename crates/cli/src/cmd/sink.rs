@@ -125,4 +125,3 @@ fn summary(c: &SinkCounts) -> serde_json::Value {
         "store_failures": c.store_failures,
     })
 }
-
