@@ -14,6 +14,7 @@ mod m20261123_000001_subscribers;
 mod m20261123_000002_bounces;
 mod m20261123_000003_campaigns;
 mod m20261128_000004_scheduler;
+mod m20261128_000005_ledger_index;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_bounces::Migration),
             Box::new(m20261123_000003_campaigns::Migration),
             Box::new(m20261128_000004_scheduler::Migration),
+            Box::new(m20261128_000005_ledger_index::Migration),
         ]
     }
 }

@@ -1616,8 +1616,17 @@ fn a_complaint_at_the_abuse_address_unsubscribes_the_complainer() {
 #[cfg(unix)]
 fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
     let run = |args: &[&str]| {
-        let out = e.cmd().envs(extra_env.iter().copied()).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = e
+            .cmd()
+            .envs(extra_env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(&["list", "create", "news"]);
     let mut csv = String::from("email\n");
@@ -1628,16 +1637,24 @@ fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
     run(&["import", "people.csv", "--list", "news"]);
     e.write("issue.md", b"Hello\n");
     run(&[
-        "campaign", "create", "c", "--list", "news", "--subject", "Hi", "--content", "issue.md",
+        "campaign",
+        "create",
+        "c",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
     ]);
 }
 
 /// In-flight window of `campaign send --pool P`: 2P sends in flight, plus
-/// finished ones not yet recorded (fewer than 32 + 2P; see
-/// docs/architecture.md).
+/// finished ones not yet recorded (at most 2 × 32: one group being written,
+/// one waiting; see docs/architecture.md and `RunConfig::unrecorded_window`).
 #[cfg(unix)]
 fn in_flight_window(pool: usize) -> usize {
-    4 * pool + 32
+    2 * pool + 2 * 32
 }
 
 #[cfg(unix)]
@@ -1666,17 +1683,30 @@ fn a_send_killed_mid_campaign_is_finished_by_the_next_with_duplicates_inside_the
     first.kill().unwrap(); // SIGKILL: no chance to record or release anything
     first.wait().unwrap();
     let before = spool_recipients(&e.path("spool")).len();
-    assert!((20..200).contains(&before), "killed mid-campaign after {before}");
+    assert!(
+        (20..200).contains(&before),
+        "killed mid-campaign after {before}"
+    );
 
     let out = e
         .cmd()
         .env("RUNDBRIEF_SENDING__LEASE_SECS", "1")
-        .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json"])
+        .args([
+            "campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((done["state"].as_str(), done["sent"].as_u64()), (Some("finished"), Some(200)), "{done}");
+    assert_eq!(
+        (done["state"].as_str(), done["sent"].as_u64()),
+        (Some("finished"), Some(200)),
+        "{done}"
+    );
     stop(sink, "-INT");
     let all = spool_recipients(&e.path("spool"));
     let mut unique = all.clone();
@@ -1707,7 +1737,10 @@ fn two_workers_split_a_campaign_without_duplicates() {
             format!("t_{}", uuid::Uuid::now_v7().simple()),
         ));
     }
-    let envs: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let envs: Vec<(&str, &str)> = db_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     news_campaign(&e, 200, &envs);
     let (sink, port) = start_sink(&e, &["--dir", "spool", "--latency", "20"]);
     let relay = format!("smtp://127.0.0.1:{port}");
@@ -1716,7 +1749,9 @@ fn two_workers_split_a_campaign_without_duplicates() {
             let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"));
             c.current_dir(e.dir.path())
                 .envs(envs.iter().copied())
-                .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json"])
+                .args([
+                    "campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json",
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
@@ -1725,7 +1760,11 @@ fn two_workers_split_a_campaign_without_duplicates() {
     let mut done_here = Vec::new();
     for w in workers {
         let out = w.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         done_here.push(v["done_here"].as_u64().unwrap());
     }
@@ -1737,7 +1776,10 @@ fn two_workers_split_a_campaign_without_duplicates() {
     assert_eq!(unique.len(), 200, "union = every recipient");
     assert_eq!(all.len(), 200, "no crash, so no duplicate at all");
     assert_eq!(done_here.iter().sum::<u64>(), 200, "{done_here:?}");
-    assert!(done_here.iter().all(|n| *n > 0), "both workers sent: {done_here:?}");
+    assert!(
+        done_here.iter().all(|n| *n > 0),
+        "both workers sent: {done_here:?}"
+    );
 }
 
 #[cfg(unix)]
@@ -1750,8 +1792,12 @@ fn deferred_past_max_age_fail_and_retry_failed_sends_only_them() {
     let (sink, port) = start_sink(
         &e,
         &[
-            "--defer", "r000@*=451 4.7.1 Try later", "--defer", "r001@*=451 4.7.1 Try later",
-            "--defer", "r002@*=451 4.7.1 Try later",
+            "--defer",
+            "r000@*=451 4.7.1 Try later",
+            "--defer",
+            "r001@*=451 4.7.1 Try later",
+            "--defer",
+            "r002@*=451 4.7.1 Try later",
         ],
     );
     let relay = format!("smtp://127.0.0.1:{port}");
@@ -1759,13 +1805,23 @@ fn deferred_past_max_age_fail_and_retry_failed_sends_only_them() {
         .cmd()
         .env("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "1")
         .env("RUNDBRIEF_SENDING__MAX_AGE_SECS", "1")
-        .args(["campaign", "send", "c", "--relay", &relay, "--wait", "--json"])
+        .args([
+            "campaign", "send", "c", "--relay", &relay, "--wait", "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        (v["state"].as_str(), v["sent"].as_u64(), v["failed"].as_u64()),
+        (
+            v["state"].as_str(),
+            v["sent"].as_u64(),
+            v["failed"].as_u64()
+        ),
         (Some("finished"), Some(9), Some(3)),
         "{v}"
     );
@@ -1773,7 +1829,15 @@ fn deferred_past_max_age_fail_and_retry_failed_sends_only_them() {
     let (sink, port) = start_sink(&e, &["--dir", "spool2"]);
     let relay = format!("smtp://127.0.0.1:{port}");
     let v = e.json(&["campaign", "retry-failed", "c", "--send", "--relay", &relay]);
-    assert_eq!((v["retried"].as_u64(), v["sent"].as_u64(), v["failed"].as_u64()), (Some(3), Some(12), Some(0)), "{v}");
+    assert_eq!(
+        (
+            v["retried"].as_u64(),
+            v["sent"].as_u64(),
+            v["failed"].as_u64()
+        ),
+        (Some(3), Some(12), Some(0)),
+        "{v}"
+    );
     stop(sink, "-INT");
     let mut got = spool_recipients(&e.path("spool2"));
     got.sort();
@@ -1794,11 +1858,32 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
     news_campaign(&e, 25, &[]);
     // Schedules are validated in their time zone.
     assert!(
-        e.fails(&["campaign", "schedule", "c", "--at", "2026-03-29 02:30", "--tz", "Europe/Berlin"])
-            .contains("does not exist")
+        e.fails(&[
+            "campaign",
+            "schedule",
+            "c",
+            "--at",
+            "2026-03-29 02:30",
+            "--tz",
+            "Europe/Berlin"
+        ])
+        .contains("does not exist")
     );
-    assert!(e.fails(&["campaign", "schedule", "c", "--cron", "0 9 * * XYZ"]).contains("cron"));
-    let weekly = e.json(&["campaign", "schedule", "c", "--cron", "0 9 * * TUE", "--tz", "Europe/Berlin", "--window", "08:00-20:00"]);
+    assert!(
+        e.fails(&["campaign", "schedule", "c", "--cron", "0 9 * * XYZ"])
+            .contains("cron")
+    );
+    let weekly = e.json(&[
+        "campaign",
+        "schedule",
+        "c",
+        "--cron",
+        "0 9 * * TUE",
+        "--tz",
+        "Europe/Berlin",
+        "--window",
+        "08:00-20:00",
+    ]);
     assert_eq!(weekly["state"], "scheduled");
     let show = e.json(&["campaign", "show", "c"]);
     assert_eq!(show["schedule"]["cron"], "0 9 * * TUE", "{show}");
@@ -1812,13 +1897,25 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
     let (serve, metrics_port) = start_server(
         &e,
         &[
-            "serve", "--relay", &relay, "--tick", "1", "--bounce-listen", "off", "--http-listen", "off",
-            "--metrics-listen", "127.0.0.1:0",
+            "serve",
+            "--relay",
+            &relay,
+            "--tick",
+            "1",
+            "--bounce-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     );
     let mut state = String::new();
     for _ in 0..300 {
-        state = e.json(&["campaign", "status", "c"])["state"].as_str().unwrap().to_string();
+        state = e.json(&["campaign", "status", "c"])["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
         if state == "finished" {
             break;
         }
@@ -1845,8 +1942,20 @@ fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
     let (sink, port) = start_sink(&e, &["--dir", "spool"]);
     let relay = format!("smtp://127.0.0.1:{port}");
     let refused = e.fails(&["campaign", "send", "c", "--relay", &relay, "--strict"]);
-    assert!(refused.contains("pre-flight") && refused.contains("DKIM"), "{refused}");
-    e.ok(&["dkim", "keygen", "--algorithm", "ed25519", "--selector", "rb1", "--out", "dkim.pem"]);
+    assert!(
+        refused.contains("pre-flight") && refused.contains("DKIM"),
+        "{refused}"
+    );
+    e.ok(&[
+        "dkim",
+        "keygen",
+        "--algorithm",
+        "ed25519",
+        "--selector",
+        "rb1",
+        "--out",
+        "dkim.pem",
+    ]);
     let dkim = [
         ("RUNDBRIEF_DKIM__KEY_FILE", "dkim.pem"),
         ("RUNDBRIEF_DKIM__SELECTOR", "rb1"),
@@ -1855,10 +1964,16 @@ fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
     let out = e
         .cmd()
         .envs(dkim)
-        .args(["campaign", "send", "c", "--relay", &relay, "--strict", "--json"])
+        .args([
+            "campaign", "send", "c", "--relay", &relay, "--strict", "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stop(sink, "-INT");
     let files: Vec<_> = std::fs::read_dir(e.path("spool")).unwrap().collect();
     assert_eq!(files.len(), 3);
@@ -1868,7 +1983,12 @@ fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
             .lines()
             .find(|l| l.starts_with("DKIM-Signature:"))
             .unwrap_or_else(|| panic!("not signed:\n{m}"));
-        assert!(sig.contains("a=ed25519-sha256") && sig.contains("d=example.org") && sig.contains("s=rb1"), "{sig}");
+        assert!(
+            sig.contains("a=ed25519-sha256")
+                && sig.contains("d=example.org")
+                && sig.contains("s=rb1"),
+            "{sig}"
+        );
     }
 }
 
@@ -1887,13 +2007,26 @@ fn outside_its_send_window_a_campaign_waits() {
         (now + chrono::Duration::hours(3)).format("%H:00")
     );
     let in_a_day = (now + chrono::Duration::days(1)).to_rfc3339();
-    e.ok(&["campaign", "schedule", "c", "--at", &in_a_day, "--window", &window]);
+    e.ok(&[
+        "campaign", "schedule", "c", "--at", &in_a_day, "--window", &window,
+    ]);
     let (sink, port) = start_sink(&e, &["--dir", "spool"]);
     let relay = format!("smtp://127.0.0.1:{port}");
     let v = e.json(&["campaign", "send", "c", "--relay", &relay]);
-    assert_eq!((v["state"].as_str(), v["sent"].as_u64(), v["pending"].as_u64()), (Some("running"), Some(0), Some(4)), "{v}");
+    assert_eq!(
+        (
+            v["state"].as_str(),
+            v["sent"].as_u64(),
+            v["pending"].as_u64()
+        ),
+        (Some("running"), Some(0), Some(4)),
+        "{v}"
+    );
     stop(sink, "-INT");
-    assert!(spool_recipients(&e.path("spool")).is_empty(), "nothing sent outside the window");
+    assert!(
+        spool_recipients(&e.path("spool")).is_empty(),
+        "nothing sent outside the window"
+    );
 }
 
 #[cfg(unix)]
@@ -1906,23 +2039,48 @@ fn campaign_test_sends_one_marked_copy_and_edit_changes_only_drafts() {
     e.ok(&["campaign", "edit", "c", "--subject", "Issue 7 edited"]);
     let (sink, port) = start_sink(&e, &["--dir", "spool"]);
     let relay = format!("smtp://127.0.0.1:{port}");
-    let t = e.json(&["campaign", "test", "c", "--to", "editor@example.net", "--relay", &relay]);
+    let t = e.json(&[
+        "campaign",
+        "test",
+        "c",
+        "--to",
+        "editor@example.net",
+        "--relay",
+        &relay,
+    ]);
     assert_eq!(t["outcome"], "sent", "{t}");
     // Not a delivery: the ledger is untouched and the campaign still a draft.
     let st = e.json(&["campaign", "status", "c"]);
-    assert_eq!((st["state"].as_str(), st["total"].as_u64()), (Some("draft"), Some(0)), "{st}");
+    assert_eq!(
+        (st["state"].as_str(), st["total"].as_u64()),
+        (Some("draft"), Some(0)),
+        "{st}"
+    );
     e.ok(&["campaign", "send", "c", "--relay", &relay]);
     let refused = e.fails(&["campaign", "edit", "c", "--subject", "too late"]);
-    assert!(refused.contains("is finished: only drafts can be edited"), "{refused}");
+    assert!(
+        refused.contains("is finished: only drafts can be edited"),
+        "{refused}"
+    );
     stop(sink, "-INT");
     let mails: Vec<String> = std::fs::read_dir(e.path("spool"))
         .unwrap()
         .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
         .collect();
     assert_eq!(mails.len(), 3);
-    let test: Vec<_> = mails.iter().filter(|m| m.contains("X-Rundbrief-Test: yes")).collect();
+    let test: Vec<_> = mails
+        .iter()
+        .filter(|m| m.contains("X-Rundbrief-Test: yes"))
+        .collect();
     assert_eq!(test.len(), 1);
-    assert!(test[0].contains("Delivered-To: <editor@example.net>"), "{}", test[0]);
+    assert!(
+        test[0].contains("Delivered-To: <editor@example.net>"),
+        "{}",
+        test[0]
+    );
     assert!(test[0].contains("Subject: [TEST] Issue"), "{}", test[0]);
-    assert!(mails.iter().all(|m| m.contains("edited")), "the edited subject went out");
+    assert!(
+        mails.iter().all(|m| m.contains("edited")),
+        "the edited subject went out"
+    );
 }

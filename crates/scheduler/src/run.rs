@@ -2,6 +2,12 @@
 //! send each through the sender (throttled), record outcomes in groups,
 //! repeat until nothing is left, the campaign is paused or cancelled, the
 //! send window closes, or the process is asked to stop.
+//!
+//! Three things overlap so the database never stalls the pipe: the sends
+//! (at most `concurrency` in flight), the recorder task that writes finished
+//! outcomes in groups (whatever arrived while the previous group was being
+//! written, at most `record_every`), and the claim of the next batch (taken
+//! while the current one is being started).
 
 use crate::clock::Clock;
 use crate::retry::{Retry, RetryPolicy};
@@ -12,11 +18,18 @@ use rundbrief_sender::throttle::Throttle;
 use rundbrief_sender::{Delivery, Outcome, SendError, Sender};
 use rundbrief_store::{CampaignCounts, DeliveryOutcome, PendingDelivery, Store};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Longest time between two outcome records (progress and pause checks).
-const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest time between two looks at the campaign's state (pause, cancel)
+/// and between two progress reports.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long the recorder waits for more outcomes before it writes a group
+/// that is not full.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
 
 /// What the caller supplies per campaign: the renderer and what happens
 /// after a synchronous bounce. Keeps templates and bounce policy out of
@@ -42,7 +55,9 @@ pub struct RunConfig {
     pub batch: u64,
     /// How long a claim is ours; a dead worker's claims return after it.
     pub lease: Duration,
-    /// Outcomes recorded per transaction.
+    /// At most this many outcomes are recorded per transaction, and at most
+    /// this many more wait for the recorder: finished sends not yet recorded
+    /// are at most `2 × record_every` (see [`RunConfig::unrecorded_window`]).
     pub record_every: usize,
     pub retry: RetryPolicy,
     /// Wait for retries and for the send window instead of returning.
@@ -64,6 +79,14 @@ impl RunConfig {
             wait: true,
             materialise: true,
         }
+    }
+
+    /// The most deliveries that can be handed to the relay without their
+    /// outcome being recorded: the sends in flight plus the finished ones
+    /// waiting for or inside the recorder's transaction. Only these can be
+    /// sent twice, and only if this worker dies.
+    pub fn unrecorded_window(&self) -> usize {
+        self.concurrency + 2 * self.record_every
     }
 }
 
@@ -106,13 +129,16 @@ pub enum RunError {
     Task(String),
 }
 
-/// Sends in flight and outcomes not yet recorded, across batches.
+type Sent = (PendingDelivery, Result<Outcome, String>, Duration);
+
+/// Sends in flight and the recorder their outcomes go to, across batches.
 struct Flight {
     limit: Arc<tokio::sync::Semaphore>,
-    tasks: tokio::task::JoinSet<(PendingDelivery, Result<Outcome, String>, Duration)>,
-    records: Vec<DeliveryOutcome>,
-    rejections: Vec<(PendingDelivery, SendError)>,
-    last_flush: Instant,
+    tasks: tokio::task::JoinSet<Sent>,
+    recorder: Recorder,
+    /// When the campaign's state was last read, if ever.
+    last_check: Option<Instant>,
+    last_progress: Instant,
     /// The campaign left `running` (pause, cancel): start nothing more.
     halted: bool,
     attempts: u64,
@@ -120,18 +146,159 @@ struct Flight {
 }
 
 impl Flight {
-    fn new(concurrency: usize) -> Self {
+    fn new(concurrency: usize, recorder: Recorder) -> Self {
         Flight {
             limit: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
             tasks: tokio::task::JoinSet::new(),
-            records: Vec::new(),
-            rejections: Vec::new(),
-            last_flush: Instant::now(),
+            recorder,
+            last_check: None,
+            last_progress: Instant::now(),
             halted: false,
             attempts: 0,
             done: 0,
         }
     }
+
+    /// True when the campaign's state should be read again.
+    fn check_due(&self) -> bool {
+        self.halted
+            || self
+                .last_check
+                .is_none_or(|t| t.elapsed() >= CHECK_INTERVAL)
+    }
+}
+
+/// What the recorder task is sent.
+enum ToRecorder {
+    Outcome {
+        outcome: DeliveryOutcome,
+        /// A synchronous bounce for the hooks, after it is recorded.
+        rejection: Option<Box<(PendingDelivery, SendError)>>,
+        final_: bool,
+    },
+    /// Answered once everything sent before it is recorded.
+    Sync(oneshot::Sender<()>),
+}
+
+/// The task that writes outcomes: each transaction takes what arrived while
+/// the previous one was written (up to `record_every`), so sending never
+/// waits for the database unless the recorder falls `record_every` behind.
+struct Recorder {
+    tx: mpsc::Sender<ToRecorder>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+    /// Final outcomes (sent, rejected, failed) recorded so far.
+    recorded: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    fn start(store: Store, hooks: Arc<dyn Hooks>, group: usize) -> Recorder {
+        let group = group.max(1);
+        let (tx, rx) = mpsc::channel(group);
+        let recorded = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(record_loop(store, hooks, rx, group, Arc::clone(&recorded)));
+        Recorder { tx, task, recorded }
+    }
+
+    /// Hands one message to the recorder; if the recorder has died, its error.
+    async fn send(&mut self, m: ToRecorder) -> Result<(), RunError> {
+        if self.tx.send(m).await.is_ok() {
+            return Ok(());
+        }
+        Err(self.failure().await)
+    }
+
+    /// Waits until every outcome handed over so far is recorded.
+    async fn sync(&mut self) -> Result<(), RunError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ToRecorder::Sync(tx)).await?;
+        match rx.await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Why the recorder task ended early.
+    async fn failure(&mut self) -> RunError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => RunError::Task("the outcome recorder stopped".into()),
+            Err(e) => RunError::Task(format!("the outcome recorder: {e}")),
+        }
+    }
+}
+
+async fn record_loop(
+    store: Store,
+    hooks: Arc<dyn Hooks>,
+    mut rx: mpsc::Receiver<ToRecorder>,
+    group: usize,
+    recorded: Arc<AtomicU64>,
+) -> Result<(), RunError> {
+    let mut records = Vec::with_capacity(group);
+    let mut rejections = Vec::new();
+    let mut waiters = Vec::new();
+    let mut finals = 0;
+    let (mut writes, mut written, mut busy) = (0u64, 0usize, Duration::ZERO);
+    while let Some(first) = rx.recv().await {
+        // Wait a moment for a fuller group (one commit per outcome would
+        // make the database the bottleneck), never longer than RECORD_LINGER.
+        let deadline = tokio::time::Instant::now() + RECORD_LINGER;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                ToRecorder::Outcome {
+                    outcome,
+                    rejection,
+                    final_,
+                } => {
+                    records.push(outcome);
+                    rejections.extend(rejection.map(|b| *b));
+                    finals += u64::from(final_);
+                }
+                ToRecorder::Sync(w) => {
+                    waiters.push(w);
+                    // Everything before it is taken: write now.
+                    break;
+                }
+            }
+            if records.len() < group {
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                };
+            }
+        }
+        let t0 = Instant::now();
+        store.record_outcomes(&records).await?;
+        busy += t0.elapsed();
+        writes += u64::from(!records.is_empty());
+        written += records.len();
+        records.clear();
+        recorded.fetch_add(std::mem::take(&mut finals), Ordering::Relaxed);
+        // After the record, so the delivery is `rejected` before the bounce
+        // policy looks at it.
+        for (d, error) in rejections.drain(..) {
+            if let Err(e) = hooks.rejected(&d, &error).await {
+                tracing::warn!(delivery = %d.delivery_id, "could not classify a synchronous bounce: {e}");
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+    tracing::debug!(
+        writes,
+        outcomes = written,
+        busy_ms = busy.as_millis() as u64,
+        "outcome recorder done"
+    );
+    Ok(())
 }
 
 /// Everything a run needs.
@@ -146,7 +313,7 @@ pub struct Runner {
 
 impl Runner {
     /// Runs `campaign_id` (which must be `running`) until it ends; see [`Ended`].
-    /// `progress` is called with the number of final outcomes after each group.
+    /// `progress` is called with the number of final outcomes recorded so far.
     pub async fn run(
         &self,
         campaign_id: uuid::Uuid,
@@ -167,16 +334,30 @@ impl Runner {
             let added = store.materialise_deliveries(campaign_id).await?;
             tracing::info!(campaign = %sched.name, added, "recipients materialised");
         }
-        let mut flight = Flight::new(self.config.concurrency);
+        let recorder = Recorder::start(
+            store.clone(),
+            Arc::clone(&self.hooks),
+            self.config.record_every,
+        );
+        let mut flight = Flight::new(self.config.concurrency, recorder);
+        // The next batch, claimed while the current one is being started.
+        let mut prefetch: Option<tokio::task::JoinHandle<Result<Vec<PendingDelivery>, RunError>>> =
+            None;
+        // Time this loop waited for claims (a debug figure).
+        let mut claim_wait = Duration::ZERO;
         let ended = loop {
             if stop.is_cancelled() {
                 self.drain(&mut flight, progress).await?;
                 break Ended::Shutdown;
             }
-            let state = store.campaign_state(campaign_id).await?;
-            if state != CampaignState::Running {
-                self.drain(&mut flight, progress).await?;
-                break Ended::Stopped(state);
+            if flight.check_due() {
+                let state = store.campaign_state(campaign_id).await?;
+                flight.last_check = Some(Instant::now());
+                flight.halted = state != CampaignState::Running;
+                if flight.halted {
+                    self.drain(&mut flight, progress).await?;
+                    break Ended::Stopped(state);
+                }
             }
             let now = self.clock.now();
             if let Some(w) = window
@@ -184,6 +365,12 @@ impl Runner {
             {
                 let opens = w.opens_at(tz, now);
                 self.drain(&mut flight, progress).await?;
+                // A batch claimed ahead goes back until the window opens.
+                if Self::settle_prefetch(&mut prefetch).await? {
+                    store
+                        .release_claims(campaign_id, &self.config.owner)
+                        .await?;
+                }
                 if !self.config.wait {
                     break Ended::WindowClosed(opens);
                 }
@@ -191,15 +378,20 @@ impl Runner {
                 self.sleep_until(opens, stop).await;
                 continue;
             }
-            let lease_until = now
-                + chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::minutes(2));
-            let batch = store
-                .claim_deliveries(campaign_id, &self.config.owner, now, lease_until, self.config.batch)
-                .await?;
+            let t0 = Instant::now();
+            let batch = match prefetch.take() {
+                Some(claim) => claim
+                    .await
+                    .map_err(|e| RunError::Task(format!("claiming deliveries: {e}")))??,
+                None => self.claim(campaign_id).await?,
+            };
+            claim_wait += t0.elapsed();
             if batch.is_empty() {
-                if !flight.tasks.is_empty() || !flight.records.is_empty() {
-                    // Ours in flight: record them, then look again.
-                    self.drain(&mut flight, progress).await?;
+                let in_flight = !flight.tasks.is_empty();
+                // Record everything of ours before deciding.
+                self.drain(&mut flight, progress).await?;
+                if in_flight {
+                    // They may have been deferred: look again.
                     continue;
                 }
                 if store.finish_if_done(campaign_id).await? {
@@ -215,22 +407,72 @@ impl Runner {
                 self.sleep_until(next, stop).await;
                 continue;
             }
+            if batch.len() as u64 >= self.config.batch {
+                prefetch = Some(self.claim_ahead(campaign_id));
+            }
             self.send_batch(campaign_id, batch, &mut flight, stop, progress)
                 .await?;
         };
+        tracing::debug!(claim_wait_ms = claim_wait.as_millis() as u64, "claims done");
+        // A batch claimed ahead is ours until released below.
+        Self::settle_prefetch(&mut prefetch).await?;
         if matches!(ended, Ended::Shutdown | Ended::Stopped(_)) {
             // Claimed but never started: back to the pool for whoever continues.
-            store.release_claims(campaign_id, &self.config.owner).await?;
+            store
+                .release_claims(campaign_id, &self.config.owner)
+                .await?;
         }
+        let Flight {
+            recorder,
+            attempts,
+            done,
+            ..
+        } = flight;
+        let Recorder { tx, task, .. } = recorder;
+        drop(tx);
+        task.await
+            .map_err(|e| RunError::Task(format!("the outcome recorder: {e}")))??;
         let mut counts = store.campaign_counts(campaign_id).await?;
         counts.state = store.campaign_state(campaign_id).await?.to_string();
         Ok(RunReport {
             ended,
             counts,
-            attempts: flight.attempts,
-            done: flight.done,
+            attempts,
+            done,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Claims the next batch of due deliveries for this worker.
+    async fn claim(&self, campaign_id: uuid::Uuid) -> Result<Vec<PendingDelivery>, RunError> {
+        claim(&self.store, &*self.clock, &self.config, campaign_id).await
+    }
+
+    /// Claims the next batch on another task, while this one sends.
+    fn claim_ahead(
+        &self,
+        campaign_id: uuid::Uuid,
+    ) -> tokio::task::JoinHandle<Result<Vec<PendingDelivery>, RunError>> {
+        let (store, clock, config) = (
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            self.config.clone(),
+        );
+        tokio::spawn(async move { claim(&store, &*clock, &config, campaign_id).await })
+    }
+
+    /// Waits for a claim made ahead, if any; true when it claimed something
+    /// (left `sending` under this worker's name until released).
+    async fn settle_prefetch(
+        prefetch: &mut Option<tokio::task::JoinHandle<Result<Vec<PendingDelivery>, RunError>>>,
+    ) -> Result<bool, RunError> {
+        match prefetch.take() {
+            None => Ok(false),
+            Some(claim) => Ok(!claim
+                .await
+                .map_err(|e| RunError::Task(format!("claiming deliveries: {e}")))??
+                .is_empty()),
+        }
     }
 
     /// Sleeps until `at` by the injected clock, in real steps of at most one
@@ -246,9 +488,9 @@ impl Runner {
         }
     }
 
-    /// Starts sends for one claimed batch, settling and recording finished
-    /// ones as permits free up. Sends still in flight at the end stay in
-    /// `flight`: the next batch is claimed while they finish, so the pipe
+    /// Starts sends for one claimed batch, handing finished ones to the
+    /// recorder as permits free up. Sends still in flight at the end stay in
+    /// `flight`: the next batch is started while they finish, so the pipe
     /// never drains between batches.
     async fn send_batch(
         &self,
@@ -304,20 +546,22 @@ impl Runner {
             while let Some(r) = flight.tasks.try_join_next() {
                 self.settle(r, flight).await?;
             }
-            if flight.records.len() >= self.config.record_every
-                || flight.last_flush.elapsed() >= FLUSH_INTERVAL
-            {
-                self.flush(flight, progress).await?;
-                // A pause or cancel takes effect within one flush interval:
+            if flight.last_progress.elapsed() >= CHECK_INTERVAL {
+                flight.last_progress = Instant::now();
+                progress(flight.recorder.recorded.load(Ordering::Relaxed));
+            }
+            if flight.check_due() {
+                // A pause or cancel takes effect within one check interval:
                 // sends in flight finish, the rest of the batch is released.
                 flight.halted =
                     self.store.campaign_state(campaign_id).await? != CampaignState::Running;
+                flight.last_check = Some(Instant::now());
             }
         }
         Ok(())
     }
 
-    /// Waits for every send in flight and records all outcomes.
+    /// Waits for every send in flight and until all outcomes are recorded.
     async fn drain(
         &self,
         flight: &mut Flight,
@@ -325,48 +569,31 @@ impl Runner {
     ) -> Result<(), RunError> {
         while let Some(r) = flight.tasks.join_next().await {
             self.settle(r, flight).await?;
-            if flight.records.len() >= self.config.record_every {
-                self.flush(flight, progress).await?;
-            }
         }
-        self.flush(flight, progress).await
-    }
-
-    /// Records a group of outcomes, then hands the synchronous bounces among
-    /// them to the hooks (after, so the delivery is `rejected` before the
-    /// bounce policy looks at it).
-    async fn flush(
-        &self,
-        flight: &mut Flight,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), RunError> {
-        self.store.record_outcomes(&flight.records).await?;
-        flight.records.clear();
-        for (d, error) in flight.rejections.drain(..) {
-            if let Err(e) = self.hooks.rejected(&d, &error).await {
-                tracing::warn!(delivery = %d.delivery_id, "could not classify a synchronous bounce: {e}");
-            }
-        }
-        flight.last_flush = Instant::now();
-        progress(flight.done);
+        flight.recorder.sync().await?;
+        progress(flight.recorder.recorded.load(Ordering::Relaxed));
         Ok(())
     }
 
-    /// Turns one finished send into the outcome to record.
+    /// Turns one finished send into the outcome to record and hands it to
+    /// the recorder.
     async fn settle(
         &self,
-        joined: Result<
-            (PendingDelivery, Result<Outcome, String>, Duration),
-            tokio::task::JoinError,
-        >,
+        joined: Result<Sent, tokio::task::JoinError>,
         flight: &mut Flight,
     ) -> Result<(), RunError> {
         let (d, outcome, latency) = joined.map_err(|e| RunError::Task(e.to_string()))?;
         let now = self.clock.now();
         let (state, error, next) = match &outcome {
-            Err(render_error) => (DeliveryState::Failed, Some(format!("render: {render_error}")), None),
+            Err(render_error) => (
+                DeliveryState::Failed,
+                Some(format!("render: {render_error}")),
+                None,
+            ),
             Ok(Outcome::Sent { .. }) => (DeliveryState::Sent, None, None),
-            Ok(Outcome::Rejected { error }) => (DeliveryState::Rejected, Some(error.to_string()), None),
+            Ok(Outcome::Rejected { error }) => {
+                (DeliveryState::Rejected, Some(error.to_string()), None)
+            }
             Ok(Outcome::Failed { error }) => (DeliveryState::Failed, Some(error.to_string()), None),
             Ok(Outcome::Deferred { error }) => {
                 let first = d.first_attempt_at.unwrap_or(now);
@@ -391,17 +618,41 @@ impl Runner {
         };
         let domain = d.email.rsplit('@').next().unwrap_or_default();
         self.hooks.observe(domain, state, latency);
-        flight.records.push(DeliveryOutcome {
+        let final_ = state != DeliveryState::Deferred;
+        flight.attempts += 1;
+        flight.done += u64::from(final_);
+        let outcome_record = DeliveryOutcome {
             delivery_id: d.delivery_id,
             state,
             error,
             next_attempt_at: next,
-        });
-        if let Ok(Outcome::Rejected { error }) = outcome {
-            flight.rejections.push((d, error));
-        }
-        flight.attempts += 1;
-        flight.done += u64::from(state != DeliveryState::Deferred);
-        Ok(())
+        };
+        let rejection = match outcome {
+            Ok(Outcome::Rejected { error }) => Some(Box::new((d, error))),
+            _ => None,
+        };
+        flight
+            .recorder
+            .send(ToRecorder::Outcome {
+                outcome: outcome_record,
+                rejection,
+                final_,
+            })
+            .await
     }
+}
+
+/// One claim of up to `config.batch` due deliveries, leased to `config.owner`.
+async fn claim(
+    store: &Store,
+    clock: &dyn Clock,
+    config: &RunConfig,
+    campaign_id: uuid::Uuid,
+) -> Result<Vec<PendingDelivery>, RunError> {
+    let now = clock.now();
+    let lease_until =
+        now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::minutes(2));
+    Ok(store
+        .claim_deliveries(campaign_id, &config.owner, now, lease_until, config.batch)
+        .await?)
 }

@@ -113,6 +113,13 @@ const SCHED_COLUMNS: &str =
 impl Store {
     /// Claims up to `limit` due deliveries of the campaign for `owner` until
     /// `lease_until`, with the subscriber data a message needs.
+    ///
+    /// PostgreSQL: one statement (`WITH c AS (UPDATE … FOR UPDATE SKIP LOCKED
+    /// … RETURNING …) SELECT … JOIN subscribers`), one round trip. SQLite:
+    /// the `UPDATE … RETURNING` and the `SELECT` in one `BEGIN IMMEDIATE`.
+    /// A claimed delivery whose subscriber was removed meanwhile (`sub rm`)
+    /// is recorded `failed` here instead of being handed out, so it can
+    /// neither be sent nor hold its campaign open.
     pub async fn claim_deliveries(
         &self,
         campaign_id: Uuid,
@@ -122,70 +129,95 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<PendingDelivery>> {
         let backend = self.db.get_database_backend();
-        let lock = if backend == DatabaseBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
+        let sending: Value = DeliveryState::Sending.as_str().into();
+        let values = vec![
+            sending.clone(),
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            now.into(),
+            campaign_id.into(),
+            DeliveryState::Pending.as_str().into(),
+            DeliveryState::Deferred.as_str().into(),
+            now.into(),
+            sending,
+            now.into(),
+            (limit as i64).into(),
+        ];
+        const CLAIM: &str = "UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
              first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? \
              WHERE id IN (SELECT id FROM deliveries WHERE campaign_id = ? AND \
              (state = ? OR (state = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) \
-             OR (state = ? AND lease_until < ?)) LIMIT ?{lock}) RETURNING id"
-        );
-        let sending: Value = DeliveryState::Sending.as_str().into();
-        let txn = self.write_txn().await.doing("starting a claim")?;
-        #[derive(FromQueryResult)]
-        struct Id {
-            id: Uuid,
-        }
-        let ids = Id::find_by_statement(self.stmt(
-            &sql,
-            vec![
-                sending.clone(),
-                owner.into(),
-                lease_until.into(),
-                now.into(),
-                now.into(),
-                campaign_id.into(),
-                DeliveryState::Pending.as_str().into(),
-                DeliveryState::Deferred.as_str().into(),
-                now.into(),
-                sending,
-                now.into(),
-                (limit as i64).into(),
-            ],
-        ))
-        .all(&txn)
-        .await
-        .doing("claiming deliveries")?;
-        if ids.is_empty() {
-            txn.commit().await.doing("committing a claim")?;
-            return Ok(Vec::new());
-        }
+             OR (state = ? AND lease_until < ?)) LIMIT ?";
         #[derive(FromQueryResult)]
         struct P {
             id: Uuid,
             subscriber_id: Uuid,
             email: String,
             name: Option<String>,
-            attributes: serde_json::Value,
+            attributes: Option<serde_json::Value>,
             attempts: i32,
             first_attempt_at: Option<DateTime<Utc>>,
+            /// NULL when the subscriber was removed.
+            present: Option<Uuid>,
         }
-        let marks = vec!["?"; ids.len()].join(", ");
-        let rows = P::find_by_statement(self.stmt(
-            &format!(
-                "SELECT d.id, d.subscriber_id, d.email, s.name, s.attributes, d.attempts, d.first_attempt_at \
-                 FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id IN ({marks})"
-            ),
-            ids.iter().map(|i| Value::from(i.id)).collect(),
-        ))
-        .all(&txn)
-        .await
-        .doing("reading claimed deliveries")?;
-        txn.commit().await.doing("committing a claim")?;
+        let rows = if backend == DatabaseBackend::Postgres {
+            P::find_by_statement(self.stmt(
+                &format!(
+                    "WITH c AS ({CLAIM} FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
+                     SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
+                     c.first_attempt_at, s.id AS present \
+                     FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
+                ),
+                values,
+            ))
+            .all(&self.db)
+            .await
+            .doing("claiming deliveries")?
+        } else {
+            let txn = self.write_txn().await.doing("starting a claim")?;
+            #[derive(FromQueryResult)]
+            struct Id {
+                id: Uuid,
+            }
+            let ids = Id::find_by_statement(self.stmt(&format!("{CLAIM}) RETURNING id"), values))
+                .all(&txn)
+                .await
+                .doing("claiming deliveries")?;
+            let rows = if ids.is_empty() {
+                Vec::new()
+            } else {
+                let marks = vec!["?"; ids.len()].join(", ");
+                P::find_by_statement(self.stmt(
+                    &format!(
+                        "SELECT d.id, d.subscriber_id, d.email, s.name, s.attributes, d.attempts, \
+                         d.first_attempt_at, s.id AS present \
+                         FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id \
+                         WHERE d.id IN ({marks})"
+                    ),
+                    ids.iter().map(|i| Value::from(i.id)).collect(),
+                ))
+                .all(&txn)
+                .await
+                .doing("reading claimed deliveries")?
+            };
+            txn.commit().await.doing("committing a claim")?;
+            rows
+        };
+        let (rows, removed): (Vec<P>, Vec<P>) = rows.into_iter().partition(|p| p.present.is_some());
+        if !removed.is_empty() {
+            let gone: Vec<DeliveryOutcome> = removed
+                .iter()
+                .map(|p| DeliveryOutcome {
+                    delivery_id: p.id,
+                    state: DeliveryState::Failed,
+                    error: Some("the subscriber was removed before this message was sent".into()),
+                    next_attempt_at: None,
+                })
+                .collect();
+            self.record_outcomes(&gone).await?;
+        }
         Ok(rows
             .into_iter()
             .map(|p| PendingDelivery {
@@ -193,28 +225,30 @@ impl Store {
                 subscriber_id: p.subscriber_id,
                 email: p.email,
                 name: p.name,
-                attributes: parse_attributes(p.attributes),
+                attributes: p.attributes.map(parse_attributes).unwrap_or_default(),
                 attempts: p.attempts,
                 first_attempt_at: p.first_attempt_at,
             })
             .collect())
     }
 
-    /// Records outcomes in one transaction and releases their leases. A
-    /// delivery already `bounced` (its DSN was faster) stays bounced.
+    /// Records outcomes atomically and releases their leases. A delivery
+    /// already `bounced` (its DSN was faster) stays bounced.
+    ///
+    /// The common group, plain 250s only, is one `UPDATE … WHERE id IN (…)`
+    /// on its own (a statement is atomic): one round trip, where a
+    /// transaction around it would take three. Groups with deferrals,
+    /// rejections or failures take a transaction.
     pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let now = Utc::now();
-        let txn = self.write_txn().await.doing("starting to record outcomes")?;
-        // The common case, a plain 250, is one statement for the whole group
-        // (a round trip per delivery made PostgreSQL the bottleneck).
         let (plain, other): (Vec<&DeliveryOutcome>, Vec<&DeliveryOutcome>) =
             outcomes.iter().partition(|o| {
                 o.state == DeliveryState::Sent && o.error.is_none() && o.next_attempt_at.is_none()
             });
-        if !plain.is_empty() {
+        let sent = (!plain.is_empty()).then(|| {
             let marks = vec!["?"; plain.len()].join(", ");
             let mut values: Vec<Value> = vec![
                 DeliveryState::Bounced.as_str().into(),
@@ -222,16 +256,32 @@ impl Store {
                 now.into(),
             ];
             values.extend(plain.iter().map(|o| Value::from(o.delivery_id)));
-            txn.execute_raw(self.stmt(
+            self.stmt(
                 &format!(
                     "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, \
                      attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL, \
                      lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id IN ({marks})"
                 ),
                 values,
-            ))
+            )
+        });
+        if other.is_empty() {
+            if let Some(sent) = sent {
+                self.db
+                    .execute_raw(sent)
+                    .await
+                    .doing("recording sent deliveries")?;
+            }
+            return Ok(());
+        }
+        let txn = self
+            .write_txn()
             .await
-            .doing("recording sent deliveries")?;
+            .doing("starting to record outcomes")?;
+        if let Some(sent) = sent {
+            txn.execute_raw(sent)
+                .await
+                .doing("recording sent deliveries")?;
         }
         for o in other {
             txn.execute_raw(self.stmt(

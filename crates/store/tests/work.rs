@@ -66,7 +66,10 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
         let bb = s.claim_deliveries(c, "B", now, lease, 10).await.unwrap();
         assert_eq!((a.len(), bb.len()), (10, 10), "{b}");
         let ids_a: HashSet<_> = a.iter().map(|d| d.delivery_id).collect();
-        assert!(bb.iter().all(|d| !ids_a.contains(&d.delivery_id)), "{b}: disjoint");
+        assert!(
+            bb.iter().all(|d| !ids_a.contains(&d.delivery_id)),
+            "{b}: disjoint"
+        );
         assert!(a.iter().all(|d| d.first_attempt_at.is_some()), "{b}");
         let counts = s.campaign_counts(c).await.unwrap();
         assert_eq!((counts.pending, counts.sending), (25, 20), "{b}");
@@ -74,7 +77,12 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
         // B dies. Before its lease ends nobody gets its rows; after, they return.
         let c_rest = s.claim_deliveries(c, "C", now, lease, 100).await.unwrap();
         assert_eq!(c_rest.len(), 5, "{b}: only the unclaimed");
-        assert!(s.claim_deliveries(c, "C", now, lease, 100).await.unwrap().is_empty());
+        assert!(
+            s.claim_deliveries(c, "C", now, lease, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let later = now + Duration::seconds(61);
         let reclaimed = s
             .claim_deliveries(c, "C", later, later + Duration::seconds(60), 100)
@@ -85,11 +93,19 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
         assert!(bb.iter().all(|d| reclaimed.contains(&d.delivery_id)), "{b}");
 
         // Record everything: A sent, a bounced one stays bounced, one deferred.
-        let all: Vec<_> = a.iter().chain(&bb).chain(&c_rest).map(|d| d.delivery_id).collect();
+        let all: Vec<_> = a
+            .iter()
+            .chain(&bb)
+            .chain(&c_rest)
+            .map(|d| d.delivery_id)
+            .collect();
         let target = s.delivery_target(all[0]).await.unwrap().unwrap();
         s.record_bounce_score(&target, None).await.unwrap();
         let retry_at = later + Duration::seconds(30);
-        let mut outs: Vec<_> = all.iter().map(|id| outcome(*id, DeliveryState::Sent)).collect();
+        let mut outs: Vec<_> = all
+            .iter()
+            .map(|id| outcome(*id, DeliveryState::Sent))
+            .collect();
         outs[1] = DeliveryOutcome {
             delivery_id: all[1],
             state: DeliveryState::Deferred,
@@ -99,30 +115,86 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
         s.record_outcomes(&outs).await.unwrap();
         let counts = s.campaign_counts(c).await.unwrap();
         assert_eq!(
-            (counts.sent, counts.bounced, counts.deferred, counts.sending, counts.pending),
+            (
+                counts.sent,
+                counts.bounced,
+                counts.deferred,
+                counts.sending,
+                counts.pending
+            ),
             (23, 1, 1, 0, 0),
             "{b}: {counts:?}"
         );
-        assert!(!s.finish_if_done(c).await.unwrap(), "{b}: one deferred left");
-        assert_eq!(s.next_work_at(c).await.unwrap().map(|t| t.timestamp()), Some(retry_at.timestamp()), "{b}");
+        assert!(
+            !s.finish_if_done(c).await.unwrap(),
+            "{b}: one deferred left"
+        );
+        assert_eq!(
+            s.next_work_at(c).await.unwrap().map(|t| t.timestamp()),
+            Some(retry_at.timestamp()),
+            "{b}"
+        );
         // Not due before its time, due after.
-        assert!(s.claim_deliveries(c, "A", later, lease, 10).await.unwrap().is_empty(), "{b}");
+        assert!(
+            s.claim_deliveries(c, "A", later, lease, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
         let due = s
             .claim_deliveries(c, "A", retry_at, retry_at + Duration::seconds(60), 10)
             .await
             .unwrap();
         assert_eq!(due.len(), 1, "{b}");
         assert_eq!(due[0].attempts, 1, "{b}");
-        s.record_outcomes(&[outcome(all[1], DeliveryState::Failed)]).await.unwrap();
+        s.record_outcomes(&[outcome(all[1], DeliveryState::Failed)])
+            .await
+            .unwrap();
         assert!(s.finish_if_done(c).await.unwrap(), "{b}");
         assert_eq!(s.campaign_state(c).await.unwrap(), CampaignState::Finished);
 
         // retry-failed: the failed one is pending again and the campaign runs.
         assert_eq!(s.retry_failed("w").await.unwrap(), 1, "{b}");
         assert_eq!(s.campaign_state(c).await.unwrap(), CampaignState::Running);
-        let again = s.claim_deliveries(c, "A", Utc::now(), lease, 10).await.unwrap();
+        let again = s
+            .claim_deliveries(c, "A", Utc::now(), lease, 10)
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1, "{b}");
         assert_eq!(again[0].attempts, 0, "{b}: attempts start over");
+    }
+}
+
+#[tokio::test]
+async fn a_removed_subscribers_delivery_is_failed_at_claim_not_handed_out() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "gone", 3).await;
+        s.remove_subscriber(
+            &Address::parse("gone1@example.org").unwrap(),
+            Actor::Cli,
+            "t",
+        )
+        .await
+        .unwrap();
+        let now = Utc::now();
+        let got = s
+            .claim_deliveries(c, "A", now, now + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        let mut emails: Vec<_> = got.iter().map(|d| d.email.as_str()).collect();
+        emails.sort();
+        assert_eq!(emails, ["gone0@example.org", "gone2@example.org"], "{b}");
+        let counts = s.campaign_counts(c).await.unwrap();
+        assert_eq!((counts.failed, counts.sending), (1, 2), "{b}: {counts:?}");
+        // Nothing is left hanging: recording the two finishes the campaign.
+        let outs: Vec<_> = got
+            .iter()
+            .map(|d| outcome(d.delivery_id, DeliveryState::Sent))
+            .collect();
+        s.record_outcomes(&outs).await.unwrap();
+        assert!(s.finish_if_done(c).await.unwrap(), "{b}");
     }
 }
 
@@ -187,7 +259,9 @@ async fn recurring_runs_are_created_once_per_occurrence() {
     for db in common::stores().await {
         let (s, b) = (&db.store, db.backend);
         let parent = campaign_with(s, "weekly", 3).await;
-        s.set_campaign_state(parent, CampaignState::Draft).await.unwrap();
+        s.set_campaign_state(parent, CampaignState::Draft)
+            .await
+            .unwrap();
         s.schedule_campaign(
             "weekly",
             &Schedule {
@@ -207,14 +281,34 @@ async fn recurring_runs_are_created_once_per_occurrence() {
         let run = s.create_run(parent, None, occ, "weekly@1").await.unwrap();
         let run = run.expect("first");
         // A second worker with the same view loses the compare-and-set.
-        assert_eq!(s.create_run(parent, None, occ, "weekly@1b").await.unwrap(), None, "{b}");
+        assert_eq!(
+            s.create_run(parent, None, occ, "weekly@1b").await.unwrap(),
+            None,
+            "{b}"
+        );
         assert_eq!(s.campaign_state(run).await.unwrap(), CampaignState::Running);
-        assert_eq!(s.materialise_deliveries(run).await.unwrap(), 3, "{b}: own snapshot");
+        assert_eq!(
+            s.materialise_deliveries(run).await.unwrap(),
+            3,
+            "{b}: own snapshot"
+        );
         let rs = s.campaign_schedule(run).await.unwrap();
-        assert_eq!(rs.schedule.window_start.as_deref(), Some("08:00"), "{b}: window copied");
+        assert_eq!(
+            rs.schedule.window_start.as_deref(),
+            Some("08:00"),
+            "{b}: window copied"
+        );
         assert_eq!(s.campaign_runs(parent).await.unwrap().len(), 1, "{b}");
         let p = s.campaign_schedule(parent).await.unwrap();
-        assert_eq!(p.state, CampaignState::Scheduled, "{b}: the parent stays scheduled");
-        assert_eq!(p.last_run_at.map(|t| t.timestamp()), Some(occ.timestamp()), "{b}");
+        assert_eq!(
+            p.state,
+            CampaignState::Scheduled,
+            "{b}: the parent stays scheduled"
+        );
+        assert_eq!(
+            p.last_run_at.map(|t| t.timestamp()),
+            Some(occ.timestamp()),
+            "{b}"
+        );
     }
 }

@@ -103,11 +103,20 @@ pub async fn run(
             let status = status_json(store, &c).await?;
             let next_run = match (&sched.schedule.cron, sched.state) {
                 (Some(cron), CampaignState::Scheduled) => {
-                    let tz = rundbrief_scheduler::parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC"))?;
-                    rundbrief_scheduler::Recurrence::parse(cron, tz)?
-                        .next_after(sched.last_run_at.unwrap_or(sched.updated_at).max(chrono::Utc::now()))
+                    let tz = rundbrief_scheduler::parse_tz(
+                        sched.schedule.tz.as_deref().unwrap_or("UTC"),
+                    )?;
+                    rundbrief_scheduler::Recurrence::parse(cron, tz)?.next_after(
+                        sched
+                            .last_run_at
+                            .unwrap_or(sched.updated_at)
+                            .max(chrono::Utc::now()),
+                    )
                 }
-                _ => sched.schedule.send_at.filter(|_| sched.state == CampaignState::Scheduled),
+                _ => sched
+                    .schedule
+                    .send_at
+                    .filter(|_| sched.state == CampaignState::Scheduled),
             };
             let v = serde_json::json!({
                 "name": c.campaign.name,
@@ -144,7 +153,9 @@ pub async fn run(
                 } else if let Some(at) = sched.schedule.send_at {
                     println!("schedule  once at {at} ({tz})");
                 }
-                if let (Some(a), Some(b)) = (&sched.schedule.window_start, &sched.schedule.window_end) {
+                if let (Some(a), Some(b)) =
+                    (&sched.schedule.window_start, &sched.schedule.window_end)
+                {
                     println!("window    {a}-{b} ({tz})");
                 }
                 if let Some(n) = next_run {
@@ -174,7 +185,11 @@ pub async fn run(
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
                     rundbrief_render::check_template(&path.display().to_string(), &text)?;
-                    let kind = if kind == ContentKind::Html { "html" } else { "markdown" };
+                    let kind = if kind == ContentKind::Html {
+                        "html"
+                    } else {
+                        "markdown"
+                    };
                     (Some(text), Some(kind.to_string()))
                 }
                 None => (None, None),
@@ -243,9 +258,15 @@ pub async fn run(
                 )
                 .await?;
             if json {
-                output::json(&serde_json::json!({"campaign": name, "state": "scheduled", "next_run": next}))?;
+                output::json(
+                    &serde_json::json!({"campaign": name, "state": "scheduled", "next_run": next}),
+                )?;
             } else {
-                let local = next.map(|n| n.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z").to_string());
+                let local = next.map(|n| {
+                    n.with_timezone(&zone)
+                        .format("%Y-%m-%d %H:%M %Z")
+                        .to_string()
+                });
                 println!(
                     "campaign {name} scheduled; next run {} — `rundbrief serve` starts it",
                     local.unwrap_or_else(|| "-".into())
@@ -255,9 +276,13 @@ pub async fn run(
         }
         CampaignCmd::Start { name, strict } => {
             check_preflight(cfg, &store.campaign(name).await?, *strict)?;
-            let from = store.transition_campaign(name, CampaignState::Running).await?;
+            let from = store
+                .transition_campaign(name, CampaignState::Running)
+                .await?;
             if json {
-                output::json(&serde_json::json!({ "campaign": name, "from": from.as_str(), "state": "running" }))?;
+                output::json(
+                    &serde_json::json!({ "campaign": name, "from": from.as_str(), "state": "running" }),
+                )?;
             } else {
                 println!("campaign {name}: {from} -> running; `rundbrief serve` sends it");
             }
@@ -285,14 +310,21 @@ pub async fn run(
                     v["retried"] = n.into();
                     output::json(&v)?;
                 } else {
-                    println!("{n} failed deliveries sent again: {} sent, {} failed", r.counts.sent, r.counts.failed);
+                    println!(
+                        "{n} failed deliveries sent again: {} sent, {} failed",
+                        r.counts.sent, r.counts.failed
+                    );
                 }
             } else if json {
                 output::json(&serde_json::json!({"campaign": name, "retried": n}))?;
             } else {
                 println!(
                     "{n} failed deliveries are pending again{}",
-                    if n > 0 { "; `campaign send` or `serve` sends them" } else { "" }
+                    if n > 0 {
+                        "; `campaign send` or `serve` sends them"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -633,7 +665,11 @@ pub fn run_config(cfg: &Config, pool: usize, wait: bool) -> RunConfig {
 /// This process's name in delivery leases.
 fn worker_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("{host}/{}/{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[20..])
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
 }
 
 /// Renders each delivery and turns 5xx replies into bounce decisions.
@@ -710,7 +746,10 @@ async fn status_json(
     if c.campaign.state == CampaignState::Running {
         let window = 60;
         let recent = store
-            .outcomes_since(c.campaign.id, chrono::Utc::now() - chrono::Duration::seconds(window))
+            .outcomes_since(
+                c.campaign.id,
+                chrono::Utc::now() - chrono::Duration::seconds(window),
+            )
             .await?;
         let rate = recent as f64 / window as f64;
         v["rate_per_s"] = rate.into();
@@ -784,7 +823,10 @@ async fn send_test(
         attempts: 0,
         first_attempt_at: None,
     };
-    let body = runner.hooks.render(&d).map_err(|e| anyhow::anyhow!("render: {e}"))?;
+    let body = runner
+        .hooks
+        .render(&d)
+        .map_err(|e| anyhow::anyhow!("render: {e}"))?;
     let mut message = b"X-Rundbrief-Test: yes\r\n".to_vec();
     message.extend_from_slice(&body);
     let outcome = runner
@@ -813,7 +855,11 @@ async fn send_test(
             outcome.error().map(|e| e.to_string()).unwrap_or_default()
         );
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Deliverability pre-flight (DKIM configured, From aligned with it, an
