@@ -8,11 +8,13 @@
 
 use crate::endpoint::{bench_secret, write_config};
 use crate::postfix::SmtpSink;
-use crate::send::{message, sender_rate};
+use crate::send::{message, sender_rate, sender_rate_with};
 use crate::{Args, Figure, Measured, ScratchDb, generate_csv, measure, mib, rundbrief};
 use anyhow::{Context, bail};
+use rundbrief_render::{CampaignTemplate, ContentKind, Layout, Renderer};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 const POOL: usize = 8;
 
@@ -72,6 +74,7 @@ pub(crate) fn run(
         backends.push(("SQLite", None));
     }
     let mut sender_only: Option<(usize, f64)> = None;
+    let mut render_send: Option<f64> = None;
     for (label, db) in &backends {
         let dir = args.work.join(format!("campaign-{}", label.to_lowercase()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -139,6 +142,18 @@ pub(crate) fn run(
                 "msg/s",
                 format!("{size} B messages to smtp-sink, no database, no rendering"),
             ));
+            // What a campaign does minus the ledger: render each message of
+            // the same newsletter, then send it. The campaign / this ratio is
+            // what the database costs.
+            eprintln!("campaign: render + send reference, {count} messages, pool {POOL} …");
+            let (rate, _) = sender_rate_with(sink.addr, POOL, count, render_each()?)?;
+            figures.push(Figure::new(
+                format!("render + send, no database, pool {POOL}"),
+                rate,
+                "msg/s",
+                "the campaign's newsletter rendered per recipient, then sent; no ledger",
+            ));
+            render_send = Some(rate);
         }
 
         eprintln!("campaign: sending to {n} recipients on {label} (pool {POOL}) …");
@@ -211,8 +226,42 @@ pub(crate) fn run(
                 "target ≥ 0.9",
             ));
         }
+        if let Some(reference) = render_send {
+            figures.push(Figure::new(
+                format!("campaign {n}, {label}: end to end / render + send"),
+                rate / reference,
+                "ratio",
+                "1.0 = the ledger costs nothing",
+            ));
+        }
     }
     drop(backends);
     drop(sink);
     Ok(())
+}
+
+/// Renders message `i` of the campaign's newsletter the way `campaign send`
+/// does (shipped layout, default transfer encoding, per-recipient fields).
+fn render_each()
+-> anyhow::Result<impl Fn(usize) -> anyhow::Result<Arc<[u8]>> + Send + Sync + 'static> {
+    let renderer = Renderer::new(CampaignTemplate {
+        subject: "Rundbrief für {{default subscriber.attributes.city \"dich\"}}".into(),
+        content: newsletter(),
+        content_kind: ContentKind::Markdown,
+        layout: Layout::shipped(),
+        from: "Newsletter <news@example.org>".into(),
+        reply_to: None,
+        list_id: "bench.example.org".into(),
+        list_name: "bench".into(),
+        campaign_id: "bench".into(),
+        message_id_domain: "example.org".into(),
+        time_zone: chrono_tz::UTC,
+        transfer_encoding: Default::default(),
+    })?;
+    let recipients = crate::render::recipients();
+    let now = chrono::Utc::now();
+    Ok(move |i: usize| {
+        let bytes = renderer.render(&recipients[i % recipients.len()], now)?;
+        Ok(Arc::from(bytes))
+    })
 }

@@ -30,7 +30,7 @@ pub(crate) fn content() -> String {
     md
 }
 
-fn recipients() -> Vec<Recipient> {
+pub(crate) fn recipients() -> Vec<Recipient> {
     let cities = ["Köln", "Wien", "Zürich", "Berlin", "Graz"];
     (0..1000)
         .map(|i| {

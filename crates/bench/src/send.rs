@@ -33,6 +33,19 @@ pub(crate) fn sender_rate(
     msg: &Arc<[u8]>,
     count: usize,
 ) -> anyhow::Result<(f64, usize)> {
+    let msg = Arc::clone(msg);
+    sender_rate_with(addr, pool, count, move |_| Ok(Arc::clone(&msg)))
+}
+
+/// Like [`sender_rate`], with message `i` made by `make(i)` inside the
+/// sending task (e.g. rendered per recipient).
+pub(crate) fn sender_rate_with(
+    addr: SocketAddr,
+    pool: usize,
+    count: usize,
+    make: impl Fn(usize) -> anyhow::Result<Arc<[u8]>> + Send + Sync + 'static,
+) -> anyhow::Result<(f64, usize)> {
+    let make = Arc::new(make);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -51,27 +64,32 @@ pub(crate) fn sender_rate(
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..pool {
-            let (sender, next, failed, msg) = (
+            let (sender, next, failed, make) = (
                 Arc::clone(&sender),
                 Arc::clone(&next),
                 Arc::clone(&failed),
-                Arc::clone(msg),
+                Arc::clone(&make),
             );
             tasks.push(tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < count {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
                     let d = Delivery {
                         id: uuid::Uuid::now_v7(),
                         to: "reader@example.net".into(),
-                        message: Arc::clone(&msg),
+                        message: make(i)?,
                     };
                     if !matches!(sender.send(d).await, Outcome::Sent { .. }) {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                anyhow::Ok(())
             }));
         }
         for t in tasks {
-            t.await?;
+            t.await??;
         }
         let secs = started.elapsed().as_secs_f64();
         sender.shutdown().await;
