@@ -2029,6 +2029,42 @@ fn outside_its_send_window_a_campaign_waits() {
     );
 }
 
+#[test]
+fn a_campaigns_relay_is_checked_when_it_is_stored_not_at_send_time() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    e.write(
+        "rundbrief.toml",
+        format!("{cfg}\n[relays.bulk]\nurl = \"smtp://127.0.0.1:2525\"\n").as_bytes(),
+    );
+    e.ok(&["list", "create", "news"]);
+    e.write("issue.md", b"Hello\n");
+    let create = |name: &str, relay: &str| {
+        vec![
+            "campaign", "create", name, "--list", "news", "--subject", "Hi", "--content",
+            "issue.md", "--relay", relay,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let args = create("typo", "bulkk");
+    let refused = e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(refused.contains("bulkk") && refused.contains("bulk"), "{refused}");
+    assert!(e.json(&["campaign", "ls"]).as_array().unwrap().is_empty(), "nothing stored");
+    let args = create("bad-url", "smtp://");
+    e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (name, relay) in [("named", "bulk"), ("url", "smtp://127.0.0.1:2526")] {
+        let args = create(name, relay);
+        e.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let refused = e.fails(&["campaign", "edit", "named", "--relay", "nope"]);
+    assert!(refused.contains("nope"), "{refused}");
+    assert_eq!(e.json(&["campaign", "show", "named"])["relay"], "bulk");
+}
+
 #[cfg(unix)]
 #[test]
 fn campaign_test_sends_one_marked_copy_and_edit_changes_only_drafts() {

@@ -38,6 +38,9 @@ pub async fn run(
                 .with_context(|| format!("cannot read {}", content.display()))?;
             rundbrief_render::check_template(&content.display().to_string(), &text)?;
             rundbrief_render::check_template("subject", subject)?;
+            if let Some(r) = relay {
+                check_relay(cfg, r)?;
+            }
             let c = store
                 .create_campaign(&NewCampaign {
                     name: name.clone(),
@@ -178,6 +181,9 @@ pub async fn run(
         } => {
             if let Some(s) = subject {
                 rundbrief_render::check_template("subject", s)?;
+            }
+            if let Some(r) = relay {
+                check_relay(cfg, r)?;
             }
             let (text, kind) = match content {
                 Some(path) => {
@@ -611,6 +617,19 @@ pub async fn send_foreground(
         seconds: started.elapsed().as_secs_f64(),
         sent_now: report.done,
     })
+}
+
+/// A campaign's `--relay`, checked when it is stored rather than at send
+/// time: a `[relays.NAME]` of the configuration or a relay URL. A name's
+/// password is read only when sending (it may live in the server's
+/// environment, not the shell that creates the campaign).
+fn check_relay(cfg: &Config, given: &str) -> anyhow::Result<()> {
+    if cfg.relays.contains_key(given.trim()) {
+        return Ok(());
+    }
+    rundbrief_sender::Relay::resolve(given, &cfg.relays)
+        .map(|_| ())
+        .with_context(|| format!("--relay {given}"))
 }
 
 /// The scheduler's runner for one campaign: relay, sender, throttle, hooks.
