@@ -22,6 +22,8 @@ use std::time::Duration;
 mod bounces;
 mod campaigns;
 pub mod import;
+mod import_pg;
+mod import_sqlite;
 mod lists;
 mod optin;
 mod subscribers;
