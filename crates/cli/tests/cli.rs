@@ -2043,8 +2043,17 @@ fn a_campaigns_relay_is_checked_when_it_is_stored_not_at_send_time() {
     e.write("issue.md", b"Hello\n");
     let create = |name: &str, relay: &str| {
         vec![
-            "campaign", "create", name, "--list", "news", "--subject", "Hi", "--content",
-            "issue.md", "--relay", relay,
+            "campaign",
+            "create",
+            name,
+            "--list",
+            "news",
+            "--subject",
+            "Hi",
+            "--content",
+            "issue.md",
+            "--relay",
+            relay,
         ]
         .into_iter()
         .map(String::from)
@@ -2052,8 +2061,14 @@ fn a_campaigns_relay_is_checked_when_it_is_stored_not_at_send_time() {
     };
     let args = create("typo", "bulkk");
     let refused = e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(refused.contains("bulkk") && refused.contains("bulk"), "{refused}");
-    assert!(e.json(&["campaign", "ls"]).as_array().unwrap().is_empty(), "nothing stored");
+    assert!(
+        refused.contains("bulkk") && refused.contains("bulk"),
+        "{refused}"
+    );
+    assert!(
+        e.json(&["campaign", "ls"]).as_array().unwrap().is_empty(),
+        "nothing stored"
+    );
     let args = create("bad-url", "smtp://");
     e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     for (name, relay) in [("named", "bulk"), ("url", "smtp://127.0.0.1:2526")] {
