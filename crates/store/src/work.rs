@@ -114,9 +114,10 @@ impl Store {
     /// Claims up to `limit` due deliveries of the campaign for `owner` until
     /// `lease_until`, with the subscriber data a message needs.
     ///
-    /// PostgreSQL: one statement (`WITH c AS (UPDATE … FOR UPDATE SKIP LOCKED
-    /// … RETURNING …) SELECT … JOIN subscribers`), one round trip. SQLite:
-    /// the `UPDATE … RETURNING` and the `SELECT` in one `BEGIN IMMEDIATE`.
+    /// PostgreSQL: one statement, one round trip (the due rows of each kind
+    /// picked `FOR UPDATE SKIP LOCKED` in their own CTE, then `UPDATE …
+    /// RETURNING` joined to the subscribers). SQLite: the `UPDATE … RETURNING`
+    /// and the `SELECT` in one `BEGIN IMMEDIATE`.
     /// A claimed delivery whose subscriber was removed meanwhile (`sub rm`)
     /// is recorded `failed` here instead of being handed out, so it can
     /// neither be sent nor hold its campaign open.
@@ -162,15 +163,47 @@ impl Store {
             present: Option<Uuid>,
         }
         let rows = if backend == DatabaseBackend::Postgres {
+            // One CTE per kind of due work, each a plain index range scan that
+            // stops at the limit. The single OR of the three (as on SQLite)
+            // made PostgreSQL OR three bitmap scans, reading every pending
+            // entry of the campaign for each claim: quadratic in its size
+            // (a 1M campaign sent at a third of the 50k rate).
+            let limit: Value = (limit as i64).into();
             P::find_by_statement(self.stmt(
-                &format!(
-                    "WITH c AS ({CLAIM} FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
-                     SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
-                     c.first_attempt_at, s.id AS present \
-                     FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
-                ),
-                values,
+                "WITH expired AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                   AND lease_until < ? LIMIT ? FOR UPDATE SKIP LOCKED), \
+                 retry AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ? FOR UPDATE SKIP LOCKED), \
+                 fresh AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                   LIMIT ? FOR UPDATE SKIP LOCKED), \
+                 pick AS (SELECT id FROM expired UNION ALL SELECT id FROM retry \
+                   UNION ALL SELECT id FROM fresh LIMIT ?), \
+                 c AS (UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
+                   first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? \
+                   WHERE id IN (SELECT id FROM pick) \
+                   RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
+                 SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
+                 c.first_attempt_at, s.id AS present \
+                 FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id",
+                vec![
+                    campaign_id.into(),
+                    DeliveryState::Sending.as_str().into(),
+                    now.into(),
+                    limit.clone(),
+                    campaign_id.into(),
+                    DeliveryState::Deferred.as_str().into(),
+                    now.into(),
+                    limit.clone(),
+                    campaign_id.into(),
+                    DeliveryState::Pending.as_str().into(),
+                    limit.clone(),
+                    limit,
+                    DeliveryState::Sending.as_str().into(),
+                    owner.into(),
+                    lease_until.into(),
+                    now.into(),
+                    now.into(),
+                ],
             ))
             .all(&self.db)
             .await
