@@ -181,6 +181,55 @@ fn a_mail_to_a_signed_unsub_address_unsubscribes_and_forged_ones_are_refused() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn a_bounced_confirmation_mail_prunes_the_address_it_went_to() {
+    let e = Env::new();
+    configure(&e);
+    e.ok(&["list", "create", "news"]);
+    let (endpoint, endpoint_port) = start_endpoint(&e, &[]);
+    let (sink, sink_port) = start_sink(
+        &e,
+        &[
+            "--bounce",
+            "typo*=5.1.1",
+            "--bounce-to",
+            &format!("127.0.0.1:{endpoint_port}"),
+        ],
+    );
+    let relay = format!("smtp://127.0.0.1:{sink_port}");
+    for who in ["typo", "fine"] {
+        let out = e.json(&[
+            "sub",
+            "add",
+            &format!("{who}@example.org"),
+            "--list",
+            "news",
+            "--confirm",
+            "--relay",
+            &relay,
+        ]);
+        assert_eq!(out["confirmation_sent"], true, "{out}");
+    }
+    // The sink answers 250, then sends a DSN to the confirmation mail's
+    // return path, which signs the subscriber's id.
+    wait_for_parsed(&e, 1);
+    stop(sink, "-INT");
+    stop(endpoint, "-INT");
+    let typo = e.json(&["sub", "show", "typo@example.org"]);
+    assert_eq!(typo["status"], "bounced", "{typo}");
+    let last = typo["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["actor"].as_str()),
+        (Some("bounced"), Some("bounce")),
+        "{typo}"
+    );
+    assert_eq!(
+        e.json(&["sub", "show", "fine@example.org"])["status"],
+        "active"
+    );
+}
+
 #[test]
 fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() {
     let e = Env::new();

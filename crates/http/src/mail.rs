@@ -157,15 +157,16 @@ impl Mailer {
 
     /// Sends the confirmation mail for `job` now and waits for the relay.
     ///
-    /// The envelope's return path is a VERP address for a fresh id that
-    /// names no delivery: a bounce of it is stored by the endpoint and
-    /// acted on by nobody.
+    /// The envelope's return path (and ENVID) is a VERP address signing the
+    /// subscriber's id, so the bounce endpoint acts on a bounce of it like
+    /// on a campaign's: a dead address typed into the form is pruned. The
+    /// Message-ID has an id of its own.
     ///
     /// # Errors
     /// [`HttpError::Send`] with the SMTP step and the relay's reply.
     pub async fn send(&self, job: &ConfirmJob) -> Result<(), HttpError> {
-        let id = Uuid::now_v7();
-        let mut bytes = self.message(job, id, chrono::Utc::now());
+        let id = job.subscriber_id;
+        let mut bytes = self.message(job, Uuid::now_v7(), chrono::Utc::now());
         if let Some(finish) = &self.finish {
             bytes = finish(bytes);
         }

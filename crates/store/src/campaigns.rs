@@ -204,6 +204,31 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The subscriber a confirmation mail went to, for a bounce of it: those
+    /// mails carry the subscriber's own id in their VERP token (no delivery
+    /// row exists for them). `campaign_id` is nil.
+    pub async fn confirmation_target(&self, subscriber_id: Uuid) -> Result<Option<DeliveryTarget>> {
+        #[derive(FromQueryResult)]
+        struct S {
+            email: String,
+        }
+        Ok(S::find_by_statement(self.stmt(
+            "SELECT email FROM subscribers WHERE id = ?",
+            vec![subscriber_id.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("looking up a subscriber")?
+        .map(|s| DeliveryTarget {
+            delivery_id: subscriber_id,
+            campaign_id: Uuid::nil(),
+            subscriber_id,
+            email: s.email,
+        }))
+    }
+}
+
 /// A subscriber's stored bounce score: (value, day, weight counted that day).
 pub type StoredScore = (f64, i64, f64);
 

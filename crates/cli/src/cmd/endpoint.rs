@@ -268,7 +268,13 @@ async fn act_on(
     delivery: uuid::Uuid,
     parsed: &rundbrief_bounce::ParsedBounce,
 ) -> anyhow::Result<()> {
-    let Some(target) = store.delivery_target(delivery).await? else {
+    // A campaign delivery, else a confirmation mail (its token names the
+    // subscriber it was sent to).
+    let target = match store.delivery_target(delivery).await? {
+        Some(t) => Some(t),
+        None => store.confirmation_target(delivery).await?,
+    };
+    let Some(target) = target else {
         tracing::warn!(%bounce, %delivery, "the delivery named by the token is gone; nothing to act on");
         return Ok(());
     };
