@@ -1894,6 +1894,13 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
     e.ok(&["campaign", "schedule", "c", "--at", &past]);
     let (sink, port) = start_sink(&e, &["--dir", "spool"]);
     let relay = format!("smtp://127.0.0.1:{port}");
+    // serve announces only the metrics port: the endpoint gets a free one here.
+    let bounce_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bounce_listen = format!("127.0.0.1:{bounce_port}");
     let (serve, metrics_port) = start_server(
         &e,
         &[
@@ -1903,7 +1910,7 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
             "--tick",
             "1",
             "--bounce-listen",
-            "off",
+            &bounce_listen,
             "--http-listen",
             "off",
             "--metrics-listen",
@@ -1922,9 +1929,26 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(state, "finished");
+    // Two SMTP sessions at the bounce endpoint: greeting, QUIT.
+    for _ in 0..2 {
+        use std::io::{BufRead, Write};
+        let s = std::net::TcpStream::connect(&bounce_listen).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).unwrap();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        (&s).write_all(b"QUIT\r\n").unwrap();
+        let mut bye = String::new();
+        r.read_line(&mut bye).unwrap();
+        assert!(bye.starts_with("221"), "{bye}");
+    }
     let metrics = http_get(metrics_port, "/metrics");
     assert!(
         metrics.contains(r#"rundbrief_messages_total{domain="example.org",outcome="sent"} 25"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rundbrief_endpoint_connections_total 2"),
         "{metrics}"
     );
     stop(serve, "-TERM");
