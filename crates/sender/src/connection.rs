@@ -83,6 +83,27 @@ impl std::fmt::Display for Raw<'_> {
     }
 }
 
+/// The DATA block for `body`: dot-stuffed (RFC 5321 4.5.2: a line that
+/// starts with "." gets another, a line being the start of the body or what
+/// follows a CRLF, the same rule as lettre's codec) and ended with
+/// CRLF.CRLF, ready for one write.
+fn data_block(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + body.len() / 256 + 8);
+    if body.starts_with('.') {
+        out.push('.');
+    }
+    let mut start = 0;
+    for i in memchr::memmem::find_iter(body.as_bytes(), b"\r\n.") {
+        // i + 2 is just after an ASCII LF: a char boundary.
+        out.push_str(&body[start..i + 2]);
+        out.push('.');
+        start = i + 2;
+    }
+    out.push_str(&body[start..]);
+    out.push_str("\r\n.\r\n");
+    out
+}
+
 /// Maps a lettre error at `step` to ours: a reply is quoted, anything else
 /// means the connection is gone.
 fn lettre_err(step: SmtpStep, host: &str, e: &lettre::transport::smtp::Error) -> SendError {
@@ -321,14 +342,17 @@ impl Connection {
             })
             .await?;
         }
-        // lettre writes CRLF.CRLF after the body itself: drop one trailing
-        // CRLF so the stored message does not grow an empty line.
+        // CRLF.CRLF follows the body: drop one trailing CRLF so the stored
+        // message does not grow an empty line.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         let reply = timed(SmtpStep::Data, host, relay.options.data_timeout, async {
-            self.inner
-                .message(body)
-                .await
-                .map_err(|e| lettre_err(SmtpStep::Data, host, &e))
+            match std::str::from_utf8(body) {
+                // The whole DATA block in one write (lettre's `message`
+                // stuffs byte by byte, then writes the final dot apart).
+                Ok(text) => self.inner.command(Raw(&data_block(text))).await,
+                Err(_) => self.inner.message(body).await,
+            }
+            .map_err(|e| lettre_err(SmtpStep::Data, host, &e))
         })
         .await;
         // After the reply to the final dot, good or bad, the transaction is over.
@@ -457,6 +481,55 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule said line by line: every CRLF-delimited line that starts
+    /// with "." gets another.
+    fn stuffed_by_lines(body: &str) -> String {
+        let lines: Vec<String> = body
+            .split("\r\n")
+            .map(|l| {
+                if l.starts_with('.') {
+                    format!(".{l}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        format!("{}\r\n.\r\n", lines.join("\r\n"))
+    }
+
+    #[test]
+    fn data_block_stuffs_dots_at_line_starts_only() {
+        for body in [
+            "",
+            ".",
+            "..",
+            ".hidden\r\nline",
+            "a\r\n.b\r\n..c\r\n.",
+            "bare\n.lf is no line start",
+            "cr\r.not either",
+            "\r\r\n.after a stray CR",
+            "ü\r\n.ü",
+        ] {
+            assert_eq!(data_block(body), stuffed_by_lines(body), "{body:?}");
+        }
+        assert_eq!(data_block("a\r\n.b"), "a\r\n..b\r\n.\r\n");
+        // Every string over a small alphabet up to length 7.
+        let alphabet = ['.', '\r', '\n', 'a', 'ü'];
+        let mut n = 0;
+        for len in 0..=7u32 {
+            for mut k in 0..alphabet.len().pow(len) {
+                let mut s = String::new();
+                for _ in 0..len {
+                    s.push(alphabet[k % alphabet.len()]);
+                    k /= alphabet.len();
+                }
+                assert_eq!(data_block(&s), stuffed_by_lines(&s), "{s:?}");
+                n += 1;
+            }
+        }
+        assert_eq!(n, 97_656);
+    }
 
     #[test]
     fn capabilities_from_ehlo_lines() {
