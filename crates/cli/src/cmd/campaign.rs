@@ -33,10 +33,7 @@ pub async fn run(
             from,
             relay,
         } => {
-            let kind = content_kind(content)?;
-            let text = std::fs::read_to_string(content)
-                .with_context(|| format!("cannot read {}", content.display()))?;
-            rundbrief_render::check_template(&content.display().to_string(), &text)?;
+            let (text, kind) = read_content(content)?;
             rundbrief_render::check_template("subject", subject)?;
             if let Some(r) = relay {
                 check_relay(cfg, r)?;
@@ -47,12 +44,7 @@ pub async fn run(
                     lists: lists.clone(),
                     subject: subject.clone(),
                     content: text,
-                    content_kind: if kind == ContentKind::Html {
-                        "html"
-                    } else {
-                        "markdown"
-                    }
-                    .into(),
+                    content_kind: kind.into(),
                     layout: layout.as_ref().map(|p| p.display().to_string()),
                     from: from.clone(),
                     relay: relay.clone(),
@@ -187,15 +179,7 @@ pub async fn run(
             }
             let (text, kind) = match content {
                 Some(path) => {
-                    let kind = content_kind(path)?;
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    rundbrief_render::check_template(&path.display().to_string(), &text)?;
-                    let kind = if kind == ContentKind::Html {
-                        "html"
-                    } else {
-                        "markdown"
-                    };
+                    let (text, kind) = read_content(path)?;
                     (Some(text), Some(kind.to_string()))
                 }
                 None => (None, None),
@@ -617,6 +601,19 @@ pub async fn send_foreground(
         seconds: started.elapsed().as_secs_f64(),
         sent_now: report.done,
     })
+}
+
+/// A campaign's content file, read and checked as a template: its text and
+/// the kind stored with it (`html` or `markdown`, from the extension).
+fn read_content(path: &std::path::Path) -> anyhow::Result<(String, &'static str)> {
+    let kind = match content_kind(path)? {
+        ContentKind::Html => "html",
+        ContentKind::Markdown => "markdown",
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    rundbrief_render::check_template(&path.display().to_string(), &text)?;
+    Ok((text, kind))
 }
 
 /// A campaign's `--relay`, checked when it is stored rather than at send
