@@ -130,26 +130,18 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<PendingDelivery>> {
         let backend = self.db.get_database_backend();
+        // What a claim writes, on both backends.
+        const SET: &str = "UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
+             first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ?";
         let sending: Value = DeliveryState::Sending.as_str().into();
-        let values = vec![
+        let mut values: Vec<Value> = vec![
             sending.clone(),
             owner.into(),
             lease_until.into(),
             now.into(),
             now.into(),
-            campaign_id.into(),
-            DeliveryState::Pending.as_str().into(),
-            DeliveryState::Deferred.as_str().into(),
-            now.into(),
-            sending,
-            now.into(),
-            (limit as i64).into(),
         ];
-        const CLAIM: &str = "UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
-             first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? \
-             WHERE id IN (SELECT id FROM deliveries WHERE campaign_id = ? AND \
-             (state = ? OR (state = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) \
-             OR (state = ? AND lease_until < ?)) LIMIT ?";
+        let limit: Value = (limit as i64).into();
         #[derive(FromQueryResult)]
         struct P {
             id: Uuid,
@@ -168,42 +160,38 @@ impl Store {
             // made PostgreSQL OR three bitmap scans, reading every pending
             // entry of the campaign for each claim: quadratic in its size
             // (a 1M campaign sent at a third of the 50k rate).
-            let limit: Value = (limit as i64).into();
+            let picks: [Value; 12] = [
+                campaign_id.into(),
+                sending,
+                now.into(),
+                limit.clone(),
+                campaign_id.into(),
+                DeliveryState::Deferred.as_str().into(),
+                now.into(),
+                limit.clone(),
+                campaign_id.into(),
+                DeliveryState::Pending.as_str().into(),
+                limit.clone(),
+                limit,
+            ];
+            values.splice(0..0, picks);
             P::find_by_statement(self.stmt(
-                "WITH expired AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
-                   AND lease_until < ? LIMIT ? FOR UPDATE SKIP LOCKED), \
-                 retry AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
-                   AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ? FOR UPDATE SKIP LOCKED), \
-                 fresh AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
-                   LIMIT ? FOR UPDATE SKIP LOCKED), \
-                 pick AS (SELECT id FROM expired UNION ALL SELECT id FROM retry \
-                   UNION ALL SELECT id FROM fresh LIMIT ?), \
-                 c AS (UPDATE deliveries SET state = ?, lease_owner = ?, lease_until = ?, \
-                   first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? \
-                   WHERE id IN (SELECT id FROM pick) \
-                   RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
-                 SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
-                 c.first_attempt_at, s.id AS present \
-                 FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id",
-                vec![
-                    campaign_id.into(),
-                    DeliveryState::Sending.as_str().into(),
-                    now.into(),
-                    limit.clone(),
-                    campaign_id.into(),
-                    DeliveryState::Deferred.as_str().into(),
-                    now.into(),
-                    limit.clone(),
-                    campaign_id.into(),
-                    DeliveryState::Pending.as_str().into(),
-                    limit.clone(),
-                    limit,
-                    DeliveryState::Sending.as_str().into(),
-                    owner.into(),
-                    lease_until.into(),
-                    now.into(),
-                    now.into(),
-                ],
+                &format!(
+                    "WITH expired AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                       AND lease_until < ? LIMIT ? FOR UPDATE SKIP LOCKED), \
+                     retry AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                       AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ? FOR UPDATE SKIP LOCKED), \
+                     fresh AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
+                       LIMIT ? FOR UPDATE SKIP LOCKED), \
+                     pick AS (SELECT id FROM expired UNION ALL SELECT id FROM retry \
+                       UNION ALL SELECT id FROM fresh LIMIT ?), \
+                     c AS ({SET} WHERE id IN (SELECT id FROM pick) \
+                       RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
+                     SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
+                     c.first_attempt_at, s.id AS present \
+                     FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
+                ),
+                values,
             ))
             .all(&self.db)
             .await
@@ -214,7 +202,23 @@ impl Store {
             struct Id {
                 id: Uuid,
             }
-            let ids = Id::find_by_statement(self.stmt(&format!("{CLAIM}) RETURNING id"), values))
+            values.extend([
+                campaign_id.into(),
+                DeliveryState::Pending.as_str().into(),
+                DeliveryState::Deferred.as_str().into(),
+                now.into(),
+                sending,
+                now.into(),
+                limit,
+            ]);
+            let ids = Id::find_by_statement(self.stmt(
+                &format!(
+                    "{SET} WHERE id IN (SELECT id FROM deliveries WHERE campaign_id = ? AND \
+                     (state = ? OR (state = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)) \
+                     OR (state = ? AND lease_until < ?)) LIMIT ?) RETURNING id"
+                ),
+                values,
+            ))
                 .all(&txn)
                 .await
                 .doing("claiming deliveries")?;
