@@ -180,9 +180,10 @@ enum ToRecorder {
     Sync(oneshot::Sender<()>),
 }
 
-/// The task that writes outcomes: each transaction takes what arrived while
-/// the previous one was written (up to `record_every`), so sending never
-/// waits for the database unless the recorder falls `record_every` behind.
+/// The task that writes outcomes: each group is what arrived while the
+/// previous one was written or within `RECORD_LINGER` after (up to
+/// `record_every`), so sending never waits for the database unless the
+/// recorder falls `record_every` behind.
 struct Recorder {
     tx: mpsc::Sender<ToRecorder>,
     task: tokio::task::JoinHandle<Result<(), RunError>>,
@@ -236,13 +237,13 @@ async fn record_loop(
 ) -> Result<(), RunError> {
     let mut records = Vec::with_capacity(group);
     let mut rejections = Vec::new();
-    let mut waiters = Vec::new();
     let mut finals = 0;
     let (mut writes, mut written, mut busy) = (0u64, 0usize, Duration::ZERO);
     while let Some(first) = rx.recv().await {
         // Wait a moment for a fuller group (one commit per outcome would
         // make the database the bottleneck), never longer than RECORD_LINGER.
         let deadline = tokio::time::Instant::now() + RECORD_LINGER;
+        let mut waiter = None;
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
@@ -256,7 +257,7 @@ async fn record_loop(
                     finals += u64::from(final_);
                 }
                 ToRecorder::Sync(w) => {
-                    waiters.push(w);
+                    waiter = Some(w);
                     // Everything before it is taken: write now.
                     break;
                 }
@@ -288,7 +289,7 @@ async fn record_loop(
                 tracing::warn!(delivery = %d.delivery_id, "could not classify a synchronous bounce: {e}");
             }
         }
-        for w in waiters.drain(..) {
+        if let Some(w) = waiter {
             let _ = w.send(());
         }
     }
