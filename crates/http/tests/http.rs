@@ -161,6 +161,17 @@ async fn audit_count(store: &Store, email: &str) -> usize {
         .len()
 }
 
+/// The newest audit entry of `email`.
+async fn last_audit(store: &Store, email: &str) -> rundbrief_core::AuditEntry {
+    store
+        .subscriber_detail(&addr(email))
+        .await
+        .unwrap()
+        .audit
+        .pop()
+        .unwrap()
+}
+
 /// The value of the first `action="…"` in a page.
 fn form_action(body: &str) -> String {
     body.split("action=\"")
@@ -193,12 +204,7 @@ async fn one_click_post_unsubscribes_at_once_and_is_idempotent() {
         membership(&f.store, "ann@example.org", "news").await,
         MembershipStatus::Unsubscribed
     );
-    let d = f
-        .store
-        .subscriber_detail(&addr("ann@example.org"))
-        .await
-        .unwrap();
-    let last = d.audit.last().unwrap();
+    let last = last_audit(&f.store, "ann@example.org").await;
     assert_eq!(
         (last.action, last.actor),
         (AuditAction::Unsubscribed, Actor::Http)
@@ -293,12 +299,10 @@ async fn the_page_asks_first_its_button_unsubscribes_and_resubscribe_works() {
         membership(&f.store, "ann@example.org", list_name).await,
         MembershipStatus::Unsubscribed
     );
-    let d = f
-        .store
-        .subscriber_detail(&addr("ann@example.org"))
-        .await
-        .unwrap();
-    assert_eq!(d.audit.last().unwrap().reason, "unsubscribe page");
+    assert_eq!(
+        last_audit(&f.store, "ann@example.org").await.reason,
+        "unsubscribe page"
+    );
 
     // The confirmation page's re-subscribe button: a page first, then the POST.
     let action = form_action(&done.body);
@@ -318,12 +322,7 @@ async fn the_page_asks_first_its_button_unsubscribes_and_resubscribe_works() {
         membership(&f.store, "ann@example.org", list_name).await,
         MembershipStatus::Subscribed
     );
-    let d = f
-        .store
-        .subscriber_detail(&addr("ann@example.org"))
-        .await
-        .unwrap();
-    let last = d.audit.last().unwrap();
+    let last = last_audit(&f.store, "ann@example.org").await;
     assert_eq!(
         (last.action, last.actor),
         (AuditAction::Subscribed, Actor::Http)
@@ -593,12 +592,7 @@ async fn subscribe_mail_confirm_end_to_end_without_enumeration() {
         membership(&f.store, "new@example.org", "news").await,
         MembershipStatus::Subscribed
     );
-    let d = f
-        .store
-        .subscriber_detail(&addr("new@example.org"))
-        .await
-        .unwrap();
-    let last = d.audit.last().unwrap();
+    let last = last_audit(&f.store, "new@example.org").await;
     assert_eq!(
         (last.action, last.actor),
         (AuditAction::Subscribed, Actor::Http)
