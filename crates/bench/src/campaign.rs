@@ -7,7 +7,7 @@
 //! a message of the campaign's own size, in the same run.
 
 use crate::endpoint::{bench_secret, write_config};
-use crate::postfix::SmtpSink;
+use crate::postfix::{SmtpSink, comm_cpu_secs, proc_cpu_secs};
 use crate::send::{message, sender_rate, sender_rate_with};
 use crate::{Args, Figure, Measured, ScratchDb, generate_csv, measure, mib, rundbrief};
 use anyhow::{Context, bail};
@@ -134,7 +134,9 @@ pub(crate) fn run(
                 .len() as usize;
             let count = if args.quick { 20_000 } else { 50_000 };
             eprintln!("campaign: sender-only reference, {count} × {size} B, pool {POOL} …");
+            let cpu = Cpu::start(&sink);
             let (rate, _) = sender_rate(sink.addr, POOL, &message(size), count)?;
+            let (client_us, sink_us) = cpu.per_message(&sink, count);
             sender_only = Some((size, rate));
             figures.push(Figure::new(
                 format!("sender only, campaign-sized message, pool {POOL}"),
@@ -142,22 +144,37 @@ pub(crate) fn run(
                 "msg/s",
                 format!("{size} B messages to smtp-sink, no database, no rendering"),
             ));
+            figures.push(cpu_figure(
+                "sender only: CPU per message",
+                client_us,
+                sink_us,
+                None,
+            ));
             // What a campaign does minus the ledger: render each message of
             // the same newsletter, then send it. The campaign / this ratio is
             // what the database costs.
             eprintln!("campaign: render + send reference, {count} messages, pool {POOL} …");
+            let cpu = Cpu::start(&sink);
             let (rate, _) = sender_rate_with(sink.addr, POOL, count, render_each()?)?;
+            let (client_us, sink_us) = cpu.per_message(&sink, count);
             figures.push(Figure::new(
                 format!("render + send, no database, pool {POOL}"),
                 rate,
                 "msg/s",
                 "the campaign's newsletter rendered per recipient, then sent; no ledger",
             ));
+            figures.push(cpu_figure(
+                "render + send: CPU per message",
+                client_us,
+                sink_us,
+                None,
+            ));
             render_send = Some(rate);
         }
 
         eprintln!("campaign: sending to {n} recipients on {label} (pool {POOL}) …");
         let cpu0 = sink.cpu_secs();
+        let pg0 = comm_cpu_secs("postgres");
         let m = measure(rb(&dir, &url)?.args([
             "campaign",
             "send",
@@ -169,7 +186,9 @@ pub(crate) fn run(
             "--wait",
             "--json",
         ]))?;
-        let sink_cpu = (sink.cpu_secs() - cpu0) / m.elapsed.as_secs_f64();
+        let sink_secs = sink.cpu_secs() - cpu0;
+        let pg_secs = comm_cpu_secs("postgres") - pg0;
+        let sink_cpu = sink_secs / m.elapsed.as_secs_f64();
         let report: serde_json::Value =
             serde_json::from_str(m.stdout.trim()).context("campaign send --json output")?;
         let sent = report["sent"].as_u64().unwrap_or(0);
@@ -203,6 +222,13 @@ pub(crate) fn run(
                 report["msgs_per_s"].as_f64().unwrap_or(f64::NAN),
                 sink_cpu * 100.0
             ),
+        ));
+        let us = |secs: f64| secs * 1e6 / sent as f64;
+        figures.push(cpu_figure(
+            &format!("campaign {n}, {label}: CPU per message"),
+            us(m.cpu_secs),
+            us(sink_secs),
+            db.as_ref().map(|_| us(pg_secs)),
         ));
         if let Some(t) = materialised {
             figures.push(Figure::new(
@@ -238,6 +264,45 @@ pub(crate) fn run(
     drop(backends);
     drop(sink);
     Ok(())
+}
+
+/// CPU time of this process (the in-process references) and of the sink,
+/// from `start` to `per_message`.
+struct Cpu {
+    me: f64,
+    sink: f64,
+}
+
+impl Cpu {
+    fn start(sink: &SmtpSink) -> Cpu {
+        Cpu {
+            me: proc_cpu_secs(std::process::id()),
+            sink: sink.cpu_secs(),
+        }
+    }
+
+    /// (client µs, sink µs) per message over `count` messages.
+    fn per_message(&self, sink: &SmtpSink, count: usize) -> (f64, f64) {
+        let us = |secs: f64| secs * 1e6 / count as f64;
+        (
+            us(proc_cpu_secs(std::process::id()) - self.me),
+            us(sink.cpu_secs() - self.sink),
+        )
+    }
+}
+
+/// A "CPU per message" figure: everything on the machine that works for the
+/// send (the client process, smtp-sink, PostgreSQL's backends), in µs. On
+/// two cores, a rate is at most 2 s / this total.
+fn cpu_figure(name: &str, client_us: f64, sink_us: f64, postgres_us: Option<f64>) -> Figure {
+    let total = client_us + sink_us + postgres_us.unwrap_or(0.0);
+    let pg = postgres_us.map_or(String::new(), |p| format!(" + PostgreSQL {p:.0}"));
+    Figure::new(
+        name,
+        total,
+        "µs",
+        format!("client {client_us:.0} + smtp-sink {sink_us:.0}{pg}"),
+    )
 }
 
 /// Renders message `i` of the campaign's newsletter the way `campaign send`

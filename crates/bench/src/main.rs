@@ -189,11 +189,17 @@ pub(crate) struct Measured {
     pub stdout: String,
     pub elapsed: Duration,
     pub max_rss: u64,
+    /// CPU seconds (user + system) the child used, all its threads.
+    pub cpu_secs: f64,
     /// Each stderr line with the time it arrived, counted from the spawn.
     pub stderr_lines: Vec<(Duration, String)>,
 }
 
-/// Runs `cmd` to the end and reads its own peak RSS with `wait4`.
+fn tv_secs(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// Runs `cmd` to the end and reads its own peak RSS and CPU time with `wait4`.
 pub(crate) fn measure(cmd: &mut Command) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let mut child = cmd
@@ -240,6 +246,7 @@ pub(crate) fn measure(cmd: &mut Command) -> anyhow::Result<Measured> {
         stdout,
         elapsed,
         max_rss: usage.ru_maxrss as u64 * 1024,
+        cpu_secs: tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime),
         stderr_lines,
     })
 }
@@ -370,6 +377,11 @@ fn import(args: &Args, rows: Option<u64>, figures: &mut Vec<Figure>) -> anyhow::
         unit: "MiB",
         note: "target ≤ 100".into(),
     });
+    if Command::new("python3").arg("--version").output().is_ok() {
+        python_sqlite_reference(&bin, &args.work, &csv, rate, figures)?;
+    } else {
+        eprintln!("import: python3 not found, no Python sqlite3 reference");
+    }
 
     if args.no_postgres {
         return Ok(());
@@ -436,6 +448,76 @@ fn import(args: &Args, rows: Option<u64>, figures: &mut Vec<Figure>) -> anyhow::
         unit: "ratio",
         note: "target ≥ 0.7".into(),
     });
+    Ok(())
+}
+
+/// The issue's SQLite reference, measured here: Python's sqlite3 with batched
+/// upserts into our schema (`scripts/sqlite_upserts.py`), once the way the
+/// psql reference writes (subscribers and memberships) and once with the
+/// audit entry per row that the importer writes too.
+fn python_sqlite_reference(
+    bin: &Path,
+    work: &Path,
+    csv: &Path,
+    ours: f64,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sqlite_upserts.py");
+    for audit in [false, true] {
+        let dir = work.join("sqlite-python");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let base = || {
+            let mut c = Command::new(bin);
+            c.current_dir(&dir)
+                .env("DATABASE_URL", "sqlite://bench.db?mode=rwc")
+                .env_remove("RUST_LOG")
+                .arg("-q");
+            c
+        };
+        measure(base().args(["list", "create", "bench"]))?;
+        let lists: serde_json::Value =
+            serde_json::from_str(&measure(base().args(["list", "ls", "--json"]))?.stdout)
+                .context("list ls --json output")?;
+        let list_id = lists[0]["id"].as_str().context("the bench list's id")?;
+        eprintln!(
+            "import: Python sqlite3 batched upserts{} …",
+            if audit { ", with audit entries" } else { "" }
+        );
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script);
+        if !audit {
+            cmd.arg("--no-audit");
+        }
+        let m = measure(cmd.arg(dir.join("bench.db")).arg(csv).arg(list_id))?;
+        let out: serde_json::Value = serde_json::from_str(&m.stdout)
+            .with_context(|| format!("sqlite_upserts.py output: {}", m.stdout))?;
+        let rate = out["rows_per_s"].as_f64().context("rows_per_s")?;
+        let (name, note) = if audit {
+            (
+                "Python sqlite3 upserts + audit",
+                "same tables as the importer writes",
+            )
+        } else {
+            (
+                "Python sqlite3 upserts",
+                "subscribers + memberships, as the psql reference (issue: ~170,000 on its machine)",
+            )
+        };
+        figures.push(Figure {
+            name: name.into(),
+            value: rate,
+            unit: "rows/s",
+            note: note.into(),
+        });
+        figures.push(Figure {
+            name: format!("import SQLite / {name}"),
+            value: ours / rate,
+            unit: "ratio",
+            note: String::new(),
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

@@ -83,6 +83,27 @@ pub(crate) fn proc_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
+    stat_cpu_secs(&stat)
+}
+
+/// CPU seconds used so far by every running process called `comm` (e.g. all
+/// PostgreSQL backends); processes that ended meanwhile are not counted.
+pub(crate) fn comm_cpu_secs(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let needle = format!("({comm})");
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name();
+        name.to_str()?.parse::<u32>().ok()?;
+        std::fs::read_to_string(format!("/proc/{}/stat", name.to_str()?)).ok()
+    })
+    .filter(|stat| stat.contains(&needle))
+    .map(|stat| stat_cpu_secs(&stat))
+    .sum()
+}
+
+fn stat_cpu_secs(stat: &str) -> f64 {
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
