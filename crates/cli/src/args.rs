@@ -29,7 +29,9 @@ pub struct Cli {
     pub database_url: Option<String>,
 
     /// Print machine-readable JSON on stdout instead of tables. Logs and
-    /// progress always go to stderr, so stdout stays parseable.
+    /// progress always go to stderr, so stdout stays parseable. Commands whose
+    /// output is a file format (export's CSV, preview's and render's message,
+    /// init's config) print that format either way.
     #[arg(long, global = true)]
     pub json: bool,
 

@@ -50,6 +50,16 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
     for k in ["seconds", "msgs_per_s"] {
         assert!(s[k].as_f64().is_some_and(|v| v >= 0.0), "`{k}` in {s}");
     }
+    // The rate is of `sent`, the figure printed next to it.
+    let (secs, rate) = (
+        s["seconds"].as_f64().unwrap(),
+        s["msgs_per_s"].as_f64().unwrap(),
+    );
+    assert!(
+        (rate * secs - want.sent as f64).abs() < 0.5,
+        "msgs_per_s × seconds should be `sent` ({}): {s}",
+        want.sent
+    );
     assert_eq!(num("deferred_then_delivered"), want.greylisted, "{s}");
     assert_eq!(
         (num("complained"), num("auto_replies_ignored")),

@@ -779,14 +779,14 @@ async fn status_json(
 fn status_line(name: &str, v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let mut line = format!(
-        "{name}: {}; {} recipients: {} sent, {} deferred, {} failed, {} rejected, {} bounced, {} pending",
+        "{name}: {}; {} recipients: {} sent, {} deferred, {} failed, {} bounced ({} of them refused while sending), {} pending",
         v["state"].as_str().unwrap_or("?"),
         n("total"),
         n("sent"),
         n("deferred"),
         n("failed"),
-        n("rejected"),
         n("bounced"),
+        n("rejected"),
         n("pending")
     );
     if let Some(rate) = v["rate_per_s"].as_f64() {

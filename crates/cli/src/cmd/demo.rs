@@ -227,7 +227,7 @@ struct Summary {
     pruned: u64,
     /// Seconds the send took (retries of greylisted deliveries included).
     seconds: f64,
-    /// Deliveries finished per second of `seconds`.
+    /// `sent` per second of `seconds`.
     msgs_per_s: f64,
     subscribers: u64,
     deferred_then_delivered: u64,
@@ -429,7 +429,7 @@ async fn run_in(
         bounced: by_class.values().sum(),
         pruned: pruned.len() as u64,
         seconds: report.seconds,
-        msgs_per_s: report.sent_now as f64 / report.seconds.max(1e-9),
+        msgs_per_s: sink.messages as f64 / report.seconds.max(1e-9),
         subscribers: plan.subscribers,
         deferred_then_delivered: sink.deferred,
         rejected_at_rcpt: sink.rejected,
