@@ -309,9 +309,11 @@ pub enum SubCmd {
         /// subscribed or unconfirmed (the status on that list).
         #[arg(long)]
         status: Option<String>,
-        /// Show at most this many (0 = all).
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
+        /// Show at most this many (0 = all). Default: 100 rows in the table
+        /// (it says how many more there are); with --json, every row unless
+        /// --limit is given, so scripts always get the complete list.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
     /// Show one subscriber: status, memberships and the audit trail of every change.
     Show { email: String },

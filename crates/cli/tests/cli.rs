@@ -195,6 +195,42 @@ fn lists_and_subscribers_from_the_command_line() {
     );
 }
 
+/// `sub ls --json` is what scripts read: it must not stop at the table's
+/// default of 100 rows (the table's own hint sends people to --json for all).
+#[test]
+fn sub_ls_json_lists_every_row_unless_limited() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    let mut csv = String::from("email\n");
+    for i in 0..150 {
+        csv.push_str(&format!("p{i:03}@example.org\n"));
+    }
+    e.write("many.csv", csv.as_bytes());
+    assert_eq!(import(&e, "many.csv", &[])["imported"], 150);
+
+    let all = e.json(&["sub", "ls"]);
+    assert_eq!(all.as_array().unwrap().len(), 150, "--json is complete");
+    let listed = e.json(&["sub", "ls", "--list", "news"]);
+    assert_eq!(listed.as_array().unwrap().len(), 150);
+    assert_eq!(listed[149]["email"], "p149@example.org");
+    let some = e.json(&["sub", "ls", "--limit", "10"]);
+    assert_eq!(
+        some.as_array().unwrap().len(),
+        10,
+        "an explicit --limit holds"
+    );
+
+    // The table stops at 100 by default and says so on stderr.
+    let out = e.cmd().args(["sub", "ls"]).output().unwrap();
+    assert!(out.status.success());
+    let rows = String::from_utf8(out.stdout).unwrap().lines().count();
+    assert_eq!(rows, 101, "a header and 100 rows");
+    let hint = String::from_utf8(out.stderr).unwrap();
+    assert!(hint.contains("showing 100 of 150"), "{hint}");
+    let help = e.ok(&["sub", "ls", "--help"]);
+    assert!(help.contains("every row unless"), "{help}");
+}
+
 fn import(e: &Env, file: &str, extra: &[&str]) -> Value {
     let mut args = vec!["import", file, "--list", "news"];
     args.extend_from_slice(extra);

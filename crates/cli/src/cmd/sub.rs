@@ -7,6 +7,9 @@ use rundbrief_core::{Actor, Attributes, StatusFilter};
 use rundbrief_store::{Store, SubscriberQuery};
 use std::process::ExitCode;
 
+/// Rows `sub ls` shows in a table when no --limit is given.
+const TABLE_LIMIT: u64 = 100;
+
 pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         SubCmd::Add {
@@ -58,11 +61,15 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
             limit,
         } => {
             let status: Option<StatusFilter> = status.as_deref().map(str::parse).transpose()?;
+            // A table is for reading, so it stops at a screenful by default;
+            // JSON is for scripts, which must get every row unless they asked
+            // for fewer.
+            let limit = limit.unwrap_or(if json { 0 } else { TABLE_LIMIT });
             let q = SubscriberQuery {
                 list: list.clone(),
                 status,
                 after: None,
-                limit: *limit,
+                limit,
             };
             let rows = store.subscribers(&q).await?;
             if json {
