@@ -131,7 +131,8 @@ pub enum Command {
     ///
     /// Only needed with bounce.auto_prune = false, when bounces are scored but
     /// nobody is pruned automatically. --dry-run lists who would be pruned
-    /// and with which score.
+    /// and with which score. --json prints {"dry_run", "pruned", "subscribers"};
+    /// with --dry-run, "pruned" counts those who would be pruned.
     Clean {
         /// List only; change nothing.
         #[arg(long)]

@@ -1419,28 +1419,42 @@ fn an_ingested_dsn_finds_its_delivery_by_envid_or_message_id() {
     );
 }
 
-#[test]
-fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
-    let e = Env::new();
-    endpoint_config(&e);
+/// Turns bounce.auto_prune off in the endpoint configuration: bounces are
+/// scored, and `rundbrief clean` prunes.
+fn auto_prune_off(e: &Env) {
     let cfg = std::fs::read_to_string(e.path("rundbrief.toml"))
         .unwrap()
         .replace("auto_prune = true", "auto_prune = false");
+    assert!(cfg.contains("auto_prune = false"), "{cfg}");
     e.write("rundbrief.toml", cfg.as_bytes());
-    e.ok(&["list", "create", "news"]);
-    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
-    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
+}
+
+/// Ingests an RFC 3464 DSN reporting `status` for `email`, matched to
+/// `delivery` through its Original-Envelope-Id (as `bounce ingest` does).
+fn ingest_dsn(e: &Env, delivery: uuid::Uuid, email: &str, status: &str) {
+    let file = format!("dsn-{}.eml", uuid::Uuid::now_v7());
     e.write(
-        "dsn.eml",
+        &file,
         format!(
             "From: MAILER-DAEMON@mx.example.org\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n\
              Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\n\
              Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\nOriginal-Envelope-Id: {delivery}\r\n\r\n\
-             Final-Recipient: rfc822; anna@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n"
+             Final-Recipient: rfc822; {email}\r\nAction: failed\r\nStatus: {status}\r\n\r\n--b--\r\n"
         )
         .as_bytes(),
     );
-    e.ok(&["bounce", "ingest", "dsn.eml"]);
+    assert_eq!(e.json(&["bounce", "ingest", &file])["parsed"], 1);
+}
+
+#[test]
+fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
+    let e = Env::new();
+    endpoint_config(&e);
+    auto_prune_off(&e);
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
+    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
+    ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
     let status = || {
         e.json(&["sub", "show", "anna@example.org"])["status"]
             .as_str()
@@ -1472,6 +1486,58 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
         serde_json::json!([]),
         "pruned ones are not listed again"
     );
+}
+
+/// `clean --dry-run --json` said `"pruned": 0` while listing whom it would
+/// prune; like `import --dry-run --json`, it reports what would be done.
+#[test]
+fn clean_dry_run_json_counts_whom_it_would_prune() {
+    let e = Env::new();
+    endpoint_config(&e);
+    auto_prune_off(&e);
+    e.ok(&["list", "create", "news"]);
+    for who in ["anna", "bob", "cleo", "dora"] {
+        e.ok(&[
+            "sub",
+            "add",
+            &format!("{who}@example.org"),
+            "--list",
+            "news",
+        ]);
+    }
+    for d in campaign_with_deliveries(&e, "c") {
+        if !d.email.starts_with("dora") {
+            ingest_dsn(&e, d.delivery_id, &d.email, "5.1.1");
+        }
+    }
+    let text = e.ok(&["clean", "--dry-run"]);
+    assert!(text.contains("3 subscriber(s) would be pruned"), "{text}");
+    let dry = e.json(&["clean", "--dry-run"]);
+    assert_eq!(
+        (&dry["dry_run"], &dry["pruned"]),
+        (&serde_json::json!(true), &serde_json::json!(3)),
+        "{dry}"
+    );
+    assert_eq!(dry["subscribers"].as_array().unwrap().len(), 3, "{dry}");
+    assert_eq!(
+        e.json(&["sub", "ls", "--status", "active"])
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "a dry run prunes nobody"
+    );
+    let done = e.json(&["clean"]);
+    assert_eq!(
+        (&done["dry_run"], &done["pruned"]),
+        (&serde_json::json!(false), &serde_json::json!(3)),
+        "{done}"
+    );
+    let active = e.json(&["sub", "ls", "--status", "active"]);
+    assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
+    assert_eq!(active[0]["email"], "dora@example.org");
+    let again = e.json(&["clean", "--dry-run"]);
+    assert_eq!(again["pruned"], 0, "{again}");
 }
 
 #[cfg(unix)]

@@ -317,24 +317,32 @@ pub async fn clean(
         }
     }
     if !dry_run {
-        for (s, score) in &over {
+        // Only those actually pruned are reported: one whose status changed
+        // since the scores were read (unsubscribed, say) is left as it is.
+        let mut pruned = Vec::with_capacity(over.len());
+        for (s, score) in over {
             let addr = rundbrief_core::Address::parse(&s.email)?;
             let reason = format!(
                 "clean: bounce score {score:.1} >= threshold {:.1}",
                 policy.score.threshold
             );
-            store
+            if store
                 .mark_bounced(&addr, rundbrief_core::Actor::Cli, &reason)
-                .await?;
+                .await?
+            {
+                pruned.push((s, score));
+            }
         }
+        over = pruned;
     }
     if json {
         let v: Vec<_> = over
             .iter()
             .map(|(s, score)| serde_json::json!({ "email": s.email, "score": score }))
             .collect();
+        // As with `import --dry-run`, the count is what would be done.
         output::json(
-            &serde_json::json!({ "dry_run": dry_run, "pruned": if dry_run { 0 } else { over.len() }, "subscribers": v }),
+            &serde_json::json!({ "dry_run": dry_run, "pruned": over.len(), "subscribers": v }),
         )?;
     } else {
         for (s, score) in &over {
