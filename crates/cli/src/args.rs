@@ -200,7 +200,15 @@ pub enum Command {
     #[command(subcommand)]
     Http(HttpCmd),
 
-    /// Bounce handling: parse a bounce message (the endpoint comes later).
+    /// Bounces: the inbound endpoint, the stored messages, the parser.
+    ///
+    /// `bounce serve` runs the SMTP endpoint that receives bounces at the
+    /// signed VERP return paths (`rundbrief serve` runs it too, see
+    /// --bounce-listen); `bounce ingest` stores and parses bounces collected
+    /// elsewhere; `ls`, `show` and `reprocess` look at what is stored and
+    /// parse it again; `parse` reads one message without touching the
+    /// database. A parsed bounce feeds its subscriber's score and prunes
+    /// (bounce.auto_prune) or waits for `rundbrief clean`.
     #[command(subcommand)]
     Bounce(BounceCmd),
 

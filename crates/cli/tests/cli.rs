@@ -422,6 +422,17 @@ fn completions_and_help_explain() {
             || help.contains("converges"),
         "{help}"
     );
+    // The endpoint exists: the help must not say it "comes later".
+    let bounce = e.ok(&["bounce", "--help"]);
+    assert!(
+        !bounce.contains("later")
+            && ["serve", "ingest", "reprocess", "parse"]
+                .iter()
+                .all(|c| bounce.contains(c)),
+        "{bounce}"
+    );
+    let top = e.ok(&["--help"]);
+    assert!(!top.contains("comes later"), "{top}");
     assert!(
         !Path::new(&e.path("rundbrief.db")).exists(),
         "help and completions do not touch the database"
