@@ -131,7 +131,9 @@ pub enum Command {
     ///
     /// Only needed with bounce.auto_prune = false, when bounces are scored but
     /// nobody is pruned automatically. --dry-run lists who would be pruned
-    /// and with which score. --json prints {"dry_run", "pruned", "subscribers"};
+    /// and with which score. Each prune is audited with the score and the last
+    /// bounce that counted (its id, class, status and rule). --json prints
+    /// {"dry_run", "pruned", "subscribers": [{"email", "score", "last_bounce"}]};
     /// with --dry-run, "pruned" counts those who would be pruned.
     Clean {
         /// List only; change nothing.

@@ -1466,6 +1466,11 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
     let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
     ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
+    let hard = e.json(&["bounce", "ls"])[0].clone();
+    assert_eq!(hard["class"], "hard", "{hard}");
+    // A block afterwards does not count, so it is not the bounce behind the score.
+    ingest_dsn(&e, delivery, "anna@example.org", "5.7.1");
+    assert_eq!(e.json(&["bounce", "ls"])[0]["class"], "block");
     let status = || {
         e.json(&["sub", "show", "anna@example.org"])["status"]
             .as_str()
@@ -1475,6 +1480,14 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     assert_eq!(status(), "active", "auto_prune is off");
     let dry = e.json(&["clean", "--dry-run"]);
     assert_eq!(dry["subscribers"][0]["email"], "anna@example.org", "{dry}");
+    let behind = dry["subscribers"][0]["last_bounce"].as_str().unwrap();
+    assert!(
+        behind.starts_with(&format!(
+            "bounce {}: hard 5.1.1",
+            hard["id"].as_str().unwrap()
+        )),
+        "{dry}"
+    );
     assert_eq!(status(), "active", "a dry run changes nothing");
     let done = e.json(&["clean"]);
     assert_eq!(done["pruned"], 1, "{done}");
@@ -1485,11 +1498,20 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
         .last()
         .unwrap()
         .clone();
-    assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("clean: bounce score 5.0"),
+    // Like the endpoint's own prune, it names the bounce: id, class,
+    // status, rule, score.
+    let rule = hard["parsed"]["recipients"][0]["rule"].as_str().unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["actor"].as_str()),
+        (Some("bounced"), Some("cli")),
+        "{last}"
+    );
+    assert_eq!(
+        last["reason"].as_str().unwrap(),
+        format!(
+            "clean: bounce score 5.0 >= threshold 5.0; last counted: bounce {}: hard 5.1.1 (rule {rule}, score 5.0)",
+            hard["id"].as_str().unwrap()
+        ),
         "{last}"
     );
     assert_eq!(

@@ -251,20 +251,30 @@ impl Store {
         Ok(s.and_then(|s| Some((s.bounce_score?, s.bounce_day?, s.bounce_day_weight?))))
     }
 
-    /// Stores the subscriber's bounce score and marks a `sent` delivery
-    /// `bounced` (a `rejected` one stays rejected: it bounced synchronously).
+    /// Marks a `sent` delivery `bounced` (a `rejected` one stays rejected: it
+    /// bounced synchronously) and, when the bounce changed the subscriber's
+    /// score, stores the new score with the bounce's description (`words`, as
+    /// the audit trail puts it: bounce id, class, status, rule, score), which
+    /// [`Store::scored_subscribers`] hands to `rundbrief clean` so that its
+    /// prune can name the bounce behind it.
     pub async fn record_bounce_score(
         &self,
         target: &DeliveryTarget,
-        score: Option<StoredScore>,
+        counted: Option<(StoredScore, &str)>,
     ) -> Result<()> {
         let txn = self.write_txn().await.doing("starting a transaction")?;
         let backend = txn.get_database_backend();
-        if let Some((value, day, weight)) = score {
+        if let Some(((value, day, weight), words)) = counted {
             txn.execute_raw(crate::stmt_for(
                 backend,
-                "UPDATE subscribers SET bounce_score = ?, bounce_day = ?, bounce_day_weight = ? WHERE id = ?",
-                vec![value.into(), day.into(), weight.into(), target.subscriber_id.into()],
+                "UPDATE subscribers SET bounce_score = ?, bounce_day = ?, bounce_day_weight = ?, bounce_last = ? WHERE id = ?",
+                vec![
+                    value.into(),
+                    day.into(),
+                    weight.into(),
+                    words.into(),
+                    target.subscriber_id.into(),
+                ],
             ))
             .await
             .doing("storing a bounce score")?;
@@ -595,6 +605,10 @@ pub struct ScoredSubscriber {
     pub score: f64,
     pub day: i64,
     pub day_weight: f64,
+    /// The last bounce that changed the score, as the audit trail words it
+    /// (bounce id or sending step, class, status, rule, score then); `None`
+    /// for a score counted before rundbrief kept it.
+    pub last_bounce: Option<String>,
 }
 
 impl Store {
@@ -607,9 +621,10 @@ impl Store {
             bounce_score: f64,
             bounce_day: i64,
             bounce_day_weight: f64,
+            bounce_last: Option<String>,
         }
         Ok(S::find_by_statement(self.stmt(
-            "SELECT id, email, bounce_score, bounce_day, bounce_day_weight FROM subscribers \
+            "SELECT id, email, bounce_score, bounce_day, bounce_day_weight, bounce_last FROM subscribers \
              WHERE status = ? AND bounce_score IS NOT NULL AND bounce_day IS NOT NULL AND bounce_day_weight IS NOT NULL \
              ORDER BY email_key",
             vec![SubscriberStatus::Active.as_str().into()],
@@ -624,6 +639,7 @@ impl Store {
             score: s.bounce_score,
             day: s.bounce_day,
             day_weight: s.bounce_day_weight,
+            last_bounce: s.bounce_last,
         })
         .collect())
     }

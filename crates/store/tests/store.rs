@@ -857,13 +857,25 @@ async fn campaigns_materialise_each_eligible_recipient_once() {
             None,
             "{b}"
         );
-        s.record_bounce_score(first, Some((0.5, 20_000, 0.5)))
+        let words = "bounce 1: soft 4.2.2 (rule mailbox-full, score 0.5)";
+        s.record_bounce_score(first, Some(((0.5, 20_000, 0.5), words)))
             .await
             .unwrap();
         assert_eq!(
             s.bounce_score(first.subscriber_id).await.unwrap(),
             Some((0.5, 20_000, 0.5)),
             "{b}"
+        );
+        // A bounce that did not count (a block) leaves score and words alone.
+        s.record_bounce_score(first, None).await.unwrap();
+        let scored = s.scored_subscribers().await.unwrap();
+        assert_eq!(
+            scored
+                .iter()
+                .map(|x| (x.email.as_str(), x.score, x.last_bounce.as_deref()))
+                .collect::<Vec<_>>(),
+            [(first.email.as_str(), 0.5, Some(words))],
+            "{b}: clean gets the bounce behind the score"
         );
         assert!(
             matches!(

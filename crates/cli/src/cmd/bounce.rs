@@ -322,8 +322,13 @@ pub async fn clean(
         let mut pruned = Vec::with_capacity(over.len());
         for (s, score) in over {
             let addr = rundbrief_core::Address::parse(&s.email)?;
+            // The same words as the endpoint's own prune, for the bounce
+            // that counted last, so the audit trail can say which it was.
+            let last = s.last_bounce.as_deref().unwrap_or(
+                "not recorded (the score was counted before rundbrief kept the bounce behind it)",
+            );
             let reason = format!(
-                "clean: bounce score {score:.1} >= threshold {:.1}",
+                "clean: bounce score {score:.1} >= threshold {:.1}; last counted: {last}",
                 policy.score.threshold
             );
             if store
@@ -338,7 +343,9 @@ pub async fn clean(
     if json {
         let v: Vec<_> = over
             .iter()
-            .map(|(s, score)| serde_json::json!({ "email": s.email, "score": score }))
+            .map(|(s, score)| {
+                serde_json::json!({ "email": s.email, "score": score, "last_bounce": s.last_bounce })
+            })
             .collect();
         // As with `import --dry-run`, the count is what would be done.
         output::json(
@@ -346,7 +353,10 @@ pub async fn clean(
         )?;
     } else {
         for (s, score) in &over {
-            println!("{}  score {score:.1}", s.email);
+            match &s.last_bounce {
+                Some(last) => println!("{}  score {score:.1}  last counted: {last}", s.email),
+                None => println!("{}  score {score:.1}", s.email),
+            }
         }
         if dry_run {
             println!(

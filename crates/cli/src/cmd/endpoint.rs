@@ -327,21 +327,29 @@ pub async fn apply_class(
             });
     let day = chrono::Utc::now().timestamp().div_euclid(86_400);
     let (score, verdict) = rundbrief_bounce::score::apply(previous, class, day, &policy.score);
+    let value = score.map_or(0.0, |s| s.value);
+    let reason = format!(
+        "{source}: {} {status} (rule {rule}, score {value:.1})",
+        class.as_str()
+    );
     // An auto-reply or a complaint means the message was delivered: the
     // delivery stays `sent` and the score is untouched.
     if !matches!(
         class,
         rundbrief_bounce::BounceClass::Ignore | rundbrief_bounce::BounceClass::Complaint
     ) {
+        // The score and the words of the bounce behind it change only when
+        // this bounce counted (a block, or a second bounce on a day that
+        // already counted as much, leaves both as they were): a later
+        // `rundbrief clean` names that bounce in its prune.
+        let counted = score.filter(|s| Some(*s) != previous);
         store
-            .record_bounce_score(target, score.map(|s| (s.value, s.day, s.day_weight)))
+            .record_bounce_score(
+                target,
+                counted.map(|s| ((s.value, s.day, s.day_weight), reason.as_str())),
+            )
             .await?;
     }
-    let value = score.map_or(0.0, |s| s.value);
-    let reason = format!(
-        "{source}: {} {status} (rule {rule}, score {value:.1})",
-        class.as_str()
-    );
     let addr = Address::parse(&target.email)?;
     match verdict {
         Verdict::Prune { rule: why } if !policy.auto_prune => {
