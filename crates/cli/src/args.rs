@@ -349,6 +349,11 @@ pub enum SubCmd {
     /// Undo a bounce prune: a bounced subscriber becomes active again, on the
     /// lists they were on. (Unsubscribed and blocklisted addresses are not
     /// restored: that was somebody's decision.)
+    ///
+    /// The bounce score starts again from zero: bounces received before the
+    /// restore no longer count, so `rundbrief clean` does not prune the
+    /// address again for them, not even after `bounce reprocess`. They stay
+    /// stored (`bounce ls`).
     Restore {
         email: String,
         /// Why (kept in the audit trail).

@@ -1521,6 +1521,70 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     );
 }
 
+/// `sub restore` brought a bounced subscriber back but kept its bounce
+/// score, so the next `clean` pruned it again at once. Restoring resets the
+/// score: bounces received before it no longer count, not even when
+/// `bounce reprocess` parses them again; they stay stored, and a new bounce
+/// counts as usual.
+#[test]
+fn a_restored_subscriber_is_not_pruned_again_for_old_bounces() {
+    let e = Env::new();
+    endpoint_config(&e);
+    auto_prune_off(&e);
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
+    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
+    ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
+    assert_eq!(e.json(&["clean"])["pruned"], 1);
+
+    e.ok(&["sub", "restore", "anna@example.org"]);
+    let anna = e.json(&["sub", "show", "anna@example.org"]);
+    assert_eq!(anna["status"], "active");
+    let last = anna["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "restored", "{anna}");
+    let why = last["reason"].as_str().unwrap();
+    assert!(
+        why.contains("bounce score 5.0 reset") && why.contains("no longer count"),
+        "{why}"
+    );
+    let dry = e.json(&["clean", "--dry-run"]);
+    assert_eq!(
+        (&dry["pruned"], &dry["subscribers"]),
+        (&serde_json::json!(0), &serde_json::json!([])),
+        "the old bounce no longer counts: {dry}"
+    );
+    assert_eq!(
+        e.json(&["bounce", "ls"]).as_array().unwrap().len(),
+        1,
+        "the bounce stays stored as evidence"
+    );
+
+    // Parsing it again does not bring it back into the score.
+    assert_eq!(e.json(&["bounce", "reprocess"])["parsed"], 1);
+    let dry = e.json(&["clean", "--dry-run"]);
+    assert_eq!(dry["pruned"], 0, "after reprocess: {dry}");
+    assert_eq!(
+        e.json(&["sub", "show", "anna@example.org"])["status"],
+        "active"
+    );
+
+    // A bounce received after the restore counts as any other.
+    ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
+    let new = e.json(&["bounce", "ls"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dry = e.json(&["clean", "--dry-run"]);
+    assert_eq!(dry["pruned"], 1, "{dry}");
+    assert!(
+        dry["subscribers"][0]["last_bounce"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("bounce {new}: hard 5.1.1")),
+        "{dry}"
+    );
+}
+
 /// `clean --dry-run --json` said `"pruned": 0` while listing whom it would
 /// prune; like `import --dry-run --json`, it reports what would be done.
 #[test]

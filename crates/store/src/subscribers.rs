@@ -721,6 +721,13 @@ impl Store {
     /// with their memberships as they were. Only bounces are undone here:
     /// unsubscribing and blocklisting were somebody's decision.
     ///
+    /// The bounce score is reset with it, or the next `rundbrief clean` would
+    /// prune the subscriber again at once: the score and the words of the
+    /// bounce behind it are cleared and `bounce_reset_at` is set, so bounces
+    /// received before now no longer count, not even when `bounce reprocess`
+    /// parses them again ([`Store::bounce_reset_at`]). The stored bounces
+    /// stay: they are evidence. The audit entry says what was reset.
+    ///
     /// # Errors
     /// [`StoreError::SubscriberNotFound`]; [`StoreError::NotBounced`] for any
     /// other status.
@@ -742,6 +749,19 @@ impl Store {
             });
         }
         let now = Utc::now();
+        #[derive(FromQueryResult)]
+        struct Score {
+            bounce_score: Option<f64>,
+        }
+        let score = Score::find_by_statement(crate::stmt_for(
+            txn.get_database_backend(),
+            "SELECT bounce_score FROM subscribers WHERE id = ?",
+            vec![sub.id.into()],
+        ))
+        .one(&txn)
+        .await
+        .doing("reading a bounce score")?
+        .and_then(|s| s.bounce_score);
         set_status(
             &txn,
             sub.id,
@@ -750,17 +770,46 @@ impl Store {
             "restoring a subscriber",
         )
         .await?;
+        exec(
+            &txn,
+            "resetting a bounce score",
+            "UPDATE subscribers SET bounce_score = NULL, bounce_day = NULL, bounce_day_weight = NULL, \
+             bounce_last = NULL, bounce_reset_at = ? WHERE id = ?",
+            vec![now.into(), sub.id.into()],
+        )
+        .await?;
+        let reset = score.map_or_else(String::new, |v| format!(" bounce score {v:.1} reset:"));
         audit(
             &txn,
             sub.id,
             None,
             AuditAction::Restored,
             actor,
-            reason,
+            &format!(
+                "{reason};{reset} bounces received before this restore no longer count (they stay stored)"
+            ),
             now,
         )
         .await?;
         txn.commit().await.doing("committing the restore")?;
         Ok(())
+    }
+
+    /// When the subscriber's bounce score was last reset by
+    /// [`Store::restore_subscriber`], if ever: bounces received before it
+    /// must not count towards the score again.
+    pub async fn bounce_reset_at(&self, subscriber_id: Uuid) -> Result<Option<DateTime<Utc>>> {
+        #[derive(FromQueryResult)]
+        struct R {
+            bounce_reset_at: Option<DateTime<Utc>>,
+        }
+        Ok(R::find_by_statement(self.stmt(
+            "SELECT bounce_reset_at FROM subscribers WHERE id = ?",
+            vec![subscriber_id.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("reading when a bounce score was reset")?
+        .and_then(|r| r.bounce_reset_at))
     }
 }

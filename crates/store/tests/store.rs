@@ -310,6 +310,88 @@ async fn subscribers_lifecycle_is_audited() {
     }
 }
 
+/// `sub restore` must reset the bounce score, or `rundbrief clean` prunes
+/// the restored subscriber again at once; the stored bounces stay.
+#[tokio::test]
+async fn restoring_a_bounced_subscriber_resets_the_bounce_score() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        s.create_list("news", None).await.unwrap();
+        s.add_subscriber(
+            &addr("anna@example.org"),
+            "news",
+            None,
+            Attributes::new(),
+            false,
+            Actor::Cli,
+            "x",
+        )
+        .await
+        .unwrap();
+        let id = s
+            .subscriber_detail(&addr("anna@example.org"))
+            .await
+            .unwrap()
+            .subscriber
+            .id;
+        let target = rundbrief_store::DeliveryTarget {
+            delivery_id: uuid::Uuid::now_v7(),
+            campaign_id: uuid::Uuid::nil(),
+            subscriber_id: id,
+            email: "anna@example.org".into(),
+        };
+        s.record_bounce_score(&target, Some(((5.0, 20_000, 5.0), "bounce 1: hard 5.1.1")))
+            .await
+            .unwrap();
+        assert!(
+            s.mark_bounced(&addr("anna@example.org"), Actor::Bounce, "pruned")
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert_eq!(s.bounce_reset_at(id).await.unwrap(), None, "{b}");
+
+        let before = chrono::Utc::now();
+        s.restore_subscriber(&addr("anna@example.org"), Actor::Cli, "asked")
+            .await
+            .unwrap();
+        let d = s
+            .subscriber_detail(&addr("anna@example.org"))
+            .await
+            .unwrap();
+        assert_eq!(d.subscriber.status, SubscriberStatus::Active, "{b}");
+        assert_eq!(s.bounce_score(id).await.unwrap(), None, "{b}: score reset");
+        assert!(
+            s.scored_subscribers().await.unwrap().is_empty(),
+            "{b}: clean has nobody to prune"
+        );
+        let reset = s.bounce_reset_at(id).await.unwrap().expect("reset time");
+        assert!(
+            reset >= before - chrono::Duration::seconds(1),
+            "{b}: {reset} vs {before}"
+        );
+        let last = d.audit.last().unwrap();
+        assert_eq!(
+            (last.action, last.reason.as_str()),
+            (
+                AuditAction::Restored,
+                "asked; bounce score 5.0 reset: bounces received before this restore no longer count (they stay stored)"
+            ),
+            "{b}"
+        );
+        // Only bounced subscribers are restored; the error says what it is.
+        assert!(
+            matches!(
+                s.restore_subscriber(&addr("anna@example.org"), Actor::Cli, "again")
+                    .await,
+                Err(StoreError::NotBounced { .. })
+            ),
+            "{b}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn listing_filters_and_pages() {
     for db in common::stores().await {

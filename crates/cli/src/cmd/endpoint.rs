@@ -223,7 +223,7 @@ pub async fn process_pending(store: &Store, policy: &Policy) -> anyhow::Result<u
                     // the ENVID we sent or the returned Message-ID.
                     if let Some(delivery) = b.delivery_id.or_else(|| delivery_from_report(&parsed))
                     {
-                        act_on(store, policy, b.id, delivery, &parsed).await?;
+                        act_on(store, policy, b.id, b.received_at, delivery, &parsed).await?;
                     }
                 }
                 Err(_) => {
@@ -260,11 +260,13 @@ fn delivery_from_report(parsed: &rundbrief_bounce::ParsedBounce) -> Option<uuid:
     })
 }
 
-/// Applies one parsed bounce to the subscriber of `delivery`.
+/// Applies one parsed bounce (received at `received_at`) to the subscriber
+/// of `delivery`.
 async fn act_on(
     store: &Store,
     policy: &Policy,
     bounce: uuid::Uuid,
+    received_at: chrono::DateTime<chrono::Utc>,
     delivery: uuid::Uuid,
     parsed: &rundbrief_bounce::ParsedBounce,
 ) -> anyhow::Result<()> {
@@ -288,6 +290,19 @@ async fn act_on(
         tracing::warn!(%bounce, %delivery, "the report does not name the delivery's recipient; nothing done");
         return Ok(());
     };
+    // `sub restore` reset the score: a bounce from before that (parsed
+    // again by `bounce reprocess`) must not count again.
+    if matches!(
+        line.class,
+        rundbrief_bounce::BounceClass::Hard | rundbrief_bounce::BounceClass::Soft
+    ) && store
+        .bounce_reset_at(target.subscriber_id)
+        .await?
+        .is_some_and(|reset| received_at < reset)
+    {
+        tracing::info!(%bounce, %delivery, "received before the subscriber was restored; not counted");
+        return Ok(());
+    }
     let status = if line.status.is_empty() {
         "-"
     } else {
