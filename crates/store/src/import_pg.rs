@@ -56,7 +56,13 @@ const APPLY: &str = "WITH d AS MATERIALIZED (
   SELECT new_id, email, key, name, attrs, $4, $3, $3 FROM d WHERE what = 'n'
 ), upd AS (
   UPDATE subscribers s SET name = COALESCE(d.name, s.name), attributes = s.attributes || d.attrs,
-      status = $4, updated_at = $3
+      status = $4, updated_at = $3,
+      -- back from `bounced`: the old bounces no longer count (as `sub restore`)
+      bounce_score = CASE WHEN d.sst = $5 THEN NULL ELSE s.bounce_score END,
+      bounce_day = CASE WHEN d.sst = $5 THEN NULL ELSE s.bounce_day END,
+      bounce_day_weight = CASE WHEN d.sst = $5 THEN NULL ELSE s.bounce_day_weight END,
+      bounce_last = CASE WHEN d.sst = $5 THEN NULL ELSE s.bounce_last END,
+      bounce_reset_at = CASE WHEN d.sst = $5 THEN $3 ELSE s.bounce_reset_at END
   FROM d WHERE d.what = 'u' AND s.id = d.sid
     AND (d.sst <> $4 OR (d.name IS NOT NULL AND d.name IS DISTINCT FROM d.sname)
          OR (d.sattrs || d.attrs) IS DISTINCT FROM d.sattrs)

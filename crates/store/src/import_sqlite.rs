@@ -10,6 +10,7 @@
 //! upgrading it in the workspace `Cargo.toml` too.
 
 use crate::import::{Batch, RESTORE_REASON, raw_error, reason_prefix, sqlx_error};
+use crate::subscribers::RESET_BOUNCE_SCORE;
 use crate::{BatchReport, Result, StoreError};
 use chrono::SecondsFormat;
 use raw::{Db, Val};
@@ -315,6 +316,10 @@ fn write_rows(db: &Db<'_>, batch: &Batch<'_>, insert_first: bool) -> Result<Batc
             ])?;
         }
         if restore {
+            // Back from `bounced`: the old bounces must not prune it again
+            // (the same reset as `sub restore`); prepared here, as it is rare.
+            db.prepare(RESET_BOUNCE_SCORE)?
+                .execute(&[Val::Text(&now), Val::Blob(&id)])?;
             audit(&id, None, AuditAction::Restored, &restore_prefix, row.line)?;
         }
         if existing.membership != Some(MembershipStatus::Subscribed) {

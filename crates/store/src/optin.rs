@@ -226,6 +226,9 @@ impl Store {
                         ],
                     )
                     .await?;
+                    if status == SubscriberStatus::Bounced {
+                        crate::subscribers::reset_bounce_score(&txn, subscriber, now).await?;
+                    }
                     audit(
                         &txn,
                         subscriber,

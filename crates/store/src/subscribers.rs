@@ -171,6 +171,31 @@ async fn set_status<C: ConnectionTrait>(
     .map(drop)
 }
 
+/// Clears a subscriber's bounce score (and the words of the bounce behind
+/// it) and sets `bounce_reset_at`, so bounces received before `now` no longer
+/// count, not even when `bounce reprocess` parses them again. Every way back
+/// from `bounced` calls it, or the next `rundbrief clean` would prune the
+/// subscriber again at once. The stored bounces stay: they are evidence.
+pub(crate) async fn reset_bounce_score<C: ConnectionTrait>(
+    c: &C,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    exec(
+        c,
+        "resetting a bounce score",
+        RESET_BOUNCE_SCORE,
+        vec![now.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// The statement of [`reset_bounce_score`] (parameters: now, subscriber id),
+/// also used by the import's own paths.
+pub(crate) const RESET_BOUNCE_SCORE: &str = "UPDATE subscribers SET bounce_score = NULL, \
+    bounce_day = NULL, bounce_day_weight = NULL, bounce_last = NULL, bounce_reset_at = ? WHERE id = ?";
+
 pub(crate) async fn find<C: ConnectionTrait>(c: &C, addr: &Address) -> Result<Option<SubRow>> {
     SubRow::find_by_statement(crate::stmt_for(
         c.get_database_backend(),
@@ -253,6 +278,9 @@ impl Store {
                             "restoring a subscriber",
                         )
                         .await?;
+                        if sub.status == SubscriberStatus::Bounced {
+                            reset_bounce_score(&txn, sub.id, now).await?;
+                        }
                         let why = format!("{reason} (was {}; --resubscribe)", sub.status);
                         audit(&txn, sub.id, None, AuditAction::Restored, actor, &why, now).await?;
                         out.restored = true;
@@ -770,14 +798,7 @@ impl Store {
             "restoring a subscriber",
         )
         .await?;
-        exec(
-            &txn,
-            "resetting a bounce score",
-            "UPDATE subscribers SET bounce_score = NULL, bounce_day = NULL, bounce_day_weight = NULL, \
-             bounce_last = NULL, bounce_reset_at = ? WHERE id = ?",
-            vec![now.into(), sub.id.into()],
-        )
-        .await?;
+        reset_bounce_score(&txn, sub.id, now).await?;
         let reset = score.map_or_else(String::new, |v| format!(" bounce score {v:.1} reset:"));
         audit(
             &txn,

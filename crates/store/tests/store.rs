@@ -392,6 +392,110 @@ async fn restoring_a_bounced_subscriber_resets_the_bounce_score() {
     }
 }
 
+/// `sub restore` is not the only way back from `bounced`: `sub add
+/// --resubscribe`, `import --resubscribe-bounced` and a confirmed opt-in
+/// bring a subscriber back too, and each must reset the bounce score, or the
+/// next `rundbrief clean` prunes the subscriber again at once.
+#[tokio::test]
+async fn every_way_back_from_bounced_resets_the_bounce_score() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let list = s.create_list("news", None).await.unwrap();
+        let ways = ["add", "import", "optin"];
+        for way in ways {
+            let email = format!("{way}@example.org");
+            s.add_subscriber(
+                &addr(&email),
+                "news",
+                None,
+                Attributes::new(),
+                false,
+                Actor::Cli,
+                "x",
+            )
+            .await
+            .unwrap();
+            let id = s
+                .subscriber_detail(&addr(&email))
+                .await
+                .unwrap()
+                .subscriber
+                .id;
+            let target = rundbrief_store::DeliveryTarget {
+                delivery_id: uuid::Uuid::now_v7(),
+                campaign_id: uuid::Uuid::nil(),
+                subscriber_id: id,
+                email: email.clone(),
+            };
+            s.record_bounce_score(&target, Some(((5.0, 20_000, 5.0), "bounce 1: hard 5.1.1")))
+                .await
+                .unwrap();
+            assert!(
+                s.mark_bounced(&addr(&email), Actor::Bounce, "pruned")
+                    .await
+                    .unwrap(),
+                "{b} {way}"
+            );
+        }
+        s.add_subscriber(
+            &addr("add@example.org"),
+            "news",
+            None,
+            Attributes::new(),
+            true,
+            Actor::Cli,
+            "back",
+        )
+        .await
+        .unwrap();
+        let mut back = s
+            .begin_import(
+                "news",
+                ImportOptions {
+                    resubscribe_bounced: true,
+                    source: "t.csv".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        back.write_batch(vec![row(2, "import@example.org", None, &[])])
+            .await
+            .unwrap();
+        back.finish().await.unwrap();
+        let optin = s
+            .subscriber_detail(&addr("optin@example.org"))
+            .await
+            .unwrap();
+        s.confirm_subscription(optin.subscriber.id, list.id, Actor::Http, "confirmed")
+            .await
+            .unwrap();
+
+        for way in ways {
+            let d = s
+                .subscriber_detail(&addr(&format!("{way}@example.org")))
+                .await
+                .unwrap();
+            let id = d.subscriber.id;
+            assert_eq!(d.subscriber.status, SubscriberStatus::Active, "{b} {way}");
+            assert_eq!(
+                s.bounce_score(id).await.unwrap(),
+                None,
+                "{b} {way}: score reset"
+            );
+            assert!(
+                s.bounce_reset_at(id).await.unwrap().is_some(),
+                "{b} {way}: old bounces no longer count"
+            );
+        }
+        assert!(
+            s.scored_subscribers().await.unwrap().is_empty(),
+            "{b}: clean has nobody to prune"
+        );
+    }
+}
+
 #[tokio::test]
 async fn listing_filters_and_pages() {
     for db in common::stores().await {
