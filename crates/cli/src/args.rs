@@ -454,9 +454,11 @@ pub enum BounceCmd {
         /// Only this state: pending, parsed, failed.
         #[arg(long)]
         state: Option<String>,
-        /// Show at most this many (0 = all).
-        #[arg(long, default_value_t = 50)]
-        limit: u64,
+        /// Show at most this many (0 = all). Default: the newest 50 in the
+        /// table; with --json, every message unless --limit is given, so
+        /// scripts always get the complete list.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
     /// Show one stored message: envelope, parse result, and with --raw the message itself.
     Show {

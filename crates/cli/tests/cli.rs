@@ -921,6 +921,39 @@ fn a_bounce_stored_before_a_crash_is_parsed_by_reprocess() {
 }
 
 #[test]
+fn bounce_ls_json_lists_every_message_unless_limited() {
+    let e = Env::new();
+    let dir = e.path("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..55 {
+        std::fs::write(
+            dir.join(format!("{i:02}.eml")),
+            format!("From: a@example.net\r\nSubject: note {i}\r\n\r\nhello {i}\r\n"),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        e.json(&["bounce", "ingest", dir.to_str().unwrap()])["stored"],
+        55
+    );
+    let all = e.json(&["bounce", "ls"]);
+    assert_eq!(all.as_array().unwrap().len(), 55, "--json is complete");
+    let some = e.json(&["bounce", "ls", "--limit", "3"]);
+    assert_eq!(
+        some.as_array().unwrap().len(),
+        3,
+        "an explicit --limit holds"
+    );
+    // The table shows the newest 50 and says so on stderr.
+    let out = e.cmd().args(["bounce", "ls"]).output().unwrap();
+    assert!(out.status.success());
+    let rows = String::from_utf8(out.stdout).unwrap().lines().count();
+    assert_eq!(rows, 51, "a header and 50 rows");
+    let hint = String::from_utf8(out.stderr).unwrap();
+    assert!(hint.contains("the newest 50"), "{hint}");
+}
+
+#[test]
 fn bounce_ingest_stores_and_parses_files() {
     let e = Env::new();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bounce/tests/fixtures/arf");

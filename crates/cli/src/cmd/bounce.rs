@@ -12,6 +12,9 @@ use std::process::ExitCode;
 /// Largest message read for parsing; the parser itself looks at the first 4 MiB.
 const MAX_READ: u64 = 64 << 20;
 
+/// Messages `bounce ls` shows in a table when no --limit is given.
+const TABLE_LIMIT: u64 = 50;
+
 /// Reads one message (at most [`MAX_READ`] bytes) from a file, or from
 /// standard input when `file` is `-`.
 fn read_message(file: &Path) -> anyhow::Result<Vec<u8>> {
@@ -190,12 +193,15 @@ pub async fn run(
             limit,
         } => {
             let state: Option<BounceState> = state.as_deref().map(str::parse).transpose()?;
+            // A table is for reading; JSON is for scripts, which get every
+            // message unless they asked for fewer.
+            let limit = limit.unwrap_or(if json { 0 } else { TABLE_LIMIT });
             let rows = store
                 .bounces(&BounceQuery {
                     class: class.clone(),
                     state,
                     since: None,
-                    limit: *limit,
+                    limit,
                 })
                 .await?;
             if json {
@@ -235,6 +241,9 @@ pub async fn run(
                         table
                     )
                 );
+                if limit != 0 && rows.len() as u64 == limit {
+                    eprintln!("(the newest {limit}; --limit 0 shows all, --json lists all)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
