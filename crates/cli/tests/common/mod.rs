@@ -147,21 +147,26 @@ pub fn start_server_in(dir: &Path, args: &[&str]) -> (std::process::Child, u16) 
     )
 }
 
-/// Waits (at most 20 s) until `n` stored bounces are parsed; the callers
-/// assert on what they find afterwards.
+/// Waits (at most 400 looks, 50 ms apart) until `n` stored bounces are
+/// parsed; fails the test with what is stored if they never are.
 #[cfg(unix)]
 pub fn wait_for_parsed(e: &Env, n: usize) {
+    let mut seen = 0;
     for _ in 0..400 {
-        if e.json(&["bounce", "ls", "--state", "parsed"])
+        seen = e
+            .json(&["bounce", "ls", "--state", "parsed"])
             .as_array()
             .unwrap()
-            .len()
-            == n
-        {
+            .len();
+        if seen == n {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    panic!(
+        "waited for {n} parsed bounces, {seen} there: {}",
+        e.json(&["bounce", "ls"])
+    );
 }
 
 /// Starts `rundbrief sink` on a free loopback port.
