@@ -645,7 +645,8 @@ pub enum SmtpCmd {
         target: Option<String>,
         /// Check a configured relay instead of HOST: a [relays.NAME] (its
         /// host, port, TLS mode, AUTH user and password, EHLO name) or a
-        /// relay URL. --starttls, --tls, --auth and --ehlo still override.
+        /// relay URL. --starttls, --tls, --auth and --ehlo still override; a
+        /// URL naming a user needs --auth (it carries no password).
         #[arg(long, value_name = "NAME|URL")]
         relay: Option<String>,
         /// Require STARTTLS after EHLO (submission, port 587).

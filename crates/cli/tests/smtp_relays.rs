@@ -295,3 +295,100 @@ fn campaign_send_through_a_named_relay_with_auth() {
         "{log:?}"
     );
 }
+
+/// A relay URL naming an AUTH user has no way to carry the password, so
+/// it is refused before any connection, however it is given (`--relay`,
+/// `RUNDBRIEF_RELAY`, `relay = …`), instead of sending without AUTH. Only
+/// `smtp check` has a password source of its own for it (`--auth`).
+#[test]
+fn a_relay_url_with_a_user_but_no_password_is_refused_before_connecting() {
+    // A would-be relay that must never see a connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!(
+        "smtp://news@127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    e.ok(&["list", "create", "news"]);
+    e.write("issue.md", b"Hello\n");
+    e.ok(&[
+        "campaign",
+        "create",
+        "c",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    let refused = |err: &str| {
+        assert!(
+            err.contains(&format!(
+                "relay `{url}` names the AUTH user `news` but has no password"
+            )) && err.contains("[relays.NAME]")
+                && err.contains("password_env or password_file"),
+            "{err}"
+        );
+    };
+    let test = ["campaign", "test", "c", "--to", "ann@example.net", "--json"];
+    refused(&e.fails(&[&test[..], &["--relay", &url]].concat()));
+    let out = e
+        .cmd()
+        .args(test)
+        .env("RUNDBRIEF_RELAY", &url)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    refused(&String::from_utf8_lossy(&out.stderr));
+    refused(&e.fails(&[
+        "campaign",
+        "create",
+        "d",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+        "--relay",
+        &url,
+    ]));
+    refused(&e.fails(&["smtp", "check", "--relay", &url]));
+    let cfg = std::fs::read_to_string(e.path("rundbrief.toml")).unwrap();
+    e.write(
+        "rundbrief.toml",
+        cfg.replace(
+            "# relay = \"smtp://127.0.0.1:2525\"",
+            &format!("relay = \"{url}\""),
+        )
+        .as_bytes(),
+    );
+    refused(&e.fails(&test));
+    assert!(
+        listener
+            .accept()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing may connect to the relay"
+    );
+
+    // smtp check takes the password from --auth, its own source.
+    let relay = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
+    let url = format!(
+        "smtp://news%40example.org@127.0.0.1:{}?tls=required",
+        relay.port
+    );
+    let (ok, v) = check(
+        &e,
+        &["--relay", &url, "--auth", "news@example.org", "--insecure"],
+        &[("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)],
+    );
+    assert!(ok && step(&v, "auth")["ok"] == true, "{v}");
+}

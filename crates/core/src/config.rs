@@ -103,9 +103,11 @@ pub struct Config {
     /// Env: `RUNDBRIEF_PREVIOUS_SECRET`.
     pub previous_secret: Option<Secret>,
     /// The default relay, as a URL in lettre's format: `smtp://host:2525`,
-    /// `smtp://user@host:587?tls=required` (STARTTLS), `smtps://host:465`.
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465`.
     /// Env: `RUNDBRIEF_RELAY`; `--relay` on a command wins. May also name
-    /// one of `[relays.NAME]` (a name is looked up first, then a URL).
+    /// one of `[relays.NAME]` (a name is looked up first, then a URL). A
+    /// URL cannot carry a password, so one naming an AUTH user is refused:
+    /// a relay with AUTH is a `[relays.NAME]`.
     pub relay: Option<String>,
     /// Named relays, for AUTH, TLS and pool settings a bare URL cannot
     /// carry: `[relays.NAME]`. `--relay NAME`, a campaign's relay or
@@ -683,9 +685,10 @@ secret = "{secret}"
 # previous_secret = ""
 
 # The default relay (lettre URL format): smtp://host:2525,
-# smtp://user@host:587?tls=required (STARTTLS), smtps://host:465.
+# smtp://host:587?tls=required (STARTTLS), smtps://host:465.
 # relay = "smtp://127.0.0.1:2525"
-# It may also name one of the [relays.NAME] below: relay = "company".
+# It may also name one of the [relays.NAME] below: relay = "company". A relay
+# with AUTH must be one of those: a URL has no place for the password.
 
 # Named relays: pick one with `--relay NAME`, a campaign's relay, or relay = "NAME".
 # The AUTH password is never in the URL: password_env or password_file.

@@ -146,6 +146,21 @@ pub enum RelayError {
         /// The user.
         user: String,
     },
+    /// A user in a relay given as a bare URL (`--relay URL`,
+    /// `RUNDBRIEF_RELAY`, `relay = "URL"`), or in any relay without a
+    /// password: the password never goes in a URL, so such a relay could
+    /// only send without AUTH, which is not what naming a user asks for.
+    #[error(
+        "relay `{url}` names the AUTH user `{user}` but has no password, and a password never goes in the URL: \
+         add the relay to rundbrief.toml as [relays.NAME] with url = \"{url}\" and password_env or password_file, \
+         then use --relay NAME (or relay = \"NAME\"); if the relay needs no AUTH, drop the user from the URL"
+    )]
+    UrlUserWithoutPassword {
+        /// The URL.
+        url: String,
+        /// The user.
+        user: String,
+    },
     /// An option out of range.
     #[error("relay option `{option}` {problem}")]
     Option {
@@ -243,7 +258,7 @@ impl fmt::Display for Relay {
         };
         write!(f, "{scheme}://")?;
         if let Some(u) = &self.user {
-            write!(f, "{u}@")?;
+            write!(f, "{}@", percent_encode_user(u))?;
         }
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -347,12 +362,15 @@ impl Relay {
     /// The relay `name_or_url` stands for: a name from `relays` (the
     /// `[relays.NAME]` section) first, else a URL ([`Relay::parse`]). This
     /// is the one place `--relay`, `relay = …` and a campaign's relay are
-    /// resolved; a named relay's password is read here.
+    /// resolved; a named relay's password is read here. A URL carries no
+    /// password, so a URL naming an AUTH user is refused here, before any
+    /// connection, rather than sent without AUTH.
     ///
     /// # Errors
     /// [`RelayError::Unknown`] for a string that is neither;
     /// [`RelayError::Named`] wrapping what is wrong with a named relay;
-    /// the errors of [`Relay::parse`] for a URL.
+    /// the errors of [`Relay::parse`] and [`Relay::validate`] for a URL
+    /// ([`RelayError::UrlUserWithoutPassword`] for a user in it).
     pub fn resolve(
         name_or_url: &str,
         relays: &BTreeMap<String, RelayConfig>,
@@ -365,7 +383,9 @@ impl Relay {
             });
         }
         if given.contains("://") {
-            return Self::parse(given);
+            let relay = Self::parse(given)?;
+            relay.validate()?;
+            return Ok(relay);
         }
         Err(RelayError::Unknown {
             given: redact(given),
@@ -517,12 +537,21 @@ impl Relay {
         self
     }
 
-    /// Checks the options.
+    /// Checks the options, and that a relay naming an AUTH user has its
+    /// password (a [`Sender`](crate::Sender) checks this too, so no relay
+    /// with a user ever sends without AUTH).
     ///
     /// # Errors
     /// [`RelayError::Option`] for a zero pool size, zero timeouts or zero
-    /// messages per connection.
+    /// messages per connection; [`RelayError::UrlUserWithoutPassword`] for
+    /// a user without a password.
     pub fn validate(&self) -> Result<(), RelayError> {
+        if let (Some(user), None) = (&self.user, &self.password) {
+            return Err(RelayError::UrlUserWithoutPassword {
+                url: self.to_string(),
+                user: user.clone(),
+            });
+        }
         let o = &self.options;
         let bad = |option, problem: &str| {
             Err(RelayError::Option {
@@ -607,6 +636,21 @@ fn redact(input: &str) -> String {
         }
         None => input.to_owned(),
     }
+}
+
+/// The user as it must be written in a URL's userinfo (RFC 3986 §3.2.1),
+/// so the URL [`Relay`]'s `Display` prints parses back to the same relay:
+/// `news@example.org` becomes `news%40example.org`.
+fn percent_encode_user(user: &str) -> String {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -695,6 +739,11 @@ mod tests {
                 (host, port, tls, user),
                 "{url}"
             );
+            // A user needs its password before the relay is usable.
+            let r = match user {
+                Some(_) => r.with_secret(Secret::new("pw")),
+                None => r,
+            };
             r.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
         }
         let r = Relay::parse("smtp://relay.example/news.example.org").unwrap();
@@ -704,6 +753,12 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "smtp://u@h:587?tls=required"
+        );
+        assert_eq!(
+            Relay::parse("smtps://news%40example.org@relay.example:4650")
+                .unwrap()
+                .to_string(),
+            "smtps://news%40example.org@relay.example:4650"
         );
     }
 
@@ -732,6 +787,44 @@ mod tests {
             assert!(e.contains(needle), "{url}: {e}");
             assert!(!e.contains("hunter2"), "password leaked: {e}");
         }
+    }
+
+    /// A URL carries no password, so a URL naming an AUTH user would send
+    /// without AUTH: `--relay`, `RUNDBRIEF_RELAY` and `relay = "URL"` all
+    /// resolve here, and all refuse it before any connection.
+    #[test]
+    fn a_url_with_a_user_but_no_password_is_refused() {
+        let e = Relay::resolve("smtp://news@127.0.0.1:2525", &BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&e, RelayError::UrlUserWithoutPassword { user, .. } if user == "news"),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        for needle in [
+            "relay `smtp://news@127.0.0.1:2525` names the AUTH user `news` but has no password",
+            "[relays.NAME] with url = \"smtp://news@127.0.0.1:2525\" and password_env or password_file",
+            "--relay NAME",
+        ] {
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        // The URL shown parses back to the same relay (the user re-encoded).
+        let e = Relay::resolve("smtps://news%40example.org@relay.example", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("url = \"smtps://news%40example.org@relay.example:465\""),
+            "{e}"
+        );
+        // A sender refuses such a relay too, whoever built it; with its
+        // password it is fine.
+        let r = Relay::parse("smtp://news@127.0.0.1:2525").unwrap();
+        assert!(matches!(
+            r.validate(),
+            Err(RelayError::UrlUserWithoutPassword { .. })
+        ));
+        r.with_secret(Secret::new("pw")).validate().unwrap();
+        // Without a user there is nothing to authenticate.
+        Relay::resolve("smtp://127.0.0.1:2525", &BTreeMap::new()).unwrap();
     }
 
     #[test]

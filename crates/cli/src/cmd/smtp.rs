@@ -4,8 +4,8 @@ use crate::args::SmtpCmd;
 use crate::output;
 use anyhow::Context;
 use rundbrief_core::Config;
-use rundbrief_sender::TlsMode;
 use rundbrief_sender::check::{CheckRequest, CheckTls, check};
+use rundbrief_sender::{Relay, RelayError, TlsMode};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
     // --relay NAME|URL: host, port, TLS mode, credentials and EHLO name
     // from the configured relay (the flags below still override).
     let relay = match relay {
-        Some(r) => Some(crate::cmd::relay_for(cfg, Some(r))?),
+        Some(r) => Some(relay_to_check(cfg, r, auth.is_some())?),
         None => None,
     };
     let mode = if *tls {
@@ -110,4 +110,22 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--relay NAME|URL` as every command resolves it, except that a URL
+/// naming an AUTH user may take its password from `--auth`
+/// (`RUNDBRIEF_SMTP_PASSWORD`), the one password source a bare URL has
+/// here.
+fn relay_to_check(cfg: &Config, given: &str, auth_flag: bool) -> anyhow::Result<Relay> {
+    let err = match crate::cmd::relay_for(cfg, Some(given)) {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    match err.downcast_ref::<RelayError>() {
+        Some(RelayError::UrlUserWithoutPassword { .. }) if auth_flag => Ok(Relay::parse(given)?),
+        Some(e @ RelayError::UrlUserWithoutPassword { .. }) => Err(anyhow::anyhow!(
+            "{e}; for smtp check, --auth USER with the password in RUNDBRIEF_SMTP_PASSWORD also works"
+        )),
+        _ => Err(err),
+    }
 }
