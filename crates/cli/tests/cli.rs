@@ -2327,6 +2327,38 @@ fn a_campaigns_relay_is_checked_when_it_is_stored_not_at_send_time() {
     );
     let args = create("bad-url", "smtp://");
     e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // A password in the URL is refused, and not printed while saying so.
+    let args = create("pw", "smtp://u:hunter2@127.0.0.1:25253");
+    let refused = e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        refused.contains("--relay: relay `smtp://u:***@127.0.0.1:25253`: do not put the password")
+            && !refused.contains("hunter2"),
+        "{refused}"
+    );
+    // Nor does showing the configuration print one.
+    e.write(
+        "rundbrief.toml",
+        format!("{cfg}\n[relays.bulk]\nurl = \"smtp://u:hunter3@127.0.0.1:2525\"\n").as_bytes(),
+    );
+    for args in [&["config", "show"][..], &["config", "show", "--json"]] {
+        let out = e
+            .cmd()
+            .args(args)
+            .env("RUNDBRIEF_RELAY", "smtp://u:hunter2@127.0.0.1:2525")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && shown.contains("smtp://u:***@127.0.0.1:2525")
+                && !shown.contains("hunter"),
+            "{args:?}: {shown}"
+        );
+    }
+    e.write(
+        "rundbrief.toml",
+        format!("{cfg}\n[relays.bulk]\nurl = \"smtp://127.0.0.1:2525\"\n").as_bytes(),
+    );
     for (name, relay) in [("named", "bulk"), ("url", "smtp://127.0.0.1:2526")] {
         let args = create(name, relay);
         e.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());

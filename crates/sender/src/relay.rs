@@ -86,10 +86,10 @@ pub enum RelayError {
     },
     /// A password written into the URL.
     #[error(
-        "relay `{url}`: do not put the password in the URL (it would end up in configs and logs); give the user in the URL and the password through an environment variable or a file"
+        "relay `{url}`: do not put the password in the URL (it would end up in configs and logs); define the relay as [relays.NAME] in rundbrief.toml with the user in its url and the password in password_env or password_file"
     )]
     PasswordInUrl {
-        /// The URL with the password removed.
+        /// The URL with the password replaced by `***`.
         url: String,
     },
     /// The password source could not be read.
@@ -275,6 +275,13 @@ impl fmt::Display for Relay {
 }
 
 impl Relay {
+    /// `given` (a relay URL, or whatever was given as one) with any password
+    /// replaced by `***` (`smtp://u:***@host`): how errors and logs outside
+    /// this crate must echo a relay they were given.
+    pub fn redact(given: &str) -> String {
+        redact(given)
+    }
+
     /// Parses a relay URL in lettre's format:
     ///
     /// | URL | TLS | default port |
@@ -622,18 +629,22 @@ impl Relay {
     }
 }
 
-/// The URL as given with any `:password@` removed, for error messages.
+/// `input` (a relay URL, or whatever was given as one) with any password
+/// replaced by `***`, for errors and logs: `smtp://u:p@host` becomes
+/// `smtp://u:***@host`. It errs on the side of hiding: the userinfo is
+/// everything before the last `@`, so a password holding `/`, `?`, `#` or
+/// `@` (which makes the URL invalid) is hidden too, and so is one given
+/// without a scheme (`u:p@host`).
 fn redact(input: &str) -> String {
-    let Some((scheme, rest)) = input.split_once("://") else {
+    let (prefix, rest) = match input.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), input),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return input.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}{tail}")
-        }
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{prefix}{user}:***@{host}"),
         None => input.to_owned(),
     }
 }
@@ -778,15 +789,38 @@ mod tests {
             ),
             (
                 "smtp://user:hunter2@relay.example",
-                "do not put the password in the URL",
+                "relay `smtp://user:***@relay.example`: do not put the password in the URL",
+            ),
+            // Not even a valid URL: the password is still hidden.
+            (
+                "smtp://user:hun/ter2@relay.example",
+                "`smtp://user:***@relay.example` is not a URL",
+            ),
+            (
+                "user:hunter2@relay.example:25",
+                "`user:***@relay.example:25` is not a URL",
             ),
             ("smtp://relay.example:99999", "not a URL"),
         ];
         for (url, needle) in table {
             let e = Relay::parse(url).expect_err(url).to_string();
             assert!(e.contains(needle), "{url}: {e}");
-            assert!(!e.contains("hunter2"), "password leaked: {e}");
+            assert!(
+                !e.contains("hunter2") && !e.contains("ter2"),
+                "password leaked: {e}"
+            );
         }
+        // Neither a name nor a URL: echoed, but without its password.
+        let e = Relay::resolve("user:hunter2@relay.example", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`user:***@relay.example`"), "{e}");
+        assert_eq!(
+            Relay::redact("smtps://u%40x:p@ss@relay.example:465?tls=required"),
+            "smtps://u%40x:***@relay.example:465?tls=required"
+        );
+        assert_eq!(Relay::redact("smtp://u@h:25"), "smtp://u@h:25");
+        assert_eq!(Relay::redact("company"), "company");
     }
 
     /// A URL carries no password, so a URL naming an AUTH user would send

@@ -624,9 +624,11 @@ fn check_relay(cfg: &Config, given: &str) -> anyhow::Result<()> {
     if cfg.relays.contains_key(given.trim()) {
         return Ok(());
     }
+    // The error quotes the relay already, without its password; echoing
+    // `given` here would print the password of `smtp://user:pw@host`.
     rundbrief_sender::Relay::resolve(given, &cfg.relays)
         .map(|_| ())
-        .with_context(|| format!("--relay {given}"))
+        .context("--relay")
 }
 
 /// The scheduler's runner for one campaign: relay, sender, throttle, hooks.

@@ -148,6 +148,22 @@ pub fn config_show(loaded: &Loaded, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(url) = shown.pointer_mut("/database/url") {
         *url = rundbrief_store::redact_url(url.as_str().unwrap_or_default()).into();
     }
+    // A password has no business in a relay URL (using one is refused), but
+    // if one was written there, showing the configuration must not print it.
+    let redact = |url: &mut serde_json::Value| {
+        if let Some(s) = url.as_str() {
+            *url = rundbrief_sender::Relay::redact(s).into();
+        }
+    };
+    if let Some(url) = shown.get_mut("relay") {
+        redact(url);
+    }
+    if let Some(relays) = shown.get_mut("relays").and_then(|r| r.as_object_mut()) {
+        relays
+            .values_mut()
+            .filter_map(|r| r.get_mut("url"))
+            .for_each(redact);
+    }
     if json {
         output::json(&serde_json::json!({ "file": file, "config": shown }))?;
     } else {
