@@ -84,6 +84,16 @@ pub enum RelayError {
         /// The parameter as written.
         param: String,
     },
+    /// `?tls=` on an `smtps://` URL, which is TLS from the first byte.
+    #[error(
+        "relay `{url}`: `{param}` is not allowed with smtps://, which is always TLS; drop it, or use smtp://…?{param} for STARTTLS"
+    )]
+    TlsParamWithSmtps {
+        /// The URL.
+        url: String,
+        /// The parameter as written, e.g. `tls=required`.
+        param: String,
+    },
     /// A password written into the URL.
     #[error(
         "relay `{url}`: do not put the password in the URL (it would end up in configs and logs); define the relay as [relays.NAME] in rundbrief.toml with the user in its url and the password in password_env or password_file"
@@ -329,10 +339,14 @@ impl Relay {
             ("smtp", None) => (TlsMode::None, SMTP_PORT),
             ("smtp", Some(t)) => (t, SUBMISSION_PORT),
             ("smtps", None) => (TlsMode::Implicit, SUBMISSIONS_PORT),
-            ("smtps", Some(_)) => {
-                return Err(RelayError::Param {
+            ("smtps", Some(t)) => {
+                return Err(RelayError::TlsParamWithSmtps {
                     url: shown(),
-                    param: "tls (smtps:// is always TLS)".into(),
+                    param: match t {
+                        TlsMode::Opportunistic => "tls=opportunistic",
+                        _ => "tls=required",
+                    }
+                    .into(),
                 });
             }
             (scheme, _) => {
@@ -785,7 +799,12 @@ mod tests {
             ("smtp://relay.example?starttls=1", "`starttls=1`"),
             (
                 "smtps://relay.example?tls=required",
-                "smtps:// is always TLS",
+                "relay `smtps://relay.example?tls=required`: `tls=required` is not allowed with smtps://, \
+                 which is always TLS; drop it, or use smtp://…?tls=required for STARTTLS",
+            ),
+            (
+                "smtps://relay.example?tls=opportunistic",
+                "`tls=opportunistic` is not allowed with smtps://",
             ),
             (
                 "smtp://user:hunter2@relay.example",
