@@ -372,6 +372,19 @@ fn a_relay_url_with_a_user_but_no_password_is_refused_before_connecting() {
         .as_bytes(),
     );
     refused(&e.fails(&test));
+    // The same URL as a named relay without a password: refused too, and
+    // the problem is said once, not again as the error's cause.
+    e.write(
+        "rundbrief.toml",
+        format!("{cfg}\n[relays.x]\nurl = \"{url}\"\n").as_bytes(),
+    );
+    let err = e.fails(&[&test[..], &["--relay", "x"]].concat());
+    assert!(
+        err.starts_with(&format!(
+            "error: [relays.x]: relay `{url}` names the AUTH user `news`"
+        )) && err.matches("no password").count() == 1,
+        "{err}"
+    );
     assert!(
         listener
             .accept()

@@ -116,7 +116,7 @@ fn lettre_err(step: SmtpStep, host: &str, e: &lettre::transport::smtp::Error) ->
         None => SendError::ConnectionLost {
             step,
             host: host.to_owned(),
-            detail: e.to_string(),
+            detail: error_chain(e),
         },
     }
 }
@@ -463,24 +463,103 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, SendError> {
     })
 }
 
-/// `e` and its sources, `: `-separated (lettre hides the TLS cause in the chain).
+/// `e` and its sources, `: `-separated, each said once.
+///
+/// lettre's errors print their source after their own words *and* return
+/// it from `source()`, and a failed STARTTLS is a connection error wrapping
+/// another ("Connection error: Connection error: invalid peer
+/// certificate: UnknownIssuer"). So each layer contributes only the words
+/// in front of its source's text, and a layer repeating the one above it
+/// is dropped: "Connection error: invalid peer certificate: UnknownIssuer".
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut layers = vec![e.to_string()];
     let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
+    // Bounded: a chain longer than this is cut rather than walked forever.
+    while let Some(c) = cur.filter(|_| layers.len() < 16) {
+        layers.push(c.to_string());
         cur = c.source();
     }
-    s
+    let mut parts: Vec<&str> = Vec::new();
+    for (i, text) in layers.iter().enumerate() {
+        let own = match layers.get(i + 1) {
+            Some(inner) if !inner.is_empty() => text
+                .strip_suffix(inner.as_str())
+                .map_or(text.as_str(), |own| own.trim_end().trim_end_matches(':'))
+                .trim_end(),
+            _ => text.as_str(),
+        };
+        let said = parts.iter().any(|p| p.contains(own));
+        if !own.is_empty() && !said {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error shaped like lettre's: its own words, then `: ` and its
+    /// source's text, and the source from `source()` as well.
+    #[derive(Debug)]
+    struct Wraps(&'static str, Option<Box<dyn std::error::Error + 'static>>);
+
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)?;
+            match &self.1 {
+                Some(s) => write!(f, ": {s}"),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref()
+        }
+    }
+
+    #[test]
+    fn error_chains_say_each_layer_once() {
+        let tls_cause = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "invalid peer certificate: UnknownIssuer",
+            )
+        };
+        // A failed STARTTLS: lettre wraps its connection error in another.
+        let starttls = Wraps(
+            "Connection error",
+            Some(Box::new(Wraps(
+                "Connection error",
+                Some(Box::new(tls_cause())),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&starttls),
+            "Connection error: invalid peer certificate: UnknownIssuer"
+        );
+        // A layer that does not print its source still gets it appended.
+        #[derive(Debug)]
+        struct Quiet(std::io::Error);
+        impl std::fmt::Display for Quiet {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("handshake failed")
+            }
+        }
+        impl std::error::Error for Quiet {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            error_chain(&Quiet(tls_cause())),
+            "handshake failed: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(error_chain(&Wraps("network error", None)), "network error");
+    }
 
     /// The rule said line by line: every CRLF-delimited line that starts
     /// with "." gets another.

@@ -129,14 +129,15 @@ pub enum RelayError {
         /// The configured names, comma-separated, or "none configured".
         known: String,
     },
-    /// A `[relays.NAME]` entry that cannot be used.
-    #[error("[relays.{name}]: {source}")]
+    /// A `[relays.NAME]` entry that cannot be used. The message already
+    /// holds the problem's, so the problem is not also a `source()`: an
+    /// error chain printed with `{:#}` would say it twice.
+    #[error("[relays.{name}]: {problem}")]
     Named {
         /// The relay's name.
         name: String,
         /// What is wrong with it.
-        #[source]
-        source: Box<RelayError>,
+        problem: Box<RelayError>,
     },
     /// `tls` in the config contradicts the URL (`smtps://` or `?tls=`).
     #[error("relay `{url}`: tls = \"{configured}\" contradicts the URL; say it in one place")]
@@ -400,7 +401,7 @@ impl Relay {
         if let Some(cfg) = relays.get(given) {
             return Self::from_config(cfg).map_err(|e| RelayError::Named {
                 name: given.to_owned(),
-                source: Box::new(e),
+                problem: Box::new(e),
             });
         }
         if given.contains("://") {
@@ -991,11 +992,25 @@ mod tests {
             ..RelayConfig::default()
         });
         assert!(e.contains("[relays.r]") && e.contains("contradicts"), "{e}");
-        let e = one(RelayConfig {
-            url: "smtp://u@relay.example:587?tls=required".into(),
-            ..RelayConfig::default()
-        });
-        assert!(e.contains("no password"), "{e}");
+        let mut m = BTreeMap::new();
+        m.insert(
+            "r".to_owned(),
+            RelayConfig {
+                url: "smtp://u@relay.example:587?tls=required".into(),
+                ..RelayConfig::default()
+            },
+        );
+        let err = Relay::resolve("r", &m).unwrap_err();
+        let e = err.to_string();
+        assert!(
+            e.starts_with("[relays.r]: relay `smtp://u@relay.example:587?tls=required`")
+                && e.contains("no password: set password_env or password_file"),
+            "{e}"
+        );
+        // The problem is in the message once and not again as its source,
+        // so printing the chain (`{:#}`) does not repeat it.
+        assert_eq!(e.matches("no password").count(), 1, "{e}");
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
         let e = one(RelayConfig {
             url: "smtp://relay.example".into(),
             password_env: Some("RUNDBRIEF_TEST_SURELY_UNSET_VAR".into()),

@@ -413,6 +413,14 @@ async fn starttls_with_a_self_signed_certificate() {
         panic!("{outcome:?}")
     };
     assert_eq!(error.step(), SmtpStep::Tls);
+    // The cause, said once (lettre nests one connection error in another).
+    let text = error.to_string();
+    assert!(
+        text.starts_with("TLS with localhost failed: ")
+            && text.contains("invalid peer certificate")
+            && text.matches("Connection error").count() <= 1,
+        "{text}"
+    );
 
     let lax = sender(&url, |o| o.dangerous_accept_invalid_certs = true);
     for i in 0..3 {
