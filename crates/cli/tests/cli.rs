@@ -605,6 +605,28 @@ fn campaign_with_deliveries(e: &Env, name: &str) -> Vec<rundbrief_store::Deliver
     })
 }
 
+/// A bad rule stops the sink before it listens, and the flag and rule are
+/// named once (the rule's error names them; no context repeats them).
+#[test]
+fn sink_rule_errors_name_the_flag_and_rule_once() {
+    let e = Env::new();
+    for (flag, spec) in [
+        ("--reject", "x*"),
+        ("--defer", "x*"),
+        ("--defer-once", "x*"),
+        ("--bounce", "x*"),
+        ("--auto-reply", "a b"),
+        ("--complain", "a b"),
+    ] {
+        let err = e.fails(&["sink", "--listen", "127.0.0.1:0", flag, spec]);
+        let named = format!("{flag} `{spec}`: ");
+        assert!(
+            err.starts_with(&format!("error: {named}")) && err.matches(&named).count() == 1,
+            "{err}"
+        );
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn sink_stores_the_envelope_applies_rules_and_bounces() {

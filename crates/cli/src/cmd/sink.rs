@@ -12,27 +12,25 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
+    // A RuleError names its flag and the rule as given: no context needed.
     let mut rules = Vec::new();
     for spec in &a.reject {
-        rules.push(Rule::reject(spec).with_context(|| format!("--reject '{spec}'"))?);
+        rules.push(Rule::reject(spec)?);
     }
     for spec in &a.defer {
-        rules.push(Rule::defer(spec).with_context(|| format!("--defer '{spec}'"))?);
+        rules.push(Rule::defer(spec)?);
     }
     for spec in &a.defer_once {
-        rules.push(
-            Rule::defer_first(spec, a.defer_times)
-                .with_context(|| format!("--defer-once '{spec}'"))?,
-        );
+        rules.push(Rule::defer_first(spec, a.defer_times)?);
     }
     for spec in &a.bounce {
-        rules.push(Rule::bounce(spec).with_context(|| format!("--bounce '{spec}'"))?);
+        rules.push(Rule::bounce(spec)?);
     }
     for spec in &a.auto_reply {
-        rules.push(Rule::auto_reply(spec).with_context(|| format!("--auto-reply '{spec}'"))?);
+        rules.push(Rule::auto_reply(spec)?);
     }
     for spec in &a.complain {
-        rules.push(Rule::complain(spec).with_context(|| format!("--complain '{spec}'"))?);
+        rules.push(Rule::complain(spec)?);
     }
     if let Some(dir) = &a.dir {
         std::fs::create_dir_all(dir)
