@@ -73,10 +73,56 @@ fn describe(e: figment::Error) -> String {
         } else {
             format!("`{}` ", err.path.join("."))
         };
+        let kind = kind_text(&err.kind);
         match source {
-            Some(src) => out.push_str(&format!("\n  {key}({src}): {}", err.kind)),
-            None => out.push_str(&format!("\n  {key}{}", err.kind)),
+            Some(src) => out.push_str(&format!("\n  {key}({src}): {kind}")),
+            None => out.push_str(&format!("\n  {key}{kind}")),
         }
     }
     out
+}
+
+/// What is wrong, in words. figment quotes the list of expected names as a
+/// whole although each name in it is quoted already ("expected ``a` or
+/// `b``"), so unknown keys and values are worded here.
+fn kind_text(kind: &figment::error::Kind) -> String {
+    use figment::error::{Kind, OneOf};
+    match kind {
+        Kind::UnknownField(found, expected) => {
+            format!("unknown key `{found}`; expected {}", OneOf(expected))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown value `{found}`; expected {}", OneOf(expected))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str) -> String {
+        let e = Figment::new()
+            .merge(Toml::string(toml))
+            .extract::<Config>()
+            .unwrap_err();
+        describe(e)
+    }
+
+    #[test]
+    fn unknown_keys_and_values_list_what_is_expected() {
+        let e = problems("[import]\nbatchsize = 1\n");
+        assert!(
+            e.contains("`import.batchsize`")
+                && e.contains("unknown key `batchsize`; expected `batch_size` or `max_line_bytes`"),
+            "{e}"
+        );
+        let e = problems("[relays.r]\nurl = \"smtp://h\"\ntls = \"yes\"\n");
+        assert!(
+            e.contains("unknown value `yes`; expected one of `none`, `starttls`"),
+            "{e}"
+        );
+        assert!(!e.contains("``"), "{e}");
+    }
 }

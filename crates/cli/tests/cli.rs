@@ -48,7 +48,10 @@ fn config_errors_name_key_and_source() {
     e.write("rundbrief.toml", b"[import]\nbatch_sise = 10\n");
     let err = e.fails(&["list", "ls"]);
     assert!(
-        err.contains("batch_sise") && err.contains("rundbrief.toml"),
+        err.contains(
+            "`import.batch_sise` (rundbrief.toml): unknown key `batch_sise`; \
+                      expected `batch_size` or `max_line_bytes`"
+        ),
         "{err}"
     );
     std::fs::remove_file(e.path("rundbrief.toml")).unwrap();
