@@ -44,7 +44,9 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
     fig = fig.merge(
         Env::prefixed("RUNDBRIEF_")
             .split("__")
-            .ignore(&["config", "test_postgres"])
+            // Not configuration keys: RUNDBRIEF_CONFIG is --config's, and the
+            // test suite's and the bench's PostgreSQL URLs are theirs.
+            .ignore(&["config", "test_postgres", "bench_postgres"])
             // RUNDBRIEF_SMTP_PASSWORD (smtp check --auth) and names chosen
             // for [relays.NAME] password_env: passwords, never config keys.
             .filter(|k| {

@@ -70,6 +70,14 @@ fn config_errors_name_key_and_source() {
         e.fails(&["--config", "missing.toml", "list", "ls"])
             .contains("does not exist")
     );
+    // Variables of the test suite and the bench are not configuration keys.
+    for var in ["RUNDBRIEF_BENCH_POSTGRES", "RUNDBRIEF_TEST_POSTGRES"] {
+        e.cmd()
+            .args(["list", "ls"])
+            .env(var, "postgres://postgres@127.0.0.1:1/nothing")
+            .assert()
+            .success();
+    }
     // DATABASE_URL is honoured, and --database-url beats it.
     e.cmd()
         .args(["list", "create", "x"])
