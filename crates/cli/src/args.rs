@@ -641,7 +641,9 @@ pub enum SmtpCmd {
     /// issuer, expiry and whether it is valid for HOST.
     Check {
         /// The relay: HOST or HOST:PORT (default port 25; 587 with --starttls; 465 with --tls).
-        #[arg(required_unless_present = "relay", conflicts_with = "relay")]
+        /// Without HOST and --relay: the configured default relay (`relay`
+        /// in rundbrief.toml, RUNDBRIEF_RELAY).
+        #[arg(conflicts_with = "relay")]
         target: Option<String>,
         /// Check a configured relay instead of HOST: a [relays.NAME] (its
         /// host, port, TLS mode, AUTH user and password, EHLO name) or a

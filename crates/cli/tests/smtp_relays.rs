@@ -405,3 +405,35 @@ fn a_relay_url_with_a_user_but_no_password_is_refused_before_connecting() {
     );
     assert!(ok && step(&v, "auth")["ok"] == true, "{v}");
 }
+
+/// `smtp check` without HOST or --relay checks the default relay (`relay`,
+/// `RUNDBRIEF_RELAY`), and without one says what to give.
+#[test]
+fn smtp_check_without_a_target_checks_the_configured_relay() {
+    let e = env_with("");
+    let err = e.fails(&["smtp", "check"]);
+    assert!(
+        err.contains("give HOST[:PORT] or --relay URL|NAME") && err.contains("RUNDBRIEF_RELAY"),
+        "{err}"
+    );
+    let (mut sink, port) = start_server(&e, &["sink", "--listen", "127.0.0.1:0", "--no-tls"]);
+    let url = format!("smtp://127.0.0.1:{port}");
+    let (ok, v) = check(&e, &[], &[("RUNDBRIEF_RELAY", &url)]);
+    assert!(ok, "{v}");
+    assert_eq!(
+        step(&v, "connect")["reply"],
+        format!("127.0.0.1:{port}"),
+        "{v}"
+    );
+    // A name works the same way.
+    e.write(
+        "rundbrief.toml",
+        format!("relay = \"local\"\n[relays.local]\nurl = \"{url}\"\n").as_bytes(),
+    );
+    let (ok, v) = check(&e, &[], &[]);
+    assert!(ok, "{v}");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &sink.id().to_string()])
+        .status();
+    let _ = sink.wait();
+}

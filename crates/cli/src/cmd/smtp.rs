@@ -9,6 +9,10 @@ use rundbrief_sender::{Relay, RelayError, TlsMode};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `smtp check` with no HOST, no --relay and no configured relay.
+const NO_TARGET: &str = "name the relay to check: give HOST[:PORT] or --relay URL|NAME, \
+                         or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY";
+
 pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<ExitCode> {
     let SmtpCmd::Check {
         target,
@@ -22,11 +26,16 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
         timeout,
         insecure,
     } = cmd;
-    // --relay NAME|URL: host, port, TLS mode, credentials and EHLO name
-    // from the configured relay (the flags below still override).
-    let relay = match relay {
-        Some(r) => Some(relay_to_check(cfg, r, auth.is_some())?),
-        None => None,
+    // --relay NAME|URL, or without HOST the configured default relay
+    // (`relay`, RUNDBRIEF_RELAY): host, port, TLS mode, credentials and
+    // EHLO name from it (the flags below still override).
+    let relay = match (relay, target) {
+        (Some(r), _) => Some(relay_to_check(cfg, r, auth.is_some())?),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let r = cfg.relay.as_deref().context(NO_TARGET)?;
+            Some(relay_to_check(cfg, r, auth.is_some())?)
+        }
     };
     let mode = if *tls {
         CheckTls::Implicit
@@ -45,7 +54,7 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
         CheckTls::StartTls | CheckTls::Opportunistic => 587,
         CheckTls::Implicit => 465,
     };
-    let (host, port) = match (&relay, target) {
+    let (host, port) = match (&relay, target.as_deref()) {
         (Some(r), _) => (r.host().to_owned(), r.port()),
         (None, Some(target)) => match target.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
@@ -53,9 +62,9 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
                 p.parse::<u16>()
                     .with_context(|| format!("`{p}` is not a port"))?,
             ),
-            _ => (target.clone(), default_port),
+            _ => (target.to_owned(), default_port),
         },
-        (None, None) => anyhow::bail!("name the relay: HOST[:PORT] or --relay NAME"),
+        (None, None) => anyhow::bail!(NO_TARGET),
     };
     let auth = match auth {
         Some(user) => {
