@@ -4,7 +4,9 @@
 //! library crates; this crate only turns it into commands and output.
 //!
 //! One exit path: every command returns `anyhow::Result<ExitCode>`, and
-//! `main` prints an error once, with its whole context chain, to stderr.
+//! `main` prints an error once, with its whole context chain, to stderr;
+//! a reader that went away (`rundbrief export … | head`) ends the command
+//! quietly instead.
 
 mod args;
 mod cmd;
@@ -12,9 +14,10 @@ mod config;
 mod metrics;
 mod output;
 
+use anyhow::Context;
 use args::{Cli, Command, LogFormat};
 use clap::Parser;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -39,6 +42,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(code) => code,
+        // Whoever read our output stopped (`| head`): nothing left to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -50,8 +55,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => cmd::init(a),
         Command::Completions { shell } => {
+            // clap_complete panics when its writer fails (a closed pipe):
+            // generate into memory, then write with an error we can handle.
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "rundbrief", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "rundbrief", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("writing the completion script to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
@@ -139,6 +151,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::export::run(&cmd::open_store(&config::load(&cli)?.config).await?, a).await
         }
     }
+}
+
+/// True when writing our output failed because its reader is gone (EPIPE).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let epipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(epipe)
+            // csv's error holds the I/O error without exposing it as a source.
+            || c.downcast_ref::<csv::Error>()
+                .is_some_and(|e| matches!(e.kind(), csv::ErrorKind::Io(io) if epipe(io)))
+    })
 }
 
 /// Logs go to stderr: readable text (colours only on a terminal) or JSON

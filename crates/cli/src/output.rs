@@ -1,11 +1,22 @@
 //! Printing: JSON on stdout for `--json`, aligned tables otherwise.
 
+use anyhow::Context;
 use comfy_table::{Table, presets};
 use serde::Serialize;
+use std::io::Write;
 
 /// Prints `value` as pretty JSON on stdout.
+///
+/// # Errors
+/// A value that does not serialize, or stdout that cannot be written
+/// (`main` ends quietly when its reader has gone, where `println!` would
+/// panic).
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let text = serde_json::to_string_pretty(value)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .context("writing JSON to stdout")?;
     Ok(())
 }
 

@@ -450,6 +450,54 @@ fn completions_and_help_explain() {
     );
 }
 
+/// A reader that stops early (`rundbrief completions powershell | head -2`)
+/// ends the command quietly and successfully, like any Unix filter: no
+/// panic, no backtrace, no "Broken pipe" error.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    // More than export's buffers hold, so a row's write fails too, not
+    // only the final flush.
+    let rows: String = (0..3000)
+        .map(|i| format!("reader{i}@example.org\n"))
+        .collect();
+    e.write("subs.csv", format!("email\n{rows}").as_bytes());
+    e.ok(&["import", "subs.csv", "--list", "news"]);
+    for args in [
+        &["completions", "powershell"][..],
+        &["completions", "bash"],
+        &["export", "--list", "news"],
+        &["list", "ls", "--json"],
+    ] {
+        // The reading end is closed before the command runs: its first
+        // write fails with EPIPE, every time.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RUNDBRIEF_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .current_dir(e.dir.path())
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked") && !err.contains("error"),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn logs_go_to_stderr_and_json_logs_parse() {
     let e = Env::new();
