@@ -294,12 +294,54 @@ fn campaign_send_through_a_named_relay_with_auth() {
         log[1].starts_with("MAIL FROM:<b-") && log[1].contains("@bounce.example.org>"),
         "{log:?}"
     );
+
+    // The same relay as a bare URL (DESIGN's `smtp://user@host:587?tls=required`
+    // form): the password comes from RUNDBRIEF_SMTP_PASSWORD, never the URL.
+    let bare = auth_relay::start(auth_relay::Script::new("news@example.org", PASSWORD));
+    let url = format!(
+        "smtp://news%40example.org@127.0.0.1:{}?tls=required",
+        bare.port
+    );
+    run(&[
+        "campaign",
+        "create",
+        "c2",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    let out = e
+        .cmd()
+        .env("RUNDBRIEF_SMTP_PASSWORD", PASSWORD)
+        .args([
+            "campaign",
+            "send",
+            "c2",
+            "--relay",
+            &url,
+            "--insecure",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent["sent"].as_u64(), Some(1), "{sent}");
+    let log = bare.log();
+    assert_eq!(log[0], "AUTH PLAIN news@example.org ok tls", "{log:?}");
 }
 
-/// A relay URL naming an AUTH user has no way to carry the password, so
-/// it is refused before any connection, however it is given (`--relay`,
-/// `RUNDBRIEF_RELAY`, `relay = …`), instead of sending without AUTH. Only
-/// `smtp check` has a password source of its own for it (`--auth`).
+/// A relay URL naming an AUTH user carries no password: without one in
+/// RUNDBRIEF_SMTP_PASSWORD it is refused before any connection, however it
+/// is given (`--relay`, `RUNDBRIEF_RELAY`, `relay = …`), instead of sending
+/// without AUTH.
 #[test]
 fn a_relay_url_with_a_user_but_no_password_is_refused_before_connecting() {
     // A would-be relay that must never see a connection.

@@ -163,8 +163,9 @@ pub enum RelayError {
     /// only send without AUTH, which is not what naming a user asks for.
     #[error(
         "relay `{url}` names the AUTH user `{user}` but has no password, and a password never goes in the URL: \
-         add the relay to rundbrief.toml as [relays.NAME] with url = \"{url}\" and password_env or password_file, \
-         then use --relay NAME (or relay = \"NAME\"); if the relay needs no AUTH, drop the user from the URL"
+         set RUNDBRIEF_SMTP_PASSWORD for it, or add the relay to rundbrief.toml as [relays.NAME] with \
+         url = \"{url}\" and password_env or password_file, then use --relay NAME (or relay = \"NAME\"); \
+         if the relay needs no AUTH, drop the user from the URL"
     )]
     UrlUserWithoutPassword {
         /// The URL.
@@ -181,6 +182,12 @@ pub enum RelayError {
         problem: String,
     },
 }
+
+/// The environment variable a relay given as a bare URL with an AUTH user
+/// takes its password from (`--relay`, `RUNDBRIEF_RELAY`, `relay = "URL"`):
+/// the password never goes in the URL itself. The same variable holds the
+/// password of `smtp check --auth`.
+pub const URL_PASSWORD_ENV: &str = "RUNDBRIEF_SMTP_PASSWORD";
 
 /// Tuning of one relay. Every field documents its default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,8 +392,9 @@ impl Relay {
     /// `[relays.NAME]` section) first, else a URL ([`Relay::parse`]). This
     /// is the one place `--relay`, `relay = …` and a campaign's relay are
     /// resolved; a named relay's password is read here. A URL carries no
-    /// password, so a URL naming an AUTH user is refused here, before any
-    /// connection, rather than sent without AUTH.
+    /// password: one naming an AUTH user takes it from the environment
+    /// variable [`URL_PASSWORD_ENV`], and without it is refused here, before
+    /// any connection, rather than sent without AUTH.
     ///
     /// # Errors
     /// [`RelayError::Unknown`] for a string that is neither;
@@ -405,7 +413,16 @@ impl Relay {
             });
         }
         if given.contains("://") {
-            let relay = Self::parse(given)?;
+            let mut relay = Self::parse(given)?;
+            if relay.user.is_some() && relay.password.is_none() {
+                // The one password source of a bare URL (as for smtp check --auth).
+                if let Some(p) = std::env::var(URL_PASSWORD_ENV)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                {
+                    relay.password = Some(Secret::new(p));
+                }
+            }
             relay.validate()?;
             return Ok(relay);
         }

@@ -121,10 +121,10 @@ pub async fn run(cfg: &Config, cmd: &SmtpCmd, json: bool) -> anyhow::Result<Exit
     })
 }
 
-/// `--relay NAME|URL` as every command resolves it, except that a URL
-/// naming an AUTH user may take its password from `--auth`
-/// (`RUNDBRIEF_SMTP_PASSWORD`), the one password source a bare URL has
-/// here.
+/// `--relay NAME|URL` as every command resolves it (a URL naming an AUTH
+/// user takes its password from `RUNDBRIEF_SMTP_PASSWORD`), except that with
+/// `--auth USER` such a URL is taken as it is: `--auth` says who logs in, and
+/// its own check below says when the password is missing.
 fn relay_to_check(cfg: &Config, given: &str, auth_flag: bool) -> anyhow::Result<Relay> {
     let err = match crate::cmd::relay_for(cfg, Some(given)) {
         Ok(r) => return Ok(r),
@@ -132,9 +132,6 @@ fn relay_to_check(cfg: &Config, given: &str, auth_flag: bool) -> anyhow::Result<
     };
     match err.downcast_ref::<RelayError>() {
         Some(RelayError::UrlUserWithoutPassword { .. }) if auth_flag => Ok(Relay::parse(given)?),
-        Some(e @ RelayError::UrlUserWithoutPassword { .. }) => Err(anyhow::anyhow!(
-            "{e}; for smtp check, --auth USER with the password in RUNDBRIEF_SMTP_PASSWORD also works"
-        )),
         _ => Err(err),
     }
 }
