@@ -15,8 +15,7 @@ mod m20261123_000002_bounces;
 mod m20261123_000003_campaigns;
 mod m20261128_000004_scheduler;
 mod m20261128_000005_ledger_index;
-mod m20261128_000006_bounce_last;
-mod m20261128_000007_bounce_reset;
+mod m20261128_000006_bounce_restore;
 
 pub struct Migrator;
 
@@ -29,8 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_campaigns::Migration),
             Box::new(m20261128_000004_scheduler::Migration),
             Box::new(m20261128_000005_ledger_index::Migration),
-            Box::new(m20261128_000006_bounce_last::Migration),
-            Box::new(m20261128_000007_bounce_reset::Migration),
+            Box::new(m20261128_000006_bounce_restore::Migration),
         ]
     }
 }
