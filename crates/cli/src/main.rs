@@ -21,6 +21,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_tracing(&cli);
     // One TLS crypto provider for the whole process (mixing providers panics).
@@ -151,6 +152,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::export::run(&cmd::open_store(&config::load(&cli)?.config).await?, a).await
         }
     }
+}
+
+/// Tables and summaries are printed with `println!`, which panics when
+/// stdout's reader has gone (`rundbrief sub ls | head -1` on a long list).
+/// That panic, and only that one, ends the process quietly and successfully,
+/// as the errors of [`is_broken_pipe`] do; every other panic is reported as
+/// usual.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }
 
 /// True when writing our output failed because its reader is gone (EPIPE).

@@ -470,6 +470,10 @@ fn a_closed_stdout_ends_quietly() {
         &["completions", "bash"],
         &["export", "--list", "news"],
         &["list", "ls", "--json"],
+        // Tables and summaries, printed with println!.
+        &["list", "ls"],
+        &["sub", "ls", "--limit", "0"],
+        &["list", "show", "news"],
     ] {
         // The reading end is closed before the command runs: its first
         // write fails with EPIPE, every time.
