@@ -453,6 +453,8 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, SendError> {
                 })?;
                 return Ok(s);
             }
+            // The address only when it says more than the host already does.
+            Err(e) if addr.ip().to_string() == host => last = e.to_string(),
             Err(e) => last = format!("{addr}: {e}"),
         }
     }

@@ -276,6 +276,8 @@ async fn closed_port_is_deferred_at_connect() {
             .starts_with(&format!("CONNECT to 127.0.0.1:{port} failed")),
         "{error}"
     );
+    // The address is said once: the host already is it.
+    assert_eq!(error.to_string().matches("127.0.0.1").count(), 1, "{error}");
 }
 
 #[tokio::test]
