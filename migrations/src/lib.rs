@@ -15,7 +15,7 @@ mod m20261123_000002_bounces;
 mod m20261123_000003_campaigns;
 mod m20261128_000004_scheduler;
 mod m20261128_000005_ledger_index;
-mod m20261128_000006_bounce_restore;
+mod m20261128_000006_bounce_counting;
 
 pub struct Migrator;
 
@@ -28,7 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_campaigns::Migration),
             Box::new(m20261128_000004_scheduler::Migration),
             Box::new(m20261128_000005_ledger_index::Migration),
-            Box::new(m20261128_000006_bounce_restore::Migration),
+            Box::new(m20261128_000006_bounce_counting::Migration),
         ]
     }
 }

@@ -1575,6 +1575,63 @@ fn ingest_dsn(e: &Env, delivery: uuid::Uuid, email: &str, status: &str) {
     assert_eq!(e.json(&["bounce", "ingest", &file])["parsed"], 1);
 }
 
+/// `bounce reprocess` parses stored messages again (after a parser
+/// upgrade) but a bounce that already counted does not count again: a soft
+/// bounce counted yesterday would otherwise add to the score a second time
+/// today, and repeated reprocessing would prune a live address.
+#[test]
+fn reprocessing_does_not_count_a_bounce_twice() {
+    let e = Env::new();
+    endpoint_config(&e);
+    auto_prune_off(&e);
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
+    let target = campaign_with_deliveries(&e, "c")[0].clone();
+    ingest_dsn(&e, target.delivery_id, "anna@example.org", "4.2.2");
+    let soft = e.json(&["bounce", "ls"])[0].clone();
+    assert_eq!(soft["class"], "soft", "{soft}");
+    assert!(soft["acted_at"].is_string(), "{soft}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
+    let store = || async {
+        rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url.clone()))
+            .await
+            .unwrap()
+    };
+    // Make the score a day old, as if the bounce had come in yesterday.
+    let yesterday = rt.block_on(async {
+        let s = store().await;
+        let (value, day, weight) = s.bounce_score(target.subscriber_id).await.unwrap().unwrap();
+        let old = (value, day - 1, weight);
+        s.record_bounce_score(&target, Some((old, "bounce counted yesterday")))
+            .await
+            .unwrap();
+        s.close().await.unwrap();
+        old
+    });
+    let score = || {
+        rt.block_on(async {
+            let s = store().await;
+            let v = s.bounce_score(target.subscriber_id).await.unwrap();
+            s.close().await.unwrap();
+            v
+        })
+    };
+    for _ in 0..2 {
+        let r = e.json(&["bounce", "reprocess"]);
+        assert_eq!(r["parsed"], 1, "{r}");
+        assert_eq!(
+            score(),
+            Some(yesterday),
+            "the reprocessed bounce counted again"
+        );
+    }
+    assert_eq!(e.json(&["bounce", "ls"])[0]["acted_at"], soft["acted_at"]);
+    // A new bounce does count.
+    ingest_dsn(&e, target.delivery_id, "anna@example.org", "4.2.2");
+    assert_ne!(score(), Some(yesterday), "a new bounce counts");
+}
+
 #[test]
 fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     let e = Env::new();

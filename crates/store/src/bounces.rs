@@ -36,6 +36,9 @@ pub struct StoredBounce {
     pub class: Option<String>,
     pub parsed: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// When the message was applied to its subscriber (score, prune,
+    /// unsubscribe): it counts once, also across `bounce reprocess`.
+    pub acted_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub raw: Vec<u8>,
 }
@@ -55,6 +58,7 @@ struct Row {
     class: Option<String>,
     parsed: Option<serde_json::Value>,
     error: Option<String>,
+    acted_at: Option<DateTime<Utc>>,
     raw: Vec<u8>,
 }
 
@@ -83,6 +87,7 @@ impl Row {
             class: self.class,
             parsed,
             error: self.error,
+            acted_at: self.acted_at,
             raw: self.raw,
         })
     }
@@ -97,7 +102,7 @@ pub struct BounceQuery {
     pub limit: u64,
 }
 
-const COLUMNS: &str = "id, received_at, source, peer, mail_from, rcpt, delivery_id, size, state, kind, class, parsed, error";
+const COLUMNS: &str = "id, received_at, source, peer, mail_from, rcpt, delivery_id, size, state, kind, class, parsed, error, acted_at";
 
 impl Store {
     /// Stores a message and commits before returning: once this returns Ok,
@@ -160,6 +165,19 @@ impl Store {
             ))
             .await
             .doing("recording a parsed bounce")?;
+        Ok(())
+    }
+
+    /// Records that the message was applied to its subscriber, so that
+    /// parsing it again (`bounce reprocess`) does not count it again.
+    pub async fn mark_bounce_acted(&self, id: Uuid) -> Result<()> {
+        self.db
+            .execute_raw(self.stmt(
+                "UPDATE bounces SET acted_at = ? WHERE id = ?",
+                vec![Utc::now().into(), id.into()],
+            ))
+            .await
+            .doing("recording that a bounce was acted on")?;
         Ok(())
     }
 

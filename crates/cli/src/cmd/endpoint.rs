@@ -215,16 +215,30 @@ pub async fn process_pending(store: &Store, policy: &Policy) -> anyhow::Result<u
                 Ok(parsed) => {
                     let json = serde_json::to_value(&parsed)?;
                     let kind = json["kind"].as_str().unwrap_or("unknown").to_string();
-                    store
-                        .record_bounce_parse(b.id, &kind, parsed.class.as_str(), json)
-                        .await?;
                     tracing::debug!(bounce = %b.id, class = parsed.class.as_str(), rule = parsed.rule, "parsed");
                     // The VERP token first; without one (e.g. `bounce ingest`),
                     // the ENVID we sent or the returned Message-ID.
-                    if let Some(delivery) = b.delivery_id.or_else(|| delivery_from_report(&parsed))
-                    {
-                        act_on(store, policy, b.id, b.received_at, delivery, &parsed).await?;
+                    let delivery = b.delivery_id.or_else(|| delivery_from_report(&parsed));
+                    match delivery {
+                        // Counted once: `bounce reprocess` parses it again,
+                        // but a soft bounce counted yesterday must not count
+                        // again today.
+                        Some(_) if b.acted_at.is_some() => {
+                            tracing::debug!(bounce = %b.id, "acted on before; not counted again");
+                        }
+                        Some(delivery) => {
+                            if act_on(store, policy, b.id, b.received_at, delivery, &parsed).await?
+                            {
+                                store.mark_bounce_acted(b.id).await?;
+                            }
+                        }
+                        None => {}
                     }
+                    // Recorded after acting: a crash in between leaves the
+                    // message pending, and the retry finds it acted on.
+                    store
+                        .record_bounce_parse(b.id, &kind, parsed.class.as_str(), json)
+                        .await?;
                 }
                 Err(_) => {
                     store
@@ -261,7 +275,8 @@ fn delivery_from_report(parsed: &rundbrief_bounce::ParsedBounce) -> Option<uuid:
 }
 
 /// Applies one parsed bounce (received at `received_at`) to the subscriber
-/// of `delivery`.
+/// of `delivery`; true when it counted (a hard or soft bounce or a
+/// complaint applied to the subscriber), which it then must not again.
 async fn act_on(
     store: &Store,
     policy: &Policy,
@@ -269,7 +284,7 @@ async fn act_on(
     received_at: chrono::DateTime<chrono::Utc>,
     delivery: uuid::Uuid,
     parsed: &rundbrief_bounce::ParsedBounce,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     // A campaign delivery, else a confirmation mail (its token names the
     // subscriber it was sent to).
     let target = match store.delivery_target(delivery).await? {
@@ -278,7 +293,7 @@ async fn act_on(
     };
     let Some(target) = target else {
         tracing::warn!(%bounce, %delivery, "the delivery named by the token is gone; nothing to act on");
-        return Ok(());
+        return Ok(false);
     };
     // Only the report's line about our delivery's own address counts: a
     // report at this token naming somebody else changes nothing for anybody.
@@ -288,7 +303,7 @@ async fn act_on(
         .find(|r| r.address.eq_ignore_ascii_case(&target.email))
     else {
         tracing::warn!(%bounce, %delivery, "the report does not name the delivery's recipient; nothing done");
-        return Ok(());
+        return Ok(false);
     };
     // `sub restore` reset the score: a bounce from before that (parsed
     // again by `bounce reprocess`) must not count again.
@@ -301,7 +316,7 @@ async fn act_on(
         .is_some_and(|reset| received_at < reset)
     {
         tracing::info!(%bounce, %delivery, "received before the subscriber was restored; not counted");
-        return Ok(());
+        return Ok(false);
     }
     let status = if line.status.is_empty() {
         "-"
@@ -317,7 +332,16 @@ async fn act_on(
         line.rule,
         &format!("bounce {bounce}"),
     )
-    .await
+    .await?;
+    // What changed the subscriber (score, prune, unsubscribe) must not
+    // count again; a block or an auto-reply changed nothing, and a parser
+    // that learns better later may still turn it into a bounce that counts.
+    Ok(matches!(
+        line.class,
+        rundbrief_bounce::BounceClass::Hard
+            | rundbrief_bounce::BounceClass::Soft
+            | rundbrief_bounce::BounceClass::Complaint
+    ))
 }
 
 /// Feeds one classified bounce (from a DSN, or a 5xx seen while sending) to

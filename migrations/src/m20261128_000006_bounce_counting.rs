@@ -1,4 +1,5 @@
-//! Two columns that let a prune and its undoing name their bounce:
+//! Three columns that make a bounce count once, and a prune and its undoing
+//! name their bounce:
 //!
 //! - `subscribers.bounce_last`: what the last bounce that counted towards the
 //!   subscriber's bounce score was, in the words of the audit trail (the
@@ -11,6 +12,10 @@
 //!   --resubscribe-bounced`, a confirmed opt-in). Bounces received before
 //!   it must not count again, not even when `bounce reprocess` parses them
 //!   anew; the bounces themselves stay stored as evidence.
+//! - `bounces.acted_at`: when the stored message was applied to its
+//!   subscriber (score, prune, unsubscribe). `bounce reprocess` parses it
+//!   again but does not count it again; one never acted on (no delivery
+//!   found, or its parse failed) still can be.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -22,6 +27,12 @@ enum Subscribers {
     Table,
     BounceLast,
     BounceResetAt,
+}
+
+#[derive(DeriveIden)]
+enum Bounces {
+    Table,
+    ActedAt,
 }
 
 #[async_trait::async_trait]
@@ -41,10 +52,25 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        Ok(())
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Bounces::Table)
+                    .add_column(timestamp_with_time_zone_null(Bounces::ActedAt))
+                    .to_owned(),
+            )
+            .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Bounces::Table)
+                    .drop_column(Bounces::ActedAt)
+                    .to_owned(),
+            )
+            .await?;
         for column in [Subscribers::BounceResetAt, Subscribers::BounceLast] {
             manager
                 .alter_table(
