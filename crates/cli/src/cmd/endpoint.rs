@@ -219,20 +219,21 @@ pub async fn process_pending(store: &Store, policy: &Policy) -> anyhow::Result<u
                     // The VERP token first; without one (e.g. `bounce ingest`),
                     // the ENVID we sent or the returned Message-ID.
                     let delivery = b.delivery_id.or_else(|| delivery_from_report(&parsed));
-                    match delivery {
+                    let counted = match delivery {
                         // Counted once: `bounce reprocess` parses it again,
                         // but a soft bounce counted yesterday must not count
                         // again today.
                         Some(_) if b.acted_at.is_some() => {
                             tracing::debug!(bounce = %b.id, "acted on before; not counted again");
+                            false
                         }
                         Some(delivery) => {
-                            if act_on(store, policy, b.id, b.received_at, delivery, &parsed).await?
-                            {
-                                store.mark_bounce_acted(b.id).await?;
-                            }
+                            act_on(store, policy, b.id, b.received_at, delivery, &parsed).await?
                         }
-                        None => {}
+                        None => false,
+                    };
+                    if counted {
+                        store.mark_bounce_acted(b.id).await?;
                     }
                     // Recorded after acting: a crash in between leaves the
                     // message pending, and the retry finds it acted on.
