@@ -351,3 +351,116 @@ fn sub_add_confirm_mails_a_link_that_http_serve_confirms_and_one_click_undoes() 
     assert_eq!(state, "unsubscribed");
     assert_eq!(last["actor"], "http");
 }
+
+/// A campaign to several lists: each message names a list of the campaign
+/// that its recipient is subscribed to (List-Id, footer, unsubscribe link),
+/// so the one-click link in it unsubscribes from the list that mailed it.
+/// Before, every message named the campaign's first list, and for somebody
+/// who had left that list the link changed nothing.
+#[test]
+fn a_campaign_to_several_lists_links_each_recipient_to_a_list_they_are_on() {
+    let e = Env::new();
+    configure(&e);
+    for list in ["news", "sm"] {
+        e.ok(&["list", "create", list]);
+        e.ok(&["sub", "add", "eve@example.org", "--list", list]);
+    }
+    e.ok(&["sub", "add", "bob@example.org", "--list", "news"]);
+    e.ok(&["sub", "unsubscribe", "eve@example.org", "--list", "news"]);
+    e.write("issue.md", b"Hello\n");
+    e.ok(&[
+        "campaign",
+        "create",
+        "ml",
+        "--list",
+        "news",
+        "--list",
+        "sm",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let sent = e.json(&["campaign", "send", "ml", "--relay", &relay, "--wait"]);
+    assert_eq!(sent["sent"], 2, "{sent}");
+    stop(sink, "-INT");
+    let mut heads = std::collections::BTreeMap::new();
+    for f in std::fs::read_dir(e.path("spool")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        let to = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Delivered-To: "))
+            .unwrap()
+            .to_string();
+        let head = text.split("\r\n\r\n").next().unwrap().to_string();
+        heads.insert(to, head);
+    }
+    let header = |to: &str, name: &str| {
+        heads[to]
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} in {}", heads[to]))
+            .to_string()
+    };
+    assert!(
+        header("<eve@example.org>", "List-Id").contains("sm"),
+        "{heads:?}"
+    );
+    assert!(
+        header("<bob@example.org>", "List-Id").contains("news"),
+        "{heads:?}"
+    );
+    let unsub = header("<eve@example.org>", "List-Unsubscribe");
+    let path = unsub
+        .split(['<', '>', ','])
+        .find_map(|w| w.trim().strip_prefix("https://news.example.org"))
+        .unwrap_or_else(|| panic!("{unsub}"))
+        .to_string();
+    let web = start(&e, &["http", "serve", "--listen", "127.0.0.1:0"]);
+    let (status, page) = http(web.port, "POST", &path, "List-Unsubscribe=One-Click");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(membership(&e, "eve@example.org", "sm").0, "unsubscribed");
+}
+
+/// `date` in a campaign's templates is in the time zone of its schedule.
+#[test]
+fn a_campaigns_date_is_in_its_schedules_time_zone() {
+    let e = Env::new();
+    configure(&e);
+    e.ok(&["list", "create", "news"]);
+    e.ok(&["sub", "add", "eve@example.org", "--list", "news"]);
+    e.write("issue.md", b"Hello\n");
+    e.ok(&[
+        "campaign",
+        "create",
+        "tz",
+        "--list",
+        "news",
+        "--subject",
+        "Offset {{format_date date \"%z\"}}",
+        "--content",
+        "issue.md",
+    ]);
+    e.ok(&[
+        "campaign",
+        "schedule",
+        "tz",
+        "--at",
+        "2031-01-15 09:00",
+        "--tz",
+        "Asia/Tokyo",
+    ]);
+    e.ok(&[
+        "campaign",
+        "preview",
+        "tz",
+        "--to",
+        "eve@example.org",
+        "--out",
+        "p.eml",
+    ]);
+    let eml = std::fs::read_to_string(e.path("p.eml")).unwrap();
+    assert!(eml.contains("Subject: Offset +0900"), "{eml}");
+}

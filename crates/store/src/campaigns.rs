@@ -311,6 +311,11 @@ pub struct CampaignContent {
     pub relay: Option<String>,
     /// The first of its lists (for List-Id and unsubscribe tokens).
     pub first_list_id: Option<Uuid>,
+    /// Its lists' ids, in the order of `campaign.lists` (by name).
+    pub list_ids: Vec<Uuid>,
+    /// The time zone of its schedule (`campaign schedule --tz`), for the
+    /// `date` its templates see; None: UTC.
+    pub tz: Option<String>,
 }
 
 /// Subscriber attributes as stored: a JSON object (PostgreSQL `jsonb`) or
@@ -334,6 +339,9 @@ pub struct PendingDelivery {
     pub attempts: i32,
     /// When it was first claimed for sending (the start of its max age).
     pub first_attempt_at: Option<DateTime<Utc>>,
+    /// The campaign list this message is for: the first by name of the
+    /// campaign's lists the subscriber is subscribed to (None: none any more).
+    pub list_id: Option<Uuid>,
 }
 
 /// Counts by delivery state, as `campaign status --json` prints them (field
@@ -374,9 +382,10 @@ impl Store {
             relay: Option<String>,
             state: String,
             created_at: DateTime<Utc>,
+            tz: Option<String>,
         }
         let c = C::find_by_statement(self.stmt(
-            "SELECT id, name, subject, content, content_kind, layout, from_addr, relay, state, created_at FROM campaigns WHERE name = ?",
+            "SELECT id, name, subject, content, content_kind, layout, from_addr, relay, state, created_at, tz FROM campaigns WHERE name = ?",
             vec![name.into()],
         ))
         .one(&self.db)
@@ -397,6 +406,8 @@ impl Store {
         .doing("reading a campaign's lists")?;
         Ok(CampaignContent {
             first_list_id: lists.first().map(|l| l.id),
+            list_ids: lists.iter().map(|l| l.id).collect(),
+            tz: c.tz,
             campaign: Campaign {
                 id: c.id,
                 name: c.name,
@@ -528,6 +539,7 @@ impl Store {
                     attributes: parse_attributes(p.attributes),
                     attempts: p.attempts,
                     first_attempt_at: None,
+                    list_id: None,
                 })
             })
             .collect()

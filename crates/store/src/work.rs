@@ -88,6 +88,20 @@ struct SchedRow {
     updated_at: DateTime<Utc>,
 }
 
+/// The list a claimed delivery's message is for (`alias` is the delivery's
+/// row): the first by name of its campaign's lists that the subscriber is
+/// subscribed to, so that List-Id, the footer and the unsubscribe link of a
+/// campaign to several lists name a list the recipient is on. NULL when
+/// there is none any more (the caller falls back to the campaign's first).
+fn via_list(alias: &str) -> String {
+    format!(
+        "(SELECT m.list_id FROM memberships m JOIN campaign_lists cl ON cl.list_id = m.list_id \
+         JOIN lists l ON l.id = m.list_id WHERE m.subscriber_id = {alias}.subscriber_id \
+         AND cl.campaign_id = {alias}.campaign_id AND m.status = '{}' ORDER BY l.name LIMIT 1)",
+        rundbrief_core::MembershipStatus::Subscribed.as_str()
+    )
+}
+
 impl SchedRow {
     fn into_campaign(self) -> Result<ScheduledCampaign> {
         Ok(ScheduledCampaign {
@@ -153,6 +167,7 @@ impl Store {
             first_attempt_at: Option<DateTime<Utc>>,
             /// NULL when the subscriber was removed.
             present: Option<Uuid>,
+            via_list: Option<Uuid>,
         }
         let rows = if backend == DatabaseBackend::Postgres {
             // One CTE per kind of due work, each a plain index range scan that
@@ -175,6 +190,7 @@ impl Store {
                 limit,
             ];
             values.splice(0..0, picks);
+            let via = via_list("c");
             P::find_by_statement(self.stmt(
                 &format!(
                     "WITH expired AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
@@ -186,9 +202,9 @@ impl Store {
                      pick AS (SELECT id FROM expired UNION ALL SELECT id FROM retry \
                        UNION ALL SELECT id FROM fresh LIMIT ?), \
                      c AS ({SET} WHERE id IN (SELECT id FROM pick) \
-                       RETURNING id, subscriber_id, email, attempts, first_attempt_at) \
+                       RETURNING id, campaign_id, subscriber_id, email, attempts, first_attempt_at) \
                      SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
-                     c.first_attempt_at, s.id AS present \
+                     c.first_attempt_at, s.id AS present, {via} AS via_list \
                      FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
                 ),
                 values,
@@ -226,10 +242,11 @@ impl Store {
                 Vec::new()
             } else {
                 let marks = vec!["?"; ids.len()].join(", ");
+                let via = via_list("d");
                 P::find_by_statement(self.stmt(
                     &format!(
                         "SELECT d.id, d.subscriber_id, d.email, s.name, s.attributes, d.attempts, \
-                         d.first_attempt_at, s.id AS present \
+                         d.first_attempt_at, s.id AS present, {via} AS via_list \
                          FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id \
                          WHERE d.id IN ({marks})"
                     ),
@@ -265,6 +282,7 @@ impl Store {
                 attributes: p.attributes.map(parse_attributes).unwrap_or_default(),
                 attempts: p.attempts,
                 first_attempt_at: p.first_attempt_at,
+                list_id: p.via_list,
             })
             .collect())
     }

@@ -644,7 +644,15 @@ pub async fn runner_for(
     }
     let pool = relay.options.pool_size;
     relay.options.dangerous_accept_invalid_certs = opts.insecure;
-    let prepared = prepare_campaign(cfg, c)?;
+    // One compiled template per list: a recipient's message names a list
+    // of the campaign that they are on (List-Id, footer, unsubscribe link).
+    let mut prepared = Vec::with_capacity(c.list_ids.len().max(1));
+    for (id, name) in c.list_ids.iter().zip(&c.campaign.lists) {
+        prepared.push((*id, prepare_campaign_for(cfg, c, name)?));
+    }
+    if prepared.is_empty() {
+        prepared.push((uuid::Uuid::nil(), prepare_campaign(cfg, c)?));
+    }
     let sender = Arc::new(Sender::new(relay, cfg.verp()?)?);
     let dkim = rundbrief_dkim::DkimSigner::from_config(cfg)
         .context("[dkim]")?
@@ -652,7 +660,6 @@ pub async fn runner_for(
     let hooks = Arc::new(CampaignHooks {
         prepared,
         dkim,
-        list_id: c.first_list_id.unwrap_or_default(),
         store: store.clone(),
         policy: crate::cmd::endpoint::Policy::from_config(cfg),
     });
@@ -692,10 +699,11 @@ fn worker_name() -> String {
 
 /// Renders each delivery and turns 5xx replies into bounce decisions.
 struct CampaignHooks {
-    prepared: crate::cmd::render::Prepared,
+    /// The campaign compiled per list, the first list first (the fallback
+    /// when a recipient is on none of them any more).
+    prepared: Vec<(uuid::Uuid, crate::cmd::render::Prepared)>,
     /// Signs each rendered message when `[dkim]` is configured.
     dkim: Option<Arc<rundbrief_dkim::DkimSigner>>,
-    list_id: uuid::Uuid,
     store: Store,
     policy: crate::cmd::endpoint::Policy,
 }
@@ -703,16 +711,19 @@ struct CampaignHooks {
 #[async_trait::async_trait]
 impl Hooks for CampaignHooks {
     fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String> {
-        let recipient = self.prepared.recipient(
+        let (list_id, prepared) = d
+            .list_id
+            .and_then(|l| self.prepared.iter().find(|(id, _)| *id == l))
+            .unwrap_or(&self.prepared[0]);
+        let recipient = prepared.recipient(
             d.email.clone(),
             d.name.clone(),
             d.attributes.clone(),
             d.subscriber_id,
-            self.list_id,
+            *list_id,
             d.delivery_id,
         );
-        let bytes = self
-            .prepared
+        let bytes = prepared
             .renderer
             .render(&recipient, chrono::Utc::now())
             .map_err(|e| e.to_string())?;
@@ -840,6 +851,7 @@ async fn send_test(
         attributes: sub.map(|s| s.subscriber.attributes).unwrap_or_default(),
         attempts: 0,
         first_attempt_at: None,
+        list_id: None,
     };
     let body = runner
         .hooks
@@ -924,7 +936,16 @@ fn prepare_campaign(
     cfg: &Config,
     c: &rundbrief_store::CampaignContent,
 ) -> anyhow::Result<crate::cmd::render::Prepared> {
-    let list_name = c.campaign.lists.first().cloned().unwrap_or_default();
+    prepare_campaign_for(cfg, c, c.campaign.lists.first().map_or("", String::as_str))
+}
+
+/// The campaign compiled for the recipients of one of its lists (List-Id,
+/// footer), with `date` in the time zone of its schedule.
+fn prepare_campaign_for(
+    cfg: &Config,
+    c: &rundbrief_store::CampaignContent,
+    list_name: &str,
+) -> anyhow::Result<crate::cmd::render::Prepared> {
     let campaign_id = c.campaign.id.simple().to_string();
     prepare(
         cfg,
@@ -938,9 +959,9 @@ fn prepare_campaign(
             },
             layout: c.layout.as_deref().map(std::path::Path::new),
             from: c.from.clone(),
-            list_name: &list_name,
+            list_name,
             campaign_id: &campaign_id,
-            tz: "UTC",
+            tz: c.tz.as_deref().unwrap_or("UTC"),
         },
     )
 }
