@@ -124,7 +124,10 @@ pub enum Command {
 
     /// Export a list's subscribers as CSV on stdout (email, name, attributes).
     ///
-    /// The output can be imported again as is.
+    /// By default only the list's subscribed members (people who left the
+    /// list are not in it, so importing the file elsewhere cannot subscribe
+    /// them again); --status all exports everyone. The output can be
+    /// imported again as is.
     Export(ExportArgs),
 
     /// Prune every subscriber whose bounce score has reached bounce.threshold.
@@ -401,8 +404,9 @@ pub struct ExportArgs {
     /// The list to export.
     #[arg(long)]
     pub list: String,
-    /// Only this status (as for `sub ls --status`).
-    #[arg(long)]
+    /// Only this status (as for `sub ls --status`); default `subscribed`,
+    /// `all` for every member whatever their status.
+    #[arg(long, value_name = "S|all")]
     pub status: Option<String>,
 }
 

@@ -334,6 +334,16 @@ fn import_reports_exact_counts_and_is_idempotent() {
     );
     let exported_copy = e.ok(&["export", "--list", "copy"]);
     assert_eq!(exported_copy, exported);
+
+    // Who left a list is not exported by default, so importing the export
+    // elsewhere cannot subscribe them again; --status all shows everyone.
+    e.ok(&["sub", "unsubscribe", "anna@example.org", "--list", "news"]);
+    let exported = e.ok(&["export", "--list", "news"]);
+    assert!(!exported.contains("anna@example.org"), "{exported}");
+    assert_eq!(exported.lines().count(), 2, "{exported}");
+    let everyone = e.ok(&["export", "--list", "news", "--status", "all"]);
+    assert!(everyone.contains("anna@example.org"), "{everyone}");
+    assert_eq!(everyone.lines().count(), 3, "{everyone}");
 }
 
 #[test]

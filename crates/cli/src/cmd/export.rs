@@ -1,5 +1,6 @@
-//! `rundbrief export --list NAME [--status S] > out.csv`: email, name and
-//! one column per attribute, in a form `rundbrief import` reads back.
+//! `rundbrief export --list NAME [--status S|all] > out.csv`: email, name and
+//! one column per attribute, in a form `rundbrief import` reads back. By
+//! default the list's subscribed members only.
 //! Two keyset-paged passes (attribute names, then rows), so memory does not
 //! grow with the list.
 
@@ -14,7 +15,13 @@ use std::process::ExitCode;
 const PAGE: u64 = 1000;
 
 pub async fn run(store: &Store, a: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let status: Option<StatusFilter> = a.status.as_deref().map(str::parse).transpose()?;
+    // By default only who is subscribed to the list: an export of everyone
+    // imported into another list would subscribe the people who left.
+    let status: Option<StatusFilter> = match a.status.as_deref() {
+        None => Some("subscribed".parse()?),
+        Some("all") => None,
+        Some(s) => Some(s.parse()?),
+    };
     let base = SubscriberQuery {
         list: Some(a.list.clone()),
         status,
