@@ -220,6 +220,25 @@ impl DkimConfig {
     }
 }
 
+/// `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`): the one
+/// `sending.public_url` that need not be `https://` (tests; the renderer
+/// takes the same).
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `[http]`: the public endpoint behind `sending.public_url` (one-click
 /// unsubscribe, re-subscribe, double opt-in). Run it with `rundbrief http
 /// serve`, behind a reverse proxy that terminates TLS.
@@ -475,11 +494,14 @@ impl Config {
             });
         }
         if let Some(url) = &self.sending.public_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
+            && !(url.starts_with("https://") || loopback_http(url))
         {
             return Err(ConfigError::Invalid {
                 key: "sending.public_url",
-                problem: format!("`{url}` must start with https://"),
+                problem: format!(
+                    "`{url}` must start with https:// (one-click unsubscribe links need HTTPS, RFC 8058); \
+                     http:// is taken only for a loopback address (localhost, 127.0.0.1, [::1]), for tests"
+                ),
             });
         }
         let sd = &self.sending;
@@ -876,6 +898,20 @@ tls = "starttls-opportunistic"
         cfg.sending.verp_prefix = "b".into();
         cfg.sending.public_url = Some("news.example.org".into());
         assert!(cfg.validate().unwrap_err().to_string().contains("https://"));
+        // http:// only to a loopback address (tests); elsewhere it would make
+        // every message fail at render time (RFC 8058 needs https).
+        for (url, ok) in [
+            ("https://news.example.org", true),
+            ("http://127.0.0.1:8080", true),
+            ("http://localhost/x", true),
+            ("http://[::1]:8080", true),
+            ("http://news.example.org", false),
+            ("http://127.0.0.1.example.org", false),
+            ("http://localhost@evil.example/", false),
+        ] {
+            cfg.sending.public_url = Some(url.into());
+            assert_eq!(cfg.validate().is_ok(), ok, "{url}");
+        }
     }
 
     #[test]

@@ -150,6 +150,25 @@ fn check_token(header: &'static str, v: &str, ok: impl Fn(u8) -> bool) -> Result
 
 /// A URL that goes into a header between `<` `>`: printable ASCII, no
 /// spaces or angle brackets, at most 900 octets so its line stays legal.
+/// `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`): taken
+/// instead of `https://` for tests, where the one-click POST never leaves the
+/// machine. The configuration check (`sending.public_url`) uses the same rule.
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) fn check_url(header: &'static str, url: &str, scheme: &str) -> Result<(), RenderError> {
     let bad = |reason| {
         Err(RenderError::HeaderValue {
@@ -158,9 +177,10 @@ pub(crate) fn check_url(header: &'static str, url: &str, scheme: &str) -> Result
             reason,
         })
     };
-    if !url.starts_with(scheme) || url.len() <= scheme.len() {
+    let scheme_ok = url.starts_with(scheme) || (scheme == "https://" && loopback_http(url));
+    if !scheme_ok || url.len() <= scheme.len() {
         return bad(if scheme == "https://" {
-            "the one-click unsubscribe URL must start with https:// (RFC 8058)"
+            "the one-click unsubscribe URL must start with https:// (RFC 8058; http:// only to a loopback address, for tests)"
         } else if scheme == "mailto:" {
             "the unsubscribe address must be a mailto: URL"
         } else {
@@ -401,6 +421,13 @@ mod tests {
         let cases: &[(&str, &str, bool)] = &[
             ("https://example.org/u/abc", "https://", true),
             ("http://example.org/u/abc", "https://", false),
+            // http:// only to a loopback address (tests).
+            ("http://127.0.0.1:8080/u/abc", "https://", true),
+            ("http://localhost/u/abc", "https://", true),
+            ("http://[::1]:8080/u/abc", "https://", true),
+            ("http://localhost@evil.example/u/abc", "https://", false),
+            ("http://127.0.0.1.example.org/u/abc", "https://", false),
+            ("http://127.0.0.1:8080/u/abc", "mailto:", false),
             ("https://example.org/u/a b", "https://", false),
             (
                 "https://example.org/u/a\r\nBcc: v@example.org",
