@@ -346,6 +346,87 @@ fn import_reports_exact_counts_and_is_idempotent() {
     assert_eq!(everyone.lines().count(), 3, "{everyone}");
 }
 
+/// Excel writes CRLF, and csv's own line count is one record late there:
+/// an invalid row on line 4 was reported as "line 3" and the audit trail
+/// said `p5.csv:2` for a row on line 3. Both now name the physical line,
+/// also after a quoted value that spans lines and in CR-only files.
+#[test]
+fn import_names_physical_lines_in_crlf_files() {
+    for (file, end) in [("p5.csv", "\r\n"), ("cr.csv", "\r")] {
+        let e = Env::new();
+        e.ok(&["list", "create", "news"]);
+        let lines = [
+            "email,name,note",            // 1
+            "first@example.org,First,",   // 2
+            "anna@example.org,Anna,",     // 3
+            "not-an-address,X,",          // 4
+            "",                           // 5
+            "bob@example.org,Bob,\"two",  // 6
+            "lines\"",                    // 7
+            ",Nobody,",                   // 8
+            "cleo@example.org,\"Cleo\",", // 9
+        ];
+        let csv = e.write(file, (lines.join(end) + end).as_bytes());
+        let r = import(&e, &csv, &[]);
+        let invalid: Vec<u64> = r["invalid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["line"].as_u64().unwrap())
+            .collect();
+        assert_eq!(invalid, [4, 8], "{file}: {r}");
+        for (who, line) in [("anna", 3), ("bob", 6), ("cleo", 9)] {
+            let show = e.json(&["sub", "show", &format!("{who}@example.org")]);
+            let last = show["audit"].as_array().unwrap().last().unwrap().clone();
+            let why = last["reason"].as_str().unwrap();
+            assert!(
+                why.ends_with(&format!("{file}:{line}")),
+                "{file} {who}: {why}"
+            );
+        }
+        let bob = e.json(&["sub", "show", "bob@example.org"]);
+        assert_eq!(bob["attributes"]["note"], format!("two{end}lines"));
+    }
+}
+
+/// One stray quote swallowed the rest of the file and the import said
+/// "1 invalid row — a line break in `name`". It now stops there, keeps the
+/// rows before it and names the lines the quote swallowed.
+#[test]
+fn import_stops_at_an_unclosed_quote_and_names_the_lines_it_swallowed() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    let mut csv =
+        String::from("email,name\r\nbefore@example.org,B\r\nuu@example.org,\"unterminated\r\n");
+    for i in 0..100_000 {
+        csv.push_str(&format!("p{i}@example.org,P{i}\r\n"));
+    }
+    let file = e.write("quote.csv", csv.as_bytes());
+    let out = e
+        .cmd()
+        .args(["import", &file, "--list", "news", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("line 3: a quote opened here is never closed; it swallowed lines 3–100003")
+            && err.contains("Close the quote or remove it")
+            && err.contains("up to line 2"),
+        "{err}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            r["imported"].as_u64(),
+            r["invalid"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    assert_eq!(e.json(&["list", "show", "news"])["counts"]["subscribed"], 1);
+}
+
 #[test]
 fn import_bad_input_is_explained_and_loses_nothing_valid() {
     let e = Env::new();

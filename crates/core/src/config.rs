@@ -435,9 +435,11 @@ pub struct ImportConfig {
     /// Rows written per transaction. Default 1000. Each committed batch is
     /// durable: an interrupted import keeps every batch it reported.
     pub batch_size: usize,
-    /// Longest physical CSV line accepted, in bytes. Default 1 MiB. A longer
-    /// line is reported as invalid (with its line number) and skipped, so a
-    /// broken file cannot exhaust memory.
+    /// Longest CSV record accepted, in bytes: one line, or all the lines of a
+    /// quoted value with line breaks. Default 1 MiB. A longer record is
+    /// reported as invalid (with its line number) and skipped, so a broken
+    /// file cannot exhaust memory; a quoted value that runs past it stops the
+    /// import, as a quote that is never closed does (see `csvin`).
     pub max_line_bytes: usize,
 }
 

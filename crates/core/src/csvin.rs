@@ -1,17 +1,24 @@
 //! Streaming CSV rows for `rundbrief import`.
 //!
 //! [`read_rows`] takes any [`Read`] and yields one [`Row`] per record, never
-//! holding more than one record (and one bounded line) in memory:
+//! holding more than one bounded record in memory:
 //!
 //! - the header row maps `email` (required), `name`, and every other column to
 //!   an attribute; column names are matched case-insensitively;
 //! - UTF-8 with or without a byte-order mark; `,`, `;` or TAB as delimiter,
 //!   detected from the header line;
+//! - line numbers are physical lines, as an editor shows them, whether lines
+//!   end in `\n`, `\r\n` (Excel) or `\r`, and a record is numbered by the
+//!   line it starts on;
 //! - a bad row becomes [`Row::Invalid`] with its line number and a reason that
 //!   says what to do, and reading goes on: nothing valid is lost because of it;
-//! - a physical line longer than the limit is cut off at the limit, the rest of
-//!   it skipped, and the record reported invalid, so a broken file cannot
-//!   exhaust memory.
+//! - a record longer than the limit is cut off at the limit, the rest of it
+//!   skipped up to its line break, and the record reported invalid, so a
+//!   broken file cannot exhaust memory;
+//! - a quote that is never closed, or a quoted value longer than the limit,
+//!   stops the reading with an error naming the lines it swallowed: the rows
+//!   inside it were read as one value, and where the rows after it begin
+//!   cannot be trusted.
 
 use crate::address::Address;
 use crate::model::Attributes;
@@ -72,13 +79,43 @@ pub enum CsvError {
          convert it with `iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE.utf8.csv` and import that"
     )]
     HeaderNotUtf8,
+    /// A quoted value is still open at the end of the input: every line from
+    /// `line` to `last` was read as part of it.
+    #[error(
+        "line {line}: a quote opened here is never closed{}; the import stops here. \
+         Close the quote or remove it, then import again (rows already imported are recognised)",
+        swallowed(*line, *last)
+    )]
+    UnclosedQuote { line: u64, last: u64 },
+    /// A quoted value runs past the record limit; it closes on line `closes`.
+    #[error(
+        "line {line}: a quoted value opened here runs past {limit} bytes and closes only on line {closes}, \
+         so lines {line}–{closes} were read as one value: is a quote missing or extra on line {line}? \
+         The import stops here. Fix the quotes (or raise import.max_line_bytes if the value is really \
+         that long), then import again (rows already imported are recognised)"
+    )]
+    QuotedTooLong {
+        line: u64,
+        closes: u64,
+        limit: usize,
+    },
     /// Reading the input failed.
     #[error("reading the file failed near line {line}: {source}")]
     Io { line: u64, source: io::Error },
 }
 
+fn swallowed(line: u64, last: u64) -> String {
+    if last > line {
+        format!("; it swallowed lines {line}–{last}, to the end of the file")
+    } else {
+        String::new()
+    }
+}
+
 /// Opens a CSV stream: reads the header line (at most `max_line_bytes`),
-/// detects BOM and delimiter, and maps the columns.
+/// detects BOM and delimiter, and maps the columns. `max_line_bytes` bounds
+/// every record (all its lines together, for a quoted value with line
+/// breaks), so memory stays bounded whatever the input.
 ///
 /// # Errors
 /// [`CsvError`] when there is no usable header; bad data rows are not errors
@@ -88,7 +125,7 @@ pub fn read_rows<R: Read>(mut input: R, max_line_bytes: usize) -> Result<CsvRows
     let mut prefix = Vec::with_capacity(8192);
     let mut chunk = [0u8; 8192];
     let header_end = loop {
-        if let Some(pos) = prefix.iter().position(|&b| b == b'\n') {
+        if let Some(pos) = prefix.iter().position(|&b| is_term(b)) {
             break pos;
         }
         if prefix.len() > max_line_bytes + 3 {
@@ -121,13 +158,32 @@ pub fn read_rows<R: Read>(mut input: R, max_line_bytes: usize) -> Result<CsvRows
     let delimiter = detect_delimiter(header_line);
     prefix.drain(..bom);
 
-    let limited = LineLimit::new(Cursor::new(prefix).chain(input), max_line_bytes);
+    let limited = RecordGuard::new(Cursor::new(prefix).chain(input), delimiter, max_line_bytes);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
         .has_headers(true)
         .from_reader(limited);
-    let headers = reader.byte_headers().map_err(|e| csv_error(e, 1))?.clone();
+    let headers = match reader.byte_headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            return Err(reader
+                .get_mut()
+                .fatal
+                .take()
+                .unwrap_or_else(|| csv_error(e, 1)));
+        }
+    };
+    if reader
+        .get_mut()
+        .spans
+        .pop_front()
+        .is_some_and(|header| header.overlong)
+    {
+        return Err(CsvError::HeaderTooLong {
+            limit: max_line_bytes,
+        });
+    }
     let mut names = Vec::with_capacity(headers.len());
     for field in headers.iter() {
         names.push(
@@ -163,18 +219,24 @@ pub fn read_rows<R: Read>(mut input: R, max_line_bytes: usize) -> Result<CsvRows
         attr_cols,
         columns: names.len(),
         limit: max_line_bytes,
+        last_line: 1,
+        done: false,
     })
 }
 
 /// The iterator returned by [`read_rows`].
 pub struct CsvRows<R: Read> {
-    reader: csv::Reader<LineLimit<std::io::Chain<Cursor<Vec<u8>>, R>>>,
+    reader: csv::Reader<RecordGuard<std::io::Chain<Cursor<Vec<u8>>, R>>>,
     record: csv::ByteRecord,
     email_col: usize,
     name_col: Option<usize>,
     attr_cols: Vec<(usize, String)>,
     columns: usize,
     limit: usize,
+    /// Last line of the previous record.
+    last_line: u64,
+    /// Reading stopped with an error: nothing more is returned.
+    done: bool,
 }
 
 impl<R: Read> CsvRows<R> {
@@ -252,32 +314,35 @@ impl<R: Read> Iterator for CsvRows<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.done {
+                return None;
+            }
             match self.reader.read_byte_record(&mut self.record) {
                 Ok(false) => return None,
                 Ok(true) => {}
-                Err(e) => return Some(Err(csv_error(e, self.reader.position().line()))),
+                Err(e) => {
+                    self.done = true;
+                    let guard = self.reader.get_mut();
+                    let line = guard.line;
+                    return Some(Err(guard
+                        .fatal
+                        .take()
+                        .unwrap_or_else(|| csv_error(e, line))));
+                }
             }
-            // csv reports a record's start as the end of the previous one (blank
-            // lines in between are not counted), but its end position is exact:
-            // count back the line breaks the record itself spans.
-            let end = self.reader.position().clone();
-            let inner = self.reader.get_ref();
-            let unterminated = end.byte() == inner.emitted && inner.last != b'\n';
-            let breaks = self
-                .record
-                .as_slice()
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
-            let next_start = end.line();
-            let start = next_start
-                .saturating_sub(breaks + u64::from(!unterminated))
-                .max(2);
-            if let Some(long) = self.reader.get_mut().take_overlong_before(next_start) {
+            // Every record csv returns began with a byte the guard saw; the
+            // fallback only keeps the numbers going should that ever differ.
+            let span = self.reader.get_mut().spans.pop_front().unwrap_or(Span {
+                start: self.last_line + 1,
+                end: self.last_line + 1,
+                overlong: false,
+            });
+            self.last_line = span.end;
+            if span.overlong {
                 return Some(Ok(Row::Invalid(InvalidRow {
-                    line: long.max(start),
+                    line: span.start,
                     reason: format!(
-                        "the line is longer than {} bytes; the rest of it was skipped. Is a quote missing, \
+                        "the record is longer than {} bytes; the rest of it was skipped. Is a quote missing, \
                          or is this not a CSV file? (the limit is import.max_line_bytes)",
                         self.limit
                     ),
@@ -286,13 +351,23 @@ impl<R: Read> Iterator for CsvRows<R> {
             if self.record.iter().all(|f| f.trim_ascii().is_empty()) {
                 continue; // a blank or delimiter-only line
             }
-            return Some(Ok(self.build(start)));
+            let mut row = self.build(span.start);
+            if let Row::Invalid(i) = &mut row
+                && span.end > span.start
+            {
+                i.reason.push_str(&format!(
+                    " (this record runs from line {} to line {} because a quoted value holds line breaks: \
+                     if that is not intended, a quote is missing or extra on line {})",
+                    span.start, span.end, span.start
+                ));
+            }
+            return Some(Ok(row));
         }
     }
 }
 
+/// csv's own errors; its positions are not used, see [`RecordGuard`].
 fn csv_error(e: csv::Error, line: u64) -> CsvError {
-    let line = e.position().map_or(line, csv::Position::line);
     match e.into_kind() {
         csv::ErrorKind::Io(source) => CsvError::Io { line, source },
         other => CsvError::Io {
@@ -323,77 +398,245 @@ fn detect_delimiter(header: &[u8]) -> u8 {
         .0
 }
 
-/// A reader that passes at most `limit` bytes of each physical line: the rest
-/// of an over-long line is dropped (up to its `\n`) and its line number kept,
-/// so the record it belonged to can be reported.
-struct LineLimit<R> {
-    inner: R,
-    limit: usize,
-    line: u64,
-    in_line: usize,
-    skipping: bool,
-    overlong: VecDeque<u64>,
-    /// Bytes passed on so far, and the last of them: tells whether the final
-    /// record ended with a line break.
-    emitted: u64,
-    last: u8,
+/// Where csv-core's state machine stands, mirrored over the bytes passed on
+/// to it (default dialect: `"` quotes, `""` escapes, `\r`, `\n` or `\r\n`
+/// ends a record, a quote opens a quoted field only at the start of a field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between records: line breaks here are blank lines, which csv skips.
+    StartRecord,
+    StartField,
+    Unquoted,
+    Quoted,
+    /// A `"` inside a quoted field: the closing quote, or the first of `""`.
+    QuoteInQuoted,
 }
 
-impl<R> LineLimit<R> {
-    fn new(inner: R, limit: usize) -> Self {
-        LineLimit {
+/// The physical lines one record of csv's spans, in the order csv returns them.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u64,
+    end: u64,
+    /// Longer than the record limit: the rest of it was dropped.
+    overlong: bool,
+}
+
+/// Sits between the file and csv: counts physical lines (`\n`, `\r\n` and a
+/// lone `\r` each end one, so the numbers match what an editor shows), notes
+/// the lines each record spans, and bounds a record to `limit` bytes.
+///
+/// csv's own line count cannot be used: with `\r\n` it counts the `\n` as part
+/// of the next record, one record late. This reader follows csv's state
+/// machine over exactly the bytes csv sees, so its record boundaries are
+/// csv's.
+///
+/// An over-long record outside quotes is cut at the limit and the rest of it
+/// dropped up to its line break; the record is then reported invalid. A
+/// quoted value over the limit, or still open at the end of the input, is an
+/// unclosed (or stray) quote: the input is scanned on, without keeping it, to
+/// find out how many lines it swallowed, and reading stops with
+/// [`CsvError::UnclosedQuote`] or [`CsvError::QuotedTooLong`].
+struct RecordGuard<R> {
+    inner: R,
+    delimiter: u8,
+    limit: usize,
+    /// Physical line of the byte just looked at.
+    line: u64,
+    /// The last byte ended a line (`\n`), or was a `\r` that may be followed
+    /// by the `\n` of the same break.
+    after_lf: bool,
+    after_cr: bool,
+    state: State,
+    /// Bytes of the current record passed on.
+    in_record: usize,
+    /// Dropping the rest of an over-long record up to its line break.
+    skipping: bool,
+    /// Line where the quoted field now open began.
+    quote_line: u64,
+    /// Records seen but not yet taken by the iterator; at most those in
+    /// csv's read-ahead buffer.
+    spans: VecDeque<Span>,
+    /// Why reading stopped; every read after it fails.
+    fatal: Option<CsvError>,
+}
+
+fn is_term(b: u8) -> bool {
+    b == b'\n' || b == b'\r'
+}
+
+impl<R: Read> RecordGuard<R> {
+    fn new(inner: R, delimiter: u8, limit: usize) -> Self {
+        RecordGuard {
             inner,
+            delimiter,
             limit,
             line: 1,
-            in_line: 0,
+            after_lf: false,
+            after_cr: false,
+            state: State::StartRecord,
+            in_record: 0,
             skipping: false,
-            overlong: VecDeque::new(),
-            emitted: 0,
-            last: b'\n',
+            quote_line: 1,
+            spans: VecDeque::new(),
+            fatal: None,
         }
     }
 
-    /// Removes the over-long lines numbered below `line` and returns the first.
-    fn take_overlong_before(&mut self, line: u64) -> Option<u64> {
-        let mut first = None;
-        while self.overlong.front().is_some_and(|&l| l < line) {
-            let l = self.overlong.pop_front();
-            first = first.or(l);
+    /// Moves `line` to the line of `b`, the next byte of the input.
+    fn advance_line(&mut self, b: u8) {
+        if self.after_lf || (self.after_cr && b != b'\n') {
+            self.line += 1;
         }
-        first
+        self.after_lf = b == b'\n';
+        self.after_cr = b == b'\r';
+    }
+
+    /// Does `b` end the current record?
+    fn ends_record(&self, b: u8) -> bool {
+        matches!(
+            self.state,
+            State::StartField | State::Unquoted | State::QuoteInQuoted
+        ) && is_term(b)
+    }
+
+    /// Feeds one byte that csv will see through the state machine.
+    fn step(&mut self, b: u8) {
+        if self.state == State::StartRecord {
+            if is_term(b) {
+                return; // a blank line
+            }
+            self.spans.push_back(Span {
+                start: self.line,
+                end: self.line,
+                overlong: false,
+            });
+            self.in_record = 1; // this byte; the caller counts the next ones
+            self.state = State::StartField;
+        }
+        self.state = match (self.state, b) {
+            (State::StartField, b'"') => {
+                self.quote_line = self.line;
+                State::Quoted
+            }
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (_, b) if b == self.delimiter => State::StartField,
+            (_, b) if is_term(b) => {
+                if let Some(s) = self.spans.back_mut() {
+                    s.end = self.line;
+                }
+                State::StartRecord
+            }
+            _ => State::Unquoted,
+        };
+    }
+
+    /// The limit was hit inside a quoted value, at byte `b`, with `rest` of
+    /// the buffer after it: reads on, keeping nothing, until the quote closes
+    /// or the input ends, and says which.
+    fn scan_quote(&mut self, b: u8, rest: &[u8]) -> io::Result<CsvError> {
+        // The last byte was a `"` that closes the value unless a second one follows.
+        let mut closing = b == b'"';
+        if let Some(closes) = self.scan_bytes(rest, &mut closing) {
+            return Ok(self.quoted_too_long(closes));
+        }
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.inner.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(if closing {
+                    self.quoted_too_long(self.line)
+                } else {
+                    CsvError::UnclosedQuote {
+                        line: self.quote_line,
+                        last: self.line,
+                    }
+                });
+            }
+            if let Some(closes) = self.scan_bytes(&chunk[..n], &mut closing) {
+                return Ok(self.quoted_too_long(closes));
+            }
+        }
+    }
+
+    /// Counts lines through `data` inside a quoted value; the line of the
+    /// closing quote once it is found.
+    fn scan_bytes(&mut self, data: &[u8], closing: &mut bool) -> Option<u64> {
+        for &c in data {
+            self.advance_line(c);
+            if c == b'"' {
+                *closing = !*closing;
+            } else if *closing {
+                return Some(self.line); // a `"` is never a line break: same line
+            }
+        }
+        None
+    }
+
+    fn quoted_too_long(&self, closes: u64) -> CsvError {
+        CsvError::QuotedTooLong {
+            line: self.quote_line,
+            closes,
+            limit: self.limit,
+        }
     }
 }
 
-impl<R: Read> Read for LineLimit<R> {
+impl<R: Read> Read for RecordGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            if self.fatal.is_some() {
+                return Err(io::Error::other("the CSV input cannot be split into rows"));
+            }
             let n = self.inner.read(buf)?;
             if n == 0 {
+                match self.state {
+                    State::Quoted => {
+                        self.fatal = Some(CsvError::UnclosedQuote {
+                            line: self.quote_line,
+                            last: self.line,
+                        });
+                        continue;
+                    }
+                    State::StartRecord => {}
+                    _ => {
+                        if let Some(s) = self.spans.back_mut() {
+                            s.end = self.line;
+                        }
+                        self.state = State::StartRecord;
+                    }
+                }
                 return Ok(0);
             }
             let mut w = 0;
             for i in 0..n {
                 let b = buf[i];
-                if b == b'\n' {
-                    self.line += 1;
-                    self.in_line = 0;
-                    self.skipping = false;
-                } else if self.skipping {
-                    continue;
-                } else {
-                    self.in_line += 1;
-                    if self.in_line > self.limit {
+                self.advance_line(b);
+                if self.skipping {
+                    if !is_term(b) {
+                        continue;
+                    }
+                    self.skipping = false; // the line break ends the record
+                } else if self.state != State::StartRecord && !self.ends_record(b) {
+                    self.in_record += 1;
+                    if self.in_record > self.limit {
+                        if self.state == State::Quoted {
+                            self.fatal = Some(self.scan_quote(b, &buf[i + 1..n])?);
+                            break;
+                        }
                         self.skipping = true;
-                        self.overlong.push_back(self.line);
+                        if let Some(s) = self.spans.back_mut() {
+                            s.overlong = true;
+                        }
                         continue;
                     }
                 }
+                self.step(b);
                 buf[w] = b;
                 w += 1;
             }
             if w > 0 {
-                self.emitted += w as u64;
-                self.last = buf[w - 1];
                 return Ok(w);
             }
         }
@@ -503,6 +746,150 @@ mod tests {
         assert!(err(&vec![b'a'; 5000]).contains("longer than 1024 bytes"));
         assert!(err(b"email,Email\n").contains("twice"));
         assert!(err(b"email,n\xE4me\n").contains("UTF-8"));
+    }
+
+    fn line_of(row: &Row) -> u64 {
+        match row {
+            Row::Valid(v) => v.line,
+            Row::Invalid(i) => i.line,
+        }
+    }
+
+    /// Reads `input` to the end: the rows, then the error that stopped it.
+    fn read_all(input: &[u8], limit: usize) -> (Vec<Row>, Option<CsvError>) {
+        let mut got = Vec::new();
+        let mut it = read_rows(input, limit).unwrap();
+        for item in it.by_ref() {
+            match item {
+                Ok(r) => got.push(r),
+                Err(e) => {
+                    assert!(it.next().is_none(), "nothing after the error");
+                    return (got, Some(e));
+                }
+            }
+        }
+        (got, None)
+    }
+
+    /// Excel writes `\r\n`: csv's own line count is one record late there,
+    /// so every row after the first was reported a line early.
+    #[test]
+    fn line_numbers_are_physical_lines_for_every_line_ending() {
+        let lines = [
+            "email,name",               // 1
+            "a@example.org,A",          // 2
+            "not-an-address,X",         // 3
+            "",                         // 4
+            "b@example.org,\"two",      // 5
+            "lines\"",                  // 6
+            ",Empty",                   // 7
+            "c@example.org,\"x\"\"y\"", // 8
+            "d@example.org,D,extra",    // 9
+            "e@example.org,E",          // 10
+        ];
+        for end in ["\n", "\r\n", "\r"] {
+            for final_break in [true, false] {
+                let mut input = lines.join(end);
+                if final_break {
+                    input.push_str(end);
+                }
+                let got = rows(input.as_bytes());
+                let numbers: Vec<u64> = got.iter().map(line_of).collect();
+                assert_eq!(numbers, [2, 3, 5, 7, 8, 9, 10], "{end:?} {final_break}");
+                let two = &invalid(&got[2]).reason;
+                assert!(
+                    two.contains("line break") && two.contains("from line 5 to line 6"),
+                    "{end:?}: {two}"
+                );
+                assert_eq!(valid(&got[4]).name.as_deref(), Some("x\"y"));
+                assert_eq!(valid(&got[6]).address.as_str(), "e@example.org");
+            }
+        }
+    }
+
+    #[test]
+    fn an_overlong_crlf_line_keeps_the_numbers_after_it() {
+        let mut input = b"email,name\r\na@example.org,A\r\nb@example.org,".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 5000));
+        input.extend_from_slice(b"\r\n\r\nbad,C\r\nd@example.org,D\r\n");
+        let got = rows(&input);
+        assert_eq!(got.iter().map(line_of).collect::<Vec<_>>(), [2, 3, 5, 6]);
+        assert!(invalid(&got[1]).reason.contains("longer than 1024 bytes"));
+        assert!(invalid(&got[2]).reason.contains("`@`"));
+    }
+
+    /// The audit's file: one stray quote on line 2, then 100,000 good rows,
+    /// all read as one 2 MB value and reported as "a line break in `name`".
+    #[test]
+    fn an_unclosed_quote_stops_with_the_lines_it_swallowed() {
+        for (end, limit) in [("\n", 1 << 20), ("\r\n", 1 << 20), ("\r\n", 1 << 22)] {
+            let mut input =
+                format!("email,name{end}ok@example.org,Ok{end}uu@example.org,\"unterminated{end}");
+            for i in 0..100_000 {
+                input.push_str(&format!("p{i}@example.org,P{i}{end}"));
+            }
+            let (got, err) = read_all(input.as_bytes(), limit);
+            assert_eq!(got.len(), 1, "the row before it is kept");
+            assert_eq!(valid(&got[0]).line, 2);
+            let err = err.expect("must stop");
+            assert!(
+                matches!(
+                    err,
+                    CsvError::UnclosedQuote {
+                        line: 3,
+                        last: 100_003
+                    }
+                ),
+                "{end:?} {limit}: {err:?}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(
+                    "line 3: a quote opened here is never closed; it swallowed lines 3–100003"
+                ) && msg.contains("stops here")
+                    && msg.contains("Close the quote or remove it"),
+                "{msg}"
+            );
+        }
+        // On the last line it swallowed nothing else, and says so.
+        let (got, err) = read_all(b"email,name\na@example.org,\"Bo\n", 1024);
+        assert!(got.is_empty());
+        let msg = err.expect("must stop").to_string();
+        assert!(
+            msg.starts_with("line 2: a quote opened here is never closed;")
+                && !msg.contains("swallowed"),
+            "{msg}"
+        );
+    }
+
+    /// The limit bounds a whole record, not each of its lines.
+    #[test]
+    fn a_quoted_value_over_the_limit_stops_even_when_it_closes() {
+        let mut input = b"email,name\r\na@example.org,A\r\nb@example.org,\"".to_vec();
+        for _ in 0..100 {
+            input.extend_from_slice(b"short line\r\n");
+        }
+        input.extend_from_slice(b"end\"\r\nc@example.org,C\r\n");
+        let (got, err) = read_all(&input, 1024);
+        assert_eq!(got.iter().map(line_of).collect::<Vec<_>>(), [2]);
+        let err = err.expect("must stop");
+        assert!(
+            matches!(
+                err,
+                CsvError::QuotedTooLong {
+                    line: 3,
+                    closes: 103,
+                    limit: 1024
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("lines 3–103"), "{err}");
+
+        // The same value under the limit is one (multi-line) value.
+        let (got, err) = read_all(&input, 4096);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got.iter().map(line_of).collect::<Vec<_>>(), [2, 3, 104]);
     }
 
     #[test]
