@@ -754,9 +754,14 @@ pub enum CampaignCmd {
     /// Pause a running campaign: its send stops within one batch; `resume` continues.
     Pause { name: String },
     /// Continue a paused campaign (in the foreground, like `send`): nobody is
-    /// sent twice and nobody skipped.
+    /// sent twice and nobody skipped. Like `send`, it returns when only
+    /// retries later than now are left; --wait stays for them (and for the
+    /// send window) until every delivery has its outcome.
     Resume {
         name: String,
+        /// Stay until every delivery has a final outcome (retries, send window).
+        #[arg(long)]
+        wait: bool,
         /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
         #[arg(long)]
         relay: Option<String>,

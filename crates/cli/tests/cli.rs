@@ -2247,6 +2247,54 @@ fn two_workers_split_a_campaign_without_duplicates() {
     );
 }
 
+/// `campaign resume` returns like `send` when only later retries are left
+/// (it used to wait for them, up to the max age: days); `--wait` stays.
+#[cfg(unix)]
+#[test]
+fn resume_returns_when_only_later_retries_are_left() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 4, &[]);
+    let (sink, port) = start_sink(&e, &["--defer", "r000@*=451 4.7.1 Try later"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let v = e.json(&["campaign", "send", "c", "--relay", &relay]);
+    assert_eq!(
+        (v["sent"].as_u64(), v["deferred"].as_u64()),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+    e.ok(&["campaign", "pause", "c"]);
+    let mut resume = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
+        .current_dir(e.dir.path())
+        .env("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "600")
+        .args(["campaign", "resume", "c", "--relay", &relay, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut returned = false;
+    for _ in 0..200 {
+        if resume.try_wait().unwrap().is_some() {
+            returned = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !returned {
+        let _ = resume.kill();
+    }
+    let out = resume.wait_with_output().unwrap();
+    stop(sink, "-INT");
+    assert!(returned, "resume waited for a later retry");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["deferred"].as_u64()),
+        (Some("running"), Some(1)),
+        "{v}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn deferred_past_max_age_fail_and_retry_failed_sends_only_them() {

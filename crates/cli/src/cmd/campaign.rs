@@ -384,6 +384,7 @@ pub async fn run(
         }
         CampaignCmd::Resume {
             name,
+            wait,
             relay,
             pool,
             insecure,
@@ -392,7 +393,7 @@ pub async fn run(
                 .transition_campaign(name, CampaignState::Running)
                 .await?;
             send(
-                true,
+                *wait,
                 false,
                 true,
                 store,
