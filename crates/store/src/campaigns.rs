@@ -608,6 +608,63 @@ impl Store {
     }
 }
 
+/// One reason deliveries of a campaign did not go out: a final or pending
+/// state that needs an operator's eye (`failed`, `deferred`, `rejected`) and
+/// the error recorded for it, with how many deliveries share both. As
+/// `campaign status --json` prints it in `errors` (field names are a
+/// contract).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct DeliveryErrorCount {
+    pub state: DeliveryState,
+    /// The recorded `last_error`: the SMTP step and the server's reply, or
+    /// `render: …` with the template's message. `None` for rows recorded
+    /// without one.
+    pub error: Option<String>,
+    pub count: u64,
+}
+
+impl Store {
+    /// The campaign's failed, deferred and rejected deliveries grouped by
+    /// (state, error), most frequent first, at most `limit` groups: why a
+    /// send did not reach everybody, for `campaign status` and `send`.
+    pub async fn campaign_errors(
+        &self,
+        campaign_id: Uuid,
+        limit: u64,
+    ) -> Result<Vec<DeliveryErrorCount>> {
+        #[derive(FromQueryResult)]
+        struct R {
+            state: String,
+            last_error: Option<String>,
+            n: i64,
+        }
+        let rows = R::find_by_statement(self.stmt(
+            "SELECT state, last_error, COUNT(*) AS n FROM deliveries \
+             WHERE campaign_id = ? AND state IN (?, ?, ?) \
+             GROUP BY state, last_error ORDER BY n DESC, state, last_error LIMIT ?",
+            vec![
+                campaign_id.into(),
+                DeliveryState::Failed.as_str().into(),
+                DeliveryState::Deferred.as_str().into(),
+                DeliveryState::Rejected.as_str().into(),
+                (limit as i64).into(),
+            ],
+        ))
+        .all(&self.db)
+        .await
+        .doing("grouping delivery errors")?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeliveryErrorCount {
+                    state: r.state.parse()?,
+                    error: r.last_error,
+                    count: r.n as u64,
+                })
+            })
+            .collect()
+    }
+}
+
 /// An active subscriber with a bounce score, for `rundbrief clean`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScoredSubscriber {

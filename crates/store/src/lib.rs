@@ -31,8 +31,8 @@ mod work;
 
 pub use bounces::{BounceQuery, NewBounce, StoredBounce};
 pub use campaigns::{
-    Campaign, CampaignContent, CampaignCounts, DeliveryTarget, NewCampaign, PendingDelivery,
-    ScoredSubscriber, StoredScore,
+    Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,
+    PendingDelivery, ScoredSubscriber, StoredScore,
 };
 pub use import::{BatchReport, Import, ImportOptions};
 pub use optin::{Confirmed, MembershipView, OptIn};

@@ -312,3 +312,64 @@ async fn recurring_runs_are_created_once_per_occurrence() {
         );
     }
 }
+
+#[tokio::test]
+async fn campaign_errors_group_reasons_most_frequent_first() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "why", 6).await;
+        let now = Utc::now();
+        let got = s
+            .claim_deliveries(c, "A", now, now + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 6, "{b}");
+        let with = |i: usize, state, error: &str| DeliveryOutcome {
+            error: Some(error.into()),
+            next_attempt_at: (state == DeliveryState::Deferred).then(|| now + Duration::hours(1)),
+            ..outcome(got[i].delivery_id, state)
+        };
+        let render = "render: html:3:1: missing `subscriber.attributes.zip`";
+        let refused = "CONNECT to 127.0.0.1:1 failed: Connection refused";
+        s.record_outcomes(&[
+            with(0, DeliveryState::Failed, render),
+            with(1, DeliveryState::Failed, render),
+            with(2, DeliveryState::Failed, render),
+            with(3, DeliveryState::Deferred, refused),
+            with(
+                4,
+                DeliveryState::Rejected,
+                "RCPT refused: 550 5.1.1 no such user",
+            ),
+            outcome(got[5].delivery_id, DeliveryState::Sent),
+        ])
+        .await
+        .unwrap();
+        let all = s.campaign_errors(c, 10).await.unwrap();
+        let flat: Vec<_> = all
+            .iter()
+            .map(|e| (e.state, e.error.as_deref().unwrap_or("-"), e.count))
+            .collect();
+        assert_eq!(
+            flat,
+            [
+                (DeliveryState::Failed, render, 3),
+                (DeliveryState::Deferred, refused, 1),
+                (
+                    DeliveryState::Rejected,
+                    "RCPT refused: 550 5.1.1 no such user",
+                    1
+                ),
+            ],
+            "{b}"
+        );
+        let top = s.campaign_errors(c, 1).await.unwrap();
+        assert_eq!(top, all[..1], "{b}: limited");
+        // A sent delivery is not a reason; an unrelated campaign has none.
+        let other = campaign_with(s, "fine", 0).await;
+        assert!(
+            s.campaign_errors(other, 10).await.unwrap().is_empty(),
+            "{b}"
+        );
+    }
+}
