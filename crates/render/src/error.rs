@@ -120,6 +120,27 @@ fn position(template: &str, line: Option<usize>, column: Option<usize>) -> Strin
 }
 
 impl RenderError {
+    /// The message without the recipient's address, so that the same
+    /// failure for many subscribers reads the same (the delivery ledger
+    /// records this per delivery and `campaign status` groups by it; the
+    /// delivery already names its address).
+    pub fn without_recipient(&self) -> String {
+        match self {
+            RenderError::Personalise {
+                template,
+                line,
+                column,
+                reason,
+                ..
+            } => match (line, column) {
+                (Some(l), Some(c)) => format!("{template} at {l}:{c}: {reason}"),
+                (Some(l), None) => format!("{template} at line {l}: {reason}"),
+                _ => format!("{template}: {reason}"),
+            },
+            other => other.to_string(),
+        }
+    }
+
     /// The (line, column) this error points at, if any.
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {

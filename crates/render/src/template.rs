@@ -256,7 +256,15 @@ pub(crate) fn render(
         line: e.line_no,
         column: e.column_no,
         recipient: recipient.to_owned(),
-        reason: e.reason().to_string(),
+        reason: match e.reason() {
+            // handlebars says `Failed to access variable in strict mode
+            // Some("…")`: name the path and the way out instead.
+            RenderErrorReason::MissingVariable(Some(path)) => format!(
+                "missing `{path}` (this subscriber has no such value; \
+                 `{{{{default {path} \"…\"}}}}` gives a fallback)"
+            ),
+            other => other.to_string(),
+        },
     };
     let tpl = reg
         .get_template(name)

@@ -597,6 +597,16 @@ fn missing_attribute_fails_only_that_recipient() {
     let err = renderer.render(&r, now()).expect_err("city missing");
     assert!(matches!(err, RenderError::Personalise { .. }), "{err}");
     assert!(err.to_string().contains("anna@example.org"), "{err}");
+    // The ledger's version reads the same for every recipient and says
+    // what is missing and how to give it a fallback.
+    let summary = err.without_recipient();
+    assert!(!summary.contains("anna@example.org"), "{summary}");
+    assert!(
+        summary.starts_with("subject")
+            && summary.contains("missing `subscriber.attributes.city`")
+            && summary.contains("{{default subscriber.attributes.city"),
+        "{summary}"
+    );
 }
 
 #[test]
