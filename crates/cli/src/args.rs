@@ -776,7 +776,10 @@ pub enum CampaignCmd {
     /// Cancel a campaign for good; pending deliveries are never sent.
     Cancel { name: String },
     /// Progress of a campaign: total, sent, deferred, failed, bounced,
-    /// pending, and while it runs the current rate and an ETA.
+    /// pending, and while it runs the current rate and an ETA. Under the
+    /// counts, the top 10 reasons deliveries failed, wait or were refused
+    /// (the SMTP step and reply, or the render error), most frequent first;
+    /// `--json` adds them as `errors: [{state, error, count}]`.
     Status { name: String },
     /// Everything about one campaign: state, lists, schedule, progress, runs.
     Show { name: String },

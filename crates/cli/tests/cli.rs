@@ -2704,3 +2704,149 @@ fn campaign_test_sends_one_marked_copy_and_edit_changes_only_drafts() {
         "the edited subject went out"
     );
 }
+
+/// A loopback port nobody listens on (bound, then closed again).
+#[cfg(unix)]
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[cfg(unix)]
+fn stdout_of(e: &Env, envs: &[(&str, &str)], args: &[&str]) -> String {
+    let out = e
+        .cmd()
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn campaign_send_and_status_say_why_deliveries_failed_or_wait() {
+    // Found by an audit: failed sends were silent without -v.
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    e.cmd().args(["list", "create", "news"]).assert().success();
+    e.write(
+        "people.csv",
+        b"email,zip\nhas@example.org,12345\nno1@example.org,\nno2@example.org,\nno3@example.org,\nno4@example.org,\n",
+    );
+    e.cmd()
+        .args(["import", "people.csv", "--list", "news"])
+        .assert()
+        .success();
+    e.write("issue.md", b"Your zip: {{subscriber.attributes.zip}}\n");
+    e.cmd()
+        .args([
+            "campaign",
+            "create",
+            "c",
+            "--list",
+            "news",
+            "--subject",
+            "Hi",
+            "--content",
+            "issue.md",
+        ])
+        .assert()
+        .success();
+    let envs = [("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "1")];
+
+    // Nobody listens: the one renderable message waits, the rest fail.
+    let closed = format!("smtp://127.0.0.1:{}", closed_port());
+    let text = stdout_of(&e, &envs, &["campaign", "send", "c", "--relay", &closed]);
+    assert!(
+        text.contains("0 sent, 0 rejected, 4 failed, 1 still deferred"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  4 failed: render: ")
+            && text.contains("missing `subscriber.attributes.zip`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("no1@example.org"),
+        "one line for all four: {text}"
+    );
+    assert!(
+        text.contains("  1 deferred: CONNECT to 127.0.0.1:") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(text.contains("rundbrief campaign status c"), "{text}");
+
+    let status = stdout_of(&e, &[], &["campaign", "status", "c"]);
+    assert!(status.contains("  4 failed: render: "), "{status}");
+    assert!(
+        status.contains("  1 deferred: CONNECT to 127.0.0.1:"),
+        "{status}"
+    );
+    let v = e.json(&["campaign", "status", "c"]);
+    for field in [
+        "state", "total", "sent", "deferred", "failed", "bounced", "pending",
+    ] {
+        assert!(v.get(field).is_some(), "contract field {field}: {v}");
+    }
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{v}");
+    assert_eq!(
+        (errors[0]["state"].as_str(), errors[0]["count"].as_u64()),
+        (Some("failed"), Some(4))
+    );
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("subscriber.attributes.zip"),
+        "{v}"
+    );
+    assert_eq!(
+        (errors[1]["state"].as_str(), errors[1]["count"].as_u64()),
+        (Some("deferred"), Some(1))
+    );
+    assert!(
+        errors[1]["error"].as_str().unwrap().contains("CONNECT"),
+        "{v}"
+    );
+
+    // A relay that answers: the deferred one goes out; only the render
+    // failures are left as reasons, in --json too.
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let out = stdout_of(
+        &e,
+        &envs,
+        &[
+            "campaign", "send", "c", "--relay", &relay, "--wait", "--json",
+        ],
+    );
+    stop(sink, "-INT");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["state"].as_str(),
+            v["sent"].as_u64(),
+            v["failed"].as_u64()
+        ),
+        (Some("finished"), Some(1), Some(4)),
+        "{v}"
+    );
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert_eq!(
+        (errors[0]["state"].as_str(), errors[0]["count"].as_u64()),
+        (Some("failed"), Some(4))
+    );
+    assert_eq!(
+        spool_recipients(&e.path("spool")),
+        ["Delivered-To: <has@example.org>"]
+    );
+}

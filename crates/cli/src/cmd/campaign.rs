@@ -88,6 +88,7 @@ pub async fn run(
                 output::json(&v)?;
             } else {
                 println!("{}", status_line(&c.campaign.name, &v));
+                print_errors(&v, None);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -160,6 +161,7 @@ pub async fn run(
                     println!("run       {n} ({st})");
                 }
                 println!("{}", status_line(&c.campaign.name, &status));
+                print_errors(&status, None);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -485,8 +487,10 @@ async fn send(
     let r = send_foreground(store, cfg, name, &opts).await?;
     let (counts, secs, sent_now) = (r.counts, r.seconds, r.sent_now);
     let finished = r.state == CampaignState::Finished;
+    let c = store.campaign(name).await?;
+    let mut v = serde_json::to_value(&counts)?;
+    v["errors"] = serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
     if json {
-        let mut v = serde_json::to_value(&counts)?;
         v["seconds"] = secs.into();
         v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
         // What this process did (several may share a campaign).
@@ -507,6 +511,7 @@ async fn send(
                 "; deferred ones are retried by `serve` or `campaign send --wait`"
             }
         );
+        print_errors(&v, Some(name));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -727,7 +732,7 @@ impl Hooks for CampaignHooks {
         let bytes = prepared
             .renderer
             .render(&recipient, chrono::Utc::now())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.without_recipient())?;
         match &self.dkim {
             Some(signer) => signer.sign(&bytes).map_err(|e| format!("DKIM: {e}")),
             None => Ok(bytes),
@@ -773,6 +778,7 @@ async fn status_json(
     let mut counts = store.campaign_counts(c.campaign.id).await?;
     counts.state = c.campaign.state.to_string();
     let mut v = serde_json::to_value(&counts)?;
+    v["errors"] = serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
     if c.campaign.state == CampaignState::Running {
         let window = 60;
         let recent = store
@@ -788,6 +794,31 @@ async fn status_json(
         }
     }
     Ok(v)
+}
+
+/// How many (state, error) groups `campaign status` and `send` show.
+const TOP_ERRORS: u64 = 10;
+
+/// The `errors` of a status or send JSON as indented lines under the counts
+/// (`4 failed: render: …`), most frequent first; with `hint`, a last line
+/// saying where to look again.
+fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
+    let Some(errors) = v["errors"].as_array().filter(|e| !e.is_empty()) else {
+        return;
+    };
+    for e in errors {
+        println!(
+            "  {} {}: {}",
+            e["count"].as_u64().unwrap_or(0),
+            e["state"].as_str().unwrap_or("?"),
+            e["error"].as_str().unwrap_or("(no error recorded)")
+        );
+    }
+    if let Some(name) = hint {
+        println!(
+            "  (`rundbrief campaign status {name}` lists these reasons again; -v logs each delivery)"
+        );
+    }
 }
 
 fn status_line(name: &str, v: &serde_json::Value) -> String {
