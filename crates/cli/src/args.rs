@@ -835,7 +835,9 @@ pub enum CampaignCmd {
     /// deferred past sending.max_age_secs) and who are still active.
     RetryFailed {
         name: String,
-        /// Send now in the foreground (like `send --wait`).
+        /// Send now in the foreground (like `send --wait`): everything
+        /// pending for the campaign, including what an earlier
+        /// `retry-failed` without --send reset.
         #[arg(long)]
         send: bool,
         #[arg(long)]

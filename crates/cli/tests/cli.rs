@@ -2850,3 +2850,61 @@ fn campaign_send_and_status_say_why_deliveries_failed_or_wait() {
         ["Delivered-To: <has@example.org>"]
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn campaign_retry_failed_send_sends_what_a_plain_retry_left_pending() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    news_campaign(&e, 3, &[]);
+    let envs = [
+        ("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "1"),
+        ("RUNDBRIEF_SENDING__MAX_AGE_SECS", "1"),
+    ];
+    let closed = format!("smtp://127.0.0.1:{}", closed_port());
+    let v: Value = serde_json::from_str(&stdout_of(
+        &e,
+        &envs,
+        &[
+            "campaign", "send", "c", "--relay", &closed, "--wait", "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["failed"].as_u64()),
+        (Some("finished"), Some(3)),
+        "{v}"
+    );
+    assert!(
+        v["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("maximum age"),
+        "{v}"
+    );
+
+    // A plain retry-failed only resets them.
+    let text = stdout_of(&e, &[], &["campaign", "retry-failed", "c"]);
+    assert!(
+        text.contains("3 failed deliveries are pending again"),
+        "{text}"
+    );
+
+    // --send afterwards has nothing to reset, but sends what is pending.
+    let (sink, port) = start_sink(&e, &["--dir", "spool"]);
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let v = e.json(&["campaign", "retry-failed", "c", "--send", "--relay", &relay]);
+    stop(sink, "-INT");
+    assert_eq!(
+        (
+            v["retried"].as_u64(),
+            v["sent"].as_u64(),
+            v["pending"].as_u64(),
+            v["state"].as_str()
+        ),
+        (Some(0), Some(3), Some(0), Some("finished")),
+        "{v}"
+    );
+    assert_eq!(spool_recipients(&e.path("spool")).len(), 3);
+}

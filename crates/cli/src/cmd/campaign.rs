@@ -287,7 +287,11 @@ pub async fn run(
             pool,
         } => {
             let n = store.retry_failed(name).await?;
-            if *send && n > 0 {
+            // With --send, whatever is pending goes out, not only what this
+            // call reset: a plain `retry-failed` before it left them pending.
+            let c = store.campaign(name).await?;
+            let pending = store.campaign_counts(c.campaign.id).await?.pending;
+            if *send && pending > 0 {
                 let opts = SendOptions {
                     relay: relay.clone(),
                     pool: *pool,
@@ -297,15 +301,18 @@ pub async fn run(
                     strict: false,
                 };
                 let r = send_foreground(store, cfg, name, &opts).await?;
+                let mut v = serde_json::to_value(&r.counts)?;
+                v["retried"] = n.into();
+                v["errors"] =
+                    serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
                 if json {
-                    let mut v = serde_json::to_value(&r.counts)?;
-                    v["retried"] = n.into();
                     output::json(&v)?;
                 } else {
                     println!(
-                        "{n} failed deliveries sent again: {} sent, {} failed",
-                        r.counts.sent, r.counts.failed
+                        "{n} failed deliveries reset; sent the {pending} pending: {} sent, {} failed, {} still deferred",
+                        r.counts.sent, r.counts.failed, r.counts.deferred
                     );
+                    print_errors(&v, Some(name));
                 }
             } else if json {
                 output::json(&serde_json::json!({"campaign": name, "retried": n}))?;
