@@ -87,7 +87,10 @@ pub(crate) fn proc_cpu_secs(pid: u32) -> f64 {
 }
 
 /// CPU seconds used so far by every running process called `comm` (e.g. all
-/// PostgreSQL backends); processes that ended meanwhile are not counted.
+/// PostgreSQL processes), with the CPU of their children that have ended
+/// (a backend that exits is reaped by the postmaster, whose `cutime` and
+/// `cstime` then hold it), so a delta over a run counts backends that ended
+/// during it too.
 pub(crate) fn comm_cpu_secs(comm: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -99,8 +102,20 @@ pub(crate) fn comm_cpu_secs(comm: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/stat", name.to_str()?)).ok()
     })
     .filter(|stat| stat.contains(&needle))
-    .map(|stat| stat_cpu_secs(&stat))
+    .map(|stat| stat_cpu_secs(&stat) + stat_children_cpu_secs(&stat))
     .sum()
+}
+
+/// CPU seconds of the ended, reaped children of a process (`cutime` +
+/// `cstime`, fields 16 and 17 of its `/proc/PID/stat`).
+fn stat_children_cpu_secs(stat: &str) -> f64 {
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / hz
 }
 
 fn stat_cpu_secs(stat: &str) -> f64 {

@@ -373,3 +373,81 @@ async fn campaign_errors_group_reasons_most_frequent_first() {
         );
     }
 }
+
+/// A claimed delivery of a campaign to several lists names the first (by
+/// name) of them that its subscriber is subscribed to; with one list, none
+/// (the caller uses that list).
+#[tokio::test]
+async fn a_claim_names_the_list_each_message_is_for() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let one = campaign_with(s, "solo", 2).await;
+        let now = Utc::now();
+        let lease = now + Duration::minutes(5);
+        for d in s.claim_deliveries(one, "w", now, lease, 10).await.unwrap() {
+            assert_eq!(d.list_id, None, "{b}: one list");
+        }
+        let a = s.create_list("a", None).await.unwrap();
+        let bl = s.create_list("b", None).await.unwrap();
+        let add = |email: &'static str, list: &'static str| async move {
+            s.add_subscriber(
+                &Address::parse(email).unwrap(),
+                list,
+                None,
+                Attributes::new(),
+                false,
+                Actor::Cli,
+                "t",
+            )
+            .await
+            .unwrap();
+        };
+        add("x@example.org", "a").await;
+        add("x@example.org", "b").await;
+        add("y@example.org", "b").await;
+        add("z@example.org", "a").await;
+        s.unsubscribe(
+            &Address::parse("x@example.org").unwrap(),
+            Some("a"),
+            Actor::Cli,
+            "t",
+        )
+        .await
+        .unwrap();
+        let c = s
+            .create_campaign(&NewCampaign {
+                name: "multi".into(),
+                lists: vec!["b".into(), "a".into()],
+                subject: "s".into(),
+                content: "c".into(),
+                content_kind: "markdown".into(),
+                layout: None,
+                from: None,
+                relay: None,
+            })
+            .await
+            .unwrap();
+        s.set_campaign_state(c.id, CampaignState::Running)
+            .await
+            .unwrap();
+        assert_eq!(s.materialise_deliveries(c.id).await.unwrap(), 3, "{b}");
+        let mut got: Vec<(String, Option<Uuid>)> = s
+            .claim_deliveries(c.id, "w", now, lease, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.email, d.list_id))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("x@example.org".to_string(), Some(bl.id)),
+                ("y@example.org".to_string(), Some(bl.id)),
+                ("z@example.org".to_string(), Some(a.id)),
+            ],
+            "{b}"
+        );
+    }
+}
