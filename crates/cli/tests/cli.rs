@@ -2247,6 +2247,56 @@ fn two_workers_split_a_campaign_without_duplicates() {
     );
 }
 
+/// `campaign create` and `edit` refuse what would only fail at send time, or
+/// later: an empty subject, a From that is no address, a name with `@` (the
+/// separator of recurring runs), and an edit that changes nothing.
+#[test]
+fn campaign_create_and_edit_refuse_bad_input_when_it_is_given() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    e.write("issue.md", b"Hello\n");
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "campaign",
+            "create",
+            name,
+            "--list",
+            "news",
+            "--content",
+            "issue.md",
+        ];
+        args.extend_from_slice(extra);
+        e.fails(&args)
+    };
+    let err = create("c", &["--subject", "  "]);
+    assert!(err.contains("the subject is empty"), "{err}");
+    let err = create("c", &["--subject", "Hi", "--from", "not an address"]);
+    assert!(err.contains("not an address"), "{err}");
+    let err = create("bad name@x", &["--subject", "Hi"]);
+    assert!(err.contains("no @"), "{err}");
+    assert!(
+        e.json(&["campaign", "ls"]).as_array().unwrap().is_empty(),
+        "nothing stored"
+    );
+    e.ok(&[
+        "campaign",
+        "create",
+        "c",
+        "--list",
+        "news",
+        "--content",
+        "issue.md",
+        "--subject",
+        "Hi",
+        "--from",
+        "News <news@example.org>",
+    ]);
+    let err = e.fails(&["campaign", "edit", "c"]);
+    assert!(err.contains("nothing to change"), "{err}");
+    let err = e.fails(&["campaign", "edit", "c", "--subject", ""]);
+    assert!(err.contains("the subject is empty"), "{err}");
+}
+
 /// `campaign resume` returns like `send` when only later retries are left
 /// (it used to wait for them, up to the max age: days); `--wait` stays.
 #[cfg(unix)]

@@ -53,7 +53,7 @@ mod template;
 
 pub use error::RenderError;
 pub use layout::{Layout, MAX_PARTIAL_DEPTH};
-pub use mime::TransferEncoding;
+pub use mime::{TransferEncoding, check_from};
 pub use renderer::{CampaignTemplate, ContentKind, Recipient, Renderer};
 pub use template::{check_template, parse_time_zone};
 

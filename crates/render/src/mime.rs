@@ -53,6 +53,22 @@ pub(crate) struct Headers {
     domain: String,
 }
 
+/// Checks a From address (`Name <addr@example.org>` or a bare address) the
+/// way [`crate::Renderer::new`] reads it, so a campaign can refuse a bad one
+/// when it is stored rather than when it is sent.
+///
+/// # Errors
+/// [`RenderError::Address`] saying what is wrong.
+pub fn check_from(from: &str) -> Result<(), RenderError> {
+    from.parse::<Mailbox>()
+        .map(drop)
+        .map_err(|e| RenderError::Address {
+            field: "from",
+            value: from.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 impl Headers {
     pub(crate) fn new(c: &CampaignTemplate) -> Result<Headers, RenderError> {
         let mailbox = |field: &'static str, s: &str| {

@@ -33,8 +33,12 @@ pub async fn run(
             from,
             relay,
         } => {
+            check_name(name)?;
             let (text, kind) = read_content(content)?;
-            rundbrief_render::check_template("subject", subject)?;
+            check_subject(subject)?;
+            if let Some(f) = from {
+                rundbrief_render::check_from(f)?;
+            }
             if let Some(r) = relay {
                 check_relay(cfg, r)?;
             }
@@ -173,8 +177,22 @@ pub async fn run(
             from,
             relay,
         } => {
+            if subject.is_none()
+                && content.is_none()
+                && layout.is_none()
+                && from.is_none()
+                && relay.is_none()
+            {
+                bail!(
+                    "nothing to change: give --subject, --content, --layout, --from or --relay \
+                     (`rundbrief campaign edit --help`)"
+                );
+            }
             if let Some(s) = subject {
-                rundbrief_render::check_template("subject", s)?;
+                check_subject(s)?;
+            }
+            if let Some(f) = from {
+                rundbrief_render::check_from(f)?;
             }
             if let Some(r) = relay {
                 check_relay(cfg, r)?;
@@ -684,6 +702,32 @@ pub async fn runner_for(
         clock: Arc::new(SystemClock),
         config: run_config(cfg, pool, opts.wait),
     })
+}
+
+/// A campaign name: recurring runs are called `NAME@TIME`, so no `@`, and
+/// nothing that is hard to type or quote in a shell.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.trim().is_empty()
+        || name.contains('@')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "campaign name `{name}`: no spaces or control characters, and no @, which separates \
+             a recurring campaign's name from the time of its run (e.g. `weekly-news`)"
+        );
+    }
+    Ok(())
+}
+
+/// A subject must say something, and be a template that compiles.
+fn check_subject(subject: &str) -> anyhow::Result<()> {
+    if subject.trim().is_empty() {
+        bail!(
+            "the subject is empty: give --subject TEXT (a template, e.g. \"News for {{{{subscriber.name}}}}\")"
+        );
+    }
+    rundbrief_render::check_template("subject", subject)?;
+    Ok(())
 }
 
 /// Lease, batch and retry settings from `[sending]`.
