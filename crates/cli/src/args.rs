@@ -815,14 +815,19 @@ pub enum CampaignCmd {
         /// Recurring: five cron fields, e.g. "0 9 * * TUE" (Tuesdays 09:00).
         #[arg(long)]
         cron: Option<String>,
-        /// IANA time zone of --at, --cron and --window.
-        #[arg(long, default_value = "UTC")]
-        tz: String,
+        /// IANA time zone of --at, --cron and --window. Default: the zone of
+        /// the campaign's current schedule when it is scheduled again, else UTC.
+        #[arg(long)]
+        tz: Option<String>,
         /// Only send between these local times, e.g. 08:00-20:00; outside
-        /// it sending pauses and resumes by itself.
-        #[arg(long, value_name = "HH:MM-HH:MM")]
+        /// it sending pauses and resumes by itself. Scheduling again keeps
+        /// the current window unless this is given; `none` removes it.
+        #[arg(long, value_name = "HH:MM-HH:MM|none")]
         window: Option<String>,
     },
+    /// Take a scheduled campaign back to draft (to edit it; `schedule` it
+    /// again afterwards). `cancel` ends a campaign for good instead.
+    Unschedule { name: String },
     /// Mark a draft or scheduled campaign running now; `rundbrief serve`
     /// sends it (use `send` to send in the foreground instead).
     Start {

@@ -2297,6 +2297,78 @@ fn campaign_create_and_edit_refuse_bad_input_when_it_is_given() {
     assert!(err.contains("the subject is empty"), "{err}");
 }
 
+/// Scheduling again keeps the zone and the window unless given (`--window
+/// none` removes it), and `unschedule` takes a scheduled campaign back to
+/// draft so it can be edited.
+#[test]
+fn rescheduling_keeps_zone_and_window_and_unschedule_allows_edits() {
+    let e = Env::new();
+    endpoint_config(&e);
+    sending_config(&e);
+    e.ok(&["list", "create", "news"]);
+    e.write("issue.md", b"Hello\n");
+    e.ok(&[
+        "campaign",
+        "create",
+        "c",
+        "--list",
+        "news",
+        "--subject",
+        "Hi",
+        "--content",
+        "issue.md",
+    ]);
+    e.ok(&[
+        "campaign",
+        "schedule",
+        "c",
+        "--at",
+        "2031-01-15 09:00",
+        "--tz",
+        "Europe/Berlin",
+        "--window",
+        "08:00-20:00",
+    ]);
+    e.ok(&["campaign", "schedule", "c", "--at", "2031-01-16 09:00"]);
+    let s = e.json(&["campaign", "show", "c"])["schedule"].clone();
+    assert_eq!(
+        (
+            s["tz"].as_str(),
+            s["window_start"].as_str(),
+            s["send_at"].as_str()
+        ),
+        (
+            Some("Europe/Berlin"),
+            Some("08:00"),
+            Some("2031-01-16T08:00:00Z")
+        ),
+        "{s}"
+    );
+    e.ok(&[
+        "campaign",
+        "schedule",
+        "c",
+        "--at",
+        "2031-01-16 09:00",
+        "--window",
+        "none",
+    ]);
+    let s = e.json(&["campaign", "show", "c"])["schedule"].clone();
+    assert!(s["window_start"].is_null(), "{s}");
+    assert!(
+        e.fails(&["campaign", "edit", "c", "--subject", "New"])
+            .contains("scheduled")
+    );
+    e.ok(&["campaign", "unschedule", "c"]);
+    e.ok(&["campaign", "edit", "c", "--subject", "New"]);
+    let c = e.json(&["campaign", "show", "c"]);
+    assert_eq!(
+        (c["state"].as_str(), c["subject"].as_str()),
+        (Some("draft"), Some("New")),
+        "{c}"
+    );
+}
+
 /// `campaign resume` returns like `send` when only later retries are left
 /// (it used to wait for them, up to the max age: days); `--wait` stays.
 #[cfg(unix)]

@@ -233,11 +233,24 @@ pub async fn run(
             tz,
             window,
         } => {
-            let zone = rundbrief_scheduler::parse_tz(tz)?;
-            let window = window
-                .as_deref()
-                .map(rundbrief_scheduler::Window::parse)
-                .transpose()?;
+            // Scheduling again keeps the zone and the window unless given.
+            let current = store
+                .campaign_schedule(store.campaign(name).await?.campaign.id)
+                .await?
+                .schedule;
+            let tz = tz
+                .clone()
+                .or_else(|| current.tz.clone())
+                .unwrap_or_else(|| "UTC".into());
+            let zone = rundbrief_scheduler::parse_tz(&tz)?;
+            let window = match window.as_deref() {
+                Some("none") => None,
+                Some(w) => Some(rundbrief_scheduler::Window::parse(w)?),
+                None => match (&current.window_start, &current.window_end) {
+                    (Some(a), Some(b)) => rundbrief_scheduler::Window::from_parts(a, b),
+                    _ => None,
+                },
+            };
             let send_at = at
                 .as_deref()
                 .map(|a| rundbrief_scheduler::parse_at(a, zone))
@@ -434,6 +447,9 @@ pub async fn run(
             .await
         }
         CampaignCmd::Pause { name } => change_state(store, name, CampaignState::Paused, json).await,
+        CampaignCmd::Unschedule { name } => {
+            change_state(store, name, CampaignState::Draft, json).await
+        }
         CampaignCmd::Cancel { name } => {
             change_state(store, name, CampaignState::Cancelled, json).await
         }
@@ -452,7 +468,12 @@ async fn change_state(
             &serde_json::json!({ "campaign": name, "from": from.as_str(), "state": to.as_str() }),
         )?;
     } else {
-        println!("campaign {name}: {from} -> {to} (a running send stops within one batch)");
+        let note = match (from, to) {
+            (CampaignState::Running, _) => " (a running send stops within one batch)",
+            (_, CampaignState::Draft) => " (edit it, then `campaign schedule` it again)",
+            _ => "",
+        };
+        println!("campaign {name}: {from} -> {to}{note}");
     }
     Ok(ExitCode::SUCCESS)
 }
