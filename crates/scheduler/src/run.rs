@@ -346,6 +346,8 @@ impl Runner {
             None;
         // Time this loop waited for claims (a debug figure).
         let mut claim_wait = Duration::ZERO;
+        // The opening time last logged while waiting for the send window.
+        let mut window_logged: Option<DateTime<Utc>> = None;
         let ended = loop {
             if stop.is_cancelled() {
                 self.drain(&mut flight, progress).await?;
@@ -375,7 +377,11 @@ impl Runner {
                 if !self.config.wait {
                     break Ended::WindowClosed(opens);
                 }
-                tracing::info!(campaign = %sched.name, %opens, "outside the send window; waiting");
+                // Said once per closed window, not at every look (each second).
+                if window_logged != Some(opens) {
+                    tracing::info!(campaign = %sched.name, %opens, "outside the send window; waiting");
+                    window_logged = Some(opens);
+                }
                 self.sleep_until(opens, stop).await;
                 continue;
             }
