@@ -2329,7 +2329,8 @@ fn rescheduling_keeps_zone_and_window_and_unschedule_allows_edits() {
         "--window",
         "08:00-20:00",
     ]);
-    e.ok(&["campaign", "schedule", "c", "--at", "2031-01-16 09:00"]);
+    let said = e.ok(&["campaign", "schedule", "c", "--at", "2031-01-16 09:00"]);
+    assert!(said.contains("08:00-20:00 Europe/Berlin (kept"), "{said}");
     let s = e.json(&["campaign", "show", "c"])["schedule"].clone();
     assert_eq!(
         (
@@ -2524,9 +2525,12 @@ fn serve_starts_a_due_campaign_exports_metrics_and_drains_on_sigterm() {
     assert_eq!(show["schedule"]["cron"], "0 9 * * TUE", "{show}");
     assert_eq!(show["schedule"]["window_start"], "08:00", "{show}");
     assert!(show["next_run"].is_string(), "{show}");
-    // Now a one-off in the past: `serve` starts it at once.
+    // Now a one-off in the past, without the window (scheduling again keeps
+    // it otherwise): `serve` starts it at once.
     let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
-    e.ok(&["campaign", "schedule", "c", "--at", &past]);
+    e.ok(&[
+        "campaign", "schedule", "c", "--at", &past, "--window", "none",
+    ]);
     let (sink, port) = start_sink(&e, &["--dir", "spool"]);
     let relay = format!("smtp://127.0.0.1:{port}");
     // serve announces only the metrics port: the endpoint gets a free one here.

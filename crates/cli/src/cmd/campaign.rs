@@ -243,7 +243,8 @@ pub async fn run(
                 .or_else(|| current.tz.clone())
                 .unwrap_or_else(|| "UTC".into());
             let zone = rundbrief_scheduler::parse_tz(&tz)?;
-            let window = match window.as_deref() {
+            let window_arg = window.as_deref();
+            let window = match window_arg {
                 Some("none") => None,
                 Some(w) => Some(rundbrief_scheduler::Window::parse(w)?),
                 None => match (&current.window_start, &current.window_end) {
@@ -290,8 +291,18 @@ pub async fn run(
                         .format("%Y-%m-%d %H:%M %Z")
                         .to_string()
                 });
+                // A window kept from the last schedule is said, so that a
+                // campaign "starting now" that waits for it is no surprise.
+                let kept = match (window, window_arg) {
+                    (Some(w), None) => format!(
+                        "; sends only {}-{} {tz} (kept; --window none removes it)",
+                        w.start_str(),
+                        w.end_str()
+                    ),
+                    _ => String::new(),
+                };
                 println!(
-                    "campaign {name} scheduled; next run {} — `rundbrief serve` starts it",
+                    "campaign {name} scheduled; next run {}{kept} — `rundbrief serve` starts it",
                     local.unwrap_or_else(|| "-".into())
                 );
             }
