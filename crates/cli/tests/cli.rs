@@ -2416,6 +2416,10 @@ fn resume_returns_when_only_later_retries_are_left() {
         (Some("running"), Some(1)),
         "{v}"
     );
+    // What a cancelled campaign leaves is never sent, and says so.
+    e.ok(&["campaign", "cancel", "c"]);
+    let status = e.ok(&["campaign", "status", "c"]);
+    assert!(status.contains("never sent (cancelled)"), "{status}");
 }
 
 #[cfg(unix)]

@@ -543,7 +543,6 @@ async fn send(
     };
     let r = send_foreground(store, cfg, name, &opts).await?;
     let (counts, secs, sent_now) = (r.counts, r.seconds, r.sent_now);
-    let finished = r.state == CampaignState::Finished;
     let c = store.campaign(name).await?;
     let mut v = serde_json::to_value(&counts)?;
     v["errors"] = serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
@@ -562,10 +561,14 @@ async fn send(
             counts.deferred,
             counts.total,
             sent_now as f64 / secs.max(1e-9),
-            if finished {
-                ""
-            } else {
-                "; deferred ones are retried by `serve` or `campaign send --wait`"
+            match r.state {
+                CampaignState::Finished => String::new(),
+                CampaignState::Paused =>
+                    format!("; paused: `rundbrief campaign resume {name}` continues it"),
+                CampaignState::Cancelled => {
+                    format!("; cancelled: {} will not be sent", counts.pending)
+                }
+                _ => "; deferred ones are retried by `serve` or `campaign send --wait`".into(),
             }
         );
         print_errors(&v, Some(name));
@@ -906,9 +909,15 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
 
 fn status_line(name: &str, v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let state = v["state"].as_str().unwrap_or("?");
+    // What is left of a cancelled campaign is never sent, not "pending".
+    let pending = if state == "cancelled" {
+        "never sent (cancelled)"
+    } else {
+        "pending"
+    };
     let mut line = format!(
-        "{name}: {}; {} recipients: {} sent, {} deferred, {} failed, {} bounced ({} of them refused while sending), {} pending",
-        v["state"].as_str().unwrap_or("?"),
+        "{name}: {state}; {} recipients: {} sent, {} deferred, {} failed, {} bounced ({} of them refused while sending), {} {pending}",
         n("total"),
         n("sent"),
         n("deferred"),
