@@ -79,6 +79,12 @@ pub enum CsvError {
          convert it with `iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE.utf8.csv` and import that"
     )]
     HeaderNotUtf8,
+    /// The file is UTF-16 (a byte-order mark, or NUL bytes in the header).
+    #[error(
+        "the file is UTF-16 (as Excel's \"Unicode Text\" saves it), not UTF-8: \
+         convert it with `iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8.csv` and import that"
+    )]
+    Utf16,
     /// A quoted value is still open at the end of the input: every line from
     /// `line` to `last` was read as part of it.
     #[error(
@@ -141,6 +147,12 @@ pub fn read_rows<R: Read>(mut input: R, max_line_bytes: usize) -> Result<CsvRows
         }
         prefix.extend_from_slice(&chunk[..n]);
     };
+    if prefix.starts_with(b"\xFF\xFE")
+        || prefix.starts_with(b"\xFE\xFF")
+        || prefix[..header_end].contains(&0)
+    {
+        return Err(CsvError::Utf16);
+    }
     let bom = if prefix.starts_with(b"\xEF\xBB\xBF") {
         3
     } else {
@@ -717,6 +729,22 @@ mod tests {
                 .contains("has 3 fields but the header has 2")
         );
         assert_eq!(valid(&got[5]).address.as_str(), "fine@example.org");
+    }
+
+    #[test]
+    fn a_utf16_file_is_named_as_such() {
+        let text = "email,name\nanna@example.org,Anna\n";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for (what, bytes) in [
+            ("LE with BOM", [&[0xFF, 0xFE][..], &le].concat()),
+            ("BE with BOM", [&[0xFE, 0xFF][..], &be].concat()),
+            ("LE without BOM", le),
+        ] {
+            let err = read_rows(&bytes[..], 1 << 20).err().unwrap();
+            assert!(matches!(err, CsvError::Utf16), "{what}: {err}");
+            assert!(err.to_string().contains("iconv -f UTF-16"), "{what}: {err}");
+        }
     }
 
     #[test]
