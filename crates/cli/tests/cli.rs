@@ -2799,6 +2799,18 @@ fn campaign_test_sends_one_marked_copy_and_edit_changes_only_drafts() {
         &relay,
     ]);
     assert_eq!(t["outcome"], "sent", "{t}");
+    // A blocklisted address gets nothing, not even a test.
+    e.ok(&["sub", "blocklist", "editor@example.net"]);
+    let refused = e.fails(&[
+        "campaign",
+        "test",
+        "c",
+        "--to",
+        "editor@example.net",
+        "--relay",
+        &relay,
+    ]);
+    assert!(refused.contains("is blocklisted"), "{refused}");
     // Not a delivery: the ledger is untouched and the campaign still a draft.
     let st = e.json(&["campaign", "status", "c"]);
     assert_eq!(

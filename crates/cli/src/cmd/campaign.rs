@@ -964,8 +964,17 @@ async fn send_test(
         progress: false,
         strict: false,
     };
-    let runner = runner_for(store, cfg, &c, &opts).await?;
     let sub = store.subscriber_detail(&addr).await.ok();
+    // A blocklisted address gets no mail from us, tests included.
+    if let Some(s) = &sub
+        && s.subscriber.status == rundbrief_core::SubscriberStatus::Blocklisted
+    {
+        bail!(
+            "{addr} is blocklisted: rundbrief sends it nothing, not even a test; \
+             send the test to another address"
+        );
+    }
+    let runner = runner_for(store, cfg, &c, &opts).await?;
     let delivery = uuid::Uuid::now_v7();
     let d = PendingDelivery {
         delivery_id: delivery,
