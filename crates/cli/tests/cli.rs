@@ -120,6 +120,40 @@ fn lists_and_subscribers_from_the_command_line() {
     ]);
     assert_eq!(added["email"], "Anna@example.org");
     assert_eq!(added["outcome"]["created"], true);
+    // Adding again says whether it changed the name or attributes.
+    let again = e.ok(&[
+        "sub",
+        "add",
+        "anna@example.org",
+        "--list",
+        "news",
+        "--attr",
+        "city=Köln",
+    ]);
+    assert!(
+        again.starts_with("already subscribed:") && !again.contains("updated"),
+        "{again}"
+    );
+    let again = e.ok(&[
+        "sub",
+        "add",
+        "anna@example.org",
+        "--list",
+        "news",
+        "--attr",
+        "city=Bonn",
+    ]);
+    assert!(again.contains("(name or attributes updated)"), "{again}");
+    let again = e.json(&[
+        "sub",
+        "add",
+        "anna@example.org",
+        "--list",
+        "news",
+        "--attr",
+        "city=Köln",
+    ]);
+    assert_eq!(again["outcome"]["updated"], true, "{again}");
     e.ok(&["sub", "add", "bob@example.org", "--list", "news"]);
     assert!(
         e.fails(&["sub", "add", "not-an-address", "--list", "news"])

@@ -65,6 +65,8 @@ pub struct AddOutcome {
     pub joined: bool,
     /// An unsubscribed or bounced subscriber was made active again.
     pub restored: bool,
+    /// An existing subscriber's name or attributes changed.
+    pub updated: bool,
 }
 
 /// Which subscribers `sub ls` / `export` want, one page at a time.
@@ -286,9 +288,11 @@ impl Store {
                         out.restored = true;
                     }
                 }
-                if name.is_some() || !attributes.is_empty() {
-                    let mut merged = sub.attributes;
-                    merged.extend(attributes);
+                let mut merged = sub.attributes.clone();
+                merged.extend(attributes);
+                if merged != sub.attributes || name.is_some_and(|n| Some(n) != sub.name.as_deref())
+                {
+                    out.updated = true;
                     exec(
                         &txn,
                         "updating a subscriber",

@@ -52,7 +52,12 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
                     (false, true) => "subscribed existing subscriber",
                     (false, false) => "already subscribed:",
                 };
-                println!("{what} {addr} to {list}");
+                let updated = if out.updated {
+                    " (name or attributes updated)"
+                } else {
+                    ""
+                };
+                println!("{what} {addr} to {list}{updated}");
             }
         }
         SubCmd::Ls {
