@@ -219,12 +219,85 @@ pub(crate) fn check_in(
     name: &str,
     source: &str,
 ) -> Result<(), RenderError> {
-    reg.register_template_string(name, source)
-        .map_err(|e| RenderError::from_template_error(name, &e))?;
+    reg.register_template_string(name, source).map_err(|e| {
+        // handlebars says "invalid syntax: expected <its grammar rules>" at
+        // the end of the file for an unclosed block or expression; say
+        // which one, where it opens.
+        match (e.reason(), unclosed(source)) {
+            (handlebars::TemplateErrorReason::InvalidSyntax(_), Some((line, column, reason))) => {
+                RenderError::Template {
+                    template: name.to_owned(),
+                    line: Some(line),
+                    column: Some(column),
+                    reason,
+                }
+            }
+            _ => RenderError::from_template_error(name, &e),
+        }
+    })?;
     let ctx = Context::from(sample_context(source));
     reg.render_with_context(name, &ctx)
         .map_err(|e| RenderError::from_check_render(name, &e))?;
     Ok(())
+}
+
+/// The first `{{` that is never closed, or else the last block (`{{#if …}}`,
+/// `{{#each …}}`) without its `{{/…}}`: (line, column, what to do), both
+/// 1-based, the column in characters. Comments (`{{!-- … --}}`, `{{! … }}`)
+/// are skipped whole.
+fn unclosed(source: &str) -> Option<(usize, usize, String)> {
+    let at = |offset: usize| {
+        let before = &source[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before[before.rfind('\n').map_or(0, |n| n + 1)..]
+            .chars()
+            .count()
+            + 1;
+        (line, column)
+    };
+    let mut blocks: Vec<(String, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(found) = source[i..].find("{{") {
+        let start = i + found;
+        let body = &source[start + 2..];
+        let end = if body.starts_with("!--") {
+            body.find("--}}").map(|n| n + 4)
+        } else {
+            body.find("}}").map(|n| n + 2)
+        };
+        let Some(end) = end else {
+            let (line, column) = at(start);
+            return Some((
+                line,
+                column,
+                "this `{{` is never closed: add the `}}` that ends the expression".into(),
+            ));
+        };
+        let inner = body[..end].trim_start_matches(['{', '~']).trim_start();
+        let word = |s: &str| {
+            s.split(|c: char| c.is_whitespace() || c == '}' || c == '~')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        if let Some(open) = inner.strip_prefix('#') {
+            blocks.push((word(open.trim_start_matches(['>', '*'])), start));
+        } else if let Some(close) = inner.strip_prefix('/') {
+            let close = word(close);
+            if let Some(n) = blocks.iter().rposition(|(b, _)| *b == close) {
+                blocks.truncate(n);
+            }
+        }
+        i = start + 2 + end;
+    }
+    blocks.pop().map(|(block, start)| {
+        let (line, column) = at(start);
+        (
+            line,
+            column,
+            format!("`{{{{#{block}}}}}` opened here is never closed: add `{{{{/{block}}}}}` where it ends"),
+        )
+    })
 }
 
 /// Check one template file on its own: it must compile, and every variable

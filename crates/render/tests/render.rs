@@ -508,17 +508,33 @@ fn template_errors_report_their_position() {
             "shout",
         ),
         (
-            "unclosed block",
+            "unclosed block at the start",
             "{{#if view_url}}\n<a>view</a>\n",
-            3,
             1,
-            "",
+            1,
+            "`{{#if}}` opened here is never closed",
         ),
+        // handlebars says "expected <grammar rules>" at the end; we name the
+        // expression or block that is never closed, where it opens.
         (
-            "syntax error",
+            "unclosed expression",
             "line one\nline {{ two",
             2,
-            12,
+            6,
+            "this `{{` is never closed",
+        ),
+        (
+            "unclosed block",
+            "Hi\n  {{#if subscriber.name}}\nx\n{{#each a}}{{/each}}\n",
+            2,
+            3,
+            "`{{#if}}` opened here is never closed: add `{{/if}}`",
+        ),
+        (
+            "other syntax error",
+            "x {{#if}}{{/if}} {{.}}}",
+            1,
+            20,
             "invalid handlebars syntax",
         ),
         ("mismatched close", "{{#if a}}\nx\n{{/each}}", 3, 1, "each"),
@@ -547,6 +563,7 @@ fn template_errors_report_their_position() {
     for ok in [
         "{{subscriber.attributes.anything}} {{default subscriber.attributes.x \"y\"}} {{#if view_url}}{{view_url}}{{/if}}",
         "{{> footer}} {{unsubscribe_url}} {{unsubscribe_mailto}} {{list.id}} {{campaign.id}} {{format_date date \"%F\"}}",
+        "{{!-- a }} b --}} {{#each subscriber.attributes}}{{@key}}{{/each}}",
     ] {
         check_template("ok.md", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
