@@ -2365,6 +2365,13 @@ fn rescheduling_keeps_zone_and_window_and_unschedule_allows_edits() {
     ]);
     let said = e.ok(&["campaign", "schedule", "c", "--at", "2031-01-16 09:00"]);
     assert!(said.contains("08:00-20:00 Europe/Berlin (kept"), "{said}");
+    // Shown on the zone's wall clock, to the minute.
+    let shown = e.ok(&["campaign", "show", "c"]);
+    assert!(
+        shown.contains("once at 2031-01-16 09:00 CET (Europe/Berlin)")
+            && shown.contains("next run  2031-01-16 09:00 CET"),
+        "{shown}"
+    );
     let s = e.json(&["campaign", "show", "c"])["schedule"].clone();
     assert_eq!(
         (

@@ -13,7 +13,7 @@
 //! - A run missed while no scheduler was running is started late, once:
 //!   [`Recurrence::due`] returns only the latest missed occurrence.
 
-use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use std::str::FromStr;
 
@@ -97,6 +97,9 @@ impl Recurrence {
     /// The first occurrence strictly after `after`. A wall-clock time that
     /// repeats when the clocks go back counts once.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Whole seconds: croner keeps the fraction of its starting point, so
+        // runs were due at 09:00:00.015813990.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         let mut from = after.with_timezone(&self.tz);
         let prev_local = from.naive_local();
         for _ in 0..4 {
@@ -265,6 +268,9 @@ mod tests {
         assert_eq!(a, utc("2026-03-24T08:00:00Z"));
         let b = r.next_after(a).unwrap();
         assert_eq!(b, utc("2026-03-31T07:00:00Z"));
+        // On the second, whatever fraction "now" has.
+        let c = r.next_after(utc("2026-03-23T00:00:00.015813990Z")).unwrap();
+        assert_eq!(c, a);
     }
 
     #[test]

@@ -148,10 +148,16 @@ pub async fn run(
                     println!("relay     {r}");
                 }
                 let tz = sched.schedule.tz.as_deref().unwrap_or("UTC");
+                // Times as the operator gave them: on the wall clock of the zone.
+                let zone = rundbrief_scheduler::parse_tz(tz).ok();
+                let local = |t: chrono::DateTime<chrono::Utc>| match zone {
+                    Some(z) => t.with_timezone(&z).format("%Y-%m-%d %H:%M %Z").to_string(),
+                    None => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+                };
                 if let Some(cron) = &sched.schedule.cron {
                     println!("schedule  cron \"{cron}\" in {tz}");
                 } else if let Some(at) = sched.schedule.send_at {
-                    println!("schedule  once at {at} ({tz})");
+                    println!("schedule  once at {} ({tz})", local(at));
                 }
                 if let (Some(a), Some(b)) =
                     (&sched.schedule.window_start, &sched.schedule.window_end)
@@ -159,7 +165,7 @@ pub async fn run(
                     println!("window    {a}-{b} ({tz})");
                 }
                 if let Some(n) = next_run {
-                    println!("next run  {n}");
+                    println!("next run  {}", local(n));
                 }
                 for (n, st) in &runs {
                     println!("run       {n} ({st})");
