@@ -377,6 +377,14 @@ pub enum SubCmd {
 
 fn parse_attr(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
+        // `email` and `name` are columns of their own (an export would have
+        // them twice, and its import would refuse the file).
+        Some((k, _)) if ["email", "name"].contains(&k.trim().to_lowercase().as_str()) => {
+            Err(format!(
+                "`{}` is not an attribute: the address is EMAIL, the name is --name",
+                k.trim()
+            ))
+        }
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
     }

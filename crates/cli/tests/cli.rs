@@ -155,6 +155,19 @@ fn lists_and_subscribers_from_the_command_line() {
     ]);
     assert_eq!(again["outcome"]["updated"], true, "{again}");
     e.ok(&["sub", "add", "bob@example.org", "--list", "news"]);
+    // email and name are columns of their own, never attributes.
+    for attr in ["Email=x@example.org", "NAME=X"] {
+        let err = e.fails(&[
+            "sub",
+            "add",
+            "bob@example.org",
+            "--list",
+            "news",
+            "--attr",
+            attr,
+        ]);
+        assert!(err.contains("is not an attribute"), "{err}");
+    }
     assert!(
         e.fails(&["sub", "add", "not-an-address", "--list", "news"])
             .contains("no `@`")
