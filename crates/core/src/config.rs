@@ -221,9 +221,11 @@ impl DkimConfig {
 }
 
 /// `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`): the one
-/// `sending.public_url` that need not be `https://` (tests; the renderer
-/// takes the same).
-fn loopback_http(url: &str) -> bool {
+/// `sending.public_url` that need not be `https://` (tests, where the
+/// one-click POST never leaves the machine). The renderer's check of the
+/// List-Unsubscribe URL uses this same rule.
+#[must_use]
+pub fn loopback_http(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };

@@ -166,25 +166,6 @@ fn check_token(header: &'static str, v: &str, ok: impl Fn(u8) -> bool) -> Result
 
 /// A URL that goes into a header between `<` `>`: printable ASCII, no
 /// spaces or angle brackets, at most 900 octets so its line stays legal.
-/// `http://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`): taken
-/// instead of `https://` for tests, where the one-click POST never leaves the
-/// machine. The configuration check (`sending.public_url`) uses the same rule.
-fn loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 pub(crate) fn check_url(header: &'static str, url: &str, scheme: &str) -> Result<(), RenderError> {
     let bad = |reason| {
         Err(RenderError::HeaderValue {
@@ -193,7 +174,9 @@ pub(crate) fn check_url(header: &'static str, url: &str, scheme: &str) -> Result
             reason,
         })
     };
-    let scheme_ok = url.starts_with(scheme) || (scheme == "https://" && loopback_http(url));
+    // http:// only to a loopback address (tests), as `sending.public_url` allows.
+    let scheme_ok = url.starts_with(scheme)
+        || (scheme == "https://" && rundbrief_core::config::loopback_http(url));
     if !scheme_ok || url.len() <= scheme.len() {
         return bad(if scheme == "https://" {
             "the one-click unsubscribe URL must start with https:// (RFC 8058; http:// only to a loopback address, for tests)"
