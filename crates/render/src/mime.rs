@@ -60,24 +60,20 @@ pub(crate) struct Headers {
 /// # Errors
 /// [`RenderError::Address`] saying what is wrong.
 pub fn check_from(from: &str) -> Result<(), RenderError> {
-    from.parse::<Mailbox>()
-        .map(drop)
-        .map_err(|e| RenderError::Address {
-            field: "from",
-            value: from.to_owned(),
-            reason: e.to_string(),
-        })
+    mailbox("from", from).map(drop)
+}
+
+/// `s` read as a mailbox for the header setting `field`.
+fn mailbox(field: &'static str, s: &str) -> Result<Mailbox, RenderError> {
+    s.parse::<Mailbox>().map_err(|e| RenderError::Address {
+        field,
+        value: s.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 impl Headers {
     pub(crate) fn new(c: &CampaignTemplate) -> Result<Headers, RenderError> {
-        let mailbox = |field: &'static str, s: &str| {
-            s.parse::<Mailbox>().map_err(|e| RenderError::Address {
-                field,
-                value: s.to_owned(),
-                reason: e.to_string(),
-            })
-        };
         let from = mailbox("from", &c.from)?;
         let reply_to = c
             .reply_to
