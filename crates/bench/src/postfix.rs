@@ -106,25 +106,29 @@ pub(crate) fn comm_cpu_secs(comm: &str) -> f64 {
     .sum()
 }
 
-/// CPU seconds of the ended, reaped children of a process (`cutime` +
-/// `cstime`, fields 16 and 17 of its `/proc/PID/stat`).
-fn stat_children_cpu_secs(stat: &str) -> f64 {
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / hz
+/// CPU seconds of a process's own threads (`utime` + `stime`, fields 14 and
+/// 15 of its `/proc/PID/stat`).
+fn stat_cpu_secs(stat: &str) -> f64 {
+    stat_tick_pair_secs(stat, 11)
 }
 
-fn stat_cpu_secs(stat: &str) -> f64 {
-    // Fields after the command name (which may hold spaces) start at ") ".
+/// CPU seconds of the ended, reaped children of a process (`cutime` +
+/// `cstime`, fields 16 and 17).
+fn stat_children_cpu_secs(stat: &str) -> f64 {
+    stat_tick_pair_secs(stat, 13)
+}
+
+/// The sum of two adjacent clock-tick fields of a `/proc/PID/stat` line, in
+/// seconds; `first` counts from the field after the command name (which may
+/// hold spaces, so the fields start after its closing ") ").
+fn stat_tick_pair_secs(stat: &str, first: usize) -> f64 {
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(first)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks / hz
