@@ -159,6 +159,21 @@ impl std::str::FromStr for Address {
     }
 }
 
+/// The address inside a mailbox value such as a `From:` setting:
+/// `news@example.org` or `"Name" <news@example.org>` (the part between the
+/// last `<` and `>` when there are both). The one place rundbrief reads the
+/// domain of a configured From.
+///
+/// # Errors
+/// The part that should be an address is not one.
+pub fn mailbox_address(mailbox: &str) -> Result<Address, AddressError> {
+    let addr = match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(l), Some(r)) if l < r => &mailbox[l + 1..r],
+        _ => mailbox,
+    };
+    Address::parse(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +244,21 @@ mod tests {
             Address::parse(&long_local),
             Err(AddressError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn mailbox_address_reads_the_address_of_a_from_value() {
+        for (input, domain) in [
+            ("news@Example.ORG", "example.org"),
+            (
+                "\"News, weekly\" <news@news.example.org>",
+                "news.example.org",
+            ),
+            ("Rundbrief <a@b.example>", "b.example"),
+        ] {
+            assert_eq!(mailbox_address(input).unwrap().domain(), domain, "{input}");
+        }
+        assert!(mailbox_address("Rundbrief <>").is_err());
+        assert!(mailbox_address("no address").is_err());
     }
 }

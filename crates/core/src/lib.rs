@@ -14,10 +14,11 @@
 pub mod address;
 pub mod config;
 pub mod csvin;
+pub mod links;
 pub mod model;
 pub mod token;
 
-pub use address::{Address, AddressError};
+pub use address::{Address, AddressError, mailbox_address};
 pub use config::{Config, ConfigError, Secret};
 pub use model::*;
 pub use token::{Purpose, Signer, TokenError, Verp};

@@ -59,6 +59,40 @@ pub struct UnknownValue {
 }
 
 string_enum! {
+    /// How a campaign's content is written; stored with the campaign as this word.
+    ContentKind {
+        /// CommonMark with tables, strikethrough and footnotes; raw HTML passes through.
+        Markdown = "markdown",
+        /// An HTML fragment, put into the layout as it is.
+        Html = "html",
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the variants come from `string_enum!`
+impl Default for ContentKind {
+    fn default() -> Self {
+        ContentKind::Markdown
+    }
+}
+
+impl ContentKind {
+    /// The kind a content file's extension names: `.md`/`.markdown` or
+    /// `.html`/`.htm` (any case); `None` for anything else.
+    pub fn from_path(path: &std::path::Path) -> Option<ContentKind> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("md" | "markdown") => Some(ContentKind::Markdown),
+            Some("html" | "htm") => Some(ContentKind::Html),
+            _ => None,
+        }
+    }
+}
+
+string_enum! {
     /// A subscriber's global status. Anything but `active` stops all mail to
     /// the address, whatever its list memberships say.
     SubscriberStatus {

@@ -15,7 +15,7 @@ use crate::schedule::{Window, parse_tz};
 use chrono::{DateTime, Utc};
 use rundbrief_core::{CampaignState, DeliveryState};
 use rundbrief_sender::throttle::Throttle;
-use rundbrief_sender::{Delivery, Outcome, SendError, Sender};
+use rundbrief_sender::{Delivery, Outcome, SendError, Transport};
 use rundbrief_store::{CampaignCounts, DeliveryOutcome, PendingDelivery, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -305,7 +305,8 @@ async fn record_loop(
 /// Everything a run needs.
 pub struct Runner {
     pub store: Store,
-    pub sender: Arc<Sender>,
+    /// Where messages go: the SMTP pool, or a stub in tests.
+    pub sender: Arc<dyn Transport>,
     pub throttle: Arc<Throttle>,
     pub hooks: Arc<dyn Hooks>,
     pub clock: Arc<dyn Clock>,

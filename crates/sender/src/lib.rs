@@ -40,6 +40,7 @@ mod pool;
 mod relay;
 pub mod throttle;
 mod tls;
+pub mod transport;
 
 pub use error::{EnhancedStatus, Outcome, Reply, SendError, SmtpStep};
 pub use pool::{Delivery, Sender, SenderError, Worker};
@@ -47,3 +48,4 @@ pub use relay::{
     PasswordSource, Relay, RelayError, RelayOptions, SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT,
     TlsMode,
 };
+pub use transport::{StubTransport, Transport};
