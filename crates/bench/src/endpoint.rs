@@ -52,7 +52,10 @@ pub(crate) fn write_config(
              from = \"Newsletter <news@example.org>\"\n\
              bounce_domain = \"{BOUNCE_DOMAIN}\"\n\
              public_url = \"https://news.example.org\"\n\
-             {extra}"
+             {extra}\n\n\
+             [bounce]\n\
+             # The bench is one peer sending as fast as it can: no per-peer limit.\n\
+             peer_burst = 0\n"
         ),
     )?;
     Ok(())

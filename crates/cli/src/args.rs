@@ -463,6 +463,10 @@ pub enum BounceCmd {
         /// Only this class: hard, soft, block, ignore, complaint, unknown.
         #[arg(long)]
         class: Option<String>,
+        /// Only this kind: dsn, heuristic, auto-reply, arf, unknown, or
+        /// postmaster (mail to postmaster@, kept for you, never a bounce).
+        #[arg(long)]
+        kind: Option<String>,
         /// Only this state: pending, parsed, failed.
         #[arg(long)]
         state: Option<String>,
@@ -479,6 +483,12 @@ pub enum BounceCmd {
         #[arg(long)]
         raw: bool,
     },
+    /// Review the prunes held because one receiving domain's hard bounces in
+    /// a campaign looked like a block (more than bounce.hold_ratio of its
+    /// deliveries there within bounce.hold_window_secs): list them, apply
+    /// them, or keep the subscribers. See docs/bounce-domain.md.
+    #[command(subcommand)]
+    Held(HeldCmd),
     /// Parse stored messages again (after a parser upgrade), and any still pending.
     Reprocess {
         /// Only messages received at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
@@ -568,6 +578,28 @@ pub struct SinkArgs {
     /// Do not offer STARTTLS (by default a self-signed certificate is generated).
     #[arg(long)]
     pub no_tls: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HeldCmd {
+    /// List the held prunes: campaign, domain, address and the bounce behind it.
+    Ls {
+        /// Only this receiving domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Apply the held prunes (the addresses really are dead): each is marked bounced.
+    Release {
+        /// Only this receiving domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Discard the held prunes (it was a block): the subscribers stay active.
+    Discard {
+        /// Only this receiving domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

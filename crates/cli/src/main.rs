@@ -68,37 +68,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink(a) => cmd::sink::run(a, cli.json).await,
-        Command::Serve(a) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::serve::run(&store, &loaded.config, a).await
-        }
+        Command::Serve(a) => cmd::serve::run(&config::load(&cli)?.config, a).await,
         Command::Demo(a) => cmd::demo::run(a, cli.json).await,
-        Command::Clean { dry_run } => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::bounce::clean(&store, &loaded.config, *dry_run, cli.json).await
-        }
-        Command::Campaign(c) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::campaign::run(&store, &loaded.config, c, cli.json).await
-        }
+        Command::Clean { dry_run } => cmd::clean::run(&app(&cli).await?, *dry_run, cli.json).await,
+        Command::Campaign(c) => cmd::campaign::run(&app(&cli).await?, c, cli.json).await,
         Command::Smtp(c) => cmd::smtp::run(&config::load(&cli)?.config, c, cli.json).await,
         Command::Template(args::TemplateCmd::Check { files }) => {
             cmd::render::check(files, cli.json)
         }
-        Command::Render(a) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::render::render(&store, &loaded.config, a).await
-        }
+        Command::Render(a) => cmd::render::render(&app(&cli).await?, a).await,
         Command::Bounce(args::BounceCmd::Parse { file }) => cmd::bounce::parse(file, cli.json),
-        Command::Bounce(c) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::bounce::run(&store, &loaded.config, c, cli.json).await
-        }
+        Command::Bounce(c) => cmd::bounce::run(&app(&cli).await?, c, cli.json).await,
         Command::Config(args::ConfigCmd::Show) => cmd::config_show(&config::load(&cli)?, cli.json),
         Command::Dns(args::DnsCmd::Records(a)) => {
             cmd::dns::records(&config::load(&cli)?.config, a, cli.json)
@@ -127,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = config::load(&cli)?;
             let store = cmd::open_store(&loaded.config).await?;
             let (name, relay) = (name.as_deref(), relay.as_deref());
-            cmd::http::sub_add_confirm(&store, &loaded.config, email, list, name, relay, cli.json)
+            cmd::sub::sub_add_confirm(&store, &loaded.config, email, list, name, relay, cli.json)
                 .await
         }
         Command::Http(args::HttpCmd::Serve { listen, relay }) => {
@@ -159,6 +139,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// That panic, and only that one, ends the process quietly and successfully,
 /// as the errors of [`is_broken_pipe`] do; every other panic is reported as
 /// usual.
+/// The application layer for a command that uses its services.
+async fn app(cli: &Cli) -> anyhow::Result<rundbrief_app::App> {
+    let loaded = config::load(cli)?;
+    cmd::open_app(
+        &loaded.config,
+        std::sync::Arc::new(rundbrief_app::NoObserver),
+    )
+    .await
+}
+
 fn quiet_on_closed_stdout() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -126,11 +126,6 @@ impl Metrics {
         }
     }
 
-    /// The counter the bounce endpoint increments per connection.
-    pub fn endpoint_connections(&self) -> Counter {
-        self.connections.clone()
-    }
-
     /// One send attempt's outcome.
     pub fn sent(&self, domain: &str, state: DeliveryState, latency: Duration) {
         let domain = {
@@ -218,4 +213,23 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+/// The application layer reports here; each report becomes a metric.
+impl rundbrief_app::Observer for Metrics {
+    fn endpoint_connection(&self) {
+        self.connections.inc();
+    }
+    fn delivery(&self, domain: &str, state: DeliveryState, latency: Duration) {
+        self.sent(domain, state, latency);
+    }
+    fn queue_depth(&self, campaign: &str, depth: u64) {
+        Metrics::queue_depth(self, campaign, depth);
+    }
+    fn campaigns_running(&self, n: u64) {
+        Metrics::campaigns_running(self, n);
+    }
+    fn db_counts(&self, counts: &rundbrief_store::MetricCounts) {
+        Metrics::db_counts(self, counts);
+    }
 }

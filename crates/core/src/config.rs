@@ -306,6 +306,30 @@ pub struct BounceConfig {
     /// mailbox providers' feedback loops (e.g. `fbl@bounce.example.org`). ARF
     /// complaints that arrive there unsubscribe the complainer. Default none.
     pub abuse_address: Option<String>,
+    /// Bytes of an inbound message the endpoint keeps (the DSN and the
+    /// headers of the returned original are at its start; the rest of a
+    /// returned attachment is not). Default 262144 (256 KiB).
+    pub max_stored_bytes: usize,
+    /// Messages one VERP or unsubscribe address may receive at once before
+    /// the endpoint answers 450 (a subscriber knows their own return path).
+    /// Default 5.
+    pub token_burst: u32,
+    /// Messages per hour one address may receive after its burst. Default 6.
+    pub token_per_hour: u32,
+    /// Messages one peer IP may send at once before the endpoint answers
+    /// 450. Default 5000; 0 turns the per-peer limit off.
+    pub peer_burst: u32,
+    /// Messages per second one peer IP may send after its burst. Default 200.
+    pub peer_per_second: u32,
+    /// Hold a campaign's prunes for one receiving domain when its hard
+    /// bounces within `hold_window_secs` exceed this share of the campaign's
+    /// deliveries to that domain (a block in disguise). Default 0.2.
+    pub hold_ratio: f64,
+    /// … and there are at least this many of them. Default 25; 0 turns
+    /// holding off.
+    pub hold_min: u64,
+    /// The window hard bounces are counted in, seconds. Default 3600.
+    pub hold_window_secs: u64,
 }
 
 impl Default for BounceConfig {
@@ -317,6 +341,14 @@ impl Default for BounceConfig {
             hard_after: 1,
             half_life_days: 14.0,
             abuse_address: None,
+            max_stored_bytes: 256 << 10,
+            token_burst: 5,
+            token_per_hour: 6,
+            peer_burst: 5000,
+            peer_per_second: 200,
+            hold_ratio: 0.2,
+            hold_min: 25,
+            hold_window_secs: 3600,
         }
     }
 }
@@ -535,6 +567,19 @@ impl Config {
                 problem:
                     "threshold, soft_weight and half_life_days must be > 0 and hard_after >= 1"
                         .into(),
+            });
+        }
+        if !(b.max_stored_bytes >= 4096
+            && b.token_burst >= 1
+            && b.token_per_hour >= 1
+            && (0.0..=1.0).contains(&b.hold_ratio)
+            && b.hold_window_secs >= 1)
+        {
+            return Err(ConfigError::Invalid {
+                key: "bounce",
+                problem: "max_stored_bytes must be >= 4096, token_burst and token_per_hour >= 1, \
+                          hold_ratio between 0 and 1 and hold_window_secs >= 1"
+                    .into(),
             });
         }
         if self.dkim.is_configured() {
@@ -789,6 +834,21 @@ half_life_days = 14.0
 # Register this address with mailbox providers' feedback loops; ARF complaints
 # arriving there unsubscribe the complainer.
 # abuse_address = "fbl@bounce.example.org"
+# What the bounce endpoint keeps of a message (the DSN and the returned
+# headers come first; 256 KiB is plenty to classify).
+max_stored_bytes = 262144
+# Per address (a subscriber knows their own return path) and per peer IP:
+# beyond the burst, messages get 450 and the sender retries later.
+token_burst = 5
+token_per_hour = 6
+peer_burst = 5000
+peer_per_second = 200
+# A block in disguise: when one domain's hard bounces in a campaign exceed
+# hold_ratio of its deliveries (and hold_min bounces) within hold_window_secs,
+# its prunes are held for `rundbrief bounce held release|discard`.
+hold_ratio = 0.2
+hold_min = 25
+hold_window_secs = 3600
 
 [http]
 # The public endpoint behind sending.public_url (`rundbrief http serve`):

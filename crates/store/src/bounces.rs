@@ -20,6 +20,22 @@ pub struct NewBounce<'a> {
     pub raw: &'a [u8],
 }
 
+/// One message received by the endpoint, with every recipient it was
+/// accepted for: stored once ([`Store::insert_message`]).
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub peer: Option<String>,
+    pub mail_from: Option<String>,
+    /// Each distinct recipient, with the delivery its verified token names.
+    pub recipients: Vec<(String, Option<Uuid>)>,
+    /// What is kept of the message (the endpoint may cap it).
+    pub raw: &'a [u8],
+    /// The size received, which may be more than `raw`.
+    pub size: u64,
+    /// Mail to postmaster: kept for the operator, never parsed.
+    pub postmaster: bool,
+}
+
 /// A stored message (without its raw bytes unless asked for).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StoredBounce {
@@ -97,12 +113,23 @@ impl Row {
 #[derive(Debug, Clone, Default)]
 pub struct BounceQuery {
     pub class: Option<String>,
+    /// `dsn`, `arf`, …, or `postmaster`.
+    pub kind: Option<String>,
     pub state: Option<BounceState>,
     pub since: Option<DateTime<Utc>>,
     pub limit: u64,
 }
 
 const COLUMNS: &str = "id, received_at, source, peer, mail_from, rcpt, delivery_id, size, state, kind, class, parsed, error, acted_at";
+
+/// The raw bytes of a row: its own, or those of the row of the same message
+/// that keeps them (`raw_from`: a message to several recipients is stored once).
+const RAW: &str = "CASE WHEN raw_from IS NULL THEN raw \
+     ELSE (SELECT r.raw FROM bounces r WHERE r.id = bounces.raw_from) END AS raw";
+
+/// The `kind` of a message to `postmaster` (RFC 5321 §4.5.1): stored and
+/// shown to the operator, never parsed as a bounce.
+pub const POSTMASTER_KIND: &str = "postmaster";
 
 impl Store {
     /// Stores a message and commits before returning: once this returns Ok,
@@ -131,10 +158,61 @@ impl Store {
         Ok(id)
     }
 
+    /// Stores one message for all its recipients in one transaction and
+    /// commits before returning: one row per recipient, the bytes in the
+    /// first only. Returns the rows' ids, in the order of `recipients`.
+    ///
+    /// # Errors
+    /// The database failed; nothing is stored then.
+    pub async fn insert_message(&self, m: &NewMessage<'_>) -> Result<Vec<Uuid>> {
+        let txn = self.write_txn().await.doing("starting a transaction")?;
+        let backend = txn.get_database_backend();
+        let now = Utc::now();
+        let (state, kind) = if m.postmaster {
+            (BounceState::Parsed, Some(POSTMASTER_KIND))
+        } else {
+            (BounceState::Pending, None)
+        };
+        let mut ids = Vec::with_capacity(m.recipients.len());
+        for (rcpt, delivery) in &m.recipients {
+            let id = Uuid::now_v7();
+            let first = ids.first().copied();
+            let raw: Vec<u8> = if first.is_none() {
+                m.raw.to_vec()
+            } else {
+                Vec::new()
+            };
+            txn.execute_raw(crate::stmt_for(
+                backend,
+                "INSERT INTO bounces (id, received_at, source, peer, mail_from, rcpt, delivery_id, raw, size, state, kind, raw_from) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    id.into(),
+                    now.into(),
+                    BounceSource::Smtp.as_str().into(),
+                    m.peer.clone().into(),
+                    m.mail_from.clone().into(),
+                    rcpt.clone().into(),
+                    (*delivery).into(),
+                    raw.into(),
+                    (m.size as i64).into(),
+                    state.as_str().into(),
+                    kind.map(str::to_string).into(),
+                    first.into(),
+                ],
+            ))
+            .await
+            .doing("storing an inbound message")?;
+            ids.push(id);
+        }
+        txn.commit().await.doing("committing an inbound message")?;
+        Ok(ids)
+    }
+
     /// Up to `limit` messages waiting to be parsed, oldest first, with their raw bytes.
     pub async fn pending_bounces(&self, limit: u64) -> Result<Vec<StoredBounce>> {
         let rows = Row::find_by_statement(self.stmt(
-            &format!("SELECT {COLUMNS}, raw FROM bounces WHERE state = ? ORDER BY received_at, id LIMIT ?"),
+            &format!("SELECT {COLUMNS}, {RAW} FROM bounces WHERE state = ? ORDER BY received_at, id LIMIT ?"),
             vec![BounceState::Pending.as_str().into(), (limit as i64).into()],
         ))
         .all(&self.db)
@@ -201,9 +279,16 @@ impl Store {
     /// Puts stored messages (received since `since`, or all) back to
     /// `pending`, so the worker parses them again. Returns how many.
     pub async fn requeue_bounces(&self, since: Option<DateTime<Utc>>) -> Result<u64> {
+        // Mail to postmaster is never parsed as a bounce.
         let (filter, mut values): (&str, Vec<Value>) = match since {
-            Some(t) => (" WHERE received_at >= ?", vec![t.into()]),
-            None => ("", vec![]),
+            Some(t) => (
+                " WHERE (kind IS NULL OR kind <> ?) AND received_at >= ?",
+                vec![POSTMASTER_KIND.into(), t.into()],
+            ),
+            None => (
+                " WHERE (kind IS NULL OR kind <> ?)",
+                vec![POSTMASTER_KIND.into()],
+            ),
         };
         values.insert(0, BounceState::Pending.as_str().into());
         let r = self
@@ -221,6 +306,10 @@ impl Store {
         if let Some(c) = &q.class {
             sql.push_str(" AND class = ?");
             values.push(c.clone().into());
+        }
+        if let Some(k) = &q.kind {
+            sql.push_str(" AND kind = ?");
+            values.push(k.clone().into());
         }
         if let Some(s) = q.state {
             sql.push_str(" AND state = ?");
@@ -253,7 +342,7 @@ impl Store {
     /// [`StoreError::BounceNotFound`].
     pub async fn bounce(&self, id: Uuid) -> Result<StoredBounce> {
         let row = Row::find_by_statement(self.stmt(
-            &format!("SELECT {COLUMNS}, raw FROM bounces WHERE id = ?"),
+            &format!("SELECT {COLUMNS}, {RAW} FROM bounces WHERE id = ?"),
             vec![id.into()],
         ))
         .one(&self.db)

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod bounces;
 mod campaigns;
+mod holds;
 pub mod import;
 mod import_pg;
 mod import_sqlite;
@@ -29,11 +30,12 @@ mod optin;
 mod subscribers;
 mod work;
 
-pub use bounces::{BounceQuery, NewBounce, StoredBounce};
+pub use bounces::{BounceQuery, NewBounce, NewMessage, POSTMASTER_KIND, StoredBounce};
 pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,
     PendingDelivery, ScoredSubscriber, StoredScore,
 };
+pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use optin::{Confirmed, MembershipView, OptIn};
 pub use subscribers::{AddOutcome, SubscriberQuery};

@@ -1,10 +1,9 @@
 //! `rundbrief bounce …`
 
-use crate::cmd::endpoint::{Endpoint, process_pending};
 use crate::output;
 use anyhow::Context;
-use rundbrief_core::Config;
-use rundbrief_store::Store;
+use rundbrief_app::App;
+use rundbrief_app::endpoint::{EndpointOptions, start_endpoint};
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
@@ -81,16 +80,12 @@ pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run(
-    store: &rundbrief_store::Store,
-    cfg: &rundbrief_core::Config,
-    cmd: &crate::args::BounceCmd,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(app: &App, cmd: &crate::args::BounceCmd, json: bool) -> anyhow::Result<ExitCode> {
     use crate::args::BounceCmd;
     use rundbrief_core::{BounceSource, BounceState};
     use rundbrief_store::{BounceQuery, NewBounce};
-    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
+    let store = &app.store;
+    let bounces = app.bounces();
     match cmd {
         BounceCmd::Parse { file } => parse(file, json),
         BounceCmd::Serve {
@@ -101,14 +96,15 @@ pub async fn run(
         } => {
             let stop = rundbrief_smtpd::CancellationToken::new();
             let running = start_endpoint(
-                store,
-                cfg,
-                *listen,
-                *max_size,
-                *max_connections,
-                *parse_workers > 0,
+                app,
+                &EndpointOptions {
+                    listen: *listen,
+                    max_size: *max_size,
+                    max_connections: *max_connections,
+                    parse: *parse_workers > 0,
+                    starttls: true,
+                },
                 stop.clone(),
-                Default::default(),
             )
             .await?;
             eprintln!(
@@ -117,7 +113,7 @@ pub async fn run(
             );
             crate::cmd::shutdown_signal().await;
             stop.cancel();
-            running.finish(store, &policy).await?;
+            running.finish().await?;
             Ok(ExitCode::SUCCESS)
         }
         BounceCmd::Ingest { paths, stdin } => {
@@ -179,7 +175,7 @@ pub async fn run(
                 };
                 store.insert_bounce(&b).await?;
             }
-            let parsed = process_pending(store, &policy).await?;
+            let parsed = bounces.process_pending().await?;
             if json {
                 output::json(&serde_json::json!({ "stored": raws.len(), "parsed": parsed }))?;
             } else {
@@ -187,8 +183,10 @@ pub async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        BounceCmd::Held(cmd) => held(app, cmd, json).await,
         BounceCmd::Ls {
             class,
+            kind,
             state,
             limit,
         } => {
@@ -199,6 +197,7 @@ pub async fn run(
             let rows = store
                 .bounces(&BounceQuery {
                     class: class.clone(),
+                    kind: kind.clone(),
                     state,
                     since: None,
                     limit,
@@ -292,7 +291,7 @@ pub async fn run(
         }
         BounceCmd::Reprocess { since } => {
             let requeued = store.requeue_bounces(*since).await?;
-            let parsed = process_pending(store, &policy).await?;
+            let parsed = bounces.process_pending().await?;
             if json {
                 output::json(&serde_json::json!({ "requeued": requeued, "parsed": parsed }))?;
             } else {
@@ -303,179 +302,55 @@ pub async fn run(
     }
 }
 
-/// `rundbrief clean [--dry-run]`.
-pub async fn clean(
-    store: &rundbrief_store::Store,
-    cfg: &rundbrief_core::Config,
-    dry_run: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    use rundbrief_bounce::score::Score;
-    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
-    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
-    let mut over = Vec::new();
-    for s in store.scored_subscribers().await? {
-        let score = Score {
-            value: s.score,
-            day: s.day,
-            day_weight: s.day_weight,
-        }
-        .decayed(today, &policy.score);
-        if score + 1e-9 >= policy.score.threshold {
-            over.push((s, score));
-        }
-    }
-    if !dry_run {
-        // Only those actually pruned are reported: one whose status changed
-        // since the scores were read (unsubscribed, say) is left as it is.
-        let mut pruned = Vec::with_capacity(over.len());
-        for (s, score) in over {
-            let addr = rundbrief_core::Address::parse(&s.email)?;
-            // The same words as the endpoint's own prune, for the bounce
-            // that counted last, so the audit trail can say which it was.
-            let last = s.last_bounce.as_deref().unwrap_or(
-                "not recorded (the score was counted before rundbrief kept the bounce behind it)",
-            );
-            let reason = format!(
-                "clean: bounce score {score:.1} >= threshold {:.1}; last counted: {last}",
-                policy.score.threshold
-            );
-            if store
-                .mark_bounced(&addr, rundbrief_core::Actor::Cli, &reason)
-                .await?
-            {
-                pruned.push((s, score));
-            }
-        }
-        over = pruned;
-    }
+/// `bounce held ls|release|discard [--domain D]`.
+async fn held(app: &App, cmd: &crate::args::HeldCmd, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::args::HeldCmd;
+    let bounces = app.bounces();
+    let (rows, done) = match cmd {
+        HeldCmd::Ls { domain } => (bounces.held(domain.as_deref()).await?, None),
+        HeldCmd::Release { domain } => (
+            bounces.release_held(domain.as_deref()).await?,
+            Some("released (pruned)"),
+        ),
+        HeldCmd::Discard { domain } => (
+            bounces.discard_held(domain.as_deref()).await?,
+            Some("discarded (the subscribers stay)"),
+        ),
+    };
     if json {
-        let v: Vec<_> = over
-            .iter()
-            .map(|(s, score)| {
-                serde_json::json!({ "email": s.email, "score": score, "last_bounce": s.last_bounce })
-            })
-            .collect();
-        // As with `import --dry-run`, the count is what would be done.
-        output::json(
-            &serde_json::json!({ "dry_run": dry_run, "pruned": over.len(), "subscribers": v }),
-        )?;
-    } else {
-        for (s, score) in &over {
-            match &s.last_bounce {
-                Some(last) => println!("{}  score {score:.1}  last counted: {last}", s.email),
-                None => println!("{}  score {score:.1}", s.email),
-            }
+        match done {
+            None => output::json(&rows)?,
+            Some(_) => output::json(&serde_json::json!({
+                "done": match cmd { HeldCmd::Release { .. } => "released", _ => "discarded" },
+                "count": rows.len(),
+                "prunes": rows,
+            }))?,
         }
-        if dry_run {
-            println!(
-                "{} subscriber(s) would be pruned (threshold {:.1}); run without --dry-run to do it",
-                over.len(),
-                policy.score.threshold
-            );
-        } else {
-            println!("pruned {} subscriber(s)", over.len());
-        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no held prunes");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = rows.iter().map(|p| {
+        [
+            p.campaign.clone(),
+            p.domain.clone(),
+            p.email.clone(),
+            crate::output::when(p.created_at),
+            p.reason.clone(),
+        ]
+    });
+    println!(
+        "{}",
+        output::table(&["campaign", "domain", "address", "held", "bounce"], table)
+    );
+    match done {
+        Some(what) => println!("{} prune(s) {what}", rows.len()),
+        None => println!(
+            "{} held; `rundbrief bounce held release [--domain D]` prunes them, `discard` keeps the subscribers",
+            rows.len()
+        ),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A running bounce endpoint (server and parse worker).
-pub struct RunningEndpoint {
-    pub addr: std::net::SocketAddr,
-    pub domain: String,
-    server: tokio::task::JoinHandle<Result<(), rundbrief_smtpd::SmtpdError>>,
-    worker: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RunningEndpoint {
-    /// Waits for messages in flight (after `stop` was cancelled), then parses
-    /// what is still pending.
-    pub async fn finish(
-        self,
-        store: &Store,
-        policy: &crate::cmd::endpoint::Policy,
-    ) -> anyhow::Result<()> {
-        self.server.await.context("the endpoint task failed")??;
-        if let Some(w) = self.worker {
-            let _ = w.await;
-            process_pending(store, policy).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Starts the bounce endpoint on `listen` (and, with `parse`, the worker
-/// that parses stored messages) until `stop` is cancelled.
-#[allow(clippy::too_many_arguments)] // each is a separate operator setting
-pub async fn start_endpoint(
-    store: &Store,
-    cfg: &Config,
-    listen: std::net::SocketAddr,
-    max_size: usize,
-    max_connections: usize,
-    parse: bool,
-    stop: rundbrief_smtpd::CancellationToken,
-    connections: prometheus_client::metrics::counter::Counter,
-) -> anyhow::Result<RunningEndpoint> {
-    let policy = crate::cmd::endpoint::Policy::from_config(cfg);
-    let verp = cfg.verp()?;
-    let domain = cfg.sending.bounce_domain.clone().unwrap_or_default();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let stored = std::sync::Arc::new(tokio::sync::Notify::new());
-    let handler = std::sync::Arc::new(Endpoint {
-        store: store.clone(),
-        verp,
-        domain: domain.clone(),
-        abuse: cfg
-            .bounce
-            .abuse_address
-            .as_ref()
-            .map(|a| a.trim().to_ascii_lowercase()),
-        stored: stored.clone(),
-        connections,
-    });
-    let limits = rundbrief_smtpd::Limits {
-        max_message_size: max_size,
-        max_connections,
-        max_recipients: 10,
-        ..rundbrief_smtpd::Limits::default()
-    };
-    let server_cfg = rundbrief_smtpd::ServerConfig {
-        hostname: domain.clone(),
-        advertise_dsn: false,
-        limits,
-    };
-    let (tls, _) = rundbrief_smtpd::tls::self_signed(&["localhost"])?;
-    let server = tokio::spawn(rundbrief_smtpd::run(
-        listener,
-        server_cfg,
-        handler,
-        Some(tls),
-        stop.clone(),
-    ));
-    let worker = parse.then(|| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = process_pending(&store, &policy).await {
-                    tracing::error!(error = %e, "parsing stored bounces failed; retrying");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = stored.notified() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                }
-            }
-        })
-    });
-    Ok(RunningEndpoint {
-        addr,
-        domain,
-        server,
-        worker,
-    })
 }

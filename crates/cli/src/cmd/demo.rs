@@ -10,16 +10,18 @@
 //! `crates/cli/tests/demo.rs`, which computes the same numbers on its own.
 
 use crate::args::DemoArgs;
-use crate::cmd::campaign::{SendOptions, send_foreground};
-use crate::cmd::endpoint::{Endpoint, Policy, process_pending};
+use crate::cmd::campaign::send_foreground;
 use crate::output;
 use anyhow::{Context, bail};
+use rundbrief_app::App;
+use rundbrief_app::endpoint::{EndpointOptions, start_endpoint};
+use rundbrief_app::sending::SendOptions;
 use rundbrief_core::csvin::ImportRow;
 use rundbrief_core::{
     Address, Attributes, BounceState, CampaignState, Config, Secret, StatusFilter, SubscriberStatus,
 };
 use rundbrief_smtpd::sink::{Rule, Sink, SinkConfig, SinkStats, SinkTls};
-use rundbrief_smtpd::{CancellationToken, Limits, ServerConfig};
+use rundbrief_smtpd::{CancellationToken, Limits};
 use rundbrief_store::{BounceQuery, ImportOptions, NewCampaign, Store, SubscriberQuery};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -259,21 +261,21 @@ pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     let secret = Secret::generate();
     write_config(&dir, &secret)?;
     let cfg = demo_config(&dir, secret);
-    let store = crate::cmd::open_store(&cfg).await?;
-    let result = run_in(&store, &cfg, &dir, a.subscribers, json, started, &say).await;
-    store.close().await.context("closing the database")?;
+    let app = crate::cmd::open_app(&cfg, Arc::new(rundbrief_app::NoObserver)).await?;
+    let result = run_in(&app, &dir, a.subscribers, json, started, &say).await;
+    app.store.close().await.context("closing the database")?;
     result
 }
 
 async fn run_in(
-    store: &Store,
-    cfg: &Config,
+    app: &App,
     dir: &Path,
     subscribers: u64,
     json: bool,
     started: Instant,
     say: &impl Fn(String),
 ) -> anyhow::Result<ExitCode> {
+    let (store, cfg) = (&app.store, app.config.as_ref());
     let plan = Plan::for_subscribers(subscribers);
     let people = people(&plan);
 
@@ -286,33 +288,20 @@ async fn run_in(
 
     // 2. The bounce endpoint and the sink, on free loopback ports.
     let stop = CancellationToken::new();
-    let stored = Arc::new(Notify::new());
-    let endpoint_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the bounce endpoint on 127.0.0.1")?;
-    let endpoint_addr = endpoint_listener.local_addr()?;
-    let endpoint = Arc::new(Endpoint {
-        store: store.clone(),
-        verp: cfg.verp()?,
-        domain: BOUNCE_DOMAIN.to_string(),
-        abuse: None,
-        stored: stored.clone(),
-        connections: Default::default(),
-    });
-    let endpoint_task = tokio::spawn(rundbrief_smtpd::run(
-        endpoint_listener,
-        ServerConfig {
-            hostname: BOUNCE_DOMAIN.to_string(),
-            advertise_dsn: false,
-            limits: Limits {
-                max_recipients: 10,
-                ..Limits::default()
-            },
+    let endpoint = start_endpoint(
+        app,
+        &EndpointOptions {
+            listen: "127.0.0.1:0".parse()?,
+            max_size: 10 << 20,
+            max_connections: Limits::default().max_connections,
+            parse: false,
+            starttls: false,
         },
-        endpoint,
-        None,
         stop.clone(),
-    ));
+    )
+    .await
+    .context("starting the bounce endpoint on 127.0.0.1")?;
+    let (endpoint_addr, stored) = (endpoint.addr, Arc::clone(&endpoint.stored));
     let sink = Sink::new(SinkConfig {
         rules: sink_rules()?,
         bounce_to: Some(endpoint_addr),
@@ -347,17 +336,16 @@ async fn run_in(
             .await?;
         say(format!("sending `{CAMPAIGN}` to {} subscribers…", plan.subscribers));
         let report = send_foreground(
-            store,
-            cfg,
+            app,
             CAMPAIGN,
             &SendOptions {
                 relay: Some(format!("smtp://{sink_addr}")),
                 pool: Some(POOL),
                 insecure: false,
                 wait: true,
-                progress: !json,
                 strict: false,
             },
+            !json,
         )
         .await
         .context("sending the demo campaign")?;
@@ -368,16 +356,16 @@ async fn run_in(
             "sent in {:.1} s; waiting for {expected} bounce(s), auto-replies and complaints to come back…",
             report.seconds
         ));
-        wait_for_reports(store, cfg, &sink_stats, &stored, expected).await?;
+        wait_for_reports(app, &sink_stats, &stored, expected).await?;
         anyhow::Ok((campaign.id, report))
     }
     .await;
     stop.cancel();
     let sink_done = sink_task.await;
-    let endpoint_done = endpoint_task.await;
+    let endpoint_done = endpoint.finish().await;
     let (campaign_id, report) = outcome?;
     sink_done.context("the sink task failed")??;
-    endpoint_done.context("the endpoint task failed")??;
+    endpoint_done.context("the bounce endpoint failed")?;
 
     // 5. What happened, from the database, checked against the plan.
     let sink = sink_stats.snapshot();
@@ -519,16 +507,15 @@ async fn import_people(store: &Store, cfg: &Config, people: &[Person]) -> anyhow
 /// # Errors
 /// When the sink could not deliver a report, or after [`BOUNCE_WAIT`].
 async fn wait_for_reports(
-    store: &Store,
-    cfg: &Config,
+    app: &App,
     sink_stats: &SinkStats,
     stored: &Notify,
     expected: u64,
 ) -> anyhow::Result<()> {
-    let policy = Policy::from_config(cfg);
+    let (store, bounces) = (&app.store, app.bounces());
     let deadline = tokio::time::Instant::now() + BOUNCE_WAIT;
     loop {
-        process_pending(store, &policy).await?;
+        bounces.process_pending().await?;
         let processed = store
             .bounces(&BounceQuery {
                 state: Some(BounceState::Parsed),

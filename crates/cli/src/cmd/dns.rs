@@ -5,7 +5,7 @@
 use crate::args::{DkimAlgorithm, DkimCmd, DnsRecordsArgs};
 use crate::output;
 use anyhow::{Context, bail};
-use rundbrief_core::{Address, Config};
+use rundbrief_core::Config;
 use rundbrief_dkim::{Algorithm, DkimSigner};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -32,7 +32,7 @@ pub fn build(cfg: &Config, a: &DnsRecordsArgs) -> anyhow::Result<Vec<Record>> {
         "`sending.from` is not set: the SPF and DMARC records are for the From domain \
          (set it in rundbrief.toml or RUNDBRIEF_SENDING__FROM)",
     )?;
-    let from_domain = from_domain(from)?;
+    let from_domain = rundbrief_app::preflight::from_domain(from)?;
     let bounce_domain = cfg.sending.bounce_domain.as_deref().context(
         "`sending.bounce_domain` is not set: it is the VERP return-path domain whose MX and SPF \
          records are needed (set it in rundbrief.toml or RUNDBRIEF_SENDING__BOUNCE_DOMAIN)",
@@ -72,8 +72,8 @@ pub fn build(cfg: &Config, a: &DnsRecordsArgs) -> anyhow::Result<Vec<Record>> {
         .clone()
         .unwrap_or_else(|| format!("dmarc-reports@{from_domain}"));
     let dkim = signer.dns_record();
-    let dkim_aligned = crate::cmd::preflight::aligned(&from_domain, signer.domain());
-    let spf_aligned = crate::cmd::preflight::aligned(&from_domain, bounce_domain);
+    let dkim_aligned = rundbrief_app::preflight::aligned(&from_domain, signer.domain());
+    let spf_aligned = rundbrief_app::preflight::aligned(&from_domain, bounce_domain);
 
     let spf_from = Record {
         name: from_domain.clone(),
@@ -251,18 +251,6 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The domain of a `From:` value, `news@example.org` or
-/// `"Name" <news@example.org>`.
-pub fn from_domain(from: &str) -> anyhow::Result<String> {
-    let addr = match (from.rfind('<'), from.rfind('>')) {
-        (Some(l), Some(r)) if l < r => &from[l + 1..r],
-        _ => from,
-    };
-    let addr = Address::parse(addr)
-        .with_context(|| format!("`sending.from` (`{from}`) has no usable address"))?;
-    Ok(addr.domain().to_owned())
-}
-
 /// The host of a relay URL (`smtp://user@relay.example:587?tls=required` →
 /// `relay.example`), unless it is a loopback or literal address, which SPF
 /// cannot name by `a:`.
@@ -299,11 +287,15 @@ mod tests {
 
     #[test]
     fn from_domains() {
-        assert_eq!(from_domain("news@Example.org").unwrap(), "example.org");
         assert_eq!(
-            from_domain("\"Rundbrief, News\" <news@mail.example.org>").unwrap(),
+            rundbrief_app::preflight::from_domain("news@Example.org").unwrap(),
+            "example.org"
+        );
+        assert_eq!(
+            rundbrief_app::preflight::from_domain("\"Rundbrief, News\" <news@mail.example.org>")
+                .unwrap(),
             "mail.example.org"
         );
-        assert!(from_domain("Rundbrief").is_err());
+        assert!(rundbrief_app::preflight::from_domain("Rundbrief").is_err());
     }
 }

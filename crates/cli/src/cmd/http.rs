@@ -1,11 +1,11 @@
-//! `rundbrief http serve` and `rundbrief sub add --confirm` (both send the
-//! double opt-in confirmation mail through `rundbrief_http::Mailer`).
+//! `rundbrief http serve`, and the confirmation mailer it shares with
+//! `rundbrief sub add --confirm` (`rundbrief_http::Mailer`).
 
 use anyhow::Context;
-use rundbrief_core::{Actor, Config};
-use rundbrief_http::{AppState, ConfirmJob, Mailer};
+use rundbrief_core::Config;
+use rundbrief_http::{AppState, Mailer};
 use rundbrief_sender::Sender;
-use rundbrief_store::{OptIn, Store};
+use rundbrief_store::Store;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -98,58 +98,5 @@ pub async fn serve(
     rundbrief_http::serve(listener, state, crate::cmd::shutdown_signal())
         .await
         .context("the HTTP endpoint failed")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn sub_add_confirm(
-    store: &Store,
-    cfg: &Config,
-    email: &str,
-    list: &str,
-    name: Option<&str>,
-    relay: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let addr = crate::cmd::address(email)?;
-    if name.is_some_and(|n| n.chars().any(char::is_control)) {
-        anyhow::bail!("--name must not contain line breaks or other control characters");
-    }
-    let mailer = mailer(cfg, relay)?.context(
-        "--confirm sends a confirmation mail: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
-    )?;
-    let outcome = store
-        .request_subscription(&addr, list, name, Actor::Cli, "sub add --confirm")
-        .await?;
-    let sent = match outcome {
-        OptIn::SendConfirmation {
-            subscriber_id,
-            list_id,
-        } => {
-            let job = ConfirmJob {
-                email: addr.to_string(),
-                list: list.to_string(),
-                subscriber_id,
-                list_id,
-            };
-            let result = mailer.send(&job).await;
-            mailer.shutdown().await;
-            result?;
-            true
-        }
-        OptIn::Nothing => false,
-    };
-    if json {
-        crate::output::json(&serde_json::json!({
-            "email": addr.as_str(),
-            "list": list,
-            "confirmation_sent": sent,
-        }))?;
-    } else if sent {
-        println!(
-            "sent a confirmation mail to {addr} for {list}; the membership stays unconfirmed until its link is followed"
-        );
-    } else {
-        println!("{addr} is already subscribed to {list} (or blocklisted): nothing sent");
-    }
     Ok(ExitCode::SUCCESS)
 }

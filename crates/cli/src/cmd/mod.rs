@@ -2,14 +2,13 @@
 
 pub mod bounce;
 pub mod campaign;
+pub mod clean;
 pub mod demo;
 pub mod dns;
-pub mod endpoint;
 pub mod export;
 pub mod http;
 pub mod import;
 pub mod list;
-pub mod preflight;
 pub mod render;
 pub mod serve;
 pub mod sink;
@@ -25,25 +24,23 @@ use rundbrief_core::{Address, Config, Secret};
 use rundbrief_store::{ConnectConfig, Store};
 use std::process::ExitCode;
 
-/// Opens the store named by the configuration and brings its schema up to
-/// date, saying so in the log when it applied anything.
+/// Builds the application layer from the configuration (opening the store
+/// and bringing its schema up to date), with `observer` for metrics.
+pub async fn open_app(
+    cfg: &Config,
+    observer: std::sync::Arc<dyn rundbrief_app::Observer>,
+) -> anyhow::Result<rundbrief_app::App> {
+    Ok(rundbrief_app::App::from_config(cfg.clone(), observer).await?)
+}
+
+/// The store of [`open_app`], for the commands where the store already is
+/// the service (lists, subscribers, import, export).
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    let store = connect(cfg).await?;
-    let applied = store.migrate().await?;
-    if applied.is_empty() {
-        tracing::debug!(
-            backend = store.backend_name(),
-            "database schema is up to date"
-        );
-    } else {
-        tracing::info!(
-            backend = store.backend_name(),
-            applied = applied.len(),
-            migrations = %applied.join(", "),
-            "database migrated"
-        );
-    }
-    Ok(store)
+    Ok(
+        open_app(cfg, std::sync::Arc::new(rundbrief_app::NoObserver))
+            .await?
+            .store,
+    )
 }
 
 async fn connect(cfg: &Config) -> anyhow::Result<Store> {
@@ -55,21 +52,26 @@ async fn connect(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::connect(&connect).await?)
 }
 
-/// The relay a command uses: `given` (`--relay NAME|URL`, or a campaign's
-/// relay) if any, else the configured default (`relay`, `RUNDBRIEF_RELAY`).
-/// Either is looked up in `[relays.NAME]` first, then parsed as a URL
-/// ([`rundbrief_sender::Relay::resolve`]); a named relay's password is read
-/// here, once.
+/// The relay a command uses ([`rundbrief_app::sending::relay_for`]), with
+/// the flags that fix a missing one.
 ///
 /// # Errors
 /// No relay at all, an unknown name that is no URL, or a relay that cannot
 /// be used, each saying what to do.
 pub fn relay_for(cfg: &Config, given: Option<&str>) -> anyhow::Result<rundbrief_sender::Relay> {
-    let name_or_url = given.or(cfg.relay.as_deref()).context(
-        "no relay: pass --relay smtp://HOST:PORT or --relay NAME ([relays.NAME]), \
-         or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
-    )?;
-    Ok(rundbrief_sender::Relay::resolve(name_or_url, &cfg.relays)?)
+    rundbrief_app::sending::relay_for(cfg, given).map_err(cli_hint)
+}
+
+/// An application error with the command-line flags that fix it, where the
+/// service's words name a setting rather than a flag.
+pub fn cli_hint(e: rundbrief_app::AppError) -> anyhow::Error {
+    if e.to_string() == rundbrief_app::sending::NO_RELAY {
+        return anyhow::anyhow!(
+            "no relay: pass --relay smtp://HOST:PORT or --relay NAME ([relays.NAME]), \
+             or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY"
+        );
+    }
+    e.into()
 }
 
 /// Parses an address given on the command line.

@@ -3,12 +3,11 @@
 use crate::args::RenderArgs;
 use crate::cmd::address;
 use crate::output;
-use anyhow::{Context, bail};
-use rundbrief_core::{Config, Purpose};
-use rundbrief_render::{
-    CampaignTemplate, ContentKind, Layout, Recipient, Renderer, check_template, parse_time_zone,
-};
-use rundbrief_store::Store;
+use anyhow::Context;
+use rundbrief_app::App;
+use rundbrief_app::campaigns::{CampaignSpec, prepare};
+use rundbrief_core::ContentKind;
+use rundbrief_render::check_template;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use uuid::Uuid;
@@ -46,153 +45,23 @@ pub fn check(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The kind of a content file, from its extension.
 pub fn content_kind(path: &Path) -> anyhow::Result<ContentKind> {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("md" | "markdown") => Ok(ContentKind::Markdown),
-        Some("html" | "htm") => Ok(ContentKind::Html),
-        _ => bail!(
+    ContentKind::from_path(path).with_context(|| {
+        format!(
             "{}: content must be Markdown (.md) or HTML (.html)",
             path.display()
-        ),
-    }
-}
-
-/// The domain part of a `From:` value like `Name <user@example.org>`.
-fn domain_of(from: &str) -> Option<&str> {
-    from.rsplit('@')
-        .next()
-        .map(|d| d.trim_end_matches('>').trim())
-        .filter(|d| !d.is_empty() && from.contains('@'))
-}
-
-/// What every rendered message of a campaign shares: the compiled renderer
-/// and where its links point.
-pub struct Prepared {
-    pub renderer: Renderer,
-    pub signer: rundbrief_core::Signer,
-    pub public_url: String,
-    pub bounce_domain: String,
-}
-
-/// The campaign-level inputs of [`prepare`].
-pub struct Campaign<'a> {
-    pub subject: &'a str,
-    pub content: String,
-    pub content_kind: ContentKind,
-    pub layout: Option<&'a Path>,
-    pub from: Option<String>,
-    pub list_name: &'a str,
-    pub campaign_id: &'a str,
-    pub tz: &'a str,
-}
-
-/// Compiles a campaign once: needs the secret, sending.public_url,
-/// sending.bounce_domain and a From address, and names what is missing.
-pub fn prepare(cfg: &Config, c: Campaign<'_>) -> anyhow::Result<Prepared> {
-    let signer = cfg.signer()?;
-    let missing = |key: &str, example: &str| {
-        anyhow::anyhow!(
-            "`{key}` is not set; put it in rundbrief.toml (e.g. {example}) or the matching RUNDBRIEF_ variable"
         )
-    };
-    let public_url = cfg.sending.public_url.clone().ok_or_else(|| {
-        missing(
-            "sending.public_url",
-            "public_url = \"https://news.example.org\"",
-        )
-    })?;
-    let bounce_domain = cfg.sending.bounce_domain.clone().ok_or_else(|| {
-        missing(
-            "sending.bounce_domain",
-            "bounce_domain = \"bounce.example.org\"",
-        )
-    })?;
-    let from = c
-        .from
-        .or_else(|| cfg.sending.from.clone())
-        .ok_or_else(|| missing("sending.from", "from = \"News <news@example.org>\""))?;
-    let from_domain = domain_of(&from)
-        .with_context(|| format!("`{from}` has no address domain"))?
-        .to_string();
-    let message_id_domain = cfg
-        .sending
-        .message_id_domain
-        .clone()
-        .unwrap_or_else(|| from_domain.clone());
-    let layout = match c.layout.or(cfg.templates.dir.as_deref()) {
-        Some(dir) => Layout::from_dir(dir)
-            .with_context(|| format!("loading the layout in {}", dir.display()))?,
-        None => Layout::shipped(),
-    };
-    let renderer = Renderer::new(CampaignTemplate {
-        subject: c.subject.to_string(),
-        content: c.content,
-        content_kind: c.content_kind,
-        layout,
-        from,
-        reply_to: cfg.sending.reply_to.clone(),
-        list_id: format!("{}.{from_domain}", c.list_name),
-        list_name: c.list_name.to_string(),
-        campaign_id: c.campaign_id.to_string(),
-        message_id_domain,
-        time_zone: parse_time_zone(c.tz)?,
-        transfer_encoding: Default::default(),
-    })?;
-    Ok(Prepared {
-        renderer,
-        signer,
-        public_url,
-        bounce_domain,
     })
 }
 
-impl Prepared {
-    /// The recipient's links: a one-click URL carrying (subscriber, list) and
-    /// a mailto carrying the delivery id, both signed.
-    pub fn recipient(
-        &self,
-        email: String,
-        name: Option<String>,
-        attributes: rundbrief_core::Attributes,
-        subscriber: Uuid,
-        list: Uuid,
-        delivery: Uuid,
-    ) -> Recipient {
-        let mut link = Vec::with_capacity(32);
-        link.extend_from_slice(subscriber.as_bytes());
-        link.extend_from_slice(list.as_bytes());
-        Recipient {
-            email,
-            name,
-            attributes,
-            unsubscribe_url: format!(
-                "{}/u/{}",
-                self.public_url.trim_end_matches('/'),
-                self.signer.sign(Purpose::UnsubscribeLink, &link)
-            ),
-            unsubscribe_mailto: format!(
-                "mailto:unsub-{}@{}",
-                self.signer
-                    .sign(Purpose::UnsubscribeMail, delivery.as_bytes()),
-                self.bounce_domain
-            ),
-            view_url: None,
-            message_id: Some(delivery.simple().to_string()),
-        }
-    }
-}
-
-pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Result<ExitCode> {
+pub async fn render(app: &App, a: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let store = &app.store;
     let content = std::fs::read_to_string(&a.content)
         .with_context(|| format!("cannot read {}", a.content.display()))?;
     let prepared = prepare(
-        cfg,
-        Campaign {
+        &app.config,
+        CampaignSpec {
             subject: &a.subject,
             content,
             content_kind: content_kind(&a.content)?,
@@ -241,7 +110,7 @@ pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Resu
         list_id,
         Uuid::now_v7(),
     );
-    let bytes = prepared.renderer.render(&recipient, chrono::Utc::now())?;
+    let bytes = prepared.renderer.render(&recipient, app.clock.now())?;
     match &a.out {
         Some(path) => {
             std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;

@@ -12,18 +12,16 @@
 //! endpoints stop.
 
 use crate::args::ServeArgs;
-use crate::cmd::campaign::{SendOptions, runner_for};
 use anyhow::Context;
-use rundbrief_core::{CampaignState, Config, DeliveryState};
-use rundbrief_scheduler::{Hooks, SystemClock};
-use rundbrief_store::{PendingDelivery, Store};
-use std::collections::HashMap;
+use rundbrief_app::App;
+use rundbrief_app::endpoint::{EndpointOptions, start_endpoint};
+use rundbrief_app::sending::SendOptions;
+use rundbrief_core::Config;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 fn addr_or_off(s: &str, what: &str) -> anyhow::Result<Option<SocketAddr>> {
     if s.eq_ignore_ascii_case("off") {
@@ -34,26 +32,18 @@ fn addr_or_off(s: &str, what: &str) -> anyhow::Result<Option<SocketAddr>> {
         .with_context(|| format!("{what} `{s}` is not an address like 127.0.0.1:2525 (or `off`)"))
 }
 
-pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let bounce_listen = addr_or_off(&a.bounce_listen, "--bounce-listen")?;
     let http_listen = addr_or_off(&a.http_listen, "--http-listen")?;
     let metrics_listen = addr_or_off(&a.metrics_listen, "--metrics-listen")?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let app: App = crate::cmd::open_app(cfg, Arc::clone(&metrics) as _).await?;
+    let store = &app.store;
 
     let endpoint = match bounce_listen {
         Some(addr) => {
-            let e = crate::cmd::bounce::start_endpoint(
-                store,
-                cfg,
-                addr,
-                10 << 20,
-                128,
-                true,
-                stop.child_token(),
-                metrics.endpoint_connections(),
-            )
-            .await?;
+            let e = start_endpoint(&app, &EndpointOptions::new(addr), stop.child_token()).await?;
             eprintln!("bounce endpoint on {} for *@{}", e.addr, e.domain);
             Some(e)
         }
@@ -104,60 +94,20 @@ pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<E
             stop.cancel();
         })
     };
-    let mut tasks: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
     let opts = SendOptions {
         relay: a.relay.clone(),
         pool: a.pool,
         insecure: a.insecure,
-        wait: false,
-        progress: false,
-        strict: false,
+        ..SendOptions::default()
     };
     eprintln!(
         "scheduler running ({} database); SIGTERM or Ctrl-C drains and stops",
         store.backend_name()
     );
-    while !stop.is_cancelled() {
-        if let Err(e) = rundbrief_scheduler::tick::tick(store, &SystemClock).await {
-            tracing::error!("scheduler tick failed: {e}");
-        }
-        tasks.retain(|_, t| !t.is_finished());
-        match store.active_campaigns().await {
-            Ok(active) => {
-                let mut running = 0;
-                for c in active {
-                    if c.state != CampaignState::Running {
-                        continue;
-                    }
-                    running += 1;
-                    if let Ok(counts) = store.campaign_counts(c.id).await {
-                        metrics.queue_depth(&c.name, counts.pending + counts.deferred);
-                    }
-                    if tasks.contains_key(&c.id) {
-                        continue;
-                    }
-                    let task = spawn_run(store, cfg, &c.name, c.id, &opts, &metrics, &stop).await;
-                    tasks.insert(c.id, task);
-                }
-                metrics.campaigns_running(running);
-            }
-            Err(e) => tracing::error!("reading campaigns failed: {e}"),
-        }
-        if let Ok(m) = store.metric_counts().await {
-            metrics.db_counts(&m);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(a.tick.max(1))) => {}
-            () = stop.cancelled() => {}
-        }
-    }
-    for (_, t) in tasks.drain() {
-        let _ = t.await;
-    }
+    rundbrief_app::serve::supervise(&app, &opts, Duration::from_secs(a.tick.max(1)), &stop).await;
     on_signal.abort();
     if let Some(e) = endpoint {
-        e.finish(store, &crate::cmd::endpoint::Policy::from_config(cfg))
-            .await?;
+        e.finish().await?;
     }
     if let Some(h) = http {
         h.await
@@ -169,71 +119,4 @@ pub async fn run(store: &Store, cfg: &Config, a: &ServeArgs) -> anyhow::Result<E
     }
     eprintln!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
-}
-
-/// One task sending what is due of one campaign, then ending.
-async fn spawn_run(
-    store: &Store,
-    cfg: &Config,
-    name: &str,
-    id: Uuid,
-    opts: &SendOptions,
-    metrics: &Arc<crate::metrics::Metrics>,
-    stop: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let (store, cfg, name, opts, metrics, stop) = (
-        store.clone(),
-        cfg.clone(),
-        name.to_string(),
-        opts.clone(),
-        Arc::clone(metrics),
-        stop.clone(),
-    );
-    tokio::spawn(async move {
-        let result = async {
-            let c = store.campaign(&name).await?;
-            let mut runner = runner_for(&store, &cfg, &c, &opts).await?;
-            runner.hooks = Arc::new(Observed {
-                inner: runner.hooks,
-                metrics,
-            });
-            let report = runner.run(id, &stop, &|_| {}).await;
-            runner.sender.shutdown().await;
-            let report = report?;
-            if report.attempts > 0 {
-                tracing::info!(campaign = %name, attempts = report.attempts, ended = ?report.ended, "campaign pass");
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(campaign = %name, "sending failed: {e:#}");
-        }
-    })
-}
-
-/// Counts every outcome in the metrics.
-struct Observed {
-    inner: Arc<dyn Hooks>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-#[async_trait::async_trait]
-impl Hooks for Observed {
-    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String> {
-        self.inner.render(d)
-    }
-
-    async fn rejected(
-        &self,
-        d: &PendingDelivery,
-        error: &rundbrief_sender::SendError,
-    ) -> Result<(), String> {
-        self.inner.rejected(d, error).await
-    }
-
-    fn observe(&self, domain: &str, state: DeliveryState, latency: Duration) {
-        self.metrics.sent(domain, state, latency);
-        self.inner.observe(domain, state, latency);
-    }
 }

@@ -239,3 +239,65 @@ fn indent(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `sub add EMAIL --list L --confirm`: a double opt-in confirmation mail
+/// instead of a subscription.
+pub async fn sub_add_confirm(
+    store: &rundbrief_store::Store,
+    cfg: &rundbrief_core::Config,
+    email: &str,
+    list: &str,
+    name: Option<&str>,
+    relay: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let addr = crate::cmd::address(email)?;
+    if name.is_some_and(|n| n.chars().any(char::is_control)) {
+        anyhow::bail!("--name must not contain line breaks or other control characters");
+    }
+    let mailer = anyhow::Context::context(
+        crate::cmd::http::mailer(cfg, relay)?,
+        "--confirm sends a confirmation mail: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
+    )?;
+    let outcome = store
+        .request_subscription(
+            &addr,
+            list,
+            name,
+            rundbrief_core::Actor::Cli,
+            "sub add --confirm",
+        )
+        .await?;
+    let sent = match outcome {
+        rundbrief_store::OptIn::SendConfirmation {
+            subscriber_id,
+            list_id,
+        } => {
+            let job = rundbrief_http::ConfirmJob {
+                email: addr.to_string(),
+                list: list.to_string(),
+                subscriber_id,
+                list_id,
+            };
+            let result = mailer.send(&job).await;
+            mailer.shutdown().await;
+            result?;
+            true
+        }
+        rundbrief_store::OptIn::Nothing => false,
+    };
+    if json {
+        crate::output::json(&serde_json::json!({
+            "email": addr.as_str(),
+            "list": list,
+            "confirmation_sent": sent,
+        }))?;
+    } else if sent {
+        println!(
+            "sent a confirmation mail to {addr} for {list}; the membership stays unconfirmed until its link is followed"
+        );
+    } else {
+        println!("{addr} is already subscribed to {list} (or blocklisted): nothing sent");
+    }
+    Ok(ExitCode::SUCCESS)
+}

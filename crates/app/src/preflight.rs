@@ -19,10 +19,15 @@ use rundbrief_core::Config;
 ///   `{{unsubscribe_mailto}}` inside a handlebars expression).
 pub fn preflight(cfg: &Config, layout_html: Option<&str>, from: &str) -> Vec<String> {
     let mut warnings = Vec::new();
-    let from_domain = match crate::cmd::dns::from_domain(from) {
+    let from_domain = match from_domain(from) {
         Ok(d) => Some(d),
         Err(e) => {
-            warnings.push(format!("{e:#}"));
+            warnings.push(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ));
             None
         }
     };
@@ -57,6 +62,19 @@ pub fn preflight(cfg: &Config, layout_html: Option<&str>, from: &str) -> Vec<Str
         );
     }
     warnings
+}
+
+/// The domain of a `From:` value, `news@example.org` or
+/// `"Name" <news@example.org>`, lower-case.
+///
+/// # Errors
+/// [`crate::ErrorKind::Invalid`]: it holds no usable address.
+pub fn from_domain(from: &str) -> crate::Result<String> {
+    use crate::ResultExt;
+    Ok(rundbrief_core::mailbox_address(from)
+        .with_context(|| format!("`sending.from` (`{from}`) has no usable address"))?
+        .domain()
+        .to_owned())
 }
 
 /// DMARC relaxed alignment, simplified: `a` and `b` align when they are
@@ -131,7 +149,7 @@ mod tests {
         }
         // The shipped layout (None) has its link.
         assert!(preflight(&cfg, None, "news@example.org").is_empty());
-        let shipped = include_str!("../../../../templates/default/layout.html.hbs");
+        let shipped = include_str!("../../../templates/default/layout.html.hbs");
         assert!(preflight(&cfg, Some(shipped), "news@example.org").is_empty());
     }
 
