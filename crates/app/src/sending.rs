@@ -39,6 +39,10 @@ pub struct SendReport {
     pub seconds: f64,
     /// Deliveries that reached a final outcome in this run.
     pub sent_now: u64,
+    /// Deliveries still claimed by another (or a dead) worker, and when the
+    /// last claim ends: sent by whoever runs the campaign after that.
+    pub leased: u64,
+    pub leased_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Lease, batch and retry settings from `[sending]`.
@@ -322,12 +326,23 @@ impl App {
         let state = store.campaign_state(c.campaign.id).await?;
         let mut counts = report.counts;
         counts.state = state.to_string();
+        let (leased, leased_until) = store.campaign_leases(c.campaign.id).await?;
+        if leased > 0 {
+            tracing::warn!(
+                campaign = name,
+                leased,
+                until = ?leased_until,
+                "deliveries are still claimed by another or a stopped worker; they are sent once the claim ends"
+            );
+        }
         Ok(SendReport {
             counts,
             state,
             ended: report.ended,
             seconds: started.elapsed().as_secs_f64(),
             sent_now: report.done,
+            leased,
+            leased_until,
         })
     }
 

@@ -30,7 +30,11 @@ where
     t.load_preset(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_uppercase()));
     for r in rows {
-        t.add_row(r.into_iter().collect::<Vec<_>>());
+        t.add_row(
+            r.into_iter()
+                .map(|c| safe(&c).into_owned())
+                .collect::<Vec<_>>(),
+        );
     }
     // comfy-table pads every column with one space on each side; trim the
     // left edge so the output starts at column 0.
@@ -44,4 +48,42 @@ where
 /// A timestamp for humans: UTC, to the second.
 pub fn when(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Text from subscribers, CSV files or bounces, made safe for a terminal:
+/// control characters (ESC, BEL, CR, …) and the bidirectional overrides
+/// that reorder what is shown are printed as `\u{..}` escapes, so an
+/// attribute cannot clear the screen, retitle the window or disguise
+/// itself. JSON output stays exact; this is for human output only.
+pub fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_escapes_are_shown_not_obeyed() {
+        assert_eq!(safe("Anna Köln"), "Anna Köln");
+        assert_eq!(safe("\u{1b}]0;pwned\u{7}x"), "\\u{1b}]0;pwned\\u{7}x");
+        assert_eq!(safe("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(safe("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        let t = table(&["name"], [[String::from("\u{1b}[31mred")]]);
+        assert!(!t.contains('\u{1b}'), "{t:?}");
+        assert!(t.contains("\\u{1b}[31mred"), "{t:?}");
+    }
 }

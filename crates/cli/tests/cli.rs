@@ -2321,6 +2321,9 @@ fn campaign_create_and_edit_refuse_bad_input_when_it_is_given() {
     assert!(err.contains("not an address"), "{err}");
     let err = create("bad name@x", &["--subject", "Hi"]);
     assert!(err.contains("no @"), "{err}");
+    // A subject is one line (#21): a line break would show as one to readers.
+    let err = create("c", &["--subject", "Hello\r\nBcc: x@example.org"]);
+    assert!(err.contains("line break"), "{err}");
     assert!(
         e.json(&["campaign", "ls"]).as_array().unwrap().is_empty(),
         "nothing stored"
@@ -3103,4 +3106,30 @@ fn campaign_retry_failed_send_sends_what_a_plain_retry_left_pending() {
         "{v}"
     );
     assert_eq!(spool_recipients(&e.path("spool")).len(), 3);
+}
+
+/// #21: terminal escape sequences from CSV attributes and names are shown as
+/// escapes in human output (`sub show`, tables), never sent to the terminal;
+/// JSON keeps the exact value.
+#[test]
+fn human_output_escapes_control_characters_and_json_keeps_them() {
+    let e = Env::new();
+    e.ok(&["list", "create", "news"]);
+    e.write(
+        "people.csv",
+        "email,name,city,note\nanna@example.org,Anna,\"K\u{1b}[2J\",\"\u{1b}]0;pwned\u{7}\"\n"
+            .as_bytes(),
+    );
+    let r = e.json(&["import", "people.csv", "--list", "news"]);
+    assert_eq!(r["imported"], 1, "{r}");
+    let shown = e.ok(&["sub", "show", "anna@example.org"]);
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("K\\u{1b}[2J"), "{shown}");
+    assert!(shown.contains("\\u{1b}]0;pwned\\u{7}"), "{shown}");
+    let v = e.json(&["sub", "show", "anna@example.org"]);
+    assert_eq!(v["attributes"]["city"], "K\u{1b}[2J");
+    assert_eq!(v["attributes"]["note"], "\u{1b}]0;pwned\u{7}");
 }

@@ -307,3 +307,41 @@ async fn outside_the_send_window_a_run_returns_with_the_opening_time() {
         assert_eq!(stub.sent().len(), 1);
     }
 }
+
+/// After a crash the dead worker's claims are neither lost nor "deferred":
+/// a run without waiting says until when they are leased, and a run after
+/// the lease has ended sends them (#21: `send` exited 0 too early).
+#[tokio::test]
+async fn a_dead_workers_claims_are_reported_then_taken_over_when_their_lease_ends() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let id = campaign(s, "crash", &["a", "b", "c"]).await;
+        s.materialise_deliveries(id).await.unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+        let lease_end = t0 + Duration::seconds(120);
+        let dead = s
+            .claim_deliveries(id, "dead-worker", t0, lease_end, 2)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 2);
+        let clock = Arc::new(ManualClock::new(t0 + Duration::seconds(5)));
+        let stub = Arc::new(StubTransport::accepting());
+        let r = runner(s, stub.clone(), Arc::default(), Arc::clone(&clock));
+        let first = r.run(id, &stop(), &|_| {}).await.unwrap();
+        assert_eq!(
+            first.ended,
+            Ended::RetriesLater(lease_end),
+            "{}",
+            db.backend
+        );
+        assert_eq!(first.counts.sent, 1);
+        let (leased, until) = s.campaign_leases(id).await.unwrap();
+        assert_eq!((leased, until), (2, Some(lease_end)), "{}", db.backend);
+        clock.set(lease_end + Duration::seconds(1));
+        let last = r.run(id, &stop(), &|_| {}).await.unwrap();
+        assert_eq!(last.ended, Ended::Finished, "{}", db.backend);
+        assert_eq!(last.counts.sent, 3);
+        assert_eq!(s.campaign_leases(id).await.unwrap().0, 0);
+        assert_eq!(stub.sent().len(), 3, "{}: each once", db.backend);
+    }
+}

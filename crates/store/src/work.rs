@@ -444,6 +444,25 @@ impl Store {
         Ok(earliest)
     }
 
+    /// Deliveries of the campaign claimed by a worker (`sending`) and when
+    /// the last of those claims ends: after a crash, the dead worker's
+    /// claims, which another run takes over only then.
+    pub async fn campaign_leases(&self, campaign_id: Uuid) -> Result<(u64, Option<DateTime<Utc>>)> {
+        #[derive(FromQueryResult)]
+        struct L {
+            n: i64,
+            t: Option<DateTime<Utc>>,
+        }
+        let l = L::find_by_statement(self.stmt(
+            "SELECT COUNT(*) AS n, MAX(lease_until) AS t FROM deliveries WHERE campaign_id = ? AND state = ?",
+            vec![campaign_id.into(), DeliveryState::Sending.as_str().into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("reading a campaign's leases")?;
+        Ok(l.map_or((0, None), |l| (u64::try_from(l.n).unwrap_or(0), l.t)))
+    }
+
     /// Moves a running campaign to `finished` when no delivery is left to
     /// send or retry. Returns whether it did.
     pub async fn finish_if_done(&self, campaign_id: Uuid) -> Result<bool> {

@@ -119,7 +119,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             } else {
                 println!("campaign  {} ({})", c.campaign.name, c.campaign.state);
                 println!("lists     {}", c.campaign.lists.join(", "));
-                println!("subject   {}", c.campaign.subject);
+                println!("subject   {}", output::safe(&c.campaign.subject));
                 println!("content   {} ({} bytes)", c.content_kind, c.content.len());
                 if let Some(f) = &c.from {
                     println!("from      {f}");
@@ -501,6 +501,9 @@ async fn send(
     let c = store.campaign(name).await?;
     let mut v = serde_json::to_value(&counts)?;
     v["errors"] = serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
+    // Claimed by another or a dead worker: not "deferred", not lost.
+    v["leased"] = r.leased.into();
+    v["leased_until"] = serde_json::to_value(r.leased_until)?;
     if json {
         v["seconds"] = secs.into();
         v["msgs_per_s"] = (sent_now as f64 / secs.max(1e-9)).into();
@@ -526,6 +529,16 @@ async fn send(
                 _ => "; deferred ones are retried by `serve` or `campaign send --wait`".into(),
             }
         );
+        if r.leased > 0 {
+            println!(
+                "  {} still claimed by another (or a stopped) worker until {}: they go out after that \
+                 (`rundbrief campaign send {name} --wait` waits for them; so does `serve`)",
+                r.leased,
+                r.leased_until
+                    .map(crate::output::when)
+                    .unwrap_or_else(|| "their lease ends".into())
+            );
+        }
         print_errors(&v, Some(name));
     }
     Ok(ExitCode::SUCCESS)
@@ -631,7 +644,7 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
             "  {} {}: {}",
             e["count"].as_u64().unwrap_or(0),
             e["state"].as_str().unwrap_or("?"),
-            e["error"].as_str().unwrap_or("(no error recorded)")
+            output::safe(e["error"].as_str().unwrap_or("(no error recorded)"))
         );
     }
     if let Some(name) = hint {

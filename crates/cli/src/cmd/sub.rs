@@ -118,16 +118,20 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
                 output::json(&d)?;
             } else {
                 let s = &d.subscriber;
-                println!("email    {}", s.email);
-                println!("name     {}", s.name.as_deref().unwrap_or("-"));
+                println!("email    {}", output::safe(s.email.as_str()));
+                println!(
+                    "name     {}",
+                    output::safe(s.name.as_deref().unwrap_or("-"))
+                );
                 println!("status   {}", s.status);
                 println!("created  {}", output::when(s.created_at));
                 if !s.attributes.is_empty() {
                     println!("attributes");
                     for (k, v) in &s.attributes {
                         println!(
-                            "  {k} = {}",
-                            v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                            "  {} = {}",
+                            output::safe(k),
+                            output::safe(&v.as_str().map_or_else(|| v.to_string(), str::to_string))
                         );
                     }
                 }
