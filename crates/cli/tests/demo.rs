@@ -7,8 +7,9 @@ use common::*;
 use serde_json::Value;
 
 /// The demo's shares, computed here on their own (see `rundbrief demo
-/// --help`): 3 % unknown at RCPT, 2 % bounced by DSN, 1 % greylisted, at
-/// least one each; one auto-reply, one complaint.
+/// --help`): 3 % unknown at RCPT, 2 % bounced by DSN, 1 % greylisted, 1 %
+/// refused by policy at RCPT, at least one each; one auto-reply, one
+/// complaint, one spam-filter DSN, one mailbox-full DSN.
 struct Expected {
     sent: u64,
     bounced: u64,
@@ -19,9 +20,11 @@ struct Expected {
 fn expected(n: u64) -> Expected {
     let unknown = (n * 3 / 100).max(1);
     let by_dsn = (n * 2 / 100).max(1);
+    let refused = (n / 100).max(1);
+    let (filtered, full) = (1, 1);
     Expected {
-        sent: n - unknown,
-        bounced: unknown + by_dsn,
+        sent: n - unknown - refused,
+        bounced: unknown + by_dsn + refused + filtered + full,
         pruned: unknown + by_dsn,
         greylisted: (n / 100).max(1),
     }
@@ -100,7 +103,16 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
             .collect()
     };
     assert_eq!(all.as_array().unwrap().len() as u64, n);
-    for live in ["reader", "greylisted", "away"] {
+    assert_eq!(num("pruned_by_block_or_soft"), 0, "{s}");
+    assert_eq!(
+        (
+            s["bounced_by_class"]["block"].as_u64(),
+            s["bounced_by_class"]["soft"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    for live in ["reader", "greylisted", "away", "refused", "filtered", "full"] {
         let st = status_of(live);
         assert!(
             !st.is_empty() && st.iter().all(|s| s == "active"),

@@ -64,6 +64,14 @@ enum Fate {
     Away,
     /// Accepted, then an ARF spam complaint (unsubscribes).
     Complains,
+    /// Refused at RCPT by the receiver's policy (550 5.7.1, a blocklisted
+    /// sender): a block, never a prune.
+    Refused,
+    /// Accepted, then a DSN from a spam filter (5.7.1): a block.
+    Filtered,
+    /// Accepted, then a DSN saying the mailbox is full (5.2.2): soft, counted
+    /// towards the score but not pruned by one.
+    Full,
 }
 
 impl Fate {
@@ -75,6 +83,9 @@ impl Fate {
             Fate::Greylisted => "greylisted",
             Fate::Away => "away",
             Fate::Complains => "grumpy",
+            Fate::Refused => "refused",
+            Fate::Filtered => "filtered",
+            Fate::Full => "full",
         }
     }
 
@@ -85,7 +96,8 @@ impl Fate {
 }
 
 /// How many subscribers meet each fate: 3 % unknown at RCPT, 2 % bounced by
-/// DSN, 1 % greylisted (at least one each), one auto-reply, one complaint;
+/// DSN, 1 % greylisted, 1 % refused by policy at RCPT (at least one each),
+/// one auto-reply, one complaint, one spam-filter DSN, one mailbox-full DSN;
 /// the rest are live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
@@ -95,6 +107,9 @@ struct Plan {
     greylisted: u64,
     away: u64,
     complains: u64,
+    refused: u64,
+    filtered: u64,
+    full: u64,
 }
 
 impl Plan {
@@ -106,6 +121,9 @@ impl Plan {
             greylisted: (n / 100).max(1),
             away: 1,
             complains: 1,
+            refused: (n / 100).max(1),
+            filtered: 1,
+            full: 1,
         }
     }
 
@@ -119,6 +137,9 @@ impl Plan {
             (Fate::Greylisted, self.greylisted),
             (Fate::Away, self.away),
             (Fate::Complains, self.complains),
+            (Fate::Refused, self.refused),
+            (Fate::Filtered, self.filtered),
+            (Fate::Full, self.full),
         ] {
             v.extend(std::iter::repeat_n(fate, count as usize));
         }
@@ -193,6 +214,18 @@ fn sink_rules() -> anyhow::Result<Vec<Rule>> {
             ),
             1,
         )?,
+        Rule::reject(&format!(
+            "{}*@*=550 5.7.1 Service unavailable; client host blocked by local policy",
+            Fate::Refused.prefix()
+        ))?,
+        Rule::bounce(&format!(
+            "{}*@*=5.7.1 Message rejected as spam by the content filter",
+            Fate::Filtered.prefix()
+        ))?,
+        Rule::bounce(&format!(
+            "{}*@*=5.2.2 Mailbox full: quota exceeded",
+            Fate::Full.prefix()
+        ))?,
         Rule::auto_reply(&format!("{}*@*", Fate::Away.prefix()))?,
         Rule::complain(&format!("{}*@*", Fate::Complains.prefix()))?,
     ])
@@ -209,7 +242,9 @@ the rest of the world:
 - a few addresses do not exist and were refused at once (550 5.1.1);
 - some were accepted and bounced a moment later with a delivery status notification;
 - a few were greylisted and got through on the second try;
-- one reader is on vacation, and one thinks this is spam.
+- one reader is on vacation, and one thinks this is spam;
+- one receiver refused us by policy, one spam filter bounced this, and one
+  mailbox was full: those readers stay subscribed.
 
 Every bounce came back to its own signed return path, was parsed and
 classified, and the dead addresses were pruned from the list, each with an
@@ -239,6 +274,9 @@ struct Summary {
     complained: u64,
     unsubscribed: u64,
     auto_replies_ignored: u64,
+    /// Subscribers whose bounces were blocks (the receiver refused us) or
+    /// soft (a full mailbox) and who were pruned anyway: 0 is right.
+    pruned_by_block_or_soft: u64,
     /// Seconds from start to the last processed bounce.
     elapsed_seconds: f64,
     dir: String,
@@ -351,7 +389,7 @@ async fn run_in(
         .context("sending the demo campaign")?;
 
         // 4. Wait until every report the sink sends has been stored and processed.
-        let expected = plan.gone + plan.away + plan.complains;
+        let expected = plan.gone + plan.away + plan.complains + plan.filtered + plan.full;
         say(format!(
             "sent in {:.1} s; waiting for {expected} bounce(s), auto-replies and complaints to come back…",
             report.seconds
@@ -384,15 +422,20 @@ async fn run_in(
     };
     // What the world saw comes from the sink (it is ours, in this process):
     // recipients refused at RCPT, messages accepted.
-    let (reject_class, _) = rundbrief_bounce::classify_reply(550, Some("5.1.1"), "User unknown");
+    // Refusals at RCPT by class, read from each refused delivery's reply.
+    let mut sync = std::collections::BTreeMap::<&'static str, u64>::new();
+    for e in store.campaign_errors(campaign_id, 100).await? {
+        if e.state != rundbrief_core::DeliveryState::Rejected {
+            continue;
+        }
+        if let Some((code, enhanced, text)) = e.error.as_deref().and_then(reply_of) {
+            let (class, _) = rundbrief_bounce::classify_reply(code, enhanced, text);
+            *sync.entry(class.as_str()).or_default() += e.count;
+        }
+    }
     let mut by_class = std::collections::BTreeMap::new();
     for class in ["hard", "soft", "block"] {
-        let sync = if reject_class.as_str() == class {
-            sink.rejected
-        } else {
-            0
-        };
-        by_class.insert(class, sync + class_of(class));
+        by_class.insert(class, sync.get(class).copied().unwrap_or(0) + class_of(class));
     }
     let bounced_by_dsn = class_of("hard") + class_of("soft") + class_of("block");
     let with_status = |s: SubscriberStatus| async move {
@@ -411,6 +454,11 @@ async fn run_in(
         )
     };
     let pruned = with_status(SubscriberStatus::Bounced).await?;
+    let pruned_by_block_or_soft = people
+        .iter()
+        .filter(|p| matches!(p.fate, Fate::Refused | Fate::Filtered | Fate::Full))
+        .filter(|p| pruned.contains(&p.email))
+        .count() as u64;
     let unsubscribed = with_status(SubscriberStatus::Unsubscribed).await?;
     let summary = Summary {
         sent: sink.messages,
@@ -431,6 +479,7 @@ async fn run_in(
                 b.kind.as_deref() == Some("auto-reply") && b.class.as_deref() == Some("ignore")
             })
             .count() as u64,
+        pruned_by_block_or_soft,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         dir: dir.display().to_string(),
     };
@@ -466,6 +515,21 @@ async fn run_in(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The reply in a recorded send error (`RCPT refused by HOST: 550 5.7.1
+/// text`): code, enhanced status, text.
+fn reply_of(error: &str) -> Option<(u16, Option<&str>, &str)> {
+    let reply = error.split_once(": ")?.1.trim();
+    let (code, rest) = reply.split_once(' ').unwrap_or((reply, ""));
+    let code: u16 = code.parse().ok()?;
+    let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    let enhanced = first.split('.').count() == 3 && first.split('.').all(|p| p.parse::<u16>().is_ok());
+    Some(if enhanced {
+        (code, Some(first), after)
+    } else {
+        (code, None, rest)
+    })
 }
 
 /// Creates the list and imports `people` into it in import-sized batches.
@@ -585,26 +649,46 @@ fn reconcile(
             counts.failed, counts.deferred, counts.pending
         ),
     );
+    let refused_at_rcpt = plan.unknown + plan.refused;
     check(
-        s.sent == plan.subscribers - plan.unknown,
+        s.sent == plan.subscribers - refused_at_rcpt,
         format!(
             "the sink accepted {} messages, expected {}",
             s.sent,
-            plan.subscribers - plan.unknown
+            plan.subscribers - refused_at_rcpt
         ),
     );
     check(
-        s.rejected_at_rcpt == plan.unknown,
+        s.rejected_at_rcpt == refused_at_rcpt,
         format!(
             "{} refused at RCPT, expected {}",
-            s.rejected_at_rcpt, plan.unknown
+            s.rejected_at_rcpt, refused_at_rcpt
+        ),
+    );
+    let by_dsn = plan.gone + plan.filtered + plan.full;
+    check(
+        s.bounced_by_dsn == by_dsn,
+        format!("{} bounced by DSN, expected {}", s.bounced_by_dsn, by_dsn),
+    );
+    let class = |c: &str| s.bounced_by_class.get(c).copied().unwrap_or(0);
+    check(
+        (class("hard"), class("block"), class("soft"))
+            == (plan.dead(), plan.refused + plan.filtered, plan.full),
+        format!(
+            "bounces by class hard {}, block {}, soft {}; expected {}, {}, {}",
+            class("hard"),
+            class("block"),
+            class("soft"),
+            plan.dead(),
+            plan.refused + plan.filtered,
+            plan.full
         ),
     );
     check(
-        s.bounced_by_dsn == plan.gone,
+        s.pruned_by_block_or_soft == 0,
         format!(
-            "{} bounced by DSN, expected {}",
-            s.bounced_by_dsn, plan.gone
+            "{} subscriber(s) pruned for a block or a soft bounce",
+            s.pruned_by_block_or_soft
         ),
     );
     check(
@@ -691,6 +775,10 @@ fn print_summary(
     println!(
         "  pruned                   {:>6}  (every dead address, no live one)",
         s.pruned
+    );
+    println!(
+        "  block and soft, pruned   {:>6}  (refused by policy, spam filter, mailbox full: still subscribed)",
+        s.pruned_by_block_or_soft
     );
     println!(
         "  complained               {:>6}  (ARF report: unsubscribed)",
@@ -855,7 +943,11 @@ mod tests {
         let count = |f: Fate| a.iter().filter(|x| x.fate == f).count() as u64;
         assert_eq!(count(Fate::Unknown), p.unknown);
         assert_eq!(count(Fate::Gone), p.gone);
-        assert_eq!(count(Fate::Live), 60 - p.dead() - p.greylisted - 2);
+        assert_eq!(count(Fate::Refused), p.refused);
+        assert_eq!(
+            count(Fate::Live),
+            60 - p.dead() - p.greylisted - p.refused - p.filtered - p.full - 2
+        );
         let rules = sink_rules().expect("valid rules");
         for person in &a {
             let first = rules.iter().find(|r| r.matches(&person.email));
