@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = hint_for(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -139,6 +142,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// That panic, and only that one, ends the process quietly and successfully,
 /// as the errors of [`is_broken_pipe`] do; every other panic is reported as
 /// usual.
+/// What to type to get past a store error: the services and the store speak
+/// of what is wrong, the CLI of its flags and commands.
+fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
+    use rundbrief_store::StoreError as S;
+    let store = e.chain().find_map(|c| {
+        c.downcast_ref::<S>().or_else(|| {
+            c.downcast_ref::<rundbrief_app::AppError>()
+                .and_then(|a| a.find::<S>())
+        })
+    })?;
+    Some(match store {
+        S::ListNotEmpty { .. } => "pass --force to delete the list and its memberships",
+        S::ListInUse { .. } => "pass --force to delete it anyway (the campaigns lose this list)",
+        S::Blocklisted(_) => "`rundbrief sub rm` the address first if you are sure",
+        S::Inactive { .. } => "pass --resubscribe (only when the subscriber asked for it)",
+        S::StatusNeedsList(_) => "name the list with --list",
+        S::ListNotFound(_) => "`rundbrief list ls` shows the lists",
+        S::CampaignNotFound(_) => "`rundbrief campaign ls` shows the campaigns",
+        S::BounceNotFound(_) => "`rundbrief bounce ls` shows the stored messages",
+        _ => return None,
+    })
+}
+
 /// The application layer for a command that uses its services.
 async fn app(cli: &Cli) -> anyhow::Result<rundbrief_app::App> {
     let loaded = config::load(cli)?;

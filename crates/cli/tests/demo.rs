@@ -112,7 +112,14 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
         (Some(2), Some(1)),
         "{s}"
     );
-    for live in ["reader", "greylisted", "away", "refused", "filtered", "full"] {
+    for live in [
+        "reader",
+        "greylisted",
+        "away",
+        "refused",
+        "filtered",
+        "full",
+    ] {
         let st = status_of(live);
         assert!(
             !st.is_empty() && st.iter().all(|s| s == "active"),

@@ -61,11 +61,11 @@ pub enum StoreError {
     #[error("a list named `{0}` already exists")]
     ListExists(String),
     /// No list by that name.
-    #[error("there is no list named `{0}` (see `rundbrief list ls`)")]
+    #[error("there is no list named `{0}`")]
     ListNotFound(String),
     /// `list rm` on a list that still has members.
     #[error(
-        "list `{name}` still has {members} member(s); pass --force to delete it and its memberships"
+        "list `{name}` still has {members} member(s); deleting it would delete their memberships too"
     )]
     ListNotEmpty { name: String, members: u64 },
     /// No subscriber with that address.
@@ -75,13 +75,11 @@ pub enum StoreError {
     #[error("`{email}` is not on list `{list}`")]
     NotAMember { email: String, list: String },
     /// Adding a blocklisted address.
-    #[error(
-        "`{0}` is blocklisted and will not be subscribed again; `rundbrief sub rm` it first if you are sure"
-    )]
+    #[error("`{0}` is blocklisted and will not be subscribed again")]
     Blocklisted(String),
     /// Adding a subscriber who left or bounced, without `--resubscribe`.
     #[error(
-        "`{email}` is {status}; pass --resubscribe to make it active again \
+        "`{email}` is {status}; making it active again needs an explicit re-subscribe \
          (only when the subscriber asked for it)"
     )]
     Inactive {
@@ -107,15 +105,15 @@ pub enum StoreError {
         state: rundbrief_core::CampaignState,
     },
     /// No campaign by that name.
-    #[error("there is no campaign named `{0}` (see `rundbrief campaign ls`)")]
+    #[error("there is no campaign named `{0}`")]
     CampaignNotFound(String),
     /// `list rm` on a list that campaigns send to.
     #[error(
-        "list `{name}` is used by campaign(s) {campaigns}; pass --force to delete it anyway (they lose this list)"
+        "list `{name}` is used by campaign(s) {campaigns}; deleting it anyway takes it from them"
     )]
     ListInUse { name: String, campaigns: String },
     /// No stored inbound message with that id.
-    #[error("there is no stored bounce {0} (see `rundbrief bounce ls`)")]
+    #[error("there is no stored bounce {0}")]
     BounceNotFound(uuid::Uuid),
     /// `sub restore` on a subscriber who is not bounced.
     #[error("`{email}` is {status}, not bounced: restore only undoes bounce pruning")]
@@ -124,7 +122,7 @@ pub enum StoreError {
         status: rundbrief_core::SubscriberStatus,
     },
     /// `sub ls --status subscribed` without `--list`.
-    #[error("status `{0}` describes a list membership: name the list with --list")]
+    #[error("status `{0}` describes a list membership: name the list")]
     StatusNeedsList(&'static str),
     /// A stored value that the code does not understand.
     #[error("unexpected value in the database: {0}")]

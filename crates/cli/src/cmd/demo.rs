@@ -435,7 +435,10 @@ async fn run_in(
     }
     let mut by_class = std::collections::BTreeMap::new();
     for class in ["hard", "soft", "block"] {
-        by_class.insert(class, sync.get(class).copied().unwrap_or(0) + class_of(class));
+        by_class.insert(
+            class,
+            sync.get(class).copied().unwrap_or(0) + class_of(class),
+        );
     }
     let bounced_by_dsn = class_of("hard") + class_of("soft") + class_of("block");
     let with_status = |s: SubscriberStatus| async move {
@@ -524,7 +527,8 @@ fn reply_of(error: &str) -> Option<(u16, Option<&str>, &str)> {
     let (code, rest) = reply.split_once(' ').unwrap_or((reply, ""));
     let code: u16 = code.parse().ok()?;
     let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
-    let enhanced = first.split('.').count() == 3 && first.split('.').all(|p| p.parse::<u16>().is_ok());
+    let enhanced =
+        first.split('.').count() == 3 && first.split('.').all(|p| p.parse::<u16>().is_ok());
     Some(if enhanced {
         (code, Some(first), after)
     } else {
