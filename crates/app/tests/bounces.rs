@@ -10,10 +10,10 @@ use chrono::{Duration, TimeZone, Utc};
 use rundbrief_app::App;
 use rundbrief_app::bounces::{Applied, BounceSource, ClassifiedBounce};
 use rundbrief_bounce::BounceClass;
-use rundbrief_core::{Actor, Address, Attributes, CampaignState, Config, Secret, SubscriberStatus};
+use rundbrief_core::{Address, CampaignState, Config, Secret, SubscriberStatus};
 use rundbrief_scheduler::ManualClock;
 use rundbrief_sender::{SmtpStep, StubTransport};
-use rundbrief_store::{DeliveryTarget, NewCampaign, Store};
+use rundbrief_store::{DeliveryTarget, Store};
 use std::sync::Arc;
 
 fn config(auto_prune: bool) -> Config {
@@ -37,37 +37,12 @@ fn app(store: &Store, auto_prune: bool, clock: Arc<ManualClock>) -> App {
     )
 }
 
-/// A campaign to `locals`@example.org with its deliveries materialised;
-/// returns its id and the deliveries.
+/// A running campaign to `locals`@example.org with its deliveries
+/// materialised; returns its id and the deliveries.
 async fn campaign(store: &Store, locals: &[&str]) -> (uuid::Uuid, Vec<DeliveryTarget>) {
-    store.create_list("news", None).await.unwrap();
-    for l in locals {
-        store
-            .add_subscriber(
-                &Address::parse(&format!("{l}@example.org")).unwrap(),
-                "news",
-                Some("Reader"),
-                Attributes::new(),
-                false,
-                Actor::Cli,
-                "test",
-            )
-            .await
-            .unwrap();
-    }
-    let c = store
-        .create_campaign(&NewCampaign {
-            name: "issue-1".into(),
-            lists: vec!["news".into()],
-            subject: "Hello {{subscriber.name}}".into(),
-            content: "# News\n\nHello.".into(),
-            content_kind: "markdown".into(),
-            layout: None,
-            from: None,
-            relay: None,
-        })
-        .await
-        .unwrap();
+    let emails: Vec<String> = locals.iter().map(|l| format!("{l}@example.org")).collect();
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let c = common::campaign_to(store, "issue-1", "news", &refs).await;
     store
         .set_campaign_state(c.id, CampaignState::Running)
         .await

@@ -10,11 +10,11 @@ mod common;
 use rundbrief_app::App;
 use rundbrief_app::endpoint::{EndpointOptions, start_endpoint};
 use rundbrief_app::sending::SendOptions;
-use rundbrief_core::{Actor, Address, Attributes, Config, Secret, SubscriberStatus};
+use rundbrief_core::{Address, Config, Secret, SubscriberStatus};
 use rundbrief_smtpd::client::{Client, ClientStep};
 use rundbrief_smtpd::sink::{Rule, Sink, SinkConfig, SinkTls};
 use rundbrief_smtpd::{CancellationToken, Limits};
-use rundbrief_store::{BounceQuery, NewCampaign, POSTMASTER_KIND, Store};
+use rundbrief_store::{BounceQuery, POSTMASTER_KIND, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,7 +236,6 @@ async fn a_domain_refusing_everyone_is_held_not_pruned() {
         cfg.bounce.hold_min = 5;
         cfg.bounce.hold_ratio = 0.2;
         let app = app_on(s, cfg);
-        s.create_list("news", None).await.unwrap();
         let mut people = Vec::new();
         for i in 0..30 {
             people.push(format!("reader{i}@blocked.example"));
@@ -244,31 +243,8 @@ async fn a_domain_refusing_everyone_is_held_not_pruned() {
         }
         people.push("dead1@fine.example".into());
         people.push("dead2@fine.example".into());
-        for p in &people {
-            s.add_subscriber(
-                &Address::parse(p).unwrap(),
-                "news",
-                None,
-                Attributes::new(),
-                false,
-                Actor::Cli,
-                "test",
-            )
-            .await
-            .unwrap();
-        }
-        s.create_campaign(&NewCampaign {
-            name: "issue".into(),
-            lists: vec!["news".into()],
-            subject: "Hello".into(),
-            content: "Hello.".into(),
-            content_kind: "markdown".into(),
-            layout: None,
-            from: None,
-            relay: None,
-        })
-        .await
-        .unwrap();
+        let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+        common::campaign_to(s, "issue", "news", &refs).await;
         let sink = Sink::new(SinkConfig {
             rules: vec![
                 Rule::reject("*@blocked.example=550 5.1.1 User unknown").unwrap(),
@@ -368,33 +344,9 @@ async fn discarding_held_prunes_keeps_the_subscribers() {
     for db in common::stores().await {
         let s = &db.store;
         let app = app_on(s, config());
-        s.create_list("news", None).await.unwrap();
+        let c = common::campaign_to(s, "c", "news", &["someone@held.example"]).await;
         let addr = Address::parse("someone@held.example").unwrap();
-        s.add_subscriber(
-            &addr,
-            "news",
-            None,
-            Attributes::new(),
-            false,
-            Actor::Cli,
-            "t",
-        )
-        .await
-        .unwrap();
         let sub = s.subscriber_detail(&addr).await.unwrap().subscriber.id;
-        let c = s
-            .create_campaign(&NewCampaign {
-                name: "c".into(),
-                lists: vec!["news".into()],
-                subject: "s".into(),
-                content: "c".into(),
-                content_kind: "markdown".into(),
-                layout: None,
-                from: None,
-                relay: None,
-            })
-            .await
-            .unwrap();
         s.record_domain_prune(&rundbrief_store::NewDomainPrune {
             campaign_id: c.id,
             domain: "held.example",

@@ -7,11 +7,11 @@
 mod common;
 
 use chrono::{Duration, TimeZone, Utc};
-use rundbrief_core::{Actor, Address, Attributes, CampaignState};
+use rundbrief_core::CampaignState;
 use rundbrief_scheduler::{Clock, Ended, Hooks, ManualClock, RunConfig, Runner};
 use rundbrief_sender::throttle::{Limits, Throttle};
 use rundbrief_sender::{SendError, SmtpStep, StubTransport, Transport};
-use rundbrief_store::{NewCampaign, PendingDelivery, Schedule, Store};
+use rundbrief_store::{PendingDelivery, Schedule, Store};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -33,38 +33,11 @@ impl Hooks for TestHooks {
     }
 }
 
-/// A running campaign on list `news` with the given recipients.
+/// A running campaign on list `news` to `local`@example.org for each local part.
 async fn campaign(store: &Store, name: &str, locals: &[&str]) -> uuid::Uuid {
-    if store.find_list("news").await.unwrap().is_none() {
-        store.create_list("news", None).await.unwrap();
-    }
-    for l in locals {
-        store
-            .add_subscriber(
-                &Address::parse(&format!("{l}@example.org")).unwrap(),
-                "news",
-                None,
-                Attributes::new(),
-                false,
-                Actor::Cli,
-                "test",
-            )
-            .await
-            .unwrap();
-    }
-    let c = store
-        .create_campaign(&NewCampaign {
-            name: name.into(),
-            lists: vec!["news".into()],
-            subject: "s".into(),
-            content: "c".into(),
-            content_kind: "markdown".into(),
-            layout: None,
-            from: None,
-            relay: None,
-        })
-        .await
-        .unwrap();
+    let emails: Vec<String> = locals.iter().map(|l| format!("{l}@example.org")).collect();
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let c = common::campaign_to(store, name, "news", &refs).await;
     store
         .set_campaign_state(c.id, CampaignState::Running)
         .await

@@ -44,3 +44,46 @@ pub async fn stores() -> Vec<TestDb> {
     }
     out
 }
+
+/// A draft campaign `name` to the list `list` (created when missing) whose
+/// members are `emails` (added when missing): the setup the scheduler's and
+/// the application layer's tests share.
+#[allow(dead_code)] // each test crate that includes this file uses its own part
+pub async fn campaign_to(
+    store: &Store,
+    name: &str,
+    list: &str,
+    emails: &[&str],
+) -> rundbrief_store::Campaign {
+    use rundbrief_core::{Actor, Address, Attributes};
+    if store.find_list(list).await.unwrap().is_none() {
+        store.create_list(list, None).await.unwrap();
+    }
+    for e in emails {
+        store
+            .add_subscriber(
+                &Address::parse(e).unwrap(),
+                list,
+                None,
+                Attributes::new(),
+                false,
+                Actor::Cli,
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .create_campaign(&rundbrief_store::NewCampaign {
+            name: name.into(),
+            lists: vec![list.into()],
+            subject: "Hello {{subscriber.name}}".into(),
+            content: "# News\n\nHello.".into(),
+            content_kind: "markdown".into(),
+            layout: None,
+            from: None,
+            relay: None,
+        })
+        .await
+        .unwrap()
+}
