@@ -102,30 +102,11 @@ fn every_acknowledged_bounce_survives_a_sigkill_mid_flood() {
             .args(["migrate"])
             .assert()
             .success();
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"));
-        cmd.current_dir(e.dir.path())
-            .envs(envs.iter().copied())
-            .args(["bounce", "serve", "--listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let mut server = cmd.spawn().unwrap();
-        let mut err = BufReader::new(server.stderr.take().unwrap());
-        let mut port = None;
-        for _ in 0..20 {
-            let mut line = String::new();
-            if err.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                port = rest
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok());
-                break;
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        let port = port.expect("bounce serve said where it listens");
+        let (mut server, port) = start_server_with(
+            e.dir.path(),
+            &envs,
+            &["bounce", "serve", "--listen", "127.0.0.1:0"],
+        );
 
         // Each message to its own return path, so no per-address limit applies.
         let rcpts: Vec<String> = (0..MESSAGES)

@@ -117,9 +117,20 @@ pub fn start_server(e: &Env, args: &[&str]) -> (std::process::Child, u16) {
 /// [`start_server`] in any directory.
 #[cfg(unix)]
 pub fn start_server_in(dir: &Path, args: &[&str]) -> (std::process::Child, u16) {
+    start_server_with(dir, &[], args)
+}
+
+/// [`start_server_in`] with extra environment variables (a database, say).
+#[cfg(unix)]
+pub fn start_server_with(
+    dir: &Path,
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> (std::process::Child, u16) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(dir)
+        .envs(envs.iter().copied())
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
