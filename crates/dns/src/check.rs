@@ -1,6 +1,6 @@
 //! The recipient-domain check: can mail to this domain be delivered at all?
 
-use crate::resolver::{Answer, LookupError, Resolver, normalize};
+use crate::resolver::{Answer, LookupError, Resolver, Rtype, normalize};
 use std::collections::{HashMap, HashSet};
 use tokio::task::JoinSet;
 
@@ -68,6 +68,45 @@ impl DomainCheck {
     }
 }
 
+/// What one answer decides: the result, or the record type to ask next.
+enum Next {
+    Done(DomainCheck),
+    Ask(Rtype),
+}
+
+/// The check as a pure function of one answer: MX first; without MX, A,
+/// then AAAA (RFC 5321 §5.1's implicit MX).
+fn after(rtype: Rtype, answer: &Answer) -> Next {
+    match (rtype, answer) {
+        (Rtype::Mx, Answer::Mx(records)) => {
+            // RFC 7505: a single MX whose exchange is the root name. A root
+            // entry beside real hosts is ignored.
+            let hosts: Vec<String> = records
+                .iter()
+                .filter(|m| !m.exchange.is_empty())
+                .map(|m| m.exchange.clone())
+                .collect();
+            Next::Done(if hosts.is_empty() {
+                DomainCheck::undeliverable(REASON_NULL_MX)
+            } else {
+                DomainCheck::Deliverable { mx: hosts }
+            })
+        }
+        (_, Answer::NxDomain) => Next::Done(DomainCheck::undeliverable(REASON_NXDOMAIN)),
+        (Rtype::Mx, _) => Next::Ask(Rtype::A),
+        (Rtype::A | Rtype::Aaaa, Answer::Addrs(_)) => {
+            Next::Done(DomainCheck::Deliverable { mx: Vec::new() })
+        }
+        (Rtype::A, _) => Next::Ask(Rtype::Aaaa),
+        (Rtype::Aaaa, _) => Next::Done(DomainCheck::undeliverable(REASON_NO_MX_OR_A)),
+    }
+}
+
+/// A domain literal (`[192.0.2.1]`) or a bare IP address: no DNS needed.
+fn literal(domain: &str) -> bool {
+    domain.starts_with('[') && domain.ends_with(']') || domain.parse::<std::net::IpAddr>().is_ok()
+}
+
 impl Resolver {
     /// Checks whether mail to `domain` can be delivered: its MX records,
     /// and when it has none, its A then AAAA records. Answers come from the
@@ -77,50 +116,35 @@ impl Resolver {
     /// without DNS.
     pub async fn check_domain(&self, domain: &str) -> DomainCheck {
         let domain = normalize(domain);
-        if domain.starts_with('[') && domain.ends_with(']')
-            || domain.parse::<std::net::IpAddr>().is_ok()
-        {
+        if literal(&domain) {
             return DomainCheck::Deliverable { mx: Vec::new() };
         }
-        match self.mx(&domain).await {
-            Ok(Answer::Mx(records)) => {
-                // RFC 7505: a single MX whose exchange is the root name. A
-                // root entry beside real hosts is ignored.
-                let hosts: Vec<String> = records
-                    .iter()
-                    .filter(|m| !m.exchange.is_empty())
-                    .map(|m| m.exchange.clone())
-                    .collect();
-                if hosts.is_empty() {
-                    Self::null_mx()
-                } else {
-                    DomainCheck::Deliverable { mx: hosts }
-                }
+        let mut rtype = Rtype::Mx;
+        // At most three steps: MX, A, AAAA.
+        loop {
+            match self.lookup(&domain, rtype).await {
+                Ok(answer) => match after(rtype, &answer) {
+                    Next::Done(check) => return check,
+                    Next::Ask(next) => rtype = next,
+                },
+                Err(e) => return DomainCheck::unknown(e),
             }
-            Ok(Answer::NxDomain) => DomainCheck::undeliverable(REASON_NXDOMAIN),
-            Ok(Answer::NoData | Answer::Addrs(_)) => self.check_addresses(&domain).await,
-            Err(e) => DomainCheck::unknown(e),
         }
     }
 
-    fn null_mx() -> DomainCheck {
-        DomainCheck::undeliverable(REASON_NULL_MX)
-    }
-
-    /// No MX: an address record makes the domain its own mail host.
-    async fn check_addresses(&self, domain: &str) -> DomainCheck {
-        let implicit = DomainCheck::Deliverable { mx: Vec::new() };
-        match self.a(domain).await {
-            Ok(Answer::Addrs(_)) => return implicit,
-            Ok(Answer::NxDomain) => return DomainCheck::undeliverable(REASON_NXDOMAIN),
-            Ok(_) => {}
-            Err(e) => return DomainCheck::unknown(e),
+    /// The check from the cache alone: `None` when an answer it needs is
+    /// not cached (then [`Resolver::check_domain`] asks). Never waits.
+    pub fn cached_check(&self, domain: &str) -> Option<DomainCheck> {
+        let domain = normalize(domain);
+        if literal(&domain) {
+            return Some(DomainCheck::Deliverable { mx: Vec::new() });
         }
-        match self.aaaa(domain).await {
-            Ok(Answer::Addrs(_)) => implicit,
-            Ok(Answer::NxDomain) => DomainCheck::undeliverable(REASON_NXDOMAIN),
-            Ok(_) => DomainCheck::undeliverable(REASON_NO_MX_OR_A),
-            Err(e) => DomainCheck::unknown(e),
+        let mut rtype = Rtype::Mx;
+        loop {
+            match after(rtype, &self.cached(&domain, rtype)?) {
+                Next::Done(check) => return Some(check),
+                Next::Ask(next) => rtype = next,
+            }
         }
     }
 
@@ -146,6 +170,11 @@ impl Resolver {
         for d in domains {
             let d = normalize(d.as_ref());
             if !seen.insert(d.clone()) {
+                continue;
+            }
+            // Most domains of a large import were seen in an earlier batch.
+            if let Some(hit) = self.cached_check(&d) {
+                results.insert(d, hit);
                 continue;
             }
             if tasks.len() >= limit

@@ -220,8 +220,18 @@ impl Resolver {
     }
 
     /// Entries in the cache now.
-    pub fn cached(&self) -> u64 {
+    pub fn cache_len(&self) -> u64 {
         self.inner.cache.len()
+    }
+
+    /// The cached answer for (`domain`, `rtype`), if its TTL has not passed;
+    /// never asks the name servers.
+    pub(crate) fn cached(&self, domain: &str, rtype: Rtype) -> Option<Answer> {
+        let hit = self.inner.cache.get(&(Arc::from(normalize(domain)), rtype));
+        if hit.is_some() {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     /// The MX records of `domain`, from the cache or the name servers.

@@ -133,7 +133,9 @@ async fn the_cache_honours_ttls_positive_and_negative() {
     let old = DomainCheck::Deliverable {
         mx: vec!["old.ttl.example".into()],
     };
+    assert_eq!(r.cached_check("ttl.example"), None, "nothing cached yet");
     assert_eq!(r.check_domain("ttl.example").await, old);
+    assert_eq!(r.cached_check("TTL.example."), Some(old.clone()));
     let asked = dns.queries();
     dns.mx("ttl.example", 60, &[(10, "new.ttl.example")]);
     clock.advance(Duration::from_secs(59));
@@ -144,6 +146,7 @@ async fn the_cache_honours_ttls_positive_and_negative() {
     );
     assert_eq!(dns.queries(), asked, "no query within the TTL");
     clock.advance(Duration::from_secs(2));
+    assert_eq!(r.cached_check("ttl.example"), None, "expired");
     assert_eq!(
         r.check_domain("ttl.example").await,
         DomainCheck::Deliverable {
@@ -152,6 +155,11 @@ async fn the_cache_honours_ttls_positive_and_negative() {
         "asked again after the TTL"
     );
     assert_eq!(dns.queries(), asked + 1);
+
+    dns.a("addr.example", 60, &[Ipv4Addr::new(192, 0, 2, 9)]);
+    let implicit = DomainCheck::Deliverable { mx: vec![] };
+    assert_eq!(r.check_domain("addr.example").await, implicit);
+    assert_eq!(r.cached_check("addr.example"), Some(implicit));
 
     // NXDOMAIN is kept for the SOA minimum (30 s here).
     assert_eq!(
@@ -188,7 +196,7 @@ async fn the_cache_is_bounded() {
         .check_domains((0..300).map(|i| format!("d{i}.example")))
         .await;
     assert_eq!(all.len(), 300);
-    let held = r.cached();
+    let held = r.cache_len();
     assert!(held <= 50, "cache holds {held} entries, cache_size 50");
 }
 
