@@ -1137,6 +1137,23 @@ mod tests {
     }
 
     #[test]
+    fn config_with_dns_and_shaping_prints_as_toml_and_reads_back() {
+        // `rundbrief config show` prints the configuration as TOML.
+        let text = "[dns]\nservers = [\"127.0.0.1:5300\"]\n\
+                    [shaping.providers.corp]\nmx_suffixes = [\"mx.corp.example\"]\nrate_per_hour = 100\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let shown = toml::to_string_pretty(&cfg).expect("config show can print it");
+        let back: Config = toml::from_str(&shown).unwrap();
+        assert_eq!(back.dns, cfg.dns);
+        assert_eq!(back.shaping, cfg.shaping);
+        let shown = toml::to_string_pretty(&Config::default()).unwrap();
+        assert!(
+            shown.contains("[dns]") && shown.contains("[shaping]"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn dns_servers_parse_and_are_checked() {
         let cfg: Config =
             toml::from_str("[dns]\nservers = [\"127.0.0.1:5300\", \"9.9.9.9\", \"[::1]:53\"]")

@@ -287,8 +287,14 @@ impl Resolver {
                     return Ok(hit);
                 }
                 let fresh = self.query(&key).await;
-                if let Ok((answer, ttl)) = &fresh {
-                    self.inner.cache.insert(key.clone(), answer.clone(), *ttl);
+                match &fresh {
+                    Ok((answer, ttl)) => {
+                        tracing::trace!(domain = %key.0, rtype = ?key.1, ?answer, ttl_secs = ttl.as_secs(), "dns answer");
+                        self.inner.cache.insert(key.clone(), answer.clone(), *ttl);
+                    }
+                    Err(e) => {
+                        tracing::debug!(domain = %key.0, rtype = ?key.1, error = %e, "dns lookup failed");
+                    }
                 }
                 fresh.map(|(answer, _)| answer)
             })
