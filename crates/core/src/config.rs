@@ -467,15 +467,16 @@ impl Default for ImportConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
     /// Name servers to ask, each `IP` (port 53) or `IP:PORT` (`[::1]:53`
-    /// for IPv6 with a port), over UDP with a fallback to TCP (truncated
-    /// answers, UDP errors). Every lookup goes to these servers. Default
+    /// for IPv6 with a port), over UDP, and over TCP when an answer comes
+    /// back truncated. Every lookup goes to these servers. Default
     /// empty: the system's resolver configuration (`/etc/resolv.conf`).
     pub servers: Vec<String>,
     /// Seconds to wait for one answer. Default 5; after `attempts` tries the
     /// lookup's result is "unknown" (retried later, never held against the
     /// domain).
     pub timeout_secs: u64,
-    /// Tries per lookup (per server). Default 2.
+    /// Tries per lookup. Default 2 (a lookup gives up after
+    /// `attempts` × `timeout_secs`).
     pub attempts: usize,
     /// Lookups in flight at once, over all callers. Default 64; further
     /// lookups wait for a free slot.

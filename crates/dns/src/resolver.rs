@@ -172,15 +172,14 @@ impl Resolver {
         let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = timeout;
-        opts.attempts = cfg.attempts.max(1);
+        // hickory counts retries after the first try.
+        opts.attempts = cfg.attempts.max(1) - 1;
         // Our cache is the one that counts (bounded, on an injectable clock);
         // hickory's would answer from real time behind its back. (Its TTL
         // clamps would rewrite the records' TTLs, so they stay unset.)
         opts.cache_size = 0;
         // Recipient domains come from DNS only, never from /etc/hosts.
         opts.use_hosts_file = ResolveHosts::Never;
-        // Retry over TCP when UDP fails (truncated answers go to TCP anyway).
-        opts.try_tcp_on_error = true;
         // A TCP connection multiplexes queries; let it carry all of ours.
         opts.max_active_requests = opts.max_active_requests.max(concurrency);
         let hickory = builder

@@ -108,7 +108,9 @@ async fn a_silent_server_is_unknown_after_the_timeout() {
         .await
         .expect("the resolver's own timeout ends the lookup");
     assert!(matches!(got, DomainCheck::Unknown { .. }), "{got:?}");
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    eprintln!("a silent server took {took:?} to give up (timeout 1 s, 1 try)");
 }
 
 #[tokio::test]
