@@ -1,6 +1,6 @@
 //! Mailbox providers: which recipient domains share one provider's limits.
 
-use crate::resolver::{Answer, Resolver, normalize};
+use crate::resolver::{Answer, LookupError, Resolver, Rtype, normalize};
 use rundbrief_core::config::{BUILTIN_PROVIDERS, ShapingConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -242,11 +242,28 @@ impl Providers {
             return p;
         }
         let d = normalize(domain);
+        let mx = self.resolver.mx(&d).await;
+        self.by_mx_answer(d, mx)
+    }
+
+    /// [`Providers::provider_of`] from the cache alone, for hot paths:
+    /// `None` when the domain is not well known and its MX answer is not
+    /// cached (then ask `provider_of`). Never waits.
+    pub fn cached_provider_of(&self, domain: &str) -> Option<Provider> {
+        if let Some(p) = self.known(domain) {
+            return Some(p);
+        }
+        let d = normalize(domain);
+        let mx = self.resolver.cached(&d, Rtype::Mx)?;
+        Some(self.by_mx_answer(d, Ok(mx)))
+    }
+
+    fn by_mx_answer(&self, d: String, mx: Result<Answer, LookupError>) -> Provider {
         let own = |basis| Provider {
             name: Arc::from(d.as_str()),
             basis,
         };
-        match self.resolver.mx(&d).await {
+        match mx {
             Ok(Answer::Mx(records)) => {
                 match self
                     .table

@@ -322,6 +322,12 @@ async fn providers_by_name_and_by_mx_suffix() {
         Some(2)
     );
     // The MX answers came from the shared cache the second time.
+    assert_eq!(
+        &*p.cached_provider_of("family.example").unwrap().name,
+        "apple"
+    );
+    assert_eq!(&*p.cached_provider_of("gmail.com").unwrap().name, "google");
+    assert_eq!(p.cached_provider_of("unseen.example"), None);
     let asked = dns.queries();
     assert_eq!(&*p.provider_of("firm.example").await.name, "microsoft");
     assert!(matches!(
