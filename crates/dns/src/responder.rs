@@ -19,7 +19,7 @@
 //! ```
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::io;
@@ -207,6 +207,13 @@ impl Responder {
         self.replace(domain, RecordType::AAAA, records);
     }
 
+    /// Makes `domain` an alias of `target`: queries for any other type get
+    /// the CNAME and, when this responder knows `target`, its records.
+    pub fn cname(&self, domain: &str, ttl: u32, target: &str) {
+        let record = Record::from_rdata(fqdn(domain), ttl, RData::CNAME(CNAME(fqdn(target))));
+        self.replace(domain, RecordType::CNAME, vec![record]);
+    }
+
     /// Makes `domain` exist without records (NODATA for every type).
     pub fn exists(&self, domain: &str) {
         self.with_names(|names| {
@@ -295,12 +302,26 @@ impl State {
                 Some(Fault::Silent) => return None,
                 Some(Fault::TruncateUdp) if !tcp => resp.metadata.truncation = true,
                 Some(Fault::TruncateUdp) | None => {
-                    let hits: Vec<Record> = node
+                    let of_type = |n: &Node| -> Vec<Record> {
+                        n.records
+                            .iter()
+                            .filter(|r| r.record_type() == q.query_type())
+                            .cloned()
+                            .collect()
+                    };
+                    let mut hits = of_type(node);
+                    let alias = node
                         .records
                         .iter()
-                        .filter(|r| r.record_type() == q.query_type())
-                        .cloned()
-                        .collect();
+                        .find(|r| r.record_type() == RecordType::CNAME);
+                    if let (true, Some(alias)) = (hits.is_empty(), alias) {
+                        hits.push(alias.clone());
+                        if let RData::CNAME(CNAME(target)) = &alias.data
+                            && let Some(t) = names.get(&key(&target.to_ascii()))
+                        {
+                            hits.extend(of_type(t));
+                        }
+                    }
                     if hits.is_empty() {
                         resp.add_authority(self.soa(&name));
                     } else {

@@ -71,6 +71,40 @@ async fn domain_check_reads_mx_null_mx_address_and_nxdomain() {
 }
 
 #[tokio::test]
+async fn aliases_are_followed_and_cached_for_the_shortest_ttl() {
+    let (dns, r, clock, _) = setup("").await;
+    dns.mx("mail.example", 300, &[(10, "mx.mail.example")]);
+    dns.cname("alias.example", 30, "mail.example");
+    dns.a("host.example", 300, &[Ipv4Addr::new(192, 0, 2, 3)]);
+    dns.cname("www.alias.example", 300, "host.example");
+    dns.cname("dangling.example", 300, "nowhere.example");
+    let mail = DomainCheck::Deliverable {
+        mx: vec!["mx.mail.example".into()],
+    };
+    assert_eq!(r.check_domain("alias.example").await, mail);
+    assert_eq!(
+        r.check_domain("www.alias.example").await,
+        DomainCheck::Deliverable { mx: vec![] }
+    );
+    assert_eq!(
+        r.check_domain("dangling.example").await,
+        undeliverable(REASON_NXDOMAIN)
+    );
+    // The alias's 30 s bound the cached MX answer, not the target's 300 s.
+    dns.cname("alias.example", 30, "other.example");
+    dns.mx("other.example", 300, &[(10, "mx.other.example")]);
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(r.check_domain("alias.example").await, mail);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        r.check_domain("alias.example").await,
+        DomainCheck::Deliverable {
+            mx: vec!["mx.other.example".into()]
+        }
+    );
+}
+
+#[tokio::test]
 async fn server_failures_are_unknown_and_not_cached() {
     let (dns, r, _, _) = setup("").await;
     dns.mx("broken.example", 300, &[(10, "mx.broken.example")]);
