@@ -668,14 +668,14 @@ impl ShapingConfig {
                 self.builtin_providers && BUILTIN_PROVIDERS.iter().any(|b| b.name == name);
             if !builtin && p.domains.is_empty() && p.mx_suffixes.is_empty() {
                 return bad(format!(
-                    "`shaping.providers.{name}` matches nothing: give `domains` or `mx_suffixes` \
+                    "`{name}` matches nothing: give `domains` or `mx_suffixes` \
                      (only a built-in provider may set limits alone)"
                 ));
             }
             for d in &p.domains {
                 if !dns_labels(d.strip_suffix(".*").unwrap_or(d)) {
                     return bad(format!(
-                        "`shaping.providers.{name}.domains`: `{d}` is not a lower-case domain \
+                        "`{name}.domains`: `{d}` is not a lower-case domain \
                          (`example.org`) or a name under any top-level domain (`example.*`)"
                     ));
                 }
@@ -683,7 +683,7 @@ impl ShapingConfig {
             for m in &p.mx_suffixes {
                 if !dns_labels(m) {
                     return bad(format!(
-                        "`shaping.providers.{name}.mx_suffixes`: `{m}` is not a lower-case domain \
+                        "`{name}.mx_suffixes`: `{m}` is not a lower-case domain \
                          such as `google.com`"
                     ));
                 }
@@ -694,7 +694,7 @@ impl ShapingConfig {
                 || p.rate_per_hour == Some(0)
             {
                 return bad(format!(
-                    "`shaping.providers.{name}`: connections, messages_per_connection, \
+                    "`{name}`: connections, messages_per_connection, \
                      rate_per_second and rate_per_hour must be > 0 when set"
                 ));
             }
