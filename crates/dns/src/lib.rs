@@ -13,8 +13,11 @@
 //!
 //! Start reading at [`Resolver`] (built from `[dns]`: the servers, or the
 //! system's resolver), then [`Resolver::check_domain`] and
-//! [`Providers::provider_of`]. [`responder`] is a small authoritative DNS
-//! server on loopback for tests, the demo and the benchmark.
+//! [`Providers::provider_of`]. For an import, [`Resolver::check_domains`]
+//! checks a batch's distinct domains with bounded concurrency; on hot paths
+//! [`Resolver::cached_check`] and [`Providers::cached_provider_of`] answer
+//! from the cache without waiting. [`responder`] is a small authoritative
+//! DNS server on loopback for tests, the demo and the benchmark.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), rundbrief_dns::DnsError> {
