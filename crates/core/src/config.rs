@@ -128,6 +128,12 @@ pub struct Config {
     /// DKIM signing of outgoing mail. Unset: mail goes out unsigned (and
     /// `campaign send` warns).
     pub dkim: DkimConfig,
+    /// Lookups of recipient domains (MX, A, AAAA): the resolver, its cache
+    /// and how many lookups run at once.
+    pub dns: DnsConfig,
+    /// Mailbox providers: which recipient domains share one provider's
+    /// limits, and those limits.
+    pub shaping: ShapingConfig,
 }
 
 /// `[relays.NAME]`: one relay with everything a URL cannot carry. Unset
@@ -486,6 +492,249 @@ impl Default for ImportConfig {
     }
 }
 
+/// `[dns]`: how recipient domains are looked up (MX, A, AAAA) for the
+/// domain check and for grouping domains by mailbox provider. Env:
+/// `RUNDBRIEF_DNS__SERVERS='["127.0.0.1:5300"]'`, `RUNDBRIEF_DNS__TIMEOUT_SECS`, …
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers to ask, each `IP` (port 53) or `IP:PORT` (`[::1]:53`
+    /// for IPv6 with a port), over UDP, and over TCP when an answer comes
+    /// back truncated. Every lookup goes to these servers. Default
+    /// empty: the system's resolver configuration (`/etc/resolv.conf`).
+    pub servers: Vec<String>,
+    /// Seconds to wait for one answer. Default 5; after `attempts` tries the
+    /// lookup's result is "unknown" (retried later, never held against the
+    /// domain).
+    pub timeout_secs: u64,
+    /// Tries per lookup. Default 2 (a lookup gives up after
+    /// `attempts` × `timeout_secs`).
+    pub attempts: usize,
+    /// Lookups in flight at once, over all callers. Default 64; further
+    /// lookups wait for a free slot.
+    pub concurrency: usize,
+    /// Answers kept in the cache (one per domain and record type). Default
+    /// 100000; when full, the least useful entries are dropped.
+    pub cache_size: u64,
+    /// Longest time an answer is cached, in seconds, whatever its TTL says.
+    /// Default 86400 (a day). Shorter TTLs are honoured.
+    pub max_ttl_secs: u64,
+    /// Longest time a negative answer (NXDOMAIN, no records of the type) is
+    /// cached, in seconds. Such answers are kept for their zone's SOA
+    /// minimum (RFC 2308), at most this long; without an SOA, this long.
+    /// Default 3600.
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout_secs: 5,
+            attempts: 2,
+            concurrency: 64,
+            cache_size: 100_000,
+            max_ttl_secs: 86_400,
+            negative_ttl_secs: 3_600,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The configured servers as socket addresses (port 53 where none is
+    /// given). Empty: use the system's resolver.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `dns.servers` and the entry that is
+    /// neither `IP` nor `IP:PORT`.
+    pub fn server_addrs(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        self.servers
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "dns.servers",
+                        problem: format!(
+                            "`{s}` is not IP or IP:PORT (e.g. \"127.0.0.1:5300\", \"9.9.9.9\", \"[::1]:53\")"
+                        ),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// `[shaping]`: mailbox providers. Thousands of recipient domains share the
+/// MX hosts of a few providers (Google, Microsoft, Yahoo, …); limits apply
+/// to the provider as a whole. A domain belongs to a provider when it is
+/// one of its `domains`, or when its MX hosts are under one of its
+/// `mx_suffixes`; any other domain is a provider of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// Start from the built-in providers ([`BUILTIN_PROVIDERS`]: google,
+    /// microsoft, yahoo, apple, gmx). Default true. With false only the
+    /// providers configured here exist.
+    pub builtin_providers: bool,
+    /// `[shaping.providers.NAME]`: a provider of your own, or changes to a
+    /// built-in one (same name: its `domains` and `mx_suffixes` are added
+    /// to the built-in lists, its limits replace the defaults).
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for ShapingConfig {
+    fn default() -> Self {
+        ShapingConfig {
+            builtin_providers: true,
+            providers: Default::default(),
+        }
+    }
+}
+
+/// `[shaping.providers.NAME]`: one mailbox provider. Unset limits fall back
+/// to `[sending]`'s per-domain ones, applied to the provider as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Recipient domains of this provider, known without DNS: `gmail.com`,
+    /// or `hotmail.*` for the name under any top-level domain
+    /// (`hotmail.com`, `hotmail.de`, `hotmail.co.uk`: one label, or two
+    /// where the first has at most three letters).
+    pub domains: Vec<String>,
+    /// A domain whose MX host is one of these names or under one of them
+    /// (`google.com` matches `aspmx.l.google.com`) belongs to this provider.
+    pub mx_suffixes: Vec<String>,
+    /// Connections open at once to this provider.
+    pub connections: Option<usize>,
+    /// Messages over one connection before it is closed.
+    pub messages_per_connection: Option<u32>,
+    /// Messages per second to this provider.
+    pub rate_per_second: Option<u32>,
+    /// Messages per hour to this provider.
+    pub rate_per_hour: Option<u32>,
+}
+
+/// A provider group shipped with rundbrief (see [`ShapingConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinProvider {
+    /// The group's name, as shown by `campaign status` and used in
+    /// `[shaping.providers.NAME]`.
+    pub name: &'static str,
+    /// Domains known to belong to it without asking DNS.
+    pub domains: &'static [&'static str],
+    /// MX host suffixes that place any other domain in it.
+    pub mx_suffixes: &'static [&'static str],
+}
+
+/// The built-in provider groups, in the order they are matched.
+pub const BUILTIN_PROVIDERS: &[BuiltinProvider] = &[
+    BuiltinProvider {
+        name: "google",
+        domains: &["gmail.com", "googlemail.com"],
+        mx_suffixes: &["google.com", "googlemail.com"],
+    },
+    BuiltinProvider {
+        name: "microsoft",
+        domains: &[
+            "outlook.*",
+            "hotmail.*",
+            "live.*",
+            "msn.com",
+            "windowslive.com",
+        ],
+        mx_suffixes: &["outlook.com"],
+    },
+    BuiltinProvider {
+        name: "yahoo",
+        domains: &["yahoo.*", "ymail.com", "rocketmail.com", "aol.*", "aim.com"],
+        mx_suffixes: &["yahoodns.net"],
+    },
+    BuiltinProvider {
+        name: "apple",
+        domains: &["icloud.com", "me.com", "mac.com"],
+        mx_suffixes: &["icloud.com", "apple.com"],
+    },
+    BuiltinProvider {
+        name: "gmx",
+        domains: &["gmx.*", "web.de"],
+        mx_suffixes: &["gmx.net", "web.de"],
+    },
+];
+
+/// True for a name of lower-case DNS labels (letters, digits, '-', '_')
+/// separated by dots.
+fn dns_labels(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        })
+}
+
+impl ShapingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |problem: String| {
+            Err(ConfigError::Invalid {
+                key: "shaping.providers",
+                problem,
+            })
+        };
+        for (name, p) in &self.providers {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return bad(format!(
+                    "name `{name}` must be letters, digits, '-', '_' or '.'"
+                ));
+            }
+            let builtin =
+                self.builtin_providers && BUILTIN_PROVIDERS.iter().any(|b| b.name == name);
+            if !builtin && p.domains.is_empty() && p.mx_suffixes.is_empty() {
+                return bad(format!(
+                    "`{name}` matches nothing: give `domains` or `mx_suffixes` \
+                     (only a built-in provider may set limits alone)"
+                ));
+            }
+            for d in &p.domains {
+                if !dns_labels(d.strip_suffix(".*").unwrap_or(d)) {
+                    return bad(format!(
+                        "`{name}.domains`: `{d}` is not a lower-case domain \
+                         (`example.org`) or a name under any top-level domain (`example.*`)"
+                    ));
+                }
+            }
+            for m in &p.mx_suffixes {
+                if !dns_labels(m) {
+                    return bad(format!(
+                        "`{name}.mx_suffixes`: `{m}` is not a lower-case domain \
+                         such as `google.com`"
+                    ));
+                }
+            }
+            if p.connections == Some(0)
+                || p.messages_per_connection == Some(0)
+                || p.rate_per_second == Some(0)
+                || p.rate_per_hour == Some(0)
+            {
+                return bad(format!(
+                    "`{name}`: connections, messages_per_connection, \
+                     rate_per_second and rate_per_hour must be > 0 when set"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Checks every value that has a range.
     ///
@@ -648,6 +897,23 @@ impl Config {
                     .into(),
             });
         }
+        let d = &self.dns;
+        d.server_addrs()?;
+        if d.timeout_secs == 0
+            || d.attempts == 0
+            || d.concurrency == 0
+            || d.cache_size == 0
+            || d.max_ttl_secs == 0
+            || d.negative_ttl_secs == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "dns",
+                problem: "timeout_secs, attempts, concurrency, cache_size, max_ttl_secs and \
+                          negative_ttl_secs must be > 0"
+                    .into(),
+            });
+        }
+        self.shaping.validate()?;
         if self.import.max_line_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "import.max_line_bytes",
@@ -874,6 +1140,40 @@ trust_forwarded_for = false
 # key_file = "dkim.pem"
 # selector = "rb2026"
 # domain = "example.org"
+
+[dns]
+# Lookups of recipient domains (MX, A, AAAA): the domain check and the
+# grouping of domains by mailbox provider. Name servers as "IP" or "IP:PORT",
+# asked over UDP with TCP fallback; without `servers`, the system's resolver
+# (/etc/resolv.conf).
+# servers = ["127.0.0.1:5300"]
+# Seconds per answer and tries per lookup; then the result is "unknown"
+# (retried later, never held against the domain).
+timeout_secs = 5
+attempts = 2
+# Lookups in flight at once, over all callers.
+concurrency = 64
+# Cached answers (domain and record type), kept for their TTL, at most
+# max_ttl_secs; negative answers for their SOA minimum, at most negative_ttl_secs.
+cache_size = 100000
+max_ttl_secs = 86400
+negative_ttl_secs = 3600
+
+[shaping]
+# Mailbox providers: limits apply to a provider, not to each of its domains.
+# Built in: google, microsoft, yahoo, apple, gmx (by well-known domains and by
+# the MX hosts a domain resolves to); every other domain is its own provider.
+builtin_providers = true
+# Change a built-in provider (lists are added to its own) or add one. Unset
+# limits fall back to [sending]'s per-domain ones, for the provider as a whole.
+# [shaping.providers.google]
+# connections = 4
+# messages_per_connection = 100
+# rate_per_second = 10
+# rate_per_hour = 20000
+# [shaping.providers.corp]
+# domains = ["corp.example", "corp.*"]
+# mx_suffixes = ["mx.corp.example"]
 "#
     )
 }
@@ -893,6 +1193,120 @@ mod tests {
         assert_eq!(cfg.sending.verp_prefix, "b");
         assert_eq!(cfg.http.listen, "127.0.0.1:8080");
         assert_eq!(cfg.http.subscribe_per_address_per_hour, 3);
+        assert_eq!(cfg.dns, DnsConfig::default());
+        assert_eq!(cfg.shaping, ShapingConfig::default());
+    }
+
+    #[test]
+    fn config_with_dns_and_shaping_prints_as_toml_and_reads_back() {
+        // `rundbrief config show` prints the configuration as TOML.
+        let text = "[dns]\nservers = [\"127.0.0.1:5300\"]\n\
+                    [shaping.providers.corp]\nmx_suffixes = [\"mx.corp.example\"]\nrate_per_hour = 100\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let shown = toml::to_string_pretty(&cfg).expect("config show can print it");
+        let back: Config = toml::from_str(&shown).unwrap();
+        assert_eq!(back.dns, cfg.dns);
+        assert_eq!(back.shaping, cfg.shaping);
+        let shown = toml::to_string_pretty(&Config::default()).unwrap();
+        assert!(
+            shown.contains("[dns]") && shown.contains("[shaping]"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn dns_servers_parse_and_are_checked() {
+        let cfg: Config =
+            toml::from_str("[dns]\nservers = [\"127.0.0.1:5300\", \"9.9.9.9\", \"[::1]:53\"]")
+                .unwrap();
+        cfg.validate().unwrap();
+        let addrs = cfg.dns.server_addrs().unwrap();
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:5300".parse().unwrap(),
+                "9.9.9.9:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert!(Config::default().dns.server_addrs().unwrap().is_empty());
+        for (text, needle) in [
+            ("[dns]\nservers = [\"dns.example:53\"]", "dns.servers"),
+            ("[dns]\nconcurrency = 0", "concurrency"),
+            ("[dns]\ntimeout_secs = 0", "timeout_secs"),
+        ] {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert!(toml::from_str::<Config>("[dns]\nserver = []").is_err());
+    }
+
+    #[test]
+    fn shaping_providers_parse_and_are_checked() {
+        let text = r#"
+[shaping.providers.google]
+rate_per_second = 10
+rate_per_hour = 20000
+[shaping.providers.corp]
+domains = ["corp.example", "corp.*"]
+mx_suffixes = ["mx.corp.example"]
+connections = 2
+messages_per_connection = 50
+"#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.shaping.builtin_providers);
+        assert_eq!(cfg.shaping.providers["google"].rate_per_second, Some(10));
+        assert_eq!(cfg.shaping.providers["corp"].domains.len(), 2);
+        let bad = [
+            // a new provider must match something
+            (
+                "[shaping.providers.mine]\nconnections = 2",
+                "matches nothing",
+            ),
+            // a built-in one may not once the built-ins are off
+            (
+                "[shaping]\nbuiltin_providers = false\n[shaping.providers.google]\nconnections = 2",
+                "matches nothing",
+            ),
+            (
+                "[shaping.providers.x]\ndomains = [\"Corp.Example\"]",
+                "lower-case",
+            ),
+            (
+                "[shaping.providers.x]\ndomains = [\"*.corp\"]",
+                "lower-case",
+            ),
+            (
+                "[shaping.providers.x]\nmx_suffixes = [\"a..b\"]",
+                "mx_suffixes",
+            ),
+            ("[shaping.providers.google]\nrate_per_hour = 0", "> 0"),
+            (
+                "[shaping.providers.\"a b\"]\ndomains = [\"a.b\"]",
+                "name `a b`",
+            ),
+        ];
+        for (text, needle) in bad {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert!(toml::from_str::<Config>("[shaping.providers.x]\nrate = 1").is_err());
+        // The built-in table is itself valid configuration.
+        for b in BUILTIN_PROVIDERS {
+            let p = ProviderConfig {
+                domains: b.domains.iter().map(|d| d.to_string()).collect(),
+                mx_suffixes: b.mx_suffixes.iter().map(|d| d.to_string()).collect(),
+                ..Default::default()
+            };
+            let cfg = ShapingConfig {
+                builtin_providers: false,
+                providers: [(b.name.to_string(), p)].into(),
+            };
+            cfg.validate().unwrap();
+        }
     }
 
     #[test]
