@@ -274,6 +274,21 @@ pub enum ListCmd {
     Ls,
     /// Show one list and its member counts by status.
     Show { name: String },
+    /// Change a list: --public opens its subscribe form (`POST /s/NAME` on
+    /// the HTTP endpoint), --private closes it again.
+    ///
+    /// A new list is private: its form answers exactly as for a list that
+    /// does not exist, so the form cannot be used to find out which lists
+    /// exist. Open only the lists that strangers may sign up to.
+    Edit {
+        name: String,
+        /// Let the subscribe form take requests for this list.
+        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        public: bool,
+        /// The subscribe form answers as for an unknown list (the default).
+        #[arg(long)]
+        private: bool,
+    },
     /// Delete a list and its memberships (subscribers themselves stay).
     ///
     /// Refuses while the list has members, unless --force.
