@@ -126,8 +126,9 @@ pub enum Command {
     ///
     /// By default only the list's subscribed members (people who left the
     /// list are not in it, so importing the file elsewhere cannot subscribe
-    /// them again); --status all exports everyone. The output can be
-    /// imported again as is.
+    /// them again); --status all exports everyone. Values a spreadsheet
+    /// would run as formulas are written with a `'` in front; with --raw the
+    /// output is exact and can be imported again as is.
     Export(ExportArgs),
 
     /// Prune every subscriber whose bounce score has reached bounce.threshold.
@@ -273,6 +274,21 @@ pub enum ListCmd {
     Ls,
     /// Show one list and its member counts by status.
     Show { name: String },
+    /// Change a list: --public opens its subscribe form (`POST /s/NAME` on
+    /// the HTTP endpoint), --private closes it again.
+    ///
+    /// A new list is private: its form answers exactly as for a list that
+    /// does not exist, so the form cannot be used to find out which lists
+    /// exist. Open only the lists that strangers may sign up to.
+    Edit {
+        name: String,
+        /// Let the subscribe form take requests for this list.
+        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        public: bool,
+        /// The subscribe form answers as for an unknown list (the default).
+        #[arg(long)]
+        private: bool,
+    },
     /// Delete a list and its memberships (subscribers themselves stay).
     ///
     /// Refuses while the list has members, unless --force.
@@ -416,6 +432,13 @@ pub struct ExportArgs {
     /// `all` for every member whatever their status.
     #[arg(long, value_name = "S|all")]
     pub status: Option<String>,
+    /// Write every value exactly as stored. By default a value starting
+    /// with `=`, `+`, `-`, `@`, TAB or CR gets a `'` in front, so a
+    /// spreadsheet shows it as text instead of running it as a formula
+    /// (CSV injection). Use --raw for a file that a program, or `rundbrief
+    /// import`, reads back.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Debug, Subcommand)]

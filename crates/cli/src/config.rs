@@ -36,6 +36,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
     };
     let mut fig = Figment::new();
     if let Some(f) = &file {
+        warn_if_readable_by_others(f);
         fig = fig.merge(Toml::file_exact(f));
     }
     if let Ok(url) = std::env::var("DATABASE_URL") {
@@ -60,6 +61,29 @@ pub fn load(cli: &Cli) -> anyhow::Result<Loaded> {
     let config: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
     config.validate().context("invalid configuration")?;
     Ok(Loaded { config, file })
+}
+
+/// The configuration file holds the HMAC secret and may hold relay
+/// passwords: warn when other users of the machine can read it.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o044 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{mode:o}"),
+                    "the configuration file is readable by other users (it holds the signing secret): \
+                     `chmod 600 {}`",
+                    path.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// One line per problem, each naming the key and its source.

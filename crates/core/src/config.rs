@@ -263,9 +263,17 @@ pub struct HttpConfig {
     /// (headers included). Default 10; a slower one is answered 408 or,
     /// while its headers are still arriving, disconnected.
     pub request_timeout_secs: u64,
-    /// Connections served at once. Default 256; further connections wait
-    /// in the kernel's accept queue until one closes.
+    /// Connections served at once. Default 256. When all are taken, the
+    /// idle keep-alive connection open longest is closed for each new one
+    /// (idle connections cannot keep real requests out); only when every
+    /// connection is in the middle of a request does a new one wait in the
+    /// kernel's accept queue.
     pub max_connections: usize,
+    /// Connections one client IP may hold at once. Default 32; 0: no cap.
+    /// Over it the connection is answered `503` and closed. Not applied
+    /// with `trust_forwarded_for` (behind a proxy every connection comes
+    /// from the proxy).
+    pub max_connections_per_ip: usize,
     /// Subscription requests (`POST /s/LIST`) one client IP may make per
     /// hour. Default 20; over it the answer is 429 and nothing is stored.
     pub subscribe_per_ip_per_hour: u32,
@@ -286,6 +294,7 @@ impl Default for HttpConfig {
             max_body_bytes: 16 * 1024,
             request_timeout_secs: 10,
             max_connections: 256,
+            max_connections_per_ip: 32,
             subscribe_per_ip_per_hour: 20,
             subscribe_per_address_per_hour: 3,
             trust_forwarded_for: false,

@@ -272,8 +272,18 @@ impl<R: Read> CsvRows<R> {
                 self.columns
             ));
         }
+        // Only spaces around a value are dropped (a hand-written `a, b`);
+        // every other byte is kept as imported: a leading TAB or CR is part
+        // of the value, and dropping it would turn a harmless `\t=1+1` into
+        // a live spreadsheet formula on export (#21). The address is
+        // trimmed of all white space: none of it can belong to one.
         let field = |i: usize, col: &str| -> Result<&str, String> {
-            let bytes = rec.get(i).unwrap_or_default().trim_ascii();
+            let raw = rec.get(i).unwrap_or_default();
+            let bytes = if i == self.email_col {
+                raw.trim_ascii()
+            } else {
+                trim_spaces(raw)
+            };
             std::str::from_utf8(bytes).map_err(|e| {
                 let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
                 format!(
@@ -318,6 +328,30 @@ impl<R: Read> CsvRows<R> {
             name: name.map(str::to_string),
             attributes,
         })
+    }
+}
+
+/// `b` without the spaces (only U+0020) at either end.
+fn trim_spaces(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| c != b' ').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b' ').map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Characters that make a spreadsheet read a cell as a formula when they
+/// come first (OWASP "CSV Injection"): `=`, `+`, `-`, `@`, TAB and CR.
+pub const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];
+
+/// `value` made safe to open in a spreadsheet: a value that starts with one
+/// of [`FORMULA_STARTS`] gets a `'` in front (OWASP's rule), so Excel,
+/// LibreOffice and Google Sheets show it as text instead of evaluating
+/// `=HYPERLINK(…)` or `=cmd|…`. Everything else is returned unchanged.
+/// `rundbrief export` applies it to every cell unless `--raw`.
+pub fn neutralise_formula(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(FORMULA_STARTS) {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
     }
 }
 
@@ -677,6 +711,34 @@ mod tests {
         match row {
             Row::Invalid(i) => i,
             Row::Valid(r) => panic!("expected an invalid row, got {r:?}"),
+        }
+    }
+
+    /// #21.4: a leading TAB or CR is part of the value (only spaces are
+    /// trimmed), and export neutralises what a spreadsheet would evaluate.
+    #[test]
+    fn issue_21_values_are_kept_and_formulas_neutralised() {
+        let got = rows(
+            "email,a,b,c,d\nx@example.org,\"\t=1+1\",\"\r=2\", plain ,\"=HYPERLINK(\"\"x\"\")\"\n"
+                .as_bytes(),
+        );
+        let r = valid(&got[0]);
+        assert_eq!(r.attributes.get("a").unwrap(), "\t=1+1");
+        assert_eq!(r.attributes.get("b").unwrap(), "\r=2");
+        assert_eq!(r.attributes.get("c").unwrap(), "plain");
+        assert_eq!(r.attributes.get("d").unwrap(), "=HYPERLINK(\"x\")");
+        for (v, want) in [
+            ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1+1", "'\t=1+1"),
+            ("\r=1", "'\r=1"),
+            ("Köln", "Köln"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralise_formula(v), want, "{v:?}");
         }
     }
 

@@ -266,6 +266,10 @@ pub struct List {
     pub name: String,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Whether the list's subscribe form (`POST /s/NAME`) takes requests.
+    /// Off by default: a private list answers the form exactly as a list
+    /// that does not exist, so the form cannot enumerate lists.
+    pub public: bool,
 }
 
 /// Per-list counts by effective status.

@@ -267,19 +267,113 @@ fn member_token(
     })
 }
 
+/// Whether a POST to `/u/TOKEN` is RFC 8058 one-click: the field
+/// `List-Unsubscribe=One-Click`, sent as `application/x-www-form-urlencoded`
+/// (what RFC 8058 names) or as `multipart/form-data` (what some clients and
+/// `curl -F` send). Only decides the audit's label: any POST unsubscribes.
+fn is_one_click(headers: &HeaderMap, body: &[u8]) -> bool {
+    if body.trim_ascii() == ONE_CLICK_BODY {
+        return true;
+    }
+    let Some(boundary) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(multipart_boundary)
+    else {
+        return false;
+    };
+    multipart_fields(body, &boundary)
+        .into_iter()
+        .any(|(name, value)| name == "List-Unsubscribe" && value.trim_ascii() == b"One-Click")
+}
+
+/// The `boundary` parameter of a `multipart/form-data` content type.
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    let mut parts = content_type.split(';');
+    if !parts
+        .next()?
+        .trim()
+        .eq_ignore_ascii_case("multipart/form-data")
+    {
+        return None;
+    }
+    parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty() && b.len() <= 70)
+    })
+}
+
+/// The (name, value) of each part of a `multipart/form-data` body (RFC
+/// 7578), as far as a one-click field needs: the name from the part's
+/// `Content-Disposition`, the value up to the next delimiter. Parts without
+/// a name are skipped; the body is already bounded by `max_body_bytes`.
+fn multipart_fields<'a>(body: &'a [u8], boundary: &str) -> Vec<(String, &'a [u8])> {
+    let delimiter = format!("--{boundary}").into_bytes();
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while let Some(at) = find(&body[i..], &delimiter) {
+        starts.push(i + at);
+        i += at + delimiter.len();
+    }
+    starts
+        .windows(2)
+        .filter_map(|w| {
+            let part = &body[w[0] + delimiter.len()..w[1]];
+            let part = part
+                .strip_prefix(b"\r\n")
+                .or_else(|| part.strip_prefix(b"\n"))?;
+            let (head, value) = match find(part, b"\r\n\r\n") {
+                Some(at) => (&part[..at], &part[at + 4..]),
+                None => {
+                    let at = find(part, b"\n\n")?;
+                    (&part[..at], &part[at + 2..])
+                }
+            };
+            let value = value
+                .strip_suffix(b"\r\n")
+                .or_else(|| value.strip_suffix(b"\n"))
+                .unwrap_or(value);
+            let head = std::str::from_utf8(head).ok()?;
+            let name = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                if !k.trim().eq_ignore_ascii_case("content-disposition") {
+                    return None;
+                }
+                v.split(';').find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k.trim() == "name").then(|| v.trim().trim_matches('"').to_string())
+                })
+            })?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn failed(e: &rundbrief_store::StoreError) -> Response {
     tracing::error!(error = %e, "the store failed while answering an HTTP request");
     pages::unavailable()
 }
 
-fn resubscribe_action(signer: &Signer, subscriber: Uuid, list: Uuid) -> String {
-    format!(
-        "../r/{}",
-        signer.sign(
-            Purpose::Resubscribe,
-            &mail::member_payload(subscriber, list)
+/// The re-subscribe button's action for `v`, or `None` when the button
+/// cannot bring this subscriber back (bounced, complained, blocklisted, left
+/// every list): then the page does not offer it.
+fn resubscribe_action(signer: &Signer, v: &rundbrief_store::MembershipView) -> Option<String> {
+    v.no_way_back.is_none().then(|| {
+        format!(
+            "../r/{}",
+            signer.sign(
+                Purpose::Resubscribe,
+                &mail::member_payload(v.subscriber_id, v.list_id)
+            )
         )
-    )
+    })
 }
 
 async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
@@ -293,7 +387,7 @@ async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>
             pages::unsubscribed(
                 &v.email,
                 &v.list,
-                &resubscribe_action(&app.0.signer, sub, list),
+                resubscribe_action(&app.0.signer, &v).as_deref(),
             )
         }
         Ok(Some(v)) => pages::unsubscribe_ask(&v.email, &v.list, &token),
@@ -306,13 +400,14 @@ async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>
 async fn unsubscribe(
     State(app): State<AppState>,
     Path(token): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some((sub, list, campaign)) = member_token(&app.0.signer, Purpose::UnsubscribeLink, &token)
     else {
         return pages::not_found();
     };
-    let one_click = body.trim_ascii() == ONE_CLICK_BODY;
+    let one_click = is_one_click(&headers, &body);
     let mut reason = if one_click {
         "one-click unsubscribe (RFC 8058)".to_string()
     } else {
@@ -337,7 +432,7 @@ async fn unsubscribe(
         Ok(Some(v)) => pages::unsubscribed(
             &v.email,
             &v.list,
-            &resubscribe_action(&app.0.signer, sub, list),
+            resubscribe_action(&app.0.signer, &v).as_deref(),
         ),
         Ok(None) => pages::not_on_list(),
         Err(e) => failed(&e),
@@ -354,6 +449,12 @@ async fn subscribe_ask_page(app: &AppState, purpose: Purpose, token: &str) -> Re
         Ok(Some(v)) if v.subscriber_status == rundbrief_core::SubscriberStatus::Blocklisted => {
             pages::not_found()
         }
+        Ok(Some(rundbrief_store::MembershipView {
+            email,
+            list,
+            no_way_back: Some(why),
+            ..
+        })) if purpose == Purpose::Resubscribe => pages::no_way_back(&email, &list, why),
         Ok(Some(v))
             if v.status == rundbrief_core::MembershipStatus::Subscribed
                 && v.subscriber_status == rundbrief_core::SubscriberStatus::Active =>
@@ -375,14 +476,28 @@ async fn subscribe_confirmed(
     let Some((sub, list, _)) = member_token(&app.0.signer, purpose, token) else {
         return pages::not_found();
     };
-    match app
-        .0
-        .store
-        .confirm_subscription(sub, list, Actor::Http, reason)
-        .await
-    {
+    let outcome = if purpose == Purpose::Resubscribe {
+        app.0
+            .store
+            .resubscribe_member(sub, list, Actor::Http, reason)
+            .await
+    } else {
+        app.0
+            .store
+            .confirm_subscription(sub, list, Actor::Http, reason)
+            .await
+    };
+    match outcome {
         Err(e) => failed(&e),
         Ok(Confirmed::Gone | Confirmed::Blocklisted) => pages::not_found(),
+        Ok(Confirmed::Refused(why)) => {
+            tracing::info!(subscriber = %sub, list = %list, why = why.as_str(), "re-subscribe refused: only a double opt-in brings this subscriber back");
+            match app.0.store.membership_view(sub, list).await {
+                Ok(Some(v)) => pages::no_way_back(&v.email, &v.list, why),
+                Ok(None) => pages::not_found(),
+                Err(e) => failed(&e),
+            }
+        }
         Ok(outcome @ (Confirmed::Subscribed | Confirmed::AlreadySubscribed)) => {
             tracing::info!(subscriber = %sub, list = %list, ?outcome, reason, "subscription confirmed");
             match app.0.store.membership_view(sub, list).await {
@@ -447,6 +562,14 @@ async fn subscribe(
     if let Err(wait) = app.0.limits.check_ip(ip) {
         tracing::info!(%ip, "subscribe rate limit reached for this client");
         return pages::too_many(wait);
+    }
+    // A list that is not public answers exactly as one that does not exist
+    // (and before the form is looked at), so the form cannot tell which
+    // lists exist.
+    match app.0.store.find_list(&list).await {
+        Ok(Some(l)) if l.public => {}
+        Ok(_) => return pages::not_found(),
+        Err(e) => return failed(&e),
     }
     let Ok(axum::Form(form)) = form else {
         return pages::bad_request("The form must have an e-mail address (field `email`).");

@@ -82,16 +82,54 @@ pub fn unsubscribe_ask(email: &str, list: &str, token: &str) -> Response {
     )
 }
 
-/// After the unsubscribe (also the answer to a one-click POST).
-pub fn unsubscribed(email: &str, list: &str, resubscribe: &str) -> Response {
+/// After the unsubscribe (also the answer to a one-click POST). The
+/// re-subscribe button is there only when it can work (`resubscribe` is
+/// `None` for a subscriber the button cannot bring back).
+pub fn unsubscribed(email: &str, list: &str, resubscribe: Option<&str>) -> Response {
     let (e, l) = who(email, list);
+    let again = match resubscribe {
+        Some(action) => format!(
+            "<p>Unsubscribed by mistake? You can subscribe again:</p>\n{}",
+            button(action, "Subscribe again")
+        ),
+        None => "<p>To receive mail again, subscribe with the list's subscription form and \
+                 confirm the message sent to the address.</p>"
+            .to_string(),
+    };
     page(
         StatusCode::OK,
         "You are unsubscribed",
+        &format!("<p>{e} will receive no more mail from the list {l}.</p>\n{again}"),
+    )
+}
+
+/// `/r/TOKEN` for a subscriber the re-subscribe button cannot bring back
+/// (`why` is [`rundbrief_store::NoWayBack`]): says why, and the only way
+/// back, a fresh double opt-in. Nothing was changed. 403.
+pub fn no_way_back(email: &str, list: &str, why: rundbrief_store::NoWayBack) -> Response {
+    use rundbrief_store::NoWayBack;
+    let (e, l) = who(email, list);
+    let because = match why {
+        NoWayBack::Bounced => {
+            "mail to this address could not be delivered, so it was taken off \
+                               every list"
+        }
+        NoWayBack::Complained => {
+            "mail to this address was reported as spam, so it receives no \
+                                  more mail from us"
+        }
+        NoWayBack::UnsubscribedEverywhere | NoWayBack::Blocklisted => {
+            "this address was unsubscribed from every list"
+        }
+    };
+    page(
+        StatusCode::FORBIDDEN,
+        "This link cannot subscribe you again",
         &format!(
-            "<p>{e} will receive no more mail from the list {l}.</p>\n\
-             <p>Unsubscribed by mistake? You can subscribe again:</p>\n{}",
-            button(resubscribe, "Subscribe again")
+            "<p>{e} was not subscribed to the list {l} again: {because}.</p>\n\
+             <p>To receive mail again, subscribe with the list's subscription form. A message \
+             with a confirmation link is then sent to the address; you are subscribed once you \
+             have pressed the button behind that link. Nothing was changed.</p>"
         ),
     )
 }

@@ -497,6 +497,8 @@ fn decode(message: &str) -> (String, String) {
 async fn subscribe_mail_confirm_end_to_end_without_enumeration() {
     let f = fixture().await;
     member(&f.store, "news", "old@example.org").await;
+    // The subscribe form takes requests for public lists only (#21).
+    f.store.set_list_public("news", true).await.unwrap();
     let sink = mail_sink().await;
     let srv = Server::start(&f.store, HttpConfig::default(), Some(sink.mailer())).await;
 
@@ -602,12 +604,19 @@ async fn subscribe_mail_confirm_end_to_end_without_enumeration() {
     assert_eq!(f.store.materialise_deliveries(c2.id).await.unwrap(), 2);
 
     // Unknown list: 404; not an address: 400; nothing stored.
-    assert_eq!(
-        request(srv.port, "POST", "/s/nope", "email=x%40example.org")
-            .await
-            .status,
-        404
-    );
+    let unknown = request(srv.port, "POST", "/s/nope", "email=x%40example.org").await;
+    assert_eq!(unknown.status, 404);
+    // #21.12: a list that is not public answers exactly as an unknown one,
+    // with a good address or a bad one, and stores nothing.
+    f.store.create_list("secret", None).await.unwrap();
+    for body in ["email=x%40example.org", "email=not-an-address", "name=only"] {
+        let private = request(srv.port, "POST", "/s/secret", body).await;
+        assert_eq!(
+            (private.status, &private.body),
+            (404, &unknown.body),
+            "{body}"
+        );
+    }
     assert_eq!(
         request(srv.port, "POST", "/s/news", "email=not-an-address")
             .await
@@ -634,6 +643,7 @@ async fn subscribe_mail_confirm_end_to_end_without_enumeration() {
 async fn subscribe_is_rate_limited_per_ip_and_per_address() {
     let f = fixture().await;
     f.store.create_list("news", None).await.unwrap();
+    f.store.set_list_public("news", true).await.unwrap();
     let sink = mail_sink().await;
     let cfg = HttpConfig {
         subscribe_per_ip_per_hour: 3,

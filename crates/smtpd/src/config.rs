@@ -30,6 +30,13 @@ pub struct Limits {
     /// Sessions from one IP address at once; 0 means no per-address cap.
     /// Default 64. Over it: `421 4.7.0 Too many connections from your address`.
     pub max_connections_per_ip: usize,
+    /// Session slots kept for addresses that hold no session yet. Default
+    /// 32, and never more than a quarter of [`Limits::max_connections`].
+    /// Once fewer slots than this are free, an address that already holds a
+    /// session gets `421 4.7.0 Too many connections from your address`, and
+    /// only new addresses are served: one or two busy (or hostile) peers
+    /// cannot take every slot and lock out a real sender.
+    pub reserved_slots: usize,
     /// Largest message accepted, in bytes (after dot-unstuffing). Default
     /// 25 MiB. Advertised as `SIZE`; a `MAIL FROM` with a larger `SIZE=` gets
     /// `552 5.3.4` at once, and a DATA that grows past it is read to the end
@@ -45,17 +52,26 @@ pub struct Limits {
     /// to its LF is discarded, and it counts against [`Limits::max_errors`].
     /// DATA lines are not limited (only the whole message is).
     pub max_line_length: usize,
-    /// Protocol errors per session (unknown commands, syntax errors, commands
-    /// out of sequence, over-long lines). Default 10. One more: `421 4.7.0 Too
-    /// many errors`, then the connection is closed. Recipients refused by the
-    /// handler's policy do not count: a handler that wants to punish probing
-    /// answers 421 itself.
+    /// Protocol errors and refusals per session, counted since the last
+    /// accepted message: unknown commands, syntax errors, commands out of
+    /// sequence, over-long lines, and every `MAIL` or `RCPT` the handler
+    /// refused (so a peer cannot hold a slot by probing addresses that are
+    /// refused). Default 10. One more: `421 4.7.0 Too many errors`, then the
+    /// connection is closed.
     pub max_errors: u32,
-    /// Commands that move no mail (NOOP, VRFY, HELP, RSET) per session,
-    /// counted since the last accepted message. Default 100. One more:
-    /// `421 4.7.0 Too many commands without mail`, then close. A pooled
-    /// sender sending RSET between messages never gets near it.
+    /// Commands that move no mail (NOOP, VRFY, HELP, RSET, a repeated
+    /// EHLO/HELO) per session, counted since the last accepted message.
+    /// Default 100. One more: `421 4.7.0 Too many commands without mail`,
+    /// then close. A pooled sender sending RSET between messages never gets
+    /// near it.
     pub max_junk_commands: u32,
+    /// Longest life of a session, from accept. Default 600 s. Each command
+    /// restarts only [`Limits::idle_timeout`]; this one does not restart.
+    /// Once it is over, the next wait for a command ends the session with
+    /// `421 4.4.2 Session too long`; a message being received is finished
+    /// first (within [`Limits::data_timeout`]). A sender with more to send
+    /// connects again.
+    pub max_session_duration: Duration,
     /// Longest wait for the next complete command line, counted from our last
     /// reply (RFC 5321 §4.5.3.2.7 suggests 5 minutes). Default 300 s. Covers
     /// both an idle peer and one dripping a command byte by byte. On expiry:
@@ -89,11 +105,13 @@ impl Default for Limits {
             max_connections: 256,
             overflow_replies: 16,
             max_connections_per_ip: 64,
+            reserved_slots: 32,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_line_length: 2048,
             max_errors: 10,
             max_junk_commands: 100,
+            max_session_duration: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(60),
@@ -105,6 +123,12 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The slots actually kept for new addresses: [`Limits::reserved_slots`],
+    /// at most a quarter of [`Limits::max_connections`].
+    pub fn effective_reserve(&self) -> usize {
+        self.reserved_slots.min(self.max_connections / 4)
+    }
+
     /// Checks that every limit is usable.
     ///
     /// # Errors
@@ -136,6 +160,7 @@ impl Limits {
             (self.write_timeout, "write_timeout"),
             (self.tls_handshake_timeout, "tls_handshake_timeout"),
             (self.handler_timeout, "handler_timeout"),
+            (self.max_session_duration, "max_session_duration"),
         ] {
             nonzero(!d.is_zero(), field)?;
         }

@@ -368,14 +368,24 @@ pub(crate) async fn serve<H: Handler>(
         }
     }
 
+    // The session's whole life is bounded; each command restarts only the
+    // idle timeout.
+    let session_end = Instant::now() + limits.max_session_duration;
     loop {
-        let deadline = Instant::now() + limits.idle_timeout;
+        let idle_end = Instant::now() + limits.idle_timeout;
+        let deadline = idle_end.min(session_end);
         let mut step = match conn.read_command(deadline, &shared.stop).await {
             Ok(Command::Request(req)) => {
                 trace!(smtp.command = req.name(), "command");
                 session.on_request(req)
             }
             Ok(Command::ParseError(e)) => session.on_parse_error(&e),
+            Err(Stop::Timeout) if session_end <= idle_end => {
+                debug!("session lifetime over");
+                conn.queue(&Session::too_long());
+                conn.close().await;
+                return;
+            }
             Err(stop) => return end(&mut conn, stop).await,
         };
         // One command may take several steps (ask the handler, receive DATA).

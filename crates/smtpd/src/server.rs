@@ -54,6 +54,7 @@ pub async fn run<H: Handler>(
         max: limits.max_connections_per_ip,
         counts: Mutex::new(HashMap::new()),
     });
+    let reserve = limits.effective_reserve();
     let drain = CancellationToken::new();
     let shared = Arc::new(Shared {
         cfg,
@@ -105,7 +106,10 @@ pub async fn run<H: Handler>(
                 });
             }
             Slot::Session(permit) => {
-                let Some(ip_guard) = PerIp::enter(&per_ip, peer.ip()) else {
+                // Fewer than `reserve` slots left: only for addresses that
+                // hold no session yet.
+                let new_peers_only = sessions.available_permits() < reserve;
+                let Some(ip_guard) = PerIp::enter(&per_ip, peer.ip(), new_peers_only) else {
                     warn!(%peer, "per-address connection limit reached, answering 421");
                     let wt = limits.write_timeout;
                     tracker.spawn(async move {
@@ -235,10 +239,16 @@ struct IpGuard {
 }
 
 impl PerIp {
-    fn enter(this: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+    /// A guard counting one more session of `ip`, or `None` when `ip` is at
+    /// its cap, or already holds a session and `new_only` says the free
+    /// slots are kept for new addresses.
+    fn enter(this: &Arc<Self>, ip: IpAddr, new_only: bool) -> Option<IpGuard> {
         let mut counts = this.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(ip).or_insert(0);
-        if this.max > 0 && *n >= this.max {
+        if (this.max > 0 && *n >= this.max) || (new_only && *n > 0) {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
             return None;
         }
         *n += 1;

@@ -118,6 +118,11 @@ impl Session {
         r(421, (4, 4, 2), "Idle timeout, closing connection")
     }
 
+    /// `421 4.4.2` for a session past [`crate::Limits::max_session_duration`].
+    pub fn too_long() -> Reply {
+        r(421, (4, 4, 2), "Session too long, closing connection")
+    }
+
     /// `421 4.3.2` when the server stops.
     pub fn shutting_down() -> Reply {
         r(421, (4, 3, 2), "Server shutting down, try again later")
@@ -224,6 +229,17 @@ impl Session {
     }
 
     fn helo(&mut self, host: String, esmtp: bool) -> Step {
+        // A repeated greeting moves no mail: it counts like NOOP.
+        if self.info.helo.is_some() {
+            self.junk += 1;
+            if self.junk > self.max_junk {
+                return Step::Close(r(
+                    421,
+                    (4, 7, 0),
+                    "Too many commands without mail, closing connection",
+                ));
+            }
+        }
         self.tx = Envelope::default();
         self.phase = Phase::Ready;
         self.esmtp = esmtp;
@@ -310,7 +326,7 @@ impl Session {
                 self.phase = Phase::Mail;
                 Step::Reply(r(250, (2, 1, 0), "Sender ok"))
             }
-            Decision::Reject(reply) => refusal(reply),
+            Decision::Reject(reply) => self.refused(reply),
         }
     }
 
@@ -346,7 +362,7 @@ impl Session {
                 self.tx.recipients.push(rcpt);
                 Step::Reply(r(250, (2, 1, 5), "Recipient ok"))
             }
-            Decision::Reject(reply) => refusal(reply),
+            Decision::Reject(reply) => self.refused(reply),
         }
     }
 
@@ -377,7 +393,9 @@ impl Session {
         match decision {
             DataDecision::Accept { queue_id, close } => {
                 self.info.messages = self.info.messages.saturating_add(1);
+                // Budgets count since the last accepted message.
                 self.junk = 0;
+                self.errors = 0;
                 let text = match queue_id {
                     Some(id) => format!("Ok: queued as {id}"),
                     None => "Ok".to_owned(),
@@ -410,6 +428,18 @@ impl Session {
         self.esmtp = false;
         self.tx = Envelope::default();
         self.phase = Phase::Connected;
+    }
+}
+
+impl Session {
+    /// A handler's refusal of `MAIL` or `RCPT`: answered as the handler
+    /// says, and counted against the error budget, so probing addresses
+    /// that are refused cannot hold a slot for ever.
+    fn refused(&mut self, reply: Reply) -> Step {
+        match refusal(reply) {
+            Step::Reply(reply) => self.error(reply),
+            close => close,
+        }
     }
 }
 

@@ -76,7 +76,7 @@ impl Store {
         .await
         .map_err(|e| match e.sql_err() {
             Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::CampaignExists(c.name.clone()),
-            _ => StoreError::Query { doing: "creating a campaign", source: e },
+            _ => StoreError::Query { doing: "creating a campaign", cause: e },
         })?;
         for list in &list_ids {
             txn.execute_raw(crate::stmt_for(

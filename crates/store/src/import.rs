@@ -236,7 +236,7 @@ pub(crate) const RESTORE_REASON: &str = "import --resubscribe-bounced";
 pub(crate) fn sqlx_error(doing: &'static str) -> impl FnOnce(sea_orm::sqlx::Error) -> StoreError {
     move |e| StoreError::Query {
         doing,
-        source: DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))),
+        cause: DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))),
     }
 }
 
@@ -244,7 +244,7 @@ pub(crate) fn sqlx_error(doing: &'static str) -> impl FnOnce(sea_orm::sqlx::Erro
 pub(crate) fn raw_error(doing: &'static str, message: String) -> StoreError {
     StoreError::Query {
         doing,
-        source: DbErr::Query(RuntimeErr::Internal(message)),
+        cause: DbErr::Query(RuntimeErr::Internal(message)),
     }
 }
 

@@ -37,7 +37,7 @@ pub use campaigns::{
 };
 pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
-pub use optin::{Confirmed, MembershipView, OptIn};
+pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 
@@ -48,15 +48,18 @@ use rundbrief_migrations::{Migrator, MigratorTrait};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be opened.
-    #[error("cannot open the database {url}: {source}")]
-    Connect { url: String, source: DbErr },
+    /// The database could not be opened. `cause` is deliberately not the
+    /// error's `source()`: the message already says it, and sea-orm's error
+    /// repeats its own cause, so an error chain would print it three times.
+    #[error("cannot open the database {url}: {}", reason(.cause))]
+    Connect { url: String, cause: DbErr },
     /// Applying or reading migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(DbErr),
-    /// A query failed; `doing` says which.
-    #[error("database error while {doing}: {source}")]
-    Query { doing: &'static str, source: DbErr },
+    /// A query failed; `doing` says which. (`cause` is in the message and,
+    /// as for `Connect`, not a `source()`: said once.)
+    #[error("database error while {doing}: {}", reason(.cause))]
+    Query { doing: &'static str, cause: DbErr },
     /// `list create` with a name that exists.
     #[error("a list named `{0}` already exists")]
     ListExists(String),
@@ -137,6 +140,20 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What a database error says, without sea-orm's wrapper words
+/// ("Connection Error: ", "Execution Error: ", "Custom Error: ").
+fn reason(e: &DbErr) -> String {
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::Conn(r) | DbErr::Exec(r) | DbErr::Query(r) => match r {
+            RuntimeErr::SqlxError(x) => x.to_string(),
+            other => other.to_string(),
+        },
+        DbErr::Custom(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Adds what the query was doing to a database error.
 pub(crate) trait Doing<T> {
     fn doing(self, what: &'static str) -> Result<T>;
@@ -144,7 +161,7 @@ pub(crate) trait Doing<T> {
 
 impl<T> Doing<T> for std::result::Result<T, DbErr> {
     fn doing(self, doing: &'static str) -> Result<T> {
-        self.map_err(|source| StoreError::Query { doing, source })
+        self.map_err(|cause| StoreError::Query { doing, cause })
     }
 }
 
@@ -186,19 +203,32 @@ pub struct Store {
 impl Store {
     /// Opens (and on SQLite creates) the database. Does not migrate.
     ///
-    /// SQLite gets WAL journaling, `synchronous=NORMAL` (durable at each
-    /// commit against crashes of the process; a power loss may lose the last
-    /// commits), a 5 s busy timeout, foreign keys on and a 32 MiB page cache.
+    /// SQLite gets WAL journaling, `synchronous=FULL` (each commit is on disk
+    /// before it returns, so what the bounce endpoint acknowledged with 250
+    /// survives a power loss too, not only a crash of the process), a 5 s
+    /// busy timeout, foreign keys on and a 32 MiB page cache. A new database
+    /// file is created readable by its owner only (0600; SQLite gives its
+    /// `-wal` and `-shm` files the same mode): it holds subscriber data and
+    /// raw bounces.
+    ///
+    /// PostgreSQL: one connection is opened first, so a server that refuses
+    /// connections, a wrong password or an unknown database fails at once
+    /// with the server's reason instead of a pool timeout 30 s later.
     ///
     /// # Errors
     /// [`StoreError::Connect`] with the URL (password hidden).
     pub async fn connect(cfg: &ConnectConfig) -> Result<Store> {
         let url = normalise_url(&cfg.url);
         let shown = redact_url(&url);
-        let connect_err = |source| StoreError::Connect {
+        let connect_err = |cause| StoreError::Connect {
             url: shown.clone(),
-            source,
+            cause,
         };
+        if url.starts_with("sqlite:") {
+            create_private(&url).map_err(|e| connect_err(DbErr::Custom(e)))?;
+        } else {
+            probe_postgres(&url).await.map_err(connect_err)?;
+        }
         let mut opts = ConnectOptions::new(url.clone());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -208,7 +238,7 @@ impl Store {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 o.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
                     // 32 MiB of page cache (default 2 MiB): the email index of a
@@ -328,6 +358,68 @@ pub(crate) fn stmt_for(backend: DatabaseBackend, sql: &str, values: Vec<Value>) 
     }
 }
 
+/// The file a `sqlite:` URL names, or `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(':') && !url.contains("mode=memory")).then_some(path)
+}
+
+/// Creates the SQLite file (if it does not exist yet) with mode 0600, before
+/// SQLite would create it with the process's umask (usually 0644); SQLite
+/// gives the `-wal` and `-shm` files the mode of the database file. An
+/// existing file is left as it is, with a warning when others can read it.
+fn create_private(url: &str) -> std::result::Result<(), String> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path,
+                        mode = format_args!("{mode:o}"),
+                        "the database file can be read by other users of this machine \
+                         (it holds subscriber data and raw bounces): `chmod 600` it and its -wal and -shm files"
+                    );
+                }
+            }
+            Ok(())
+        }
+        // A directory that does not exist and the like: SQLite says it better.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot create {path}: {e}")),
+    }
+}
+
+/// Opens one PostgreSQL connection and closes it again, so the real reason
+/// of a failure (connection refused, authentication, unknown database)
+/// comes back at once: the pool would retry until its acquire timeout and
+/// then only say that it timed out.
+async fn probe_postgres(url: &str) -> std::result::Result<(), DbErr> {
+    use sea_orm::sqlx::Connection;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        sea_orm::sqlx::PgConnection::connect(url),
+    )
+    .await
+    .map_err(|_| DbErr::Custom("no answer from the server within 10 s".into()))?
+    .map_err(|e| DbErr::Custom(e.to_string()))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// Accepts a bare path to a `.db`/`.sqlite` file as a SQLite URL.
 fn normalise_url(url: &str) -> String {
     let url = url.trim();
@@ -362,6 +454,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::FromQueryResult;
 
     #[test]
     fn urls() {
@@ -372,6 +465,73 @@ mod tests {
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(normalise_url("data/x.db"), "sqlite://data/x.db?mode=rwc");
         assert_eq!(normalise_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://data/x.db?mode=rwc"),
+            Some("data/x.db")
+        );
+        assert_eq!(sqlite_path("sqlite:///abs/x.db"), Some("/abs/x.db"));
+        assert_eq!(sqlite_path("sqlite:x.db"), Some("x.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("sqlite://x?mode=memory"), None);
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+
+    /// #21.8 and #21.13: the database and its -wal and -shm files are the
+    /// owner's only, and every commit is synced (`synchronous=FULL`, 2).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn issue_21_sqlite_files_are_private_and_commits_synced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("rundbrief.db");
+        let store = Store::connect(&ConnectConfig::new(db.display().to_string()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store.create_list("news", None).await.unwrap();
+        #[derive(sea_orm::FromQueryResult)]
+        struct S {
+            synchronous: i64,
+        }
+        let s = S::find_by_statement(store.stmt("PRAGMA synchronous", vec![]))
+            .one(&store.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.synchronous, 2, "FULL");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = format!("{}{suffix}", db.display());
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{p}: {mode:o}");
+        }
+        store.close().await.unwrap();
+    }
+
+    /// #21.7: a PostgreSQL port nobody listens on fails at once with the
+    /// reason, said once, instead of "pool timed out" after 30 s.
+    #[tokio::test]
+    async fn issue_21_a_refused_postgres_connection_fails_fast_with_its_reason() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let url = format!("postgres://u:pw@127.0.0.1:{port}/db");
+        let e = tokio::time::timeout(
+            Duration::from_secs(15),
+            Store::connect(&ConnectConfig::new(url)),
+        )
+        .await
+        .expect("fails within 15 s, not after the pool's 30 s")
+        .err()
+        .expect("nobody listens there");
+        let text = e.to_string();
+        assert!(text.contains("refused"), "{text}");
+        assert_eq!(text.matches("refused").count(), 1, "{text}");
+        assert!(text.contains("u:***@127.0.0.1"), "password hidden: {text}");
+        assert!(std::error::Error::source(&e).is_none(), "said once: {text}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ struct ListRow {
     name: String,
     description: Option<String>,
     created_at: DateTime<Utc>,
+    public: bool,
 }
 
 impl From<ListRow> for List {
@@ -24,6 +25,7 @@ impl From<ListRow> for List {
             name: r.name,
             description: r.description,
             created_at: r.created_at,
+            public: r.public,
         }
     }
 }
@@ -78,26 +80,48 @@ impl Store {
         let id = Uuid::now_v7();
         self.db
             .execute_raw(self.stmt(
-                "INSERT INTO lists (id, name, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                vec![id.into(), name.into(), description.map(str::to_string).into(), now.into(), now.into()],
+                "INSERT INTO lists (id, name, description, created_at, updated_at, public) VALUES (?, ?, ?, ?, ?, ?)",
+                vec![id.into(), name.into(), description.map(str::to_string).into(), now.into(), now.into(), false.into()],
             ))
             .await
             .map_err(|e| match e.sql_err() {
                 Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::ListExists(name.to_string()),
-                _ => StoreError::Query { doing: "creating a list", source: e },
+                _ => StoreError::Query { doing: "creating a list", cause: e },
             })?;
         Ok(List {
             id,
             name: name.to_string(),
             description: description.map(str::to_string),
             created_at: now,
+            public: false,
         })
+    }
+
+    /// Opens (`public = true`) or closes the list's subscribe form
+    /// (`POST /s/NAME`). A new list is closed. Returns whether anything
+    /// changed.
+    ///
+    /// # Errors
+    /// [`StoreError::ListNotFound`].
+    pub async fn set_list_public(&self, name: &str, public: bool) -> Result<bool> {
+        let list = self.list(name).await?;
+        if list.public == public {
+            return Ok(false);
+        }
+        self.db
+            .execute_raw(self.stmt(
+                "UPDATE lists SET public = ?, updated_at = ? WHERE id = ?",
+                vec![public.into(), Utc::now().into(), list.id.into()],
+            ))
+            .await
+            .doing("changing whether a list is public")?;
+        Ok(true)
     }
 
     /// The list called `name`, if any.
     pub async fn find_list(&self, name: &str) -> Result<Option<List>> {
         let row = ListRow::find_by_statement(self.stmt(
-            "SELECT id, name, description, created_at FROM lists WHERE name = ?",
+            "SELECT id, name, description, created_at, public FROM lists WHERE name = ?",
             vec![name.into()],
         ))
         .one(&self.db)
@@ -119,7 +143,7 @@ impl Store {
     /// Every list with its counts by effective status, ordered by name.
     pub async fn list_summaries(&self) -> Result<Vec<ListSummary>> {
         let lists = ListRow::find_by_statement(self.stmt(
-            "SELECT id, name, description, created_at FROM lists ORDER BY name",
+            "SELECT id, name, description, created_at, public FROM lists ORDER BY name",
             vec![],
         ))
         .all(&self.db)

@@ -23,6 +23,9 @@ pub struct MembershipView {
     pub list: String,
     pub status: MembershipStatus,
     pub subscriber_status: SubscriberStatus,
+    /// Why the re-subscribe button cannot bring this subscriber back (see
+    /// [`Store::resubscribe_member`]); `None` when it can.
+    pub no_way_back: Option<NoWayBack>,
 }
 
 /// What [`Store::request_subscription`] decided.
@@ -49,6 +52,83 @@ pub enum Confirmed {
     Blocklisted,
     /// The subscriber or the list no longer exists.
     Gone,
+    /// Only from [`Store::resubscribe_member`]: the re-subscribe button
+    /// cannot bring this subscriber back; nothing changed.
+    Refused(NoWayBack),
+}
+
+/// Why the re-subscribe button (`/r/TOKEN`, a link any old mail carries)
+/// cannot bring a subscriber back. Each of these undoes somebody's decision
+/// or a fact about the mailbox, so only a fresh double opt-in confirmation
+/// mailed to the address ([`Store::request_subscription`], then
+/// [`Store::confirm_subscription`]) does: it proves the mailbox works and
+/// that its owner wants the mail again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoWayBack {
+    /// The address bounced (pruned as dead): it stays pruned.
+    Bounced,
+    /// The subscriber reported our mail as spam (an ARF complaint).
+    Complained,
+    /// The subscriber left every list (`sub unsub` without `--list`).
+    UnsubscribedEverywhere,
+    /// The address is blocklisted: it never comes back this way or any other.
+    Blocklisted,
+}
+
+impl NoWayBack {
+    /// The word used in logs and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoWayBack::Bounced => "bounced",
+            NoWayBack::Complained => "complained",
+            NoWayBack::UnsubscribedEverywhere => "unsubscribed from all lists",
+            NoWayBack::Blocklisted => "blocklisted",
+        }
+    }
+}
+
+/// Whether the subscriber's latest global opt-out was a spam complaint: the
+/// bounce processor unsubscribes (action `unsubscribed`, actor `bounce`)
+/// for ARF complaints only, and nothing has restored them since.
+async fn complained<C: ConnectionTrait>(c: &C, subscriber: Uuid) -> Result<bool> {
+    #[derive(FromQueryResult)]
+    struct A {
+        action: String,
+    }
+    let last = A::find_by_statement(crate::stmt_for(
+        c.get_database_backend(),
+        "SELECT action FROM audit WHERE subscriber_id = ? \
+         AND ((action = ? AND actor = ?) OR action = ?) \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+        vec![
+            subscriber.into(),
+            AuditAction::Unsubscribed.as_str().into(),
+            Actor::Bounce.as_str().into(),
+            AuditAction::Restored.as_str().into(),
+        ],
+    ))
+    .one(c)
+    .await
+    .doing("looking for a complaint")?;
+    Ok(last.is_some_and(|a| a.action == AuditAction::Unsubscribed.as_str()))
+}
+
+/// Why the re-subscribe button cannot bring this subscriber back, if it
+/// cannot: only an `active` subscriber (who left one list) may use it.
+async fn no_way_back<C: ConnectionTrait>(
+    c: &C,
+    subscriber: Uuid,
+    status: SubscriberStatus,
+) -> Result<Option<NoWayBack>> {
+    Ok(match status {
+        SubscriberStatus::Active => None,
+        SubscriberStatus::Bounced => Some(NoWayBack::Bounced),
+        SubscriberStatus::Blocklisted => Some(NoWayBack::Blocklisted),
+        SubscriberStatus::Unsubscribed if complained(c, subscriber).await? => {
+            Some(NoWayBack::Complained)
+        }
+        SubscriberStatus::Unsubscribed => Some(NoWayBack::UnsubscribedEverywhere),
+    })
 }
 
 #[derive(FromQueryResult)]
@@ -78,6 +158,8 @@ async fn view<C: ConnectionTrait>(
     .doing("looking up a membership")?;
     let Some(r) = row else { return Ok(None) };
     let member = r.status.is_some();
+    let subscriber_status: SubscriberStatus = r.subscriber_status.parse()?;
+    let no_way_back = no_way_back(c, subscriber, subscriber_status).await?;
     Ok(Some((
         MembershipView {
             subscriber_id: subscriber,
@@ -90,7 +172,8 @@ async fn view<C: ConnectionTrait>(
                 Some(s) => s.parse()?,
                 None => MembershipStatus::Unsubscribed,
             },
-            subscriber_status: r.subscriber_status.parse()?,
+            subscriber_status,
+            no_way_back,
         },
         member,
     )))
@@ -192,10 +275,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes the membership `subscribed`: the double opt-in confirmation,
-    /// and the re-subscribe button after an unsubscribe. An `unsubscribed`
-    /// or `bounced` subscriber becomes `active` again (audited as restored);
-    /// a blocklisted one stays out.
+    /// Makes the membership `subscribed`: the double opt-in confirmation
+    /// (`/c/TOKEN`, from a mail sent to the address just now). An
+    /// `unsubscribed` or `bounced` subscriber becomes `active` again (audited
+    /// as restored, saying what they were and, after a spam complaint, that
+    /// they came back through a fresh confirmation); a blocklisted one stays
+    /// out.
     pub async fn confirm_subscription(
         &self,
         subscriber: Uuid,
@@ -203,17 +288,47 @@ impl Store {
         actor: Actor,
         reason: &str,
     ) -> Result<Confirmed> {
+        self.subscribe_member(subscriber, list, actor, reason, false)
+            .await
+    }
+
+    /// The re-subscribe button shown after an unsubscribe (`/r/TOKEN`). Its
+    /// token comes with every unsubscribe page, so anyone holding an old
+    /// mail can use it: it only undoes a one-list unsubscribe of an `active`
+    /// subscriber. A bounced, blocklisted or complaining subscriber, or one
+    /// who left every list, gets [`Confirmed::Refused`] and nothing changes
+    /// (see [`NoWayBack`]).
+    pub async fn resubscribe_member(
+        &self,
+        subscriber: Uuid,
+        list: Uuid,
+        actor: Actor,
+        reason: &str,
+    ) -> Result<Confirmed> {
+        self.subscribe_member(subscriber, list, actor, reason, true)
+            .await
+    }
+
+    async fn subscribe_member(
+        &self,
+        subscriber: Uuid,
+        list: Uuid,
+        actor: Actor,
+        reason: &str,
+        button: bool,
+    ) -> Result<Confirmed> {
         let txn = self.write_txn().await.doing("starting a transaction")?;
         let Some((v, member)) = view(&txn, subscriber, list).await? else {
             return Ok(Confirmed::Gone);
         };
         let now = Utc::now();
-        let out = match v.subscriber_status {
-            SubscriberStatus::Blocklisted => Confirmed::Blocklisted,
-            SubscriberStatus::Active if member && v.status == MembershipStatus::Subscribed => {
+        let out = match (v.subscriber_status, v.no_way_back) {
+            (SubscriberStatus::Blocklisted, _) => Confirmed::Blocklisted,
+            (_, Some(why)) if button => Confirmed::Refused(why),
+            (SubscriberStatus::Active, _) if member && v.status == MembershipStatus::Subscribed => {
                 Confirmed::AlreadySubscribed
             }
-            status => {
+            (status, why) => {
                 if status != SubscriberStatus::Active {
                     exec(
                         &txn,
@@ -229,13 +344,20 @@ impl Store {
                     if status == SubscriberStatus::Bounced {
                         crate::subscribers::reset_bounce_score(&txn, subscriber, now).await?;
                     }
+                    let was = match why {
+                        Some(NoWayBack::Complained) => format!(
+                            "was {status} after a spam complaint; back only through this \
+                             double opt-in confirmation mailed to the address"
+                        ),
+                        _ => format!("was {status}"),
+                    };
                     audit(
                         &txn,
                         subscriber,
                         None,
                         AuditAction::Restored,
                         actor,
-                        &format!("{reason} (was {status})"),
+                        &format!("{reason} ({was})"),
                         now,
                     )
                     .await?;

@@ -3,10 +3,16 @@
 //! default the list's subscribed members only.
 //! Two keyset-paged passes (attribute names, then rows), so memory does not
 //! grow with the list.
+//!
+//! Subscriber data comes from strangers (the subscribe form, imported
+//! files), and the file is often opened in a spreadsheet: unless `--raw`,
+//! every cell that a spreadsheet would evaluate as a formula is written
+//! with a `'` in front ([`rundbrief_core::csvin::neutralise_formula`]).
 
 use crate::args::ExportArgs;
 use anyhow::Context;
 use rundbrief_core::StatusFilter;
+use rundbrief_core::csvin::neutralise_formula;
 use rundbrief_store::{Store, SubscriberQuery};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -45,7 +51,13 @@ pub async fn run(store: &Store, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = csv::Writer::from_writer(std::io::BufWriter::new(stdout.lock()));
     let mut header = vec!["email".to_string(), "name".to_string()];
-    header.extend(columns.iter().cloned());
+    header.extend(columns.iter().map(|c| {
+        if a.raw {
+            c.clone()
+        } else {
+            neutralise_formula(c).into_owned()
+        }
+    }));
     out.write_record(&header)?;
     let mut q = base;
     let mut n = 0u64;
@@ -61,6 +73,13 @@ pub async fn run(store: &Store, a: &ExportArgs) -> anyhow::Result<ExitCode> {
                 Some(serde_json::Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
             }));
+            if !a.raw {
+                for cell in &mut record {
+                    if let std::borrow::Cow::Owned(safe) = neutralise_formula(cell) {
+                        *cell = safe;
+                    }
+                }
+            }
             out.write_record(&record).context("writing CSV to stdout")?;
             n += 1;
         }

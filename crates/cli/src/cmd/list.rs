@@ -41,6 +41,14 @@ pub async fn run(store: &Store, cmd: &ListCmd, json: bool) -> anyhow::Result<Exi
                     println!("description  {d}");
                 }
                 println!("created      {}", output::when(l.list.created_at));
+                println!(
+                    "public       {}",
+                    if l.list.public {
+                        "yes (the subscribe form takes requests)"
+                    } else {
+                        "no (`list edit NAME --public` opens the subscribe form)"
+                    }
+                );
                 let c = &l.counts;
                 println!("subscribed   {}  (receive campaigns)", c.subscribed);
                 println!("unconfirmed  {}", c.unconfirmed);
@@ -48,6 +56,17 @@ pub async fn run(store: &Store, cmd: &ListCmd, json: bool) -> anyhow::Result<Exi
                 println!("bounced      {}", c.bounced);
                 println!("blocklisted  {}", c.blocklisted);
                 println!("total        {}", c.total());
+            }
+        }
+        ListCmd::Edit { name, public, .. } => {
+            let changed = store.set_list_public(name, *public).await?;
+            let list = store.list(name).await?;
+            if json {
+                output::json(&list)?;
+            } else {
+                let now = if list.public { "public" } else { "private" };
+                let was = if changed { "" } else { "already " };
+                println!("list {} is {was}{now}", list.name);
             }
         }
         ListCmd::Rm { name, force } => {
