@@ -21,7 +21,7 @@
 //! Text conditions match lower-cased ASCII needles against the diagnostic with its
 //! white space collapsed (see [`normalize`]).
 
-use crate::model::BounceClass;
+use crate::model::{BounceClass, Evidence};
 use crate::status::{self, StatusCode};
 
 /// The SMTP step a rejection answered, as far as the text says.
@@ -39,6 +39,19 @@ pub enum Stage {
     Data,
 }
 
+impl Stage {
+    /// The name shown in [`crate::Evidence::stage`]; `None` for [`Stage::Unknown`].
+    pub const fn name(self) -> Option<&'static str> {
+        match self {
+            Stage::Unknown => None,
+            Stage::Connect => Some("connect"),
+            Stage::MailFrom => Some("mail-from"),
+            Stage::Rcpt => Some("rcpt"),
+            Stage::Data => Some("data"),
+        }
+    }
+}
+
 /// What a rule looks at.
 #[derive(Debug, Clone, Copy)]
 pub enum Cond {
@@ -46,6 +59,8 @@ pub enum Cond {
     Text(&'static [&'static str]),
     /// The enhanced status matches `class.subject.detail`; `None` matches any value.
     Status(Option<u8>, Option<u16>, Option<u16>),
+    /// The enhanced status is one of these `(class, subject, detail)` codes.
+    StatusIn(&'static [(u8, u16, u16)]),
     /// [`Cond::Status`] and [`Cond::Text`] together.
     StatusText(
         Option<u8>,
@@ -81,7 +96,9 @@ const fn r(name: &'static str, when: Cond, class: BounceClass) -> Rule {
 }
 
 use BounceClass::{Block, Hard, Ignore, Soft};
-use Cond::{Always, Reply, Stage as AtStage, StageText, Status, StatusText, Temporary, Text};
+use Cond::{
+    Always, Reply, Stage as AtStage, StageText, Status, StatusIn, StatusText, Temporary, Text,
+};
 
 #[rustfmt::skip]
 const SPAM: &[&str] = &[
@@ -136,22 +153,61 @@ const DISABLED: &[&str] = &[
     "expired account", "account closed", "closed account", "discontinued", "account terminated",
     "account has been terminated", "mailbox is locked", "account is locked", "not active",
 ];
+/// Recipient wording that names the mailbox as missing and that filters are not
+/// known to borrow: enough for `hard` on its own (unless policy words contradict).
+/// Families, from the MTAs' and providers' own texts: "no such …" (Exim, qmail,
+/// Courier, Sendmail), "… does not exist" (Gmail, Exchange, Zimbra), "… not found"
+/// (Exchange `RecipientNotFound`, O365 "couldn't be found"), "invalid recipient /
+/// mailbox" (Orange, Postfix `reject_unlisted_recipient` variants), "not listed in …
+/// directory" (Domino), "… is not recognized" (Exchange 2003), "unknown local part"
+/// (Exim `local_parts` checks), Yahoo's documented "554 delivery error: dd This user
+/// doesn't have a … account" ("the user does not exist").
 #[rustfmt::skip]
 const USER_UNKNOWN: &[&str] = &[
-    "user unknown", "unknown user", "unknown recipient", "recipient unknown", "no such user",
-    "no such recipient", "no such mailbox", "no such account", "no such address", "no such person",
-    "no such local user", "user not found", "recipient not found", "mailbox not found",
-    "address not found", "account not found", "recipnotfound", "recipientnotfound", "not exist",
-    "doesn't exist", "does not exist", "not a valid mailbox", "invalid mailbox",
-    "invalid recipient", "invalid address", "bad recipient", "unknown address", "address unknown",
-    "unknown local part", "unknown or illegal alias", "no mailbox", "mailbox unavailable",
-    "mailbox is unavailable", "mailbox not available", "doesn't have a", "does not have a",
-    "couldn't be found", "could not be found", "not listed in", "not a known user",
-    "unknown mailbox", "addressee unknown", "not a valid user", "invalid user", "user invalid",
-    "user is unknown", "unknown account", "name is not recognized", "recipient is not recognized",
-    "address is not recognized", "name is not recognised", "no account", "has no mailbox",
-    "user doesn't", "user does not", "destinataire invalide", "unbekannt", "inconnu",
-    "not found in",
+    "no such user", "no such recipient", "no such mailbox", "no such account", "no such address",
+    "no such person", "no such local user", "no mailbox here", "user not found",
+    "recipient not found", "mailbox not found", "address not found", "account not found",
+    "recipnotfound", "recipientnotfound", "not exist", "doesn't exist", "does not exist",
+    "not a valid mailbox", "invalid mailbox", "invalid recipient", "bad recipient",
+    "unknown local part", "unknown or illegal alias", "couldn't be found", "could not be found",
+    "not listed in", "not a known user", "not a valid user", "invalid user", "user invalid",
+    "name is not recognized", "recipient is not recognized", "address is not recognized",
+    "name is not recognised", "has no mailbox", "no mailbox", "destinataire invalide",
+    "not found in", "user doesn't exist", "unknown in local recipient table",
+    "unknown in virtual mailbox table", "unknown in virtual alias table",
+    "unknown in relay recipient table", "dd this user doesn't have",
+];
+/// Recipient wording that filters also answer with, so it needs corroboration before
+/// it prunes: the rejection answered RCPT TO, or a recipient-specific status came
+/// with it. "User unknown" is what Japanese mobile carriers (docomo, au/ezweb,
+/// SoftBank) say to mail their subscriber's reception filter refuses (after end of
+/// data, where a missing address would have been refused at RCPT); RFC 5321 §4.2.3
+/// gives "mailbox unavailable" as the 550 text for "mailbox not found, no access, or
+/// command rejected for policy reasons"; Yahoo's "doesn't have a … account" came back
+/// for live addresses in 2019. Alone they decide `block`, never `hard`.
+#[rustfmt::skip]
+const USER_UNKNOWN_WEAK: &[&str] = &[
+    "user unknown", "unknown user", "unknown recipient", "recipient unknown", "user is unknown",
+    "addressee unknown", "unknown address", "address unknown", "unknown mailbox",
+    "unknown account", "invalid address", "mailbox unavailable", "mailbox is unavailable",
+    "mailbox not available", "mailbox currently unavailable", "doesn't have a",
+    "does not have a", "no account", "user doesn't", "user does not", "unbekannt", "inconnu",
+];
+/// Words that contradict a recipient-specific verdict: the same diagnostic also says
+/// the refusal was a matter of policy, a filter or abuse handling, so `hard` would
+/// prune a live reader. (Spam, block lists, authentication, rate and sender words
+/// are rules of their own, checked before everything.)
+#[rustfmt::skip]
+const CONTRADICTS_RECIPIENT: &[&str] = &[
+    "polic", "prohibit", "forbidden", "not allowed", "not permitted", "unauthori",
+    "not authori", "administrative", "filtered", "denied", "declined", "violation",
+];
+/// With 5.1.0 (other address status) the words must say which address failed.
+#[rustfmt::skip]
+const ADDRESS_REJECTED: &[&str] = &[
+    "address rejected", "recipient rejected", "user unknown", "unknown user",
+    "unknown recipient", "no such", "does not exist", "not exist", "invalid recipient",
+    "invalid mailbox", "not found", "bad address", "bad destination",
 ];
 #[rustfmt::skip]
 const HOST_UNKNOWN: &[&str] = &[
@@ -219,7 +275,22 @@ const MS_RECIPIENT_REJECTED: &[&str] = &[
     "recipient address rejected", "recipient not found", "recipientnotfound",
 ];
 
+/// Enhanced codes that name the recipient's address or domain as unusable (RFC 3463):
+/// 5.1.1 bad destination mailbox, 5.1.2 bad destination system, 5.1.3 bad destination
+/// mailbox syntax, 5.1.6 mailbox has moved. (5.1.10, null MX, has its own rule; 5.1.0
+/// needs words; 5.1.4 ambiguous, 5.1.5 valid and 5.1.9 are left to the words.)
+const RECIPIENT_CODES: &[(u8, u16, u16)] = &[(5, 1, 1), (5, 1, 2), (5, 1, 3), (5, 1, 6)];
+/// A mailing list (Google Groups, Mailman, Sympa) that refuses a post: the list is
+/// alive, our sender is not allowed to post. Google Groups writes its notice in the
+/// poster's language, so its help link is the stable part.
+#[rustfmt::skip]
+const LIST_REFUSED: &[&str] = &[
+    "groups.google.com", "permission to post", "not allowed to post", "posting restricted",
+    "non-member post", "posts from non-members", "moderator",
+];
+
 const PRE_RCPT: &[Stage] = &[Stage::Connect, Stage::MailFrom];
+const AT_RCPT: &[Stage] = &[Stage::Rcpt];
 const AT_DATA: &[Stage] = &[Stage::Data];
 
 /// The shipped rule table, in the order it is applied. The first rule whose
@@ -234,6 +305,7 @@ pub const RULES: &[Rule] = &[
     r("text-rate-limit", Text(RATE), Block),
     r("text-sender-rejected", Text(SENDER), Block),
     r("text-relay-denied", Text(RELAY), Block),
+    r("text-mailing-list-refused", Text(LIST_REFUSED), Block),
     // 2. refused before any recipient was named
     r("stage-before-rcpt", AtStage(PRE_RCPT), Block),
     // 3. status codes with a fixed meaning
@@ -270,19 +342,21 @@ pub const RULES: &[Rule] = &[
     ),
     r("status-x.6.x-content", Status(None, Some(6), None), Block),
     r("temporary-failure", Temporary, Soft),
+    // 3b. recipient-specific codes: hard on their own
     r(
         "status-5.1.10-null-mx",
         Status(Some(5), Some(1), Some(10)),
         Hard,
     ),
+    r("status-5.1.x-bad-address", StatusIn(RECIPIENT_CODES), Hard),
     r(
-        "status-5.1.x-bad-address",
-        Status(Some(5), Some(1), None),
+        "status-5.1.0-address-rejected",
+        StatusText(Some(5), Some(1), Some(0), ADDRESS_REJECTED),
         Hard,
     ),
     r(
         "status-5.2.1-disabled",
-        Status(Some(5), Some(2), Some(1)),
+        StatusText(Some(5), Some(2), Some(1), DISABLED),
         Hard,
     ),
     r(
@@ -311,7 +385,7 @@ pub const RULES: &[Rule] = &[
         Hard,
     ),
     r("status-5.4.x-network", Status(Some(5), Some(4), None), Soft),
-    // 4. the server's words
+    // 4. the server's words (generic codes: 5.0.0, 5.5.x, 5.2.0, 5.3.x, bare 5xx)
     r(
         "text-user-unknown-after-data",
         StageText(AT_DATA, USER_UNKNOWN),
@@ -319,6 +393,16 @@ pub const RULES: &[Rule] = &[
     ),
     r("text-disabled", Text(DISABLED), Hard),
     r("text-user-unknown", Text(USER_UNKNOWN), Hard),
+    r(
+        "text-user-unknown-at-rcpt",
+        StageText(AT_RCPT, USER_UNKNOWN_WEAK),
+        Hard,
+    ),
+    r(
+        "text-user-unknown-unconfirmed",
+        Text(USER_UNKNOWN_WEAK),
+        Block,
+    ),
     r("text-host-unknown", Text(HOST_UNKNOWN), Hard),
     r("text-moved", Text(MOVED), Hard),
     r("text-mailbox-full", Text(FULL), Soft),
@@ -329,6 +413,11 @@ pub const RULES: &[Rule] = &[
     r("text-syntax", Text(SYNTAX), Block),
     r("text-policy", Text(POLICY), Block),
     // 5. what is left of the codes
+    r(
+        "status-5.2.1-mailbox-disabled",
+        Status(Some(5), Some(2), Some(1)),
+        Hard,
+    ),
     r("status-5.2.x-mailbox", Status(Some(5), Some(2), None), Soft),
     r(
         "status-5.3.x-mail-system",
@@ -422,6 +511,10 @@ impl Matcher {
                 group.push((RULES.len() + k) as u8);
             }
         }
+        for n in CONTRADICTS_RECIPIENT {
+            pats.push(n);
+            group.push(CONTRADICTS_GROUP as u8);
+        }
         // A full DFA: a few hundred short needles make it small (tens of KiB), and it
         // scans about twice as fast as the default contiguous NFA.
         let ac = aho_corasick::AhoCorasick::builder()
@@ -485,6 +578,11 @@ impl Cond {
         match *self {
             Cond::Text(_) => text_hit,
             Cond::Status(c, sub, d) => status_is(c, sub, d),
+            Cond::StatusIn(codes) => s.status.is_some_and(|st| {
+                codes
+                    .iter()
+                    .any(|&(c, sub, d)| (c, sub, d) == (st.class, st.subject, st.detail))
+            }),
             Cond::StatusText(c, sub, d, _) => status_is(c, sub, d) && text_hit,
             Cond::Stage(st) => st.contains(&s.stage),
             Cond::StageText(st, _) => st.contains(&s.stage) && text_hit,
@@ -504,14 +602,70 @@ impl Cond {
     }
 }
 
-/// Runs [`RULES`] on `s`; the first matching rule decides.
-pub fn classify(s: &Signal<'_>) -> (BounceClass, &'static str) {
+/// Group index of [`CONTRADICTS_RECIPIENT`] in the automaton.
+const CONTRADICTS_GROUP: usize = RULES.len() + STAGE_GROUPS.len();
+
+/// Rule name recorded when policy words veto a recipient-specific verdict.
+pub const VETO_RULE: &str = "hard-contradicted-by-policy";
+
+/// Rules whose evidence is explicit enough that policy words in the same text do not
+/// veto them: Microsoft documents 5.4.1 "Recipient address rejected: Access denied"
+/// as Directory-Based Edge Blocking of an address that does not exist.
+const NO_VETO: &[&str] = &["status-5.4.1-recipient-rejected"];
+
+/// What decided one result: the class, the rule, and the needle list whose match
+/// is the evidence (for text rules and the veto).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Verdict {
+    pub class: BounceClass,
+    pub rule: &'static str,
+    pub needles: Option<&'static [&'static str]>,
+}
+
+/// Runs [`RULES`] on `s`; the first matching rule decides. A `hard` verdict is vetoed
+/// (`block`, rule [`VETO_RULE`]) when the same text also has policy words
+/// ([`CONTRADICTS_RECIPIENT`]): hard needs evidence about the recipient that nothing
+/// in the diagnostic contradicts.
+pub(crate) fn verdict(s: &Signal<'_>) -> Verdict {
     for (i, rule) in RULES.iter().enumerate() {
         if rule.when.holds_with(s, s.hits & (1u128 << i) != 0) {
-            return (rule.class, rule.name);
+            if rule.class == Hard
+                && s.hits & (1u128 << CONTRADICTS_GROUP) != 0
+                && !NO_VETO.contains(&rule.name)
+            {
+                return Verdict {
+                    class: Block,
+                    rule: VETO_RULE,
+                    needles: Some(CONTRADICTS_RECIPIENT),
+                };
+            }
+            return Verdict {
+                class: rule.class,
+                rule: rule.name,
+                needles: rule.when.needles(),
+            };
         }
     }
-    (Soft, "unclassified-failure")
+    Verdict {
+        class: Soft,
+        rule: "unclassified-failure",
+        needles: None,
+    }
+}
+
+/// Byte range of the earliest (then longest) occurrence of any of `needles` in the
+/// normalized `text`.
+pub(crate) fn first_match(text: &str, needles: &[&str]) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for n in needles {
+        if let Some(p) = memchr::memmem::find(text.as_bytes(), n.as_bytes()) {
+            let cand = (p, p + n.len());
+            if best.is_none_or(|b| cand.0 < b.0 || (cand.0 == b.0 && cand.1 > b.1)) {
+                best = Some(cand);
+            }
+        }
+    }
+    best
 }
 
 /// Lower-cases ASCII and collapses every run of ASCII white space to one space
@@ -617,7 +771,10 @@ const STAGE_DATA: &[&str] = &[
     "end of data", "final data", "after data", "data command", "our data", "[data]",
     "after the data", "end-of-data", "end of message",
 ];
-const STAGE_RCPT: &[&str] = &["rcpt to", "rcpt command", "rcpt_to", "[rcpt", "rcpt-to"];
+#[rustfmt::skip]
+const STAGE_RCPT: &[&str] = &[
+    "rcpt to", "rcpt command", "rcpt_to", "[rcpt", "rcpt-to", "does not like recipient",
+];
 #[rustfmt::skip]
 const STAGE_MAIL: &[&str] = &[
     "in reply to mail from", "after mail from", "our mail from", "[mail_from]", "mail from command",
@@ -692,6 +849,21 @@ pub fn classify_reply(
     enhanced: Option<&str>,
     text: &str,
 ) -> (BounceClass, &'static str) {
+    let (class, rule, _) = classify_reply_evidence(code, enhanced, text, Stage::Unknown);
+    (class, rule)
+}
+
+/// [`classify_reply`] with the [`Evidence`] behind the verdict (codes, the words of
+/// `text` that decided, the SMTP step), for audit entries. `step` is the command the
+/// reply answered when the caller knows it (a client driving the dialogue one step at
+/// a time), else [`Stage::Unknown`] and the text is asked. Knowing it matters: "550
+/// User unknown" is `hard` in answer to RCPT TO and `block` after DATA or unstated.
+pub fn classify_reply_evidence(
+    code: u16,
+    enhanced: Option<&str>,
+    text: &str,
+    step: Stage,
+) -> (BounceClass, &'static str, Evidence) {
     let norm = normalize(text);
     let status = enhanced
         .and_then(StatusCode::parse_field)
@@ -701,7 +873,13 @@ pub fn classify_reply(
         .then_some(code)
         .or_else(|| status::find_reply(&norm).0);
     let status = status.or_else(|| status::status_in_text(&norm));
-    classify(&Signal::new(status, reply, &norm))
+    let mut s = Signal::new(status, reply, &norm);
+    if step != Stage::Unknown {
+        s = s.with_stage(step);
+    }
+    let v = verdict(&s);
+    let shown = collapse(text, usize::MAX - 1);
+    (v.class, v.rule, crate::evidence(&s, &v, &shown))
 }
 
 #[cfg(test)]
@@ -838,15 +1016,59 @@ mod tests {
                 550,
                 None,
                 "Unknown user a@example.net",
-                Hard,
-                "text-user-unknown",
+                Block,
+                "text-user-unknown-unconfirmed",
             ),
             (
                 550,
                 None,
                 "Requested action not taken: mailbox unavailable",
+                Block,
+                "text-user-unknown-unconfirmed",
+            ),
+            (550, None, "No such user here", Hard, "text-user-unknown"),
+            (
+                550,
+                None,
+                "<a@example.net>: User unknown (in reply to RCPT TO command)",
                 Hard,
-                "text-user-unknown",
+                "text-user-unknown-at-rcpt",
+            ),
+            (
+                550,
+                Some("5.1.1"),
+                "<a@example.net>: Recipient address rejected by policy: user unknown",
+                Block,
+                VETO_RULE,
+            ),
+            (
+                550,
+                None,
+                "Mailbox does not exist; mail refused by administrative prohibition",
+                Block,
+                VETO_RULE,
+            ),
+            (
+                550,
+                Some("5.2.1"),
+                "<a@example.net>... User Unknown",
+                Block,
+                "text-user-unknown-unconfirmed",
+            ),
+            (
+                550,
+                Some("5.1.0"),
+                "Address rejected.",
+                Hard,
+                "status-5.1.0-address-rejected",
+            ),
+            (550, Some("5.1.0"), "Message refused", Block, "text-policy"),
+            (
+                550,
+                None,
+                "Your message to the group may not exist, or you may not have permission to post. https://groups.google.com/support/",
+                Block,
+                "text-mailing-list-refused",
             ),
             (
                 554,
@@ -937,11 +1159,28 @@ mod tests {
     }
 
     #[test]
-    fn automaton_agrees_with_plain_search() {
-        assert!(
-            RULES.len() + STAGE_GROUPS.len() <= 128,
-            "hit bitset too small"
+    fn evidence_quotes_the_deciding_words_and_the_known_step() {
+        let (class, rule, ev) =
+            classify_reply_evidence(550, None, "Unknown   User a@example.net", Stage::Rcpt);
+        assert_eq!((class, rule), (Hard, "text-user-unknown-at-rcpt"));
+        assert_eq!(ev.phrase.as_deref(), Some("Unknown User"));
+        assert_eq!((ev.reply_code, ev.stage), (Some(550), Some("rcpt")));
+        let (class, _, ev) = classify_reply_evidence(
+            550,
+            Some("5.1.1"),
+            "Recipient rejected by local POLICY",
+            Stage::Unknown,
         );
+        assert_eq!(class, Block);
+        assert_eq!(ev.phrase.as_deref(), Some("POLICY"));
+        assert_eq!(ev.status.as_deref(), Some("5.1.1"));
+        let (_, rule, ev) = classify_reply_evidence(550, Some("5.1.1"), "", Stage::Unknown);
+        assert_eq!((rule, ev.phrase), ("status-5.1.x-bad-address", None));
+    }
+
+    #[test]
+    fn automaton_agrees_with_plain_search() {
+        const { assert!(CONTRADICTS_GROUP < 128, "hit bitset too small") };
         let texts = [
             "550 5.1.1 user unknown (in reply to rcpt to command)",
             "blocked using spamhaus; too many connections from your ip",
