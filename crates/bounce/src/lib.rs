@@ -326,7 +326,7 @@ fn decide(action: &str, s: &Signal<'_>) -> Verdict {
     let fixed = |class, rule| Verdict {
         class,
         rule,
-        needles: None,
+        group: None,
     };
     match action {
         "delivered" => fixed(BounceClass::Ignore, "action-delivered"),
@@ -345,8 +345,8 @@ fn decide(action: &str, s: &Signal<'_>) -> Verdict {
 /// way but not lower-cased, so the byte offsets agree) where it was not truncated.
 pub(crate) fn evidence(s: &Signal<'_>, v: &Verdict, diagnostic: &str) -> Evidence {
     let phrase = v
-        .needles
-        .and_then(|n| rules::first_match(s.text, n))
+        .group
+        .and_then(|g| rules::first_match(s.text, g))
         .map(|(a, b)| whole_words(s.text.as_bytes(), a, b))
         .and_then(|(a, b)| diagnostic.get(a..b).or_else(|| s.text.get(a..b)))
         .map(str::to_string);

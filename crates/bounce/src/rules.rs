@@ -613,13 +613,13 @@ pub const VETO_RULE: &str = "hard-contradicted-by-policy";
 /// as Directory-Based Edge Blocking of an address that does not exist.
 const NO_VETO: &[&str] = &["status-5.4.1-recipient-rejected"];
 
-/// What decided one result: the class, the rule, and the needle list whose match
-/// is the evidence (for text rules and the veto).
+/// What decided one result: the class, the rule, and the automaton group whose
+/// match is the evidence (the rule's needles for text rules, or the veto words).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Verdict {
     pub class: BounceClass,
     pub rule: &'static str,
-    pub needles: Option<&'static [&'static str]>,
+    pub group: Option<usize>,
 }
 
 /// Runs [`RULES`] on `s`; the first matching rule decides. A `hard` verdict is vetoed
@@ -636,36 +636,35 @@ pub(crate) fn verdict(s: &Signal<'_>) -> Verdict {
                 return Verdict {
                     class: Block,
                     rule: VETO_RULE,
-                    needles: Some(CONTRADICTS_RECIPIENT),
+                    group: Some(CONTRADICTS_GROUP),
                 };
             }
             return Verdict {
                 class: rule.class,
                 rule: rule.name,
-                needles: rule.when.needles(),
+                group: rule.when.needles().map(|_| i),
             };
         }
     }
     Verdict {
         class: Soft,
         rule: "unclassified-failure",
-        needles: None,
+        group: None,
     }
 }
 
-/// Byte range of the earliest (then longest) occurrence of any of `needles` in the
-/// normalized `text`.
-pub(crate) fn first_match(text: &str, needles: &[&str]) -> Option<(usize, usize)> {
-    let mut best: Option<(usize, usize)> = None;
-    for n in needles {
-        if let Some(p) = memchr::memmem::find(text.as_bytes(), n.as_bytes()) {
-            let cand = (p, p + n.len());
-            if best.is_none_or(|b| cand.0 < b.0 || (cand.0 == b.0 && cand.1 > b.1)) {
-                best = Some(cand);
-            }
-        }
-    }
-    best
+/// Byte range of the first occurrence (by end) in the normalized `text` of a needle
+/// of automaton group `group` (a rule index or [`CONTRADICTS_GROUP`]): one more pass
+/// of the same automaton that stops at the first hit, run only for the deciding rule.
+pub(crate) fn first_match(text: &str, group: usize) -> Option<(usize, usize)> {
+    let m = matcher();
+    m.ac.find_overlapping_iter(text)
+        .find(|hit| {
+            m.group
+                .get(hit.pattern().as_usize())
+                .is_some_and(|&g| usize::from(g) == group)
+        })
+        .map(|hit| (hit.start(), hit.end()))
 }
 
 /// Lower-cases ASCII and collapses every run of ASCII white space to one space
