@@ -8,15 +8,23 @@
 //!    because reading such a rejection as `hard` would prune a live subscriber.
 //! 2. A rejection before any recipient was named (greeting, HELO, MAIL FROM) is
 //!    about the sender too.
-//! 3. Enhanced status codes with one fixed meaning (x.7.x policy, 5.1.x bad address,
-//!    5.2.2 full, 4.x.x temporary, …).
+//! 3. Enhanced status codes with one fixed meaning (x.7.x policy, 5.2.2 full,
+//!    4.x.x temporary, …), then the recipient-specific ones (5.1.1, 5.1.2, 5.1.3,
+//!    5.1.6, 5.1.10, 5.4.4 alone; 5.1.0, 5.2.1 and 5.4.1 with matching words).
 //! 4. Words of the remote server for generic codes (5.0.0, 5.5.0, bare 550):
-//!    user/host unknown and disabled accounts (hard, but `block` when the rejection
-//!    came only after DATA, since the recipient had been accepted), mailbox full,
-//!    expiry and network trouble (soft), then weaker policy words and size/syntax
-//!    problems (block).
+//!    recipient words after DATA are `block` (the recipient had been accepted);
+//!    disabled accounts and strong recipient words ("no such user", "does not
+//!    exist") are `hard`; weak ones, which filters also answer with ("user
+//!    unknown", "mailbox unavailable"), are `hard` only in answer to RCPT TO and
+//!    `block` otherwise; then host unknown and moved (hard), mailbox full, expiry
+//!    and network trouble (soft), then size, syntax and policy words (block).
 //! 5. Whatever the status code's class and subject still say, then the bare SMTP
 //!    reply code, then `soft` for a failure nobody explained.
+//!
+//! `hard` needs evidence about the recipient that nothing contradicts: a `hard`
+//! verdict is turned into `block` ([`VETO_RULE`]) when the same text also has policy
+//! words ([`CONTRADICTS_RECIPIENT`]). docs/architecture.md has the precedence with
+//! examples (tested in `architecture_examples`).
 //!
 //! Text conditions match lower-cased ASCII needles against the diagnostic with its
 //! white space collapsed (see [`normalize`]).
@@ -1154,6 +1162,70 @@ mod tests {
         for (code, enh, text, class, rule) in cases {
             let got = classify_reply(*code, *enh, text);
             assert_eq!(got, (*class, *rule), "{code} {enh:?} {text}");
+        }
+    }
+
+    /// The examples of docs/architecture.md, "Bounce classification", as written there.
+    #[test]
+    fn architecture_examples() {
+        let cases: &[(&str, BounceClass, &str)] = &[
+            (
+                "550 5.1.1 <a@x>: Recipient address rejected: User unknown in local recipient table",
+                Hard,
+                "status-5.1.x-bad-address",
+            ),
+            (
+                "550 5.1.1 <a@x> - 203.0.113.9 has sent to too many recipients this hour",
+                Block,
+                "text-rate-limit",
+            ),
+            (
+                "550 5.1.1 Recipient rejected by local policy",
+                Block,
+                VETO_RULE,
+            ),
+            (
+                "550 5.7.1 <a@x>: Recipient address rejected: User unknown",
+                Block,
+                "status-x.7.x-policy",
+            ),
+            ("550 5.0.0 kim@x... No such user", Hard, "text-user-unknown"),
+            (
+                "550 Unknown user kim@x (in reply to RCPT TO command)",
+                Hard,
+                "text-user-unknown-at-rcpt",
+            ),
+            ("550 : User unknown", Block, "text-user-unknown-unconfirmed"),
+            (
+                "550 Unknown user kim@x (in reply to end of DATA command)",
+                Block,
+                "text-user-unknown-unconfirmed",
+            ),
+            (
+                "550 Requested action not taken: mailbox unavailable",
+                Block,
+                "text-user-unknown-unconfirmed",
+            ),
+            (
+                "550 5.2.1 The email account that you tried to reach is disabled",
+                Hard,
+                "status-5.2.1-disabled",
+            ),
+            (
+                "550 #5.1.0 Address rejected.",
+                Hard,
+                "status-5.1.0-address-rejected",
+            ),
+            ("542 kim@x Rejected", Block, "text-policy"),
+            (
+                "450 4.1.1 <a@x>: Recipient address rejected: User unknown",
+                Soft,
+                "temporary-failure",
+            ),
+        ];
+        for (text, class, rule) in cases {
+            let code = text[..3].parse().unwrap_or(0);
+            assert_eq!(classify_reply(code, None, text), (*class, *rule), "{text}");
         }
     }
 
