@@ -1165,6 +1165,192 @@ mod tests {
         }
     }
 
+    /// Replies as providers and MTAs document them (Microsoft 365 NDR reference,
+    /// Gmail's and Yahoo's SMTP error pages, Mimecast's and Proofpoint's code
+    /// lists, Barracuda, McAfee MXLogic, Postfix, Exim/cPanel, Sendmail, qmail and
+    /// Courier texts): none of the dev corpus' files. The classes are what their
+    /// documentation says the reply means; a `block` read as `hard` here would prune
+    /// a live reader.
+    #[test]
+    fn documented_provider_replies() {
+        let cases: &[(u16, &str, BounceClass)] = &[
+            // Microsoft 365 / Outlook.com
+            (550, "5.1.1 RESOLVER.ADR.RecipNotFound; not found", Hard),
+            (
+                550,
+                "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+                Hard,
+            ),
+            (
+                550,
+                "5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+                Hard,
+            ),
+            (
+                550,
+                "5.7.606 Access denied, banned sending IP [192.0.2.1]",
+                Block,
+            ),
+            (
+                550,
+                "5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150)",
+                Block,
+            ),
+            (
+                550,
+                "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP",
+                Block,
+            ),
+            (550, "5.1.8 Access denied, bad outbound sender", Block),
+            (
+                550,
+                "5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup; authentication required",
+                Block,
+            ),
+            (
+                550,
+                "5.1.0 Sender denied as sender's email address is on SenderFilterConfig list",
+                Block,
+            ),
+            (550, "5.2.2 mailbox full", Soft),
+            (554, "5.4.14 Hop count exceeded - possible mail loop", Soft),
+            // Gmail
+            (
+                550,
+                "5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos",
+                Hard,
+            ),
+            (
+                550,
+                "5.2.1 The email account that you tried to reach is disabled.",
+                Hard,
+            ),
+            (
+                552,
+                "5.2.2 The email account that you tried to reach is over quota.",
+                Soft,
+            ),
+            (
+                550,
+                "5.7.1 Our system has detected that this message is likely unsolicited mail.",
+                Block,
+            ),
+            (
+                421,
+                "4.7.0 Our system has detected an unusual rate of unsolicited mail originating from your IP address.",
+                Block,
+            ),
+            (
+                550,
+                "5.7.1 The user or domain that you are sending to (or from) has a policy that prohibited the mail that you sent.",
+                Block,
+            ),
+            (
+                553,
+                "5.1.3 The recipient address <a@x> is not a valid RFC-5321 address.",
+                Hard,
+            ),
+            // Yahoo
+            (
+                554,
+                "delivery error: dd This user doesn't have a yahoo.com account (a@yahoo.com) [0]",
+                Hard,
+            ),
+            (
+                554,
+                "30 Sorry, your message to a@yahoo.com cannot be delivered. This account has been disabled or discontinued [#102].",
+                Hard,
+            ),
+            (
+                552,
+                "1 Requested mail action aborted, mailbox not found",
+                Hard,
+            ),
+            (
+                553,
+                "5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in Spamhaus's list",
+                Block,
+            ),
+            (554, "5.7.9 Message not accepted for policy reasons.", Block),
+            // Mimecast, Proofpoint, Barracuda, McAfee MXLogic
+            (
+                550,
+                "Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550",
+                Hard,
+            ),
+            (550, "Administrative prohibition - envelope blocked", Block),
+            (
+                550,
+                "Rejected by header based Anti-Spoofing policy: a@x",
+                Block,
+            ),
+            (550, "Envelope blocked - User Entry - a@x", Block),
+            (
+                554,
+                "Email rejected due to security policies - https://community.mimecast.com/docs/DOC-1369#554",
+                Block,
+            ),
+            (
+                554,
+                "Blocked - see https://ipcheck.proofpoint.com/?ip=192.0.2.1",
+                Block,
+            ),
+            (
+                554,
+                "Service unavailable; Client host [192.0.2.1] blocked using Barracuda Reputation; http://www.barracudanetworks.com/reputation/?r=1&ip=192.0.2.1",
+                Block,
+            ),
+            (
+                550,
+                "permanent failure for one or more recipients (a@x:blocked)",
+                Block,
+            ),
+            (554, "Denied [CS01] (Mode: normal)", Block),
+            // Postfix
+            (
+                550,
+                "5.1.1 <a@x>: Recipient address rejected: User unknown in virtual mailbox table",
+                Hard,
+            ),
+            (554, "5.7.1 <a@x>: Relay access denied", Block),
+            (
+                554,
+                "5.7.1 <a@x>: Recipient address rejected: Access denied",
+                Block,
+            ),
+            (
+                450,
+                "4.2.0 <a@x>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/x.html",
+                Soft,
+            ),
+            (552, "5.3.4 Message size exceeds fixed limit", Block),
+            // Exim / cPanel
+            (550, "Unrouteable address", Hard),
+            (550, "No Such User Here", Hard),
+            (
+                550,
+                "Verification failed for <b@y> Unrouteable address Sender verify failed",
+                Block,
+            ),
+            (550, "Administrative prohibition", Block),
+            // Sendmail, qmail, Courier
+            (550, "5.1.1 <a@x>... User unknown", Hard),
+            (553, "5.3.0 <a@x>... No such user here", Hard),
+            (550, "5.7.1 <a@x>... Relaying denied", Block),
+            (550, "sorry, no mailbox here by that name. (#5.1.1)", Hard),
+            (
+                553,
+                "sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+                Block,
+            ),
+            (550, "User unknown.", Block),
+        ];
+        for (code, text, class) in cases {
+            let (got, rule) = classify_reply(*code, None, text);
+            assert_eq!(got, *class, "{code} {text} ({rule})");
+        }
+    }
+
     /// The examples of docs/architecture.md, "Bounce classification", as written there.
     #[test]
     fn architecture_examples() {
