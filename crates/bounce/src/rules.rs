@@ -184,6 +184,8 @@ const USER_UNKNOWN: &[&str] = &[
     "not found in", "user doesn't exist", "unknown in local recipient table",
     "unknown in virtual mailbox table", "unknown in virtual alias table",
     "unknown in relay recipient table", "dd this user doesn't have",
+    "invalid final delivery userid", "n'existe pas", "existiert nicht", "no existe",
+    "wrong or no longer valid",
 ];
 /// Recipient wording that filters also answer with, so it needs corroboration before
 /// it prunes: the rejection answered RCPT TO, or a recipient-specific status came
@@ -200,6 +202,7 @@ const USER_UNKNOWN_WEAK: &[&str] = &[
     "unknown account", "invalid address", "mailbox unavailable", "mailbox is unavailable",
     "mailbox not available", "mailbox currently unavailable", "doesn't have a",
     "does not have a", "no account", "user doesn't", "user does not", "unbekannt", "inconnu",
+    "user not known",
 ];
 /// Words that contradict a recipient-specific verdict: the same diagnostic also says
 /// the refusal was a matter of policy, a filter or abuse handling, so `hard` would
@@ -209,6 +212,14 @@ const USER_UNKNOWN_WEAK: &[&str] = &[
 const CONTRADICTS_RECIPIENT: &[&str] = &[
     "polic", "prohibit", "forbidden", "not allowed", "not permitted", "unauthori",
     "not authori", "administrative", "filtered", "denied", "declined", "violation",
+];
+/// Words that say a failure will pass, whatever the code (Postfix's "Host not
+/// found, try again" is a DNS time-out, not a missing domain).
+#[rustfmt::skip]
+const TEMPORARY_WORDS: &[&str] = &[
+    "not found, try again", "temporary failure in name resolution", "try again later",
+    "temporarily unavailable", "temporarily disabled", "temporarily suspended",
+    "temporarily locked", "temporarily blocked",
 ];
 /// With 5.1.0 (other address status) the words must say which address failed.
 #[rustfmt::skip]
@@ -238,7 +249,8 @@ const FULL: &[&str] = &[
     "full mailbox", "mail box full", "mailbox size limit", "exceeds the mailbox", "mailbox exceeds",
     "mailbox size", "too much mail", "box is full", "mailbox has exceeded", "disk full",
     "out of space", "over the limit", "exceeds its storage", "not enough space",
-    "insufficient space", "full_mailbox",
+    "insufficient space", "full_mailbox", "mailfolder is full", "folder is full",
+    "space not enough",
 ];
 #[rustfmt::skip]
 const EXPIRED: &[&str] = &[
@@ -394,6 +406,7 @@ pub const RULES: &[Rule] = &[
     ),
     r("status-5.4.x-network", Status(Some(5), Some(4), None), Soft),
     // 4. the server's words (generic codes: 5.0.0, 5.5.x, 5.2.0, 5.3.x, bare 5xx)
+    r("text-temporary", Text(TEMPORARY_WORDS), Soft),
     r(
         "text-user-unknown-after-data",
         StageText(AT_DATA, USER_UNKNOWN),
