@@ -143,7 +143,8 @@ const SENDER: &[&str] = &[
     "sender verification", "invalid sender", "sender is not", "sender not", "envelope sender",
     "envelope from", "from: domain", "sending domain", "from domain", "from: header", "from header",
     "valid from", "return path", "return-path", "unverified sender", "bad sender",
-    "sender address is",
+    "sender address is", "not accepting mail from", "does not accept mail from",
+    "do not accept mail from",
 ];
 #[rustfmt::skip]
 const RELAY: &[&str] = &[

@@ -1,0 +1,55 @@
+//! A second, separate figure: the classifier on real bounces that are not in the dev
+//! corpus, flufl.bounce's test messages, with our own labels
+//! (`tests/extra/flufl-labels.jsonl`; `tests/extra/README.md` says where the LGPL
+//! messages come from and why they are not copied here). Runs only when
+//! `RUNDBRIEF_FLUFL_DIR` points at flufl.bounce's `flufl/bounce/tests/data/`; fails on
+//! a false prune (a message not labelled `hard` read as `hard`).
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+#[test]
+fn flufl_bounce_messages() {
+    let Some(dir) = std::env::var_os("RUNDBRIEF_FLUFL_DIR") else {
+        println!(
+            "RUNDBRIEF_FLUFL_DIR is not set: flufl.bounce figure skipped (tests/extra/README.md)"
+        );
+        return;
+    };
+    let labels = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/extra/flufl-labels.jsonl");
+    let text = fs::read_to_string(&labels).expect("tests/extra/flufl-labels.jsonl must exist");
+    let (mut n, mut ok) = (0usize, 0usize);
+    let mut misses = Vec::new();
+    let mut false_prunes = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let e: Value = serde_json::from_str(line).expect("label line is JSON");
+        let file = e["file"].as_str().expect("file");
+        let want = e["class"].as_str().expect("class");
+        let path = Path::new(&dir).join(file);
+        let raw = fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        let got = rundbrief_bounce::parse(&raw);
+        n += 1;
+        if got.class.as_str() == want {
+            ok += 1;
+        } else {
+            misses.push(format!(
+                "{file}: want {want}, got {} ({})",
+                got.class.as_str(),
+                got.rule
+            ));
+            if got.class == rundbrief_bounce::BounceClass::Hard {
+                false_prunes.push(file.to_string());
+            }
+        }
+    }
+    assert!(n > 0, "no labels");
+    println!(
+        "flufl.bounce (extra, not dev): class accuracy {ok}/{n} = {:.2}%, false prunes {}",
+        ok as f64 * 100.0 / n as f64,
+        false_prunes.len()
+    );
+    println!("misses:\n  {}", misses.join("\n  "));
+    assert!(false_prunes.is_empty(), "false prunes: {false_prunes:?}");
+}
