@@ -54,32 +54,40 @@ fn flufl_bounce_messages() {
     assert!(false_prunes.is_empty(), "false prunes: {false_prunes:?}");
 }
 
-/// DSNs written by a real Postfix (`tests/gen/postfix.sh`, committed with their
-/// labels in `tests/gen/postfix/labels.jsonl`): every one must get its label.
+/// DSNs written by real MTAs (`tests/gen/postfix.sh`, `tests/gen/exim.sh`), committed
+/// with their labels in `tests/gen/<mta>/labels.jsonl`: every one must get its label.
 #[test]
-fn generated_postfix_dsns() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gen/postfix");
-    let text = fs::read_to_string(dir.join("labels.jsonl")).expect("labels.jsonl must exist");
-    let (mut n, mut ok) = (0usize, 0usize);
+fn generated_mta_dsns() {
+    let mut n = 0usize;
     let mut misses = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let e: Value = serde_json::from_str(line).expect("label line is JSON");
-        let file = e["file"].as_str().expect("file");
-        let want = e["class"].as_str().expect("class");
-        let raw = fs::read(dir.join(file)).unwrap_or_else(|err| panic!("{file}: {err}"));
-        let got = rundbrief_bounce::parse(&raw);
-        n += 1;
-        if got.class.as_str() == want {
-            ok += 1;
-        } else {
-            misses.push(format!(
-                "{file}: want {want}, got {} ({})",
-                got.class.as_str(),
-                got.rule
-            ));
+    for mta in ["postfix", "exim"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/gen")
+            .join(mta);
+        let text = fs::read_to_string(dir.join("labels.jsonl"))
+            .unwrap_or_else(|err| panic!("tests/gen/{mta}/labels.jsonl: {err}"));
+        let mut here = 0usize;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let e: Value = serde_json::from_str(line).expect("label line is JSON");
+            let file = e["file"].as_str().expect("file");
+            let want = e["class"].as_str().expect("class");
+            let raw = fs::read(dir.join(file)).unwrap_or_else(|err| panic!("{mta}/{file}: {err}"));
+            let got = rundbrief_bounce::parse(&raw);
+            here += 1;
+            if got.class.as_str() != want {
+                misses.push(format!(
+                    "{mta}/{file}: want {want}, got {} ({})",
+                    got.class.as_str(),
+                    got.rule
+                ));
+            }
         }
+        assert!(here > 0, "no generated DSNs for {mta}");
+        n += here;
     }
-    assert!(n > 0, "no generated DSNs");
-    println!("generated Postfix DSNs (extra, not dev): {ok}/{n}");
+    println!(
+        "generated MTA DSNs (extra, not dev): {}/{n} right",
+        n - misses.len()
+    );
     assert!(misses.is_empty(), "misses:\n  {}", misses.join("\n  "));
 }
