@@ -87,6 +87,9 @@ pub struct ClassifiedBounce<'a> {
     pub status: &'a str,
     /// The classifier rule that decided.
     pub rule: &'a str,
+    /// The words of the diagnostic that decided, as the server wrote them
+    /// (quoted in the audit entry, so `sub show` says why).
+    pub evidence: Option<&'a str>,
     pub source: BounceSource,
 }
 
@@ -159,8 +162,15 @@ impl Bounces {
             rundbrief_bounce::score::apply(previous, b.class, self.today(), &self.policy.score);
         let value = score.map_or(0.0, |s| s.value);
         let status = if b.status.is_empty() { "-" } else { b.status };
+        let quoted = b
+            .evidence
+            .map(|e| {
+                let e: String = e.chars().filter(|c| !c.is_control()).take(160).collect();
+                format!(" \"{e}\"")
+            })
+            .unwrap_or_default();
         let reason = format!(
-            "{}: {} {status} (rule {}, score {value:.1})",
+            "{}: {} {status}{quoted} (rule {}, score {value:.1})",
             b.source,
             b.class.as_str(),
             b.rule
@@ -529,6 +539,12 @@ impl Bounces {
                 class: line.class,
                 status: &line.status,
                 rule: line.rule,
+                // The deciding words, else the whole diagnostic.
+                evidence: line
+                    .evidence
+                    .as_ref()
+                    .and_then(|e| e.phrase.as_deref())
+                    .or(Some(line.diagnostic.as_str()).filter(|d| !d.is_empty())),
                 source: BounceSource::Stored(bounce),
             },
         )

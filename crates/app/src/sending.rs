@@ -170,8 +170,20 @@ impl Hooks for CampaignHooks {
             return Ok(());
         };
         let enhanced = reply.enhanced.map(|e| e.to_string());
-        let (class, rule) =
-            rundbrief_bounce::classify_reply(reply.code, enhanced.as_deref(), &reply.text);
+        // The step is known here: "550 User unknown" answering RCPT names
+        // the recipient; after DATA it may be a filter.
+        let stage = match error.step() {
+            rundbrief_sender::SmtpStep::Rcpt => rundbrief_bounce::Stage::Rcpt,
+            rundbrief_sender::SmtpStep::Data => rundbrief_bounce::Stage::Data,
+            rundbrief_sender::SmtpStep::Mail => rundbrief_bounce::Stage::MailFrom,
+            _ => rundbrief_bounce::Stage::Unknown,
+        };
+        let (class, rule, evidence) = rundbrief_bounce::classify_reply_evidence(
+            reply.code,
+            enhanced.as_deref(),
+            &reply.text,
+            stage,
+        );
         let target = self
             .store
             .delivery_target(d.delivery_id)
@@ -185,6 +197,11 @@ impl Hooks for CampaignHooks {
                         class,
                         status: enhanced.as_deref().unwrap_or(""),
                         rule,
+                        // The deciding words, else the whole reply text.
+                        evidence: evidence
+                            .phrase
+                            .as_deref()
+                            .or(Some(reply.text.as_str()).filter(|t| !t.is_empty())),
                         source: BounceSource::Sending(error.step().as_str()),
                     },
                 )

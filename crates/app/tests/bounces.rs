@@ -76,6 +76,7 @@ fn bounce(class: BounceClass, status: &'static str) -> ClassifiedBounce<'static>
         class,
         status,
         rule: "test-rule",
+        evidence: None,
         source: BounceSource::Stored(uuid::Uuid::nil()),
     }
 }
@@ -115,6 +116,12 @@ async fn a_5xx_while_sending_prunes_through_the_same_policy_and_says_why() {
         let why = last_reason(s, "dead@example.org").await;
         assert!(
             why.contains("rcpt while sending: hard 5.1.1") && why.contains("hard-bounce"),
+            "{}: {why}",
+            db.backend
+        );
+        // The reply's deciding words are quoted.
+        assert!(
+            why.contains("\"User unknown\"") || why.contains("\"user unknown\""),
             "{}: {why}",
             db.backend
         );

@@ -21,8 +21,9 @@
 //! `rules.rs` (the table and why it is in that order), `dsn.rs` and `heuristic.rs`;
 //! `walk.rs` and `mime.rs` for how a message becomes the text the recognisers read.
 //!
-//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-11-28):
-//! ~126k instructions per message, about half of it the MIME walk. What keeps it
+//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-12-02):
+//! ~128k instructions per message (126k before per-recipient evidence), about half
+//! of it the MIME walk. What keeps it
 //! there: only the headers rundbrief reads are parsed (the rest are skipped with
 //! `memchr`), a returned message is cut after its header block, bodies that are never
 //! read (images, attachments, HTML next to a text part) are not decoded, ASCII text
@@ -55,13 +56,13 @@ use mail_parser::Message;
 
 pub use dsn::{DsnRecipient, DsnReport, parse_delivery_status};
 pub use fields::{Field, parse_fields};
-pub use model::{BounceClass, BounceKind, ParsedBounce, Recipient};
-pub use rules::{Cond, RULES, Rule, Stage, classify_reply};
+pub use model::{BounceClass, BounceKind, Evidence, ParsedBounce, Recipient};
+pub use rules::{Cond, RULES, Rule, Stage, VETO_RULE, classify_reply, classify_reply_evidence};
 pub use status::StatusCode;
 
 use heuristic::Found;
 use mime::View;
-use rules::{Signal, classify, collapse, normalize, stage_of};
+use rules::{Signal, Verdict, collapse, normalize, stage_of, verdict};
 
 /// Only the first 4 MiB of a message are looked at; the rest is ignored (bounce
 /// reports put their verdict first, the returned message last).
@@ -317,20 +318,44 @@ fn plain_recipient(address: &str, class: BounceClass, rule: &'static str) -> Rec
         reply_code: None,
         remote_mta: None,
         rule,
+        evidence: None,
     }
 }
 
-/// Applies the action policy around [`classify`].
-fn decide(action: &str, s: &Signal<'_>) -> (BounceClass, &'static str) {
+/// Applies the action policy around [`rules::classify`].
+fn decide(action: &str, s: &Signal<'_>) -> Verdict {
+    let fixed = |class, rule| Verdict {
+        class,
+        rule,
+        group: None,
+    };
     match action {
-        "delivered" => (BounceClass::Ignore, "action-delivered"),
-        "relayed" => (BounceClass::Ignore, "action-relayed"),
-        "expanded" => (BounceClass::Ignore, "action-expanded"),
-        "delayed" => match classify(s) {
-            (BounceClass::Block, rule) => (BounceClass::Block, rule),
-            _ => (BounceClass::Ignore, "action-delayed"),
+        "delivered" => fixed(BounceClass::Ignore, "action-delivered"),
+        "relayed" => fixed(BounceClass::Ignore, "action-relayed"),
+        "expanded" => fixed(BounceClass::Ignore, "action-expanded"),
+        "delayed" => match verdict(s) {
+            v if v.class == BounceClass::Block => v,
+            _ => fixed(BounceClass::Ignore, "action-delayed"),
         },
-        _ => classify(s),
+        _ => verdict(s),
+    }
+}
+
+/// The evidence for `v`: the codes of `s` and the words the deciding rule matched,
+/// cut from `diagnostic` (the same text as `s.text`, white space collapsed the same
+/// way but not lower-cased, so the byte offsets agree) where it was not truncated.
+pub(crate) fn evidence(s: &Signal<'_>, v: &Verdict, diagnostic: &str) -> Evidence {
+    let phrase = v
+        .group
+        .and_then(|g| rules::first_match(s.text, g))
+        .map(|(a, b)| whole_words(s.text.as_bytes(), a, b))
+        .and_then(|(a, b)| diagnostic.get(a..b).or_else(|| s.text.get(a..b)))
+        .map(str::to_string);
+    Evidence {
+        status: s.status.map(|c| c.to_string()),
+        reply_code: s.reply,
+        phrase,
+        stage: s.stage.name(),
     }
 }
 
@@ -384,7 +409,7 @@ fn dsn_recipient(
     let status = pick_status(status_field, diag_status);
     let mut signal = Signal::new(status, reply, &norm);
     if signal.stage == rules::Stage::Unknown
-        && matches!(classify(&signal).0, BounceClass::Hard | BounceClass::Soft)
+        && needs_stage(&verdict(&signal))
         && *report_stage.get_or_insert_with(|| stage_of(&normalize(&view.report)))
             != rules::Stage::Unknown
     {
@@ -402,17 +427,42 @@ fn dsn_recipient(
     } else {
         r.action.as_str()
     };
-    let (class, rule) = decide(action, &signal);
+    let v = decide(action, &signal);
+    let diagnostic = collapse(&diag_raw, MAX_DIAGNOSTIC);
     Recipient {
         address,
         status: status.map(|s| s.to_string()).unwrap_or_default(),
         action: action.to_string(),
-        class,
-        diagnostic: collapse(&diag_raw, MAX_DIAGNOSTIC),
+        class: v.class,
+        evidence: Some(evidence(&signal, &v, &diagnostic)),
+        diagnostic,
         reply_code: reply,
         remote_mta: (!r.remote_mta.is_empty()).then(|| r.remote_mta.clone()),
-        rule,
+        rule: v.rule,
     }
+}
+
+/// Widens `a..b` to whole words (a needle such as `polic` shows as `policy`).
+fn whole_words(t: &[u8], mut a: usize, mut b: usize) -> (usize, usize) {
+    while a > 0
+        && t[a - 1].is_ascii_alphanumeric()
+        && t.get(a).is_some_and(u8::is_ascii_alphanumeric)
+    {
+        a -= 1;
+    }
+    while b < t.len() && t[b].is_ascii_alphanumeric() && b > 0 && t[b - 1].is_ascii_alphanumeric() {
+        b += 1;
+    }
+    (a, b)
+}
+
+/// Whether the SMTP step matters to a verdict, so that a step named only in the
+/// report's prose (Postfix, Sendmail transcripts) is worth looking up: a `hard` or
+/// `soft` reading that a DATA-time or pre-RCPT rejection would turn into `block`,
+/// and recipient words that only the RCPT step can confirm.
+fn needs_stage(v: &Verdict) -> bool {
+    matches!(v.class, BounceClass::Hard | BounceClass::Soft)
+        || v.rule == "text-user-unknown-unconfirmed"
 }
 
 fn heuristic_bounce(
@@ -474,16 +524,19 @@ fn heuristic_bounce(
             &owned
         };
         let (reply, status) = signal_parts(norm);
-        let (class, rule) = decide(action, &Signal::new(status, reply, norm));
+        let signal = Signal::new(status, reply, norm);
+        let v = decide(action, &signal);
+        let diagnostic = collapse(text, MAX_DIAGNOSTIC);
         b.recipients.push(Recipient {
             address,
             status: status.map(|s| s.to_string()).unwrap_or_default(),
             action: action.to_string(),
-            class,
-            diagnostic: collapse(text, MAX_DIAGNOSTIC),
+            class: v.class,
+            evidence: Some(evidence(&signal, &v, &diagnostic)),
+            diagnostic,
             reply_code: reply,
             remote_mta: None,
-            rule,
+            rule: v.rule,
         });
     }
     b.settle("bounce-without-recipient");

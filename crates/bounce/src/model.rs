@@ -129,6 +129,33 @@ pub struct Recipient {
     /// Name of the rule that decided `class` (see [`crate::RULES`] and the
     /// detection rules documented on [`crate::parse`]).
     pub rule: &'static str,
+    /// Why `rule` decided: the codes it saw and the words of `diagnostic` that
+    /// matched. `None` for complaints and auto-replies (nothing was classified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// The evidence behind one recipient's verdict, so an operator can see *why* an
+/// address was pruned or kept: `{"status":"5.1.1","reply_code":550,
+/// "phrase":"User unknown","stage":"rcpt"}`. Every part is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// The RFC 3463 enhanced status code the rules read (`"5.1.1"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The SMTP reply code the rules read (`550`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_code: Option<u16>,
+    /// The words of the diagnostic that decided, as the server wrote them (white
+    /// space collapsed): the phrase the deciding rule matched, or for a vetoed
+    /// recipient verdict the policy words that vetoed it. Absent when a code alone
+    /// decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phrase: Option<String>,
+    /// The SMTP step the rejection answered, when the report says it: `connect`,
+    /// `mail-from`, `rcpt` or `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
 }
 
 /// Everything [`crate::parse`] learnt from one message.

@@ -3,10 +3,10 @@
 
 use serde_json::Value;
 
-use crate::model::{BounceClass, BounceKind, ParsedBounce, Recipient};
+use crate::model::{BounceClass, BounceKind, Evidence, ParsedBounce, Recipient};
 use crate::rules::{Signal, normalize};
 use crate::status::StatusCode;
-use crate::{MAX_DIAGNOSTIC, MAX_RECIPIENTS, decide, rules::collapse, signal_parts};
+use crate::{MAX_DIAGNOSTIC, MAX_RECIPIENTS, decide, evidence, rules::collapse, signal_parts};
 
 /// At most this much text is handed to the JSON parser.
 const MAX_JSON: usize = 256 * 1024;
@@ -80,8 +80,13 @@ pub(crate) fn parse(text: &str) -> Option<ParsedBounce> {
                     "" => "failed",
                     a => a,
                 };
+                let diagnostic = collapse(diag, MAX_DIAGNOSTIC);
+                let mut ev = None;
                 let (class, rule) = if status.is_some() || reply.is_some() || !norm.is_empty() {
-                    decide(action, &Signal::new(status, reply, &norm))
+                    let signal = Signal::new(status, reply, &norm);
+                    let v = decide(action, &signal);
+                    ev = Some(evidence(&signal, &v, &diagnostic));
+                    (v.class, v.rule)
                 } else {
                     match (btype, sub) {
                         (_, "Suppressed" | "OnAccountSuppressionList" | "NoEmail") => {
@@ -100,10 +105,16 @@ pub(crate) fn parse(text: &str) -> Option<ParsedBounce> {
                     status: status.map(|x| x.to_string()).unwrap_or_default(),
                     action: action.to_string(),
                     class,
-                    diagnostic: collapse(diag, MAX_DIAGNOSTIC),
+                    diagnostic,
                     reply_code: reply,
                     remote_mta: None,
                     rule,
+                    evidence: ev.or_else(|| {
+                        Some(Evidence {
+                            phrase: Some(format!("{btype}/{sub}")).filter(|p| p != "/"),
+                            ..Evidence::default()
+                        })
+                    }),
                 });
             }
         }

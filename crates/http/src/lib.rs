@@ -248,23 +248,14 @@ pub fn router(state: AppState) -> Router {
         .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
 }
 
-/// The ids in a verified membership token: subscriber, list and (48-byte
-/// unsubscribe links only) the campaign it came with.
+/// The ids in a verified membership token (`core::links`, the one place
+/// for the format): subscriber, list and, for unsubscribe links, the campaign.
 fn member_token(
     signer: &Signer,
     purpose: Purpose,
     token: &str,
 ) -> Option<(Uuid, Uuid, Option<Uuid>)> {
-    let lens: &[usize] = if purpose == Purpose::UnsubscribeLink {
-        &[32, 48]
-    } else {
-        &[32]
-    };
-    lens.iter().find_map(|&len| {
-        let p = signer.verify(purpose, token, len).ok()?;
-        let id = |i: usize| Uuid::from_slice(&p[i * 16..(i + 1) * 16]).ok();
-        Some((id(0)?, id(1)?, if len == 48 { id(2) } else { None }))
-    })
+    rundbrief_core::links::verify_member_token(signer, purpose, token)
 }
 
 /// Whether a POST to `/u/TOKEN` is RFC 8058 one-click: the field
@@ -368,9 +359,11 @@ fn resubscribe_action(signer: &Signer, v: &rundbrief_store::MembershipView) -> O
     v.no_way_back.is_none().then(|| {
         format!(
             "../r/{}",
-            signer.sign(
+            rundbrief_core::links::member_token(
+                signer,
                 Purpose::Resubscribe,
-                &mail::member_payload(v.subscriber_id, v.list_id)
+                v.subscriber_id,
+                v.list_id
             )
         )
     })

@@ -34,8 +34,10 @@ pub struct ConfirmJob {
 
 /// Sends confirmation mails through the sender crate.
 /// Applied to each finished confirmation mail before it is sent (the CLI
-/// passes DKIM signing here, so this crate needs no key handling).
-pub type Finish = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+/// passes DKIM signing here, so this crate needs no key handling). An error
+/// means the mail is not sent, as a campaign message that cannot be signed
+/// is not: never unsigned.
+pub type Finish = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
 
 pub struct Mailer {
     finish: Option<Finish>,
@@ -74,13 +76,11 @@ impl Mailer {
                 problem: "must not contain line breaks or control characters".into(),
             });
         }
-        let domain = from
-            .rsplit_once('@')
-            .map(|(_, d)| d.trim_end_matches('>').trim().to_string())
-            .filter(|d| !d.is_empty())
-            .ok_or_else(|| HttpError::Config {
+        let domain = rundbrief_core::mailbox_address(from)
+            .map(|a| a.domain().to_string())
+            .map_err(|e| HttpError::Config {
                 key: "sending.from",
-                problem: format!("`{from}` has no address domain"),
+                problem: format!("`{from}` has no usable address: {e}"),
             })?;
         Ok(Mailer {
             finish: None,
@@ -103,8 +103,7 @@ impl Mailer {
         format!(
             "{}/c/{}",
             self.public_url,
-            self.signer
-                .sign(Purpose::Confirm, &member_payload(subscriber, list))
+            rundbrief_core::links::member_token(&self.signer, Purpose::Confirm, subscriber, list)
         )
     }
 
@@ -168,7 +167,11 @@ impl Mailer {
         let id = job.subscriber_id;
         let mut bytes = self.message(job, Uuid::now_v7(), chrono::Utc::now());
         if let Some(finish) = &self.finish {
-            bytes = finish(bytes);
+            bytes = finish(bytes).map_err(|error| HttpError::Send {
+                to: job.email.clone(),
+                outcome: "not signed",
+                error,
+            })?;
         }
         let message: Arc<[u8]> = Arc::from(bytes);
         match self
@@ -195,14 +198,7 @@ impl Mailer {
     }
 }
 
-/// Subscriber id ‖ list id: the payload of confirm, re-subscribe and
-/// unsubscribe-link tokens.
-pub fn member_payload(subscriber: Uuid, list: Uuid) -> [u8; 32] {
-    let mut p = [0u8; 32];
-    p[..16].copy_from_slice(subscriber.as_bytes());
-    p[16..].copy_from_slice(list.as_bytes());
-    p
-}
+pub use rundbrief_core::links::member_payload;
 
 /// A header value: as is when it is short printable ASCII, otherwise an RFC
 /// 2047 encoded word (base64, split so each word stays under 76 octets and

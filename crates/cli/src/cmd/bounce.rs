@@ -59,6 +59,10 @@ pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 r.status.clone(),
                 r.action.clone(),
                 r.rule.to_string(),
+                r.evidence
+                    .as_ref()
+                    .and_then(|e| e.phrase.clone())
+                    .unwrap_or_default(),
                 r.diagnostic.clone(),
             ]
         });
@@ -71,6 +75,7 @@ pub fn parse(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     "status",
                     "action",
                     "rule",
+                    "evidence",
                     "diagnostic"
                 ],
                 rows
@@ -281,6 +286,23 @@ pub async fn run(app: &App, cmd: &crate::args::BounceCmd, json: bool) -> anyhow:
                         .unwrap_or_default()
                 );
                 if let Some(p) = &b.parsed {
+                    // Each recipient's verdict and why: the rule and the
+                    // words of the diagnostic that decided.
+                    for r in p["recipients"].as_array().into_iter().flatten() {
+                        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                        let ev = &r["evidence"];
+                        println!(
+                            "verdict     {} {} {} (rule {}){}",
+                            s("address"),
+                            s("class"),
+                            s("status"),
+                            s("rule"),
+                            ev["phrase"]
+                                .as_str()
+                                .map(|p| format!(", evidence \"{}\"", output::safe(p)))
+                                .unwrap_or_default()
+                        );
+                    }
                     println!("parsed\n{}", serde_json::to_string_pretty(p)?);
                 }
                 if *raw {

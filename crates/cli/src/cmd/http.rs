@@ -46,14 +46,11 @@ pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer
     )?;
     // Confirmation mails are DKIM-signed like campaigns.
     if let Some(dkim) = rundbrief_dkim::DkimSigner::from_config(cfg).context("[dkim]")? {
-        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| match dkim.sign(&m) {
-            Ok(signed) => signed,
-            Err(e) => {
-                tracing::error!(
-                    "DKIM signing of a confirmation mail failed; sending it unsigned: {e}"
-                );
-                m
-            }
+        // A confirmation mail that cannot be signed is not sent (the same
+        // rule as a campaign message), never sent unsigned.
+        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| {
+            dkim.sign(&m)
+                .map_err(|e| format!("DKIM signing failed: {e}"))
         }));
     }
     Ok(Some(mailer))
