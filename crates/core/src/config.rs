@@ -533,6 +533,12 @@ pub struct DnsConfig {
     /// minimum (RFC 2308), at most this long; without an SOA, this long.
     /// Default 3600.
     pub negative_ttl_secs: u64,
+    /// Seconds a failed lookup (SERVFAIL, REFUSED, timeout) is remembered,
+    /// so that a broken domain met again and again (in every batch of an
+    /// import) is not asked, and waited for, each time. Its result stays
+    /// "unknown"; it is asked again after this. Default 60; 0 asks every
+    /// time.
+    pub failure_ttl_secs: u64,
 }
 
 impl Default for DnsConfig {
@@ -545,6 +551,7 @@ impl Default for DnsConfig {
             cache_size: 100_000,
             max_ttl_secs: 86_400,
             negative_ttl_secs: 3_600,
+            failure_ttl_secs: 60,
         }
     }
 }
@@ -1163,10 +1170,12 @@ attempts = 2
 # Lookups in flight at once, over all callers.
 concurrency = 64
 # Cached answers (domain and record type), kept for their TTL, at most
-# max_ttl_secs; negative answers for their SOA minimum, at most negative_ttl_secs.
+# max_ttl_secs; negative answers for their SOA minimum, at most negative_ttl_secs;
+# failed lookups (SERVFAIL, timeout: "unknown") for failure_ttl_secs (0: never).
 cache_size = 100000
 max_ttl_secs = 86400
 negative_ttl_secs = 3600
+failure_ttl_secs = 60
 
 [shaping]
 # Mailbox providers: limits apply to a provider, not to each of its domains.

@@ -7,15 +7,18 @@
 //! whose TTL has passed in real time, so stale answers do not hold memory.
 
 use crate::clock::Clock;
-use crate::resolver::{Answer, Rtype};
+use crate::resolver::{Answer, LookupError, Rtype};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) type Key = (Arc<str>, Rtype);
 
+/// An answer, or a failure remembered for a short while.
+pub(crate) type Outcome = Result<Answer, LookupError>;
+
 #[derive(Clone)]
 struct Entry {
-    answer: Answer,
+    answer: Outcome,
     expires: Instant,
     ttl: Duration,
 }
@@ -56,8 +59,8 @@ impl AnswerCache {
         }
     }
 
-    /// The cached answer, if there is one whose TTL has not passed.
-    pub(crate) fn get(&self, key: &Key) -> Option<Answer> {
+    /// The cached outcome, if there is one whose TTL has not passed.
+    pub(crate) fn get(&self, key: &Key) -> Option<Outcome> {
         let e = self.map.get(key)?;
         if e.expires > self.clock.now() {
             Some(e.answer)
@@ -68,7 +71,7 @@ impl AnswerCache {
     }
 
     /// Keeps `answer` for `ttl` (nothing is kept for a TTL of zero).
-    pub(crate) fn insert(&self, key: Key, answer: Answer, ttl: Duration) {
+    pub(crate) fn insert(&self, key: Key, answer: Outcome, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
@@ -100,21 +103,21 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let cache = AnswerCache::new(100, clock.clone());
         let key: Key = (Arc::from("example.org"), Rtype::Mx);
-        cache.insert(key.clone(), Answer::NoData, Duration::from_secs(60));
+        cache.insert(key.clone(), Ok(Answer::NoData), Duration::from_secs(60));
         cache.insert(
             (Arc::from("zero.example"), Rtype::A),
-            Answer::NoData,
+            Ok(Answer::NoData),
             Duration::ZERO,
         );
         assert!(cache.get(&(Arc::from("zero.example"), Rtype::A)).is_none());
         clock.advance(Duration::from_secs(59));
-        assert!(matches!(cache.get(&key), Some(Answer::NoData)));
+        assert!(matches!(cache.get(&key), Some(Ok(Answer::NoData))));
         clock.advance(Duration::from_secs(1));
         assert!(cache.get(&key).is_none(), "expired at its TTL");
         for i in 0..1000 {
             cache.insert(
                 (Arc::from(format!("d{i}.example")), Rtype::Mx),
-                Answer::NxDomain,
+                Ok(Answer::NxDomain),
                 Duration::from_secs(600),
             );
         }

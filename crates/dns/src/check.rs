@@ -141,9 +141,12 @@ impl Resolver {
         }
         let mut rtype = Rtype::Mx;
         loop {
-            match after(rtype, &self.cached(&domain, rtype)?) {
-                Next::Done(check) => return Some(check),
-                Next::Ask(next) => rtype = next,
+            match self.cached(&domain, rtype)? {
+                Ok(answer) => match after(rtype, &answer) {
+                    Next::Done(check) => return Some(check),
+                    Next::Ask(next) => rtype = next,
+                },
+                Err(e) => return Some(DomainCheck::unknown(e)),
             }
         }
     }

@@ -255,7 +255,7 @@ impl Providers {
         }
         let d = normalize(domain);
         let mx = self.resolver.cached(&d, Rtype::Mx)?;
-        Some(self.by_mx_answer(d, Ok(mx)))
+        Some(self.by_mx_answer(d, mx))
     }
 
     fn by_mx_answer(&self, d: String, mx: Result<Answer, LookupError>) -> Provider {

@@ -116,6 +116,7 @@ struct Inner {
     timeout: Duration,
     max_ttl: Duration,
     negative_ttl: Duration,
+    failure_ttl: Duration,
     queries: AtomicU64,
     hits: AtomicU64,
     running: AtomicU64,
@@ -195,6 +196,7 @@ impl Resolver {
                 timeout,
                 max_ttl: Duration::from_secs(cfg.max_ttl_secs),
                 negative_ttl: Duration::from_secs(cfg.negative_ttl_secs),
+                failure_ttl: Duration::from_secs(cfg.failure_ttl_secs),
                 queries: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
                 running: AtomicU64::new(0),
@@ -223,9 +225,9 @@ impl Resolver {
         self.inner.cache.len()
     }
 
-    /// The cached answer for (`domain`, `rtype`), if its TTL has not passed;
-    /// never asks the name servers.
-    pub(crate) fn cached(&self, domain: &str, rtype: Rtype) -> Option<Answer> {
+    /// The cached answer (or recent failure) for (`domain`, `rtype`), if its
+    /// TTL has not passed; never asks the name servers.
+    pub(crate) fn cached(&self, domain: &str, rtype: Rtype) -> Option<Result<Answer, LookupError>> {
         let hit = self.inner.cache.get(&(Arc::from(normalize(domain)), rtype));
         if hit.is_some() {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +238,8 @@ impl Resolver {
     /// The MX records of `domain`, from the cache or the name servers.
     ///
     /// # Errors
-    /// [`LookupError`] when no usable answer came (never cached).
+    /// [`LookupError`] when no usable answer came (remembered for
+    /// `[dns] failure_ttl_secs`, then asked again).
     pub async fn mx(&self, domain: &str) -> Result<Answer, LookupError> {
         self.lookup(domain, Rtype::Mx).await
     }
@@ -267,7 +270,7 @@ impl Resolver {
         let key: Key = (Arc::from(normalize(domain)), rtype);
         if let Some(hit) = self.inner.cache.get(&key) {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+            return hit;
         }
         let cell = {
             let mut map = self
@@ -283,16 +286,22 @@ impl Resolver {
                 // miss and taking the cell.
                 if let Some(hit) = self.inner.cache.get(&key) {
                     self.inner.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(hit);
+                    return hit;
                 }
                 let fresh = self.query(&key).await;
                 match &fresh {
                     Ok((answer, ttl)) => {
                         tracing::trace!(domain = %key.0, rtype = ?key.1, ?answer, ttl_secs = ttl.as_secs(), "dns answer");
-                        self.inner.cache.insert(key.clone(), answer.clone(), *ttl);
+                        self.inner.cache.insert(key.clone(), Ok(answer.clone()), *ttl);
+                    }
+                    // A name that cannot be asked stays so; anything else is
+                    // remembered briefly and asked again after failure_ttl.
+                    Err(e @ LookupError::InvalidName(_)) => {
+                        tracing::debug!(domain = %key.0, error = %e, "not a domain name");
                     }
                     Err(e) => {
                         tracing::debug!(domain = %key.0, rtype = ?key.1, error = %e, "dns lookup failed");
+                        self.inner.cache.insert(key.clone(), Err(e.clone()), self.inner.failure_ttl);
                     }
                 }
                 fresh.map(|(answer, _)| answer)

@@ -105,8 +105,8 @@ async fn aliases_are_followed_and_cached_for_the_shortest_ttl() {
 }
 
 #[tokio::test]
-async fn server_failures_are_unknown_and_not_cached() {
-    let (dns, r, _, _) = setup("").await;
+async fn server_failures_are_unknown_and_remembered_briefly() {
+    let (dns, r, clock, _) = setup("failure_ttl_secs = 60\n").await;
     dns.mx("broken.example", 300, &[(10, "mx.broken.example")]);
     dns.fault("broken.example", Some(Fault::ServFail));
     dns.mx("refusing.example", 300, &[(10, "mx.refusing.example")]);
@@ -122,8 +122,24 @@ async fn server_failures_are_unknown_and_not_cached() {
         "{got:?}"
     );
     assert!(!got.is_undeliverable());
-    // The zone is repaired: the next check asks again and sees it.
+    // The zone is repaired: within failure_ttl_secs the failure stands,
+    // unasked; after it, the next check asks again and sees the repair.
     dns.fault("broken.example", None);
+    let asked = dns.queries();
+    assert!(matches!(
+        r.check_domain("broken.example").await,
+        DomainCheck::Unknown { .. }
+    ));
+    assert!(matches!(
+        r.cached_check("broken.example"),
+        Some(DomainCheck::Unknown { .. })
+    ));
+    assert_eq!(
+        dns.queries(),
+        asked,
+        "a remembered failure is not asked again"
+    );
+    clock.advance(Duration::from_secs(61));
     assert_eq!(
         r.check_domain("broken.example").await,
         DomainCheck::Deliverable {
