@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod encode;
 mod error;
 mod layout;
 mod mime;

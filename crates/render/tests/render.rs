@@ -422,7 +422,9 @@ fn recipient_values_that_cannot_be_encoded_are_rejected() {
         assert!(
             matches!(
                 err,
-                RenderError::Address { .. } | RenderError::HeaderValue { .. }
+                RenderError::Address { .. }
+                    | RenderError::HeaderValue { .. }
+                    | RenderError::ListId { .. }
             ),
             "{what}: {err}"
         );
@@ -482,7 +484,9 @@ fn campaign_settings_are_validated() {
         assert!(
             matches!(
                 err,
-                RenderError::Address { .. } | RenderError::HeaderValue { .. }
+                RenderError::Address { .. }
+                    | RenderError::HeaderValue { .. }
+                    | RenderError::ListId { .. }
             ),
             "{what}: {err}"
         );
