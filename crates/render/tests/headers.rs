@@ -26,6 +26,7 @@ fn campaign(subject: &str, list_name: &str) -> CampaignTemplate {
         message_id_domain: "example.org".into(),
         time_zone: chrono_tz::UTC,
         transfer_encoding: TransferEncoding::Base64,
+        postal_address: None,
     }
 }
 
