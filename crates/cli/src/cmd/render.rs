@@ -142,6 +142,7 @@ pub fn prepare(cfg: &Config, c: Campaign<'_>) -> anyhow::Result<Prepared> {
         message_id_domain,
         time_zone: parse_time_zone(c.tz)?,
         transfer_encoding: Default::default(),
+        postal_address: cfg.sending.postal_address.clone(),
     })?;
     Ok(Prepared {
         renderer,
