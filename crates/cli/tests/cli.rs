@@ -93,6 +93,24 @@ fn config_errors_name_key_and_source() {
     assert!(e.path("flag.db").exists());
 }
 
+/// Issue #20 point 6: a list name that cannot become a List-Id is refused
+/// at `list create`, saying why and what to do; one that can gets a label.
+#[test]
+fn issue_20_list_create_gives_a_list_id_label_or_says_what_to_do() {
+    let e = Env::new();
+    let created = e.json(&["list", "create", "Team News"]);
+    assert_eq!(created["label"], "team-news");
+    let err = e.fails(&["list", "create", "bücher"]);
+    assert!(
+        err.contains("List-Id") && err.contains("--label buecher"),
+        "{err}"
+    );
+    let err = e.fails(&["list", "create", "bücher", "--label", "Bücher"]);
+    assert!(err.contains("cannot be a List-Id label"), "{err}");
+    let created = e.json(&["list", "create", "bücher", "--label", "buecher"]);
+    assert_eq!(created["label"], "buecher");
+}
+
 #[test]
 fn lists_and_subscribers_from_the_command_line() {
     let e = Env::new();

@@ -911,7 +911,7 @@ trust_forwarded_for = false
 # [[dkim.keys]]
 # key_file = "dkim-ed25519.pem"
 # selector = "rb2026e"
-# domain = "example.org"
+# domain = "news.example.org"
 "#
     )
 }

@@ -14,10 +14,12 @@
 pub mod address;
 pub mod config;
 pub mod csvin;
+pub mod list_label;
 pub mod model;
 pub mod token;
 
 pub use address::{Address, AddressError};
 pub use config::{Config, ConfigError, Secret};
+pub use list_label::{ListLabel, ListLabelError};
 pub use model::*;
 pub use token::{Purpose, Signer, TokenError, Verp};

@@ -719,8 +719,8 @@ pub async fn runner_for(
     // One compiled template per list: a recipient's message names a list
     // of the campaign that they are on (List-Id, footer, unsubscribe link).
     let mut prepared = Vec::with_capacity(c.list_ids.len().max(1));
-    for (id, name) in c.list_ids.iter().zip(&c.campaign.lists) {
-        prepared.push((*id, prepare_campaign_for(cfg, c, name)?));
+    for ((id, name), label) in c.list_ids.iter().zip(&c.campaign.lists).zip(&c.list_labels) {
+        prepared.push((*id, prepare_campaign_for(cfg, c, name, Some(label))?));
     }
     if prepared.is_empty() {
         prepared.push((uuid::Uuid::nil(), prepare_campaign(cfg, c)?));
@@ -1075,7 +1075,12 @@ fn prepare_campaign(
     cfg: &Config,
     c: &rundbrief_store::CampaignContent,
 ) -> anyhow::Result<crate::cmd::render::Prepared> {
-    prepare_campaign_for(cfg, c, c.campaign.lists.first().map_or("", String::as_str))
+    prepare_campaign_for(
+        cfg,
+        c,
+        c.campaign.lists.first().map_or("", String::as_str),
+        c.list_labels.first(),
+    )
 }
 
 /// The campaign compiled for the recipients of one of its lists (List-Id,
@@ -1084,6 +1089,7 @@ fn prepare_campaign_for(
     cfg: &Config,
     c: &rundbrief_store::CampaignContent,
     list_name: &str,
+    list_label: Option<&rundbrief_core::ListLabel>,
 ) -> anyhow::Result<crate::cmd::render::Prepared> {
     let campaign_id = c.campaign.id.simple().to_string();
     prepare(
@@ -1099,6 +1105,7 @@ fn prepare_campaign_for(
             layout: c.layout.as_deref().map(std::path::Path::new),
             from: c.from.clone(),
             list_name,
+            list_label,
             campaign_id: &campaign_id,
             tz: c.tz.as_deref().unwrap_or("UTC"),
         },

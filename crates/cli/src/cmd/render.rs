@@ -87,6 +87,9 @@ pub struct Campaign<'a> {
     pub layout: Option<&'a Path>,
     pub from: Option<String>,
     pub list_name: &'a str,
+    /// The list's List-Id label (`None`: derived from the name, for
+    /// previews of a list that is not stored).
+    pub list_label: Option<&'a rundbrief_core::ListLabel>,
     pub campaign_id: &'a str,
     pub tz: &'a str,
 }
@@ -136,7 +139,14 @@ pub fn prepare(cfg: &Config, c: Campaign<'_>) -> anyhow::Result<Prepared> {
         layout,
         from,
         reply_to: cfg.sending.reply_to.clone(),
-        list_id: format!("{}.{from_domain}", c.list_name),
+        list_id: match c.list_label {
+            Some(l) => l.list_id(&from_domain),
+            // A campaign whose lists were all deleted has no name either.
+            None if c.list_name.is_empty() => format!("list.{from_domain}"),
+            None => rundbrief_core::ListLabel::derive(c.list_name)
+                .map(|l| l.list_id(&from_domain))
+                .with_context(|| format!("list `{}`", c.list_name))?,
+        },
         list_name: c.list_name.to_string(),
         campaign_id: c.campaign_id.to_string(),
         message_id_domain,
@@ -191,6 +201,7 @@ impl Prepared {
 pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Result<ExitCode> {
     let content = std::fs::read_to_string(&a.content)
         .with_context(|| format!("cannot read {}", a.content.display()))?;
+    let list = store.find_list(&a.list).await?;
     let prepared = prepare(
         cfg,
         Campaign {
@@ -200,16 +211,22 @@ pub async fn render(store: &Store, cfg: &Config, a: &RenderArgs) -> anyhow::Resu
             layout: a.layout.as_deref(),
             from: a.from.clone(),
             list_name: &a.list,
+            list_label: list.as_ref().map(|l| &l.label),
             campaign_id: "preview",
             tz: &a.tz,
         },
     )
-    .with_context(|| format!("{}", a.content.display()))?;
+    // A List-Id error is the list's: it names the list, not the content.
+    .map_err(
+        |e| match e.downcast_ref::<rundbrief_render::RenderError>() {
+            Some(rundbrief_render::RenderError::ListId { .. }) => e,
+            _ => e.context(a.content.display().to_string()),
+        },
+    )?;
 
     // A subscriber in the store brings their own data and a real token.
     let addr = address(&a.to)?;
     let detail = store.subscriber_detail(&addr).await.ok();
-    let list = store.find_list(&a.list).await?;
     let (name, attributes, ids) = match (&detail, &list) {
         (Some(d), Some(l)) => (
             d.subscriber.name.clone(),
