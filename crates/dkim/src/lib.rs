@@ -2,9 +2,12 @@
 //! (RFC 6376, `rsa-sha256` and `ed25519-sha256` of RFC 8463), derives the TXT
 //! record an operator publishes for the key, and generates keys.
 //!
-//! **Owns:** loading the `[dkim]` private key (PEM: RSA as PKCS#1 or PKCS#8,
-//! Ed25519 as PKCS#8; the algorithm follows from the key), the list of signed
-//! headers, the `<selector>._domainkey.<domain>` record.
+//! **Owns:** loading the `[dkim]` private keys (the single key and every
+//! `[[dkim.keys]]` entry; PEM: RSA as PKCS#1 or PKCS#8, Ed25519 as PKCS#8;
+//! the algorithm follows from the key), signing with each (RSA + Ed25519
+//! dual signatures), the list of signed and over-signed headers, the
+//! `<selector>._domainkey.<domain>` records, and the pre-flight check on the
+//! set of keys ([`warnings`]).
 //!
 //! **Never does:** DNS lookups, sending, rendering. The key file is read once,
 //! in [`DkimSigner::from_config`]; signing is pure CPU work on bytes.
@@ -20,7 +23,8 @@
 //! resolver dependencies.
 //!
 //! **Start at** [`DkimSigner::from_config`], then [`DkimSigner::sign`] per
-//! message; [`DkimSigner::dns_record`] backs `rundbrief dns records`.
+//! message; [`DkimSigner::dns_records`] backs `rundbrief dns records` (one
+//! record per key).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
