@@ -16,6 +16,7 @@ mod m20261123_000003_campaigns;
 mod m20261128_000004_scheduler;
 mod m20261128_000005_ledger_index;
 mod m20261128_000006_bounce_counting;
+mod m20261202_000007_list_ids;
 mod m20261202_000008_hardening;
 mod m20261202_000009_endpoint_and_holds;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_scheduler::Migration),
             Box::new(m20261128_000005_ledger_index::Migration),
             Box::new(m20261128_000006_bounce_counting::Migration),
+            Box::new(m20261202_000007_list_ids::Migration),
             Box::new(m20261202_000008_hardening::Migration),
             Box::new(m20261202_000009_endpoint_and_holds::Migration),
         ]

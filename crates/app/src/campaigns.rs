@@ -92,6 +92,9 @@ pub struct CampaignSpec<'a> {
     pub layout: Option<&'a Path>,
     pub from: Option<String>,
     pub list_name: &'a str,
+    /// The list's List-Id label (`None`: derived from the name, for
+    /// previews of a list that is not stored).
+    pub list_label: Option<&'a rundbrief_core::ListLabel>,
     pub campaign_id: &'a str,
     pub tz: &'a str,
 }
@@ -143,12 +146,20 @@ pub fn prepare(cfg: &Config, c: CampaignSpec<'_>) -> Result<Prepared> {
         layout,
         from,
         reply_to: cfg.sending.reply_to.clone(),
-        list_id: format!("{}.{from_domain}", c.list_name),
+        list_id: match c.list_label {
+            Some(l) => l.list_id(&from_domain),
+            // A campaign whose lists were all deleted has no name either.
+            None if c.list_name.is_empty() => format!("list.{from_domain}"),
+            None => rundbrief_core::ListLabel::derive(c.list_name)
+                .map(|l| l.list_id(&from_domain))
+                .map_err(|e| AppError::invalid(format!("list `{}`: {e}", c.list_name)))?,
+        },
         list_name: c.list_name.to_string(),
         campaign_id: c.campaign_id.to_string(),
         message_id_domain,
         time_zone: parse_time_zone(c.tz)?,
         transfer_encoding: Default::default(),
+        postal_address: cfg.sending.postal_address.clone(),
     })?;
     Ok(Prepared {
         renderer,
@@ -204,7 +215,12 @@ impl Prepared {
 ///
 /// # Errors
 /// As [`prepare`].
-pub fn prepare_stored(cfg: &Config, c: &CampaignContent, list_name: &str) -> Result<Prepared> {
+pub fn prepare_stored(
+    cfg: &Config,
+    c: &CampaignContent,
+    list_name: &str,
+    list_label: Option<&rundbrief_core::ListLabel>,
+) -> Result<Prepared> {
     let campaign_id = c.campaign.id.simple().to_string();
     prepare(
         cfg,
@@ -215,6 +231,7 @@ pub fn prepare_stored(cfg: &Config, c: &CampaignContent, list_name: &str) -> Res
             layout: c.layout.as_deref().map(Path::new),
             from: c.from.clone(),
             list_name,
+            list_label,
             campaign_id: &campaign_id,
             tz: c.tz.as_deref().unwrap_or("UTC"),
         },
@@ -239,7 +256,12 @@ pub fn content_kind(c: &CampaignContent) -> Result<ContentKind> {
 /// # Errors
 /// As [`prepare`].
 pub fn prepare_first(cfg: &Config, c: &CampaignContent) -> Result<Prepared> {
-    prepare_stored(cfg, c, c.campaign.lists.first().map_or("", String::as_str))
+    prepare_stored(
+        cfg,
+        c,
+        c.campaign.lists.first().map_or("", String::as_str),
+        c.list_labels.first(),
+    )
 }
 
 /// Deliverability pre-flight for a stored campaign (DKIM configured, From
@@ -267,7 +289,13 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
         .clone()
         .or_else(|| cfg.sending.from.clone())
         .unwrap_or_default();
-    let warnings = crate::preflight::preflight(cfg, layout_html.as_deref(), &from);
+    let mut warnings = crate::preflight::preflight(cfg, layout_html.as_deref(), &from);
+    // What only the keys themselves tell (an Ed25519 key alone).
+    match rundbrief_dkim::DkimSigner::from_config(cfg) {
+        Ok(Some(signer)) => warnings.extend(signer.warnings()),
+        Ok(None) => {}
+        Err(e) => warnings.push(format!("[dkim]: {e}")),
+    }
     for w in &warnings {
         tracing::warn!("pre-flight: {w}");
     }

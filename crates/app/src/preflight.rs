@@ -31,25 +31,28 @@ pub fn preflight(cfg: &Config, layout_html: Option<&str>, from: &str) -> Vec<Str
             None
         }
     };
-    match (cfg.dkim.domain.as_deref(), cfg.dkim.key_file.is_some()) {
-        (Some(dkim_domain), true) => {
-            if let Some(from_domain) = &from_domain
-                && !aligned(from_domain, dkim_domain)
-            {
-                warnings.push(format!(
-                    "the From domain {from_domain} does not align with the DKIM domain \
-                     {dkim_domain} (dkim.domain): DMARC ignores a signature of another domain. \
-                     Set dkim.domain to {from_domain} or a parent of it, or send from an \
-                     address @{dkim_domain}"
-                ));
-            }
-        }
-        _ => warnings.push(
+    let keys = cfg.dkim.all_keys();
+    if keys.is_empty() {
+        warnings.push(
             "DKIM is not configured: Gmail, Yahoo and Microsoft reject or spam-folder unsigned \
              bulk mail. Run `rundbrief dkim keygen --out dkim.pem`, set [dkim] key_file, \
              selector and domain, and publish the record `rundbrief dns records` prints"
                 .to_owned(),
-        ),
+        );
+    } else if let Some(from_domain) = &from_domain
+        && !keys.iter().any(|k| aligned(from_domain, &k.domain))
+    {
+        // One aligned signature is enough for DMARC.
+        let dkim_domain = &keys[0].domain;
+        warnings.push(format!(
+            "the From domain {from_domain} does not align with the DKIM domain \
+             {dkim_domain} (dkim.domain): DMARC ignores a signature of another domain. \
+             Set dkim.domain to {from_domain} or a parent of it, or send from an \
+             address @{dkim_domain}"
+        ));
+    }
+    if let Some(w) = cfg.sending.postal_address_warning() {
+        warnings.push(w);
     }
     if let Some(html) = layout_html
         && !has_unsubscribe_link(html)
@@ -125,6 +128,7 @@ mod tests {
 
     fn with_dkim(domain: &str) -> Config {
         let mut cfg = Config::default();
+        cfg.sending.postal_address = Some("Example GmbH, Domstraße 1, 50667 Köln".into());
         cfg.dkim.key_file = Some(PathBuf::from("dkim.pem"));
         cfg.dkim.selector = Some("s1".into());
         cfg.dkim.domain = Some(domain.into());
@@ -155,7 +159,9 @@ mod tests {
 
     #[test]
     fn each_problem_is_one_warning_that_says_what_to_do() {
-        let none = preflight(&Config::default(), Some(WITH_LINK), "news@example.org");
+        let mut no_dkim = Config::default();
+        no_dkim.sending.postal_address = Some("Example GmbH, Domstraße 1, 50667 Köln".into());
+        let none = preflight(&no_dkim, Some(WITH_LINK), "news@example.org");
         assert_eq!(none.len(), 1, "{none:?}");
         assert!(
             none[0].contains("DKIM is not configured") && none[0].contains("dkim keygen"),
@@ -182,7 +188,8 @@ mod tests {
         assert!(no_link[0].contains("{{unsubscribe_url}}"), "{no_link:?}");
 
         let all = preflight(&Config::default(), Some("{{{content}}}"), "Newsletter");
-        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(all.iter().any(|w| w.contains("postal_address")), "{all:?}");
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl CampaignHooks {
         // One compiled template per list: a recipient's message names a
         // list of the campaign that they are on (List-Id, footer, link).
         let mut prepared = Vec::with_capacity(c.list_ids.len().max(1));
-        for (id, name) in c.list_ids.iter().zip(&c.campaign.lists) {
-            prepared.push((*id, prepare_stored(&app.config, c, name)?));
+        for ((id, name), label) in c.list_ids.iter().zip(&c.campaign.lists).zip(&c.list_labels) {
+            prepared.push((*id, prepare_stored(&app.config, c, name, Some(label))?));
         }
         if prepared.is_empty() {
             prepared.push((uuid::Uuid::nil(), prepare_first(&app.config, c)?));

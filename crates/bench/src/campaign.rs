@@ -322,6 +322,7 @@ fn render_each()
         message_id_domain: "example.org".into(),
         time_zone: chrono_tz::UTC,
         transfer_encoding: Default::default(),
+        postal_address: None,
     })?;
     let recipients = crate::render::recipients();
     let now = chrono::Utc::now();

@@ -72,6 +72,7 @@ pub(crate) fn run(args: &Args, figures: &mut Vec<Figure>) -> anyhow::Result<()> 
             message_id_domain: "mail.example.org".into(),
             time_zone: chrono_tz::Europe::Berlin,
             transfer_encoding: enc,
+            postal_address: None,
         })?;
         let size = renderer.render(&recipients[0], now)?.len();
         let started = Instant::now();

@@ -264,11 +264,18 @@ pub enum MigrateCmd {
 pub enum ListCmd {
     /// Create a list.
     Create {
-        /// The list's name, used on the command line and in List-Id.
+        /// The list's name: used on the command line and shown to readers
+        /// (footer, List-Id), e.g. "Team News".
         name: String,
         /// What the list is about (shown to operators).
         #[arg(long)]
         description: Option<String>,
+        /// The list's id in List-Id headers, before the From domain (RFC
+        /// 2919: lower-case ASCII letters, digits, '-', '_', dots). Default:
+        /// derived from the name ("Team News" gives team-news); a name with
+        /// non-ASCII letters needs one (`list create bücher --label buecher`).
+        #[arg(long)]
+        label: Option<String>,
     },
     /// Show every list with its member counts by status.
     Ls,

@@ -93,6 +93,24 @@ fn config_errors_name_key_and_source() {
     assert!(e.path("flag.db").exists());
 }
 
+/// Issue #20 point 6: a list name that cannot become a List-Id is refused
+/// at `list create`, saying why and what to do; one that can gets a label.
+#[test]
+fn issue_20_list_create_gives_a_list_id_label_or_says_what_to_do() {
+    let e = Env::new();
+    let created = e.json(&["list", "create", "Team News"]);
+    assert_eq!(created["label"], "team-news");
+    let err = e.fails(&["list", "create", "bücher"]);
+    assert!(
+        err.contains("List-Id") && err.contains("--label buecher"),
+        "{err}"
+    );
+    let err = e.fails(&["list", "create", "bücher", "--label", "Bücher"]);
+    assert!(err.contains("cannot be a List-Id label"), "{err}");
+    let created = e.json(&["list", "create", "bücher", "--label", "buecher"]);
+    assert_eq!(created["label"], "buecher");
+}
+
 #[test]
 fn lists_and_subscribers_from_the_command_line() {
     let e = Env::new();
@@ -2685,12 +2703,27 @@ fn sent_mail_is_dkim_signed_and_strict_preflight_refuses_without_dkim() {
         ("RUNDBRIEF_DKIM__SELECTOR", "rb1"),
         ("RUNDBRIEF_DKIM__DOMAIN", "example.org"),
     ];
+    // An Ed25519 key alone is a pre-flight problem too (#20): many
+    // receivers cannot verify it.
     let out = e
         .cmd()
         .envs(dkim)
-        .args([
-            "campaign", "send", "c", "--relay", &relay, "--strict", "--json",
-        ])
+        .env(
+            "RUNDBRIEF_SENDING__POSTAL_ADDRESS",
+            "Example GmbH, Domstraße 1, 50667 Köln",
+        )
+        .args(["campaign", "send", "c", "--relay", &relay, "--strict"])
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && refused.contains("Ed25519") && !refused.contains("postal"),
+        "{refused}"
+    );
+    let out = e
+        .cmd()
+        .envs(dkim)
+        .args(["campaign", "send", "c", "--relay", &relay, "--json"])
         .output()
         .unwrap();
     assert!(

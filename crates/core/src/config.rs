@@ -196,10 +196,15 @@ pub enum RelayTls {
     Tls,
 }
 
-/// `[dkim]`: the key that signs every outgoing message (RFC 6376). All three
-/// keys together switch signing on; `rundbrief dns records` prints the TXT
-/// record to publish for them. Env: `RUNDBRIEF_DKIM__KEY_FILE`,
-/// `RUNDBRIEF_DKIM__SELECTOR`, `RUNDBRIEF_DKIM__DOMAIN`.
+/// `[dkim]`: the keys that sign every outgoing message (RFC 6376). The
+/// single-key form is `key_file`, `selector` and `domain` (all three switch
+/// signing on); more keys go in `[[dkim.keys]]` tables, each with the same
+/// three settings. Every message is signed with every key, so an RSA key and
+/// an Ed25519 key together give a signature every receiver can check (RSA)
+/// and one for those that prefer Ed25519 (RFC 8463 recommends both).
+/// `rundbrief dns records` prints the TXT record of each. Env (single form
+/// only): `RUNDBRIEF_DKIM__KEY_FILE`, `RUNDBRIEF_DKIM__SELECTOR`,
+/// `RUNDBRIEF_DKIM__DOMAIN`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DkimConfig {
@@ -217,12 +222,113 @@ pub struct DkimConfig {
     /// or a parent of it (relaxed alignment), e.g. `example.org` for
     /// `news@example.org` or `news@mail.example.org`.
     pub domain: Option<String>,
+    /// Further keys, `[[dkim.keys]]`: each signs every message too, after
+    /// the single-form key (if any). Default: none.
+    pub keys: Vec<DkimKeyConfig>,
+}
+
+/// One `[[dkim.keys]]` entry: all three settings are required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    /// PEM private key, as `dkim.key_file`.
+    pub key_file: std::path::PathBuf,
+    /// The selector, as `dkim.selector`.
+    pub selector: String,
+    /// The signing domain, as `dkim.domain`.
+    pub domain: String,
 }
 
 impl DkimConfig {
-    /// True when any of the keys is set: then all three must be.
+    /// True when any key is configured (the single form, partly or fully,
+    /// or a `[[dkim.keys]]` entry).
     pub fn is_configured(&self) -> bool {
-        self.key_file.is_some() || self.selector.is_some() || self.domain.is_some()
+        self.key_file.is_some()
+            || self.selector.is_some()
+            || self.domain.is_some()
+            || !self.keys.is_empty()
+    }
+
+    /// Every key, the single-form one first; an incomplete single form is
+    /// left out (validation refuses it).
+    pub fn all_keys(&self) -> Vec<DkimKeyConfig> {
+        let single = match (&self.key_file, &self.selector, &self.domain) {
+            (Some(k), Some(s), Some(d)) => Some(DkimKeyConfig {
+                key_file: k.clone(),
+                selector: s.clone(),
+                domain: d.clone(),
+            }),
+            _ => None,
+        };
+        single
+            .into_iter()
+            .chain(self.keys.iter().cloned())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.key_file.is_some() || self.selector.is_some() || self.domain.is_some() {
+            for (key, missing) in [
+                ("dkim.key_file", self.key_file.is_none()),
+                ("dkim.selector", self.selector.is_none()),
+                ("dkim.domain", self.domain.is_none()),
+            ] {
+                if missing {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem:
+                            "must be set too: DKIM signing needs key_file, selector and domain"
+                                .into(),
+                    });
+                }
+            }
+        }
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (n, k) in self.all_keys().iter().enumerate() {
+            let single = n == 0 && self.key_file.is_some();
+            let (sel_key, dom_key) = if single {
+                ("dkim.selector", "dkim.domain")
+            } else {
+                ("dkim.keys.selector", "dkim.keys.domain")
+            };
+            if !label_ok(&k.selector) {
+                return Err(ConfigError::Invalid {
+                    key: sel_key,
+                    problem: format!(
+                        "`{}` must be DNS labels (letters, digits, '-', '_', separated by dots)",
+                        k.selector
+                    ),
+                });
+            }
+            if !(label_ok(&k.domain) && k.domain.contains('.')) {
+                return Err(ConfigError::Invalid {
+                    key: dom_key,
+                    problem: format!("`{}` must be a domain name such as example.org", k.domain),
+                });
+            }
+            if !seen.insert((
+                k.selector.to_ascii_lowercase(),
+                k.domain.to_ascii_lowercase(),
+            )) {
+                return Err(ConfigError::Invalid {
+                    key: "dkim.keys",
+                    problem: format!(
+                        "selector `{}` of `{}` is configured twice: each key needs its own selector",
+                        k.selector, k.domain
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -387,6 +493,12 @@ pub struct SendingConfig {
     pub public_url: Option<String>,
     /// Domain of generated Message-IDs. Default: the domain of `from`.
     pub message_id_domain: Option<String>,
+    /// The sender's postal address, shown in the footer of the shipped
+    /// layout (`{{postal_address}}` in a layout of your own). CAN-SPAM
+    /// requires a valid physical postal address in every commercial
+    /// message; the campaign pre-flight warns when it is unset. One line,
+    /// e.g. `"Rundbrief GmbH, Domstraße 1, 50667 Köln, Germany"`. Default: none.
+    pub postal_address: Option<String>,
     /// Messages per second over all recipient domains. Default 100.
     pub rate: u32,
     /// Messages per second to one recipient domain. Default 20. A `421` or
@@ -409,6 +521,24 @@ pub struct SendingConfig {
     pub lease_secs: u64,
 }
 
+impl SendingConfig {
+    /// The campaign pre-flight's warning when `postal_address` is unset or
+    /// blank, saying what to do; `None` when it is set. Pure.
+    #[must_use]
+    pub fn postal_address_warning(&self) -> Option<String> {
+        match self.postal_address.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => None,
+            _ => Some(
+                "`sending.postal_address` is not set: CAN-SPAM requires a valid postal address in \
+                 every commercial message, and the shipped layout shows it in the footer. Set it \
+                 in rundbrief.toml (e.g. postal_address = \"Example GmbH, Domstraße 1, 50667 Köln, \
+                 Germany\") or RUNDBRIEF_SENDING__POSTAL_ADDRESS"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 /// `[sending.domains."DOMAIN"]`
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -428,6 +558,7 @@ impl Default for SendingConfig {
             verp_prefix: "b".into(),
             public_url: None,
             message_id_domain: None,
+            postal_address: None,
             rate: 100,
             domain_rate: 20,
             domain_concurrency: 4,
@@ -847,49 +978,7 @@ impl Config {
                     .into(),
             });
         }
-        if self.dkim.is_configured() {
-            let d = &self.dkim;
-            for (key, missing) in [
-                ("dkim.key_file", d.key_file.is_none()),
-                ("dkim.selector", d.selector.is_none()),
-                ("dkim.domain", d.domain.is_none()),
-            ] {
-                if missing {
-                    return Err(ConfigError::Invalid {
-                        key,
-                        problem:
-                            "must be set too: DKIM signing needs key_file, selector and domain"
-                                .into(),
-                    });
-                }
-            }
-            let label_ok = |s: &str| {
-                !s.is_empty()
-                    && s.split('.').all(|l| {
-                        !l.is_empty()
-                            && l.len() <= 63
-                            && l.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    })
-            };
-            if !d.selector.as_deref().is_some_and(label_ok) {
-                return Err(ConfigError::Invalid {
-                    key: "dkim.selector",
-                    problem: "must be DNS labels (letters, digits, '-', '_', separated by dots)"
-                        .into(),
-                });
-            }
-            if !d
-                .domain
-                .as_deref()
-                .is_some_and(|s| label_ok(s) && s.contains('.'))
-            {
-                return Err(ConfigError::Invalid {
-                    key: "dkim.domain",
-                    problem: "must be a domain name such as example.org".into(),
-                });
-            }
-        }
+        self.dkim.validate()?;
         for (name, r) in &self.relays {
             validate_relay(name, r)?;
         }
@@ -1084,6 +1173,9 @@ verp_prefix = "b"
 # public_url = "https://news.example.org"
 # Domain of Message-IDs (default: the domain of `from`).
 # message_id_domain = "example.org"
+# Your postal address, shown in every campaign's footer (CAN-SPAM requires one;
+# the campaign pre-flight warns without it).
+# postal_address = "Rundbrief GmbH, Domstraße 1, 50667 Köln, Germany"
 # Throttling: messages/s over all domains, per recipient domain, and in flight
 # per domain. A 421 or 4.7.x from the relay halves a domain's rate for a while.
 rate = 100
@@ -1156,6 +1248,12 @@ trust_forwarded_for = false
 # key_file = "dkim.pem"
 # selector = "rb2026"
 # domain = "example.org"
+# More keys sign every message too: with an RSA key above, an Ed25519 key here
+# gives dual signatures (receivers that cannot check Ed25519 use the RSA one).
+# [[dkim.keys]]
+# key_file = "dkim-ed25519.pem"
+# selector = "rb2026e"
+# domain = "news.example.org"
 
 [dns]
 # Lookups of recipient domains (MX, A, AAAA): the domain check and the
@@ -1408,6 +1506,60 @@ tls = "starttls-opportunistic"
             cfg.sending.public_url = Some(url.into());
             assert_eq!(cfg.validate().is_ok(), ok, "{url}");
         }
+    }
+
+    #[test]
+    fn postal_address_warning() {
+        let mut s = SendingConfig::default();
+        assert!(
+            s.postal_address_warning()
+                .is_some_and(|w| w.contains("postal_address"))
+        );
+        s.postal_address = Some("  ".into());
+        assert!(s.postal_address_warning().is_some());
+        s.postal_address = Some("Example GmbH, Domstraße 1, 50667 Köln".into());
+        assert_eq!(s.postal_address_warning(), None);
+    }
+
+    #[test]
+    fn dkim_takes_several_keys_and_the_old_form() {
+        let cfg: Config = toml::from_str(
+            r#"
+secret = "0123456789abcdef0123456789abcdef"
+[dkim]
+key_file = "rsa.pem"
+selector = "r1"
+domain = "example.org"
+[[dkim.keys]]
+key_file = "ed.pem"
+selector = "e1"
+domain = "example.org"
+"#,
+        )
+        .expect("parses");
+        cfg.validate().unwrap();
+        let keys = cfg.dkim.all_keys();
+        assert_eq!(
+            keys.iter().map(|k| k.selector.as_str()).collect::<Vec<_>>(),
+            ["r1", "e1"]
+        );
+        // Only [[dkim.keys]], no single form.
+        let mut only = cfg.clone();
+        only.dkim.key_file = None;
+        only.dkim.selector = None;
+        only.dkim.domain = None;
+        assert!(only.dkim.is_configured());
+        only.validate().unwrap();
+        assert_eq!(only.dkim.all_keys().len(), 1);
+        // The same selector twice is refused.
+        let mut twice = cfg.clone();
+        twice.dkim.keys[0].selector = "r1".into();
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
+        let mut bad = cfg;
+        bad.dkim.keys[0].domain = "localhost".into();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("dkim.keys.domain"), "{err}");
     }
 
     #[test]

@@ -15,10 +15,12 @@ pub mod address;
 pub mod config;
 pub mod csvin;
 pub mod links;
+pub mod list_label;
 pub mod model;
 pub mod token;
 
 pub use address::{Address, AddressError, mailbox_address};
 pub use config::{Config, ConfigError, Secret};
+pub use list_label::{ListLabel, ListLabelError};
 pub use model::*;
 pub use token::{Purpose, Signer, TokenError, Verp};

@@ -263,7 +263,11 @@ impl std::str::FromStr for StatusFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct List {
     pub id: Uuid,
+    /// The name operators use (`--list NAME`) and readers see (footer,
+    /// `List-Id` phrase); any text.
     pub name: String,
+    /// The `List-Id` label (RFC 2919): `List-Id: NAME <LABEL.domain>`.
+    pub label: crate::ListLabel,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Whether the list's subscribe form (`POST /s/NAME`) takes requests.

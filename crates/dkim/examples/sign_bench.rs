@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         message_id_domain: "example.org".into(),
         time_zone: rundbrief_render::parse_time_zone("UTC")?,
         transfer_encoding: Default::default(),
+        postal_address: None,
     })?;
     let message = renderer.render(
         &Recipient {

@@ -2,9 +2,12 @@
 //! (RFC 6376, `rsa-sha256` and `ed25519-sha256` of RFC 8463), derives the TXT
 //! record an operator publishes for the key, and generates keys.
 //!
-//! **Owns:** loading the `[dkim]` private key (PEM: RSA as PKCS#1 or PKCS#8,
-//! Ed25519 as PKCS#8; the algorithm follows from the key), the list of signed
-//! headers, the `<selector>._domainkey.<domain>` record.
+//! **Owns:** loading the `[dkim]` private keys (the single key and every
+//! `[[dkim.keys]]` entry; PEM: RSA as PKCS#1 or PKCS#8, Ed25519 as PKCS#8;
+//! the algorithm follows from the key), signing with each (RSA + Ed25519
+//! dual signatures), the list of signed and over-signed headers, the
+//! `<selector>._domainkey.<domain>` records, and the pre-flight check on the
+//! set of keys ([`warnings`]).
 //!
 //! **Never does:** DNS lookups, sending, rendering. The key file is read once,
 //! in [`DkimSigner::from_config`]; signing is pure CPU work on bytes.
@@ -20,7 +23,8 @@
 //! resolver dependencies.
 //!
 //! **Start at** [`DkimSigner::from_config`], then [`DkimSigner::sign`] per
-//! message; [`DkimSigner::dns_record`] backs `rundbrief dns records`.
+//! message; [`DkimSigner::dns_records`] backs `rundbrief dns records` (one
+//! record per key).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -33,11 +37,19 @@ use rustls_pki_types::pem::PemObject as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The headers we sign, when present (absent ones are left out of `h=`).
-/// Covers what a reader or a filter relies on: who sent it, to whom, what
-/// about, when, the MIME structure, and the list headers that one-click
-/// unsubscribe (RFC 8058) requires to be signed. `Reply-To` is signed too, so
-/// nobody can redirect replies to a signed message.
+/// The headers we sign. Covers what a reader or a filter relies on: who sent
+/// it, to whom, what about, when, the MIME structure, the list headers that
+/// one-click unsubscribe (RFC 8058) requires to be signed, and `Feedback-ID`
+/// (Gmail's feedback loop only trusts a signed one). `Reply-To` is signed
+/// too, so nobody can redirect replies to a signed message.
+///
+/// mail-auth puts every instance of a listed header into `h=`, and a listed
+/// name it did not find (or a second listing of one it found once) once more:
+/// that "over-signs" it (RFC 6376 §8.15), so a header added to the message
+/// later (a second `From:`, a `Subject:` or a `List-Unsubscribe:` of a
+/// spammer's choosing) breaks the signature. The headers readers and
+/// unsubscribe logic act on are listed twice for that reason; the others
+/// are over-signed only when absent.
 pub const SIGNED_HEADERS: &[&str] = &[
     "From",
     "Reply-To",
@@ -48,6 +60,12 @@ pub const SIGNED_HEADERS: &[&str] = &[
     "MIME-Version",
     "Content-Type",
     "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Feedback-ID",
+    // Over-signed: one more listing than they occur.
+    "From",
+    "Subject",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
 ];
@@ -149,9 +167,19 @@ impl DkimRecord {
     }
 }
 
-/// Signs messages with one key, for one selector and domain. Cheap to share
-/// between send workers behind an `Arc` (it is `Send + Sync`).
+/// Signs messages with every configured key (`[dkim]` and
+/// `[[dkim.keys]]`), so a message can carry an RSA and an Ed25519 signature.
+/// Cheap to share between send workers behind an `Arc` (it is `Send + Sync`).
+/// The accessors without a key index ([`DkimSigner::algorithm`],
+/// [`DkimSigner::dns_record`], …) describe the first key; [`DkimSigner::keys`]
+/// gives each.
+#[derive(Debug)]
 pub struct DkimSigner {
+    keys: Vec<KeySigner>,
+}
+
+/// Signs with one key, for one selector and domain.
+pub struct KeySigner {
     inner: mail_auth::dkim::DkimSigner<DkimKey, Done>,
     algorithm: Algorithm,
     /// Public key bytes as published in `p=`: SubjectPublicKeyInfo DER for
@@ -162,10 +190,10 @@ pub struct DkimSigner {
     key_file: PathBuf,
 }
 
-impl fmt::Debug for DkimSigner {
+impl fmt::Debug for KeySigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the key.
-        f.debug_struct("DkimSigner")
+        f.debug_struct("KeySigner")
             .field("algorithm", &self.algorithm)
             .field("selector", &self.selector)
             .field("domain", &self.domain)
@@ -175,41 +203,206 @@ impl fmt::Debug for DkimSigner {
 }
 
 impl DkimSigner {
-    /// The signer for `[dkim]`, or `None` when none of its keys is set.
+    /// The signer for `[dkim]` with every key it names, or `None` when it
+    /// names none.
     ///
     /// # Errors
-    /// [`DkimError::Incomplete`] when only some keys are set,
-    /// [`DkimError::ReadKey`] / [`DkimError::InvalidKey`] naming the key file.
+    /// [`DkimError::Incomplete`] when only some keys of the single form are
+    /// set, [`DkimError::ReadKey`] / [`DkimError::InvalidKey`] naming the key file.
     pub fn from_config(cfg: &Config) -> Result<Option<DkimSigner>, DkimError> {
         let d = &cfg.dkim;
         if !d.is_configured() {
             return Ok(None);
         }
-        let key_file = d.key_file.as_deref().ok_or(DkimError::Incomplete {
-            key: "dkim.key_file",
-            env: "DKIM__KEY_FILE",
-        })?;
-        let selector = d.selector.as_deref().ok_or(DkimError::Incomplete {
-            key: "dkim.selector",
-            env: "DKIM__SELECTOR",
-        })?;
-        let domain = d.domain.as_deref().ok_or(DkimError::Incomplete {
-            key: "dkim.domain",
-            env: "DKIM__DOMAIN",
-        })?;
-        DkimSigner::from_file(key_file, selector, domain).map(Some)
+        if d.key_file.is_some() || d.selector.is_some() || d.domain.is_some() {
+            d.key_file.as_deref().ok_or(DkimError::Incomplete {
+                key: "dkim.key_file",
+                env: "DKIM__KEY_FILE",
+            })?;
+            d.selector.as_deref().ok_or(DkimError::Incomplete {
+                key: "dkim.selector",
+                env: "DKIM__SELECTOR",
+            })?;
+            d.domain.as_deref().ok_or(DkimError::Incomplete {
+                key: "dkim.domain",
+                env: "DKIM__DOMAIN",
+            })?;
+        }
+        let keys = d
+            .all_keys()
+            .iter()
+            .map(|k| KeySigner::from_file(&k.key_file, &k.selector, &k.domain))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(DkimSigner { keys }))
     }
 
-    /// A signer from a PEM key file.
+    /// A signer with one key from a PEM key file.
     ///
     /// # Errors
     /// [`DkimError::ReadKey`] or [`DkimError::InvalidKey`], naming `path`.
     pub fn from_file(path: &Path, selector: &str, domain: &str) -> Result<DkimSigner, DkimError> {
+        KeySigner::from_file(path, selector, domain).map(DkimSigner::from)
+    }
+
+    /// A signer with one key from PEM bytes; `path` only names the key in errors.
+    ///
+    /// # Errors
+    /// [`DkimError::InvalidKey`].
+    pub fn from_pem(
+        pem: &[u8],
+        path: &Path,
+        selector: &str,
+        domain: &str,
+    ) -> Result<DkimSigner, DkimError> {
+        KeySigner::from_pem(pem, path, selector, domain).map(DkimSigner::from)
+    }
+
+    /// A signer with several keys, which sign in this order.
+    ///
+    /// # Panics
+    /// Never; an empty list gives a signer that adds no signature.
+    #[must_use]
+    pub fn from_keys(keys: Vec<KeySigner>) -> DkimSigner {
+        DkimSigner { keys }
+    }
+
+    /// Each key, in signing order.
+    pub fn keys(&self) -> &[KeySigner] {
+        &self.keys
+    }
+
+    /// The message with one `DKIM-Signature:` header per key prepended (the
+    /// first key's on top). See [`KeySigner::sign`].
+    ///
+    /// # Errors
+    /// [`DkimError::Sign`] when a key cannot sign.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
+        let header = self.signature_header(message)?;
+        let mut out = Vec::with_capacity(header.len() + message.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(message);
+        Ok(out)
+    }
+
+    /// Only the `DKIM-Signature: …\r\n` headers, for a caller that writes
+    /// header and message separately. Each signature covers the message
+    /// alone, not the other signatures.
+    ///
+    /// # Errors
+    /// As [`DkimSigner::sign`].
+    pub fn signature_header(&self, message: &[u8]) -> Result<String, DkimError> {
+        let mut out = String::new();
+        for k in &self.keys {
+            out.push_str(&k.signature_header(message)?);
+        }
+        Ok(out)
+    }
+
+    /// The TXT record of every key, in order.
+    pub fn dns_records(&self) -> Vec<DkimRecord> {
+        self.keys.iter().map(KeySigner::dns_record).collect()
+    }
+
+    fn first(&self) -> Option<&KeySigner> {
+        self.keys.first()
+    }
+
+    /// The first key's TXT record (see [`DkimSigner::dns_records`]).
+    ///
+    /// # Panics
+    /// If the signer was built with [`DkimSigner::from_keys`] and no keys.
+    pub fn dns_record(&self) -> DkimRecord {
+        self.first()
+            .expect("a configured signer has a key")
+            .dns_record()
+    }
+
+    /// The first key's algorithm.
+    ///
+    /// # Panics
+    /// As [`DkimSigner::dns_record`].
+    pub fn algorithm(&self) -> Algorithm {
+        self.first()
+            .expect("a configured signer has a key")
+            .algorithm
+    }
+
+    /// The first key's signing domain (`d=`).
+    ///
+    /// # Panics
+    /// As [`DkimSigner::dns_record`].
+    pub fn domain(&self) -> &str {
+        &self.first().expect("a configured signer has a key").domain
+    }
+
+    /// The first key's selector (`s=`).
+    ///
+    /// # Panics
+    /// As [`DkimSigner::dns_record`].
+    pub fn selector(&self) -> &str {
+        &self
+            .first()
+            .expect("a configured signer has a key")
+            .selector
+    }
+
+    /// The first key's file.
+    ///
+    /// # Panics
+    /// As [`DkimSigner::dns_record`].
+    pub fn key_file(&self) -> &Path {
+        &self
+            .first()
+            .expect("a configured signer has a key")
+            .key_file
+    }
+
+    /// Pre-flight warnings about the set of keys, each saying what to do.
+    /// Pure: see [`warnings`].
+    pub fn warnings(&self) -> Vec<String> {
+        warnings(&self.keys.iter().map(|k| k.algorithm).collect::<Vec<_>>())
+    }
+}
+
+impl From<KeySigner> for DkimSigner {
+    fn from(k: KeySigner) -> DkimSigner {
+        DkimSigner { keys: vec![k] }
+    }
+}
+
+/// Pre-flight warnings for a set of signing keys given by their algorithms
+/// (in configuration order), each saying what to do. Empty when fine.
+///
+/// - Only Ed25519 keys: many receivers cannot verify `ed25519-sha256`
+///   (SpamAssassin's Mail::DKIM reports "unsupported algorithm", and so do
+///   several large providers), so to them the mail is unsigned. RFC 8463
+///   recommends signing with RSA as well.
+#[must_use]
+pub fn warnings(algorithms: &[Algorithm]) -> Vec<String> {
+    let mut out = Vec::new();
+    if !algorithms.is_empty() && algorithms.iter().all(|a| *a == Algorithm::Ed25519) {
+        out.push(
+            "every DKIM key is Ed25519: many receivers (SpamAssassin, several large mailbox \
+             providers) cannot verify ed25519-sha256 and treat the mail as unsigned. Add an RSA \
+             key as well (`rundbrief dkim keygen --out dkim-rsa.pem`, then a [[dkim.keys]] entry \
+             with its own selector) so every message is signed with both"
+                .to_owned(),
+        );
+    }
+    out
+}
+
+impl KeySigner {
+    /// A signer from a PEM key file.
+    ///
+    /// # Errors
+    /// [`DkimError::ReadKey`] or [`DkimError::InvalidKey`], naming `path`.
+    pub fn from_file(path: &Path, selector: &str, domain: &str) -> Result<KeySigner, DkimError> {
         let pem = std::fs::read(path).map_err(|source| DkimError::ReadKey {
             path: path.to_owned(),
             source,
         })?;
-        DkimSigner::from_pem(&pem, path, selector, domain)
+        KeySigner::from_pem(&pem, path, selector, domain)
     }
 
     /// A signer from PEM bytes; `path` only names the key in errors.
@@ -221,7 +414,7 @@ impl DkimSigner {
         path: &Path,
         selector: &str,
         domain: &str,
-    ) -> Result<DkimSigner, DkimError> {
+    ) -> Result<KeySigner, DkimError> {
         let invalid = |reason: String| DkimError::InvalidKey {
             path: path.to_owned(),
             reason,
@@ -268,7 +461,7 @@ impl DkimSigner {
             .domain(domain)
             .selector(selector)
             .headers(SIGNED_HEADERS.iter().copied());
-        Ok(DkimSigner {
+        Ok(KeySigner {
             inner,
             algorithm,
             public_key,

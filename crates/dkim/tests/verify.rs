@@ -44,6 +44,7 @@ fn rendered(encoding: TransferEncoding) -> Vec<u8> {
         message_id_domain: "example.org".into(),
         time_zone: chrono_tz_berlin(),
         transfer_encoding: encoding,
+        postal_address: None,
     })
     .expect("the test campaign renders");
     renderer

@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         message_id_domain: "mail.example.org".into(),
         time_zone: chrono_tz::Europe::Berlin,
         transfer_encoding: TransferEncoding::Base64,
+        postal_address: None,
     };
     let cities = ["Köln", "Wien", "Zürich", "Berlin", "Graz"];
     let recipients: Vec<Recipient> = (0..1000)

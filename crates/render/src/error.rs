@@ -103,6 +103,21 @@ pub enum RenderError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The list's List-Id (RFC 2919) is not one: the list's, not the
+    /// content's, to fix.
+    #[error(
+        "list {list:?}: its List-Id {value:?} is not allowed: {reason}. A list gets its id at \
+         `rundbrief list create NAME [--label LABEL]`; the List-Id is the label followed by the \
+         From domain"
+    )]
+    ListId {
+        /// The list's name.
+        list: String,
+        /// The List-Id as built.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The configured time zone is not an IANA name chrono-tz knows.
     #[error("unknown time zone {0:?} (use an IANA name such as Europe/Berlin)")]
     TimeZone(String),

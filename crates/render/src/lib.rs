@@ -32,6 +32,7 @@
 //!     message_id_domain: "example.org".into(),
 //!     time_zone: chrono_tz::Europe::Berlin,
 //!     transfer_encoding: TransferEncoding::Base64,
+//!     postal_address: None,
 //! })?;
 //! let bytes = renderer.render(&Recipient {
 //!     email: "anna@example.org".into(),
@@ -44,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod encode;
 mod error;
 mod layout;
 mod mime;

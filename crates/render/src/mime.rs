@@ -11,14 +11,12 @@
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
-use email_encoding::headers::quoted_string;
-use email_encoding::headers::writer::EmailWriter;
 use lettre::address::Envelope;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
-use std::fmt::Write as _;
 
+use crate::encode;
 use crate::error::RenderError;
 use crate::renderer::{CampaignTemplate, Recipient};
 
@@ -47,7 +45,7 @@ pub enum TransferEncoding {
 pub(crate) struct Headers {
     from: Mailbox,
     reply_to: Option<Mailbox>,
-    list_id: String,
+    list_id: HeaderValue,
     feedback_id: String,
     campaign_id: String,
     domain: String,
@@ -80,29 +78,13 @@ impl Headers {
             .as_deref()
             .map(|r| mailbox("reply_to", r))
             .transpose()?;
-        check_token("List-Id", &c.list_id, |b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
-        })?;
-        if !c.list_id.contains('.') {
-            return Err(RenderError::HeaderValue {
-                header: "List-Id",
-                value: c.list_id.clone(),
-                reason: "a list id looks like a domain name, e.g. news.lists.example.org",
-            });
-        }
+        check_list_id(&c.list_name, &c.list_id)?;
         check_token("Feedback-ID", &c.campaign_id, |b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
         })?;
         check_token("message_id_domain", &c.message_id_domain, |b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
         })?;
-        if c.list_name.chars().any(char::is_control) {
-            return Err(RenderError::HeaderValue {
-                header: "List-Id",
-                value: c.list_name.clone(),
-                reason: "the list name must not contain control characters",
-            });
-        }
         Ok(Headers {
             from,
             reply_to,
@@ -133,20 +115,54 @@ impl Headers {
     }
 }
 
-/// `List-Id: Name <id>`; a name with specials goes in a quoted string, one
-/// with non-ASCII is left to lettre's RFC 2047 encoder.
-fn list_id_value(name: &str, id: &str) -> String {
+/// `List-Id: Name <id>`, the name as a phrase: atoms, a quoted string
+/// when it has specials, encoded-words when it is not ASCII.
+fn list_id_value(name: &str, id: &str) -> HeaderValue {
     let name = name.trim();
-    if name.is_empty() {
-        return format!("<{id}>");
-    }
-    let specials = |c: char| "()<>[]:;@\\,.\"".contains(c);
-    if name.is_ascii() && name.contains(specials) {
-        let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
-        format!("\"{quoted}\" <{id}>")
+    let raw = if name.is_empty() {
+        format!("<{id}>")
     } else {
-        format!("{name} <{id}>")
+        format!("{} <{id}>", name.replace(|c: char| c.is_control(), " "))
+    };
+    pre_encoded("List-Id", raw, list_id_encoded(name, id))
+}
+
+fn list_id_encoded(name: &str, id: &str) -> String {
+    match name.trim() {
+        "" => format!("<{id}>"),
+        n => encode::mailbox("List-Id", Some(n), id),
     }
+}
+
+/// The List-Id (RFC 2919): `label.namespace`, lower-case letters, digits,
+/// `-` and `_` between dots. A bad one is the list's, so the error names
+/// the list (and how it got its id), not the campaign's content.
+fn check_list_id(list: &str, id: &str) -> Result<(), RenderError> {
+    let bad = |reason: &'static str| {
+        Err(RenderError::ListId {
+            list: list.to_owned(),
+            value: id.to_owned(),
+            reason,
+        })
+    };
+    if list.chars().any(char::is_control) {
+        return bad("the list name must not contain control characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+    };
+    if id.is_empty() || id.len() > 255 || !id.split('.').all(label_ok) {
+        return bad(
+            "a List-Id is lower-case letters, digits, '-' and '_' in dot-separated parts (RFC 2919)",
+        );
+    }
+    if !id.contains('.') {
+        return bad("a List-Id looks like a domain name, e.g. news.lists.example.org");
+    }
+    Ok(())
 }
 
 fn check_token(header: &'static str, v: &str, ok: impl Fn(u8) -> bool) -> Result<(), RenderError> {
@@ -208,32 +224,23 @@ pub(crate) fn recipient_address(r: &Recipient) -> Result<Address, RenderError> {
 
 /// The `To:` header, encoded here rather than through lettre's `To` type:
 /// lettre's `Mailbox` panics while displaying a name that contains CR or LF
-/// (0.11.23, `header/mailbox.rs` calls `to_string()` on it). The encoder
-/// used is the one lettre uses for names (email-encoding's quoted-string,
-/// which falls back to an RFC 2047 encoded-word for CR, LF, NUL and
-/// non-ASCII), so the display name survives exactly and can never end the line.
+/// (0.11.23, `header/mailbox.rs` calls `to_string()` on it), and its encoder
+/// drops the spaces between encoded words. [`encode::mailbox`] keeps the
+/// display name exactly and can never end the line.
 fn to_header(name: Option<&str>, addr: &Address) -> HeaderValue {
-    let name = name.map(str::trim).filter(|n| !n.is_empty());
-    let mut encoded = String::new();
-    {
-        let mut w = EmailWriter::new(&mut encoded, "To: ".len(), 0, false);
-        // Writing into a String cannot fail.
-        let _ = match name {
-            Some(n) => quoted_string::encode(n, &mut w).and_then(|()| {
-                w.space();
-                w.write_char('<')?;
-                w.write_str(addr.as_ref())?;
-                w.write_char('>')
-            }),
-            None => w.write_str(addr.as_ref()),
-        };
-    }
+    let encoded = encode::mailbox("To", name, addr.as_ref());
     // The raw value is what lettre would show in Debug output; keep it one line.
-    let raw = match name {
+    let raw = match name.map(str::trim).filter(|n| !n.is_empty()) {
         Some(n) => format!("{} <{addr}>", n.replace(|c: char| c.is_control(), " ")),
         None => addr.to_string(),
     };
     HeaderValue::dangerous_new_pre_encoded(HeaderName::new_from_ascii_str("To"), raw, encoded)
+}
+
+/// A header whose value we encoded ourselves ([`encode`]); `raw` is what
+/// lettre parses back (it reads `From` to check the message has one).
+fn pre_encoded(name: &'static str, raw: String, encoded: String) -> HeaderValue {
+    HeaderValue::dangerous_new_pre_encoded(HeaderName::new_from_ascii_str(name), raw, encoded)
 }
 
 fn header(name: &'static str, value: String) -> HeaderValue {
@@ -254,18 +261,28 @@ pub(crate) fn build(
     now: DateTime<Utc>,
 ) -> Result<Vec<u8>, RenderError> {
     let envelope = Envelope::new(Some(h.from.email.clone()), vec![to.clone()])?;
+    let from = pre_encoded(
+        "From",
+        h.from.to_string(),
+        encode::mailbox("From", h.from.name.as_deref(), h.from.email.as_ref()),
+    );
     let mut b = Message::builder()
         .envelope(envelope)
         .from(h.from.clone())
+        .raw_header(from)
         .raw_header(to_header(r.name.as_deref(), &to))
-        .subject(subject)
+        .raw_header(pre_encoded(
+            "Subject",
+            subject.replace(|c: char| c.is_control(), " "),
+            encode::unstructured("Subject", subject),
+        ))
         .date(SystemTime::from(now))
         .message_id(Some(message_id.to_owned()));
     if let Some(rt) = &h.reply_to {
         b = b.reply_to(rt.clone());
     }
     b = b
-        .raw_header(header("List-Id", h.list_id.clone()))
+        .raw_header(h.list_id.clone())
         .raw_header(header(
             "List-Unsubscribe",
             format!("<{}>, <{}>", r.unsubscribe_url, r.unsubscribe_mailto),
@@ -467,14 +484,39 @@ mod tests {
 
     #[test]
     fn list_id_quoting() {
+        let v = list_id_encoded;
+        assert_eq!(v("News", "n.example.org"), "News <n.example.org>");
         assert_eq!(
-            list_id_value("News", "n.example.org"),
-            "News <n.example.org>"
-        );
-        assert_eq!(
-            list_id_value("A, B \"C\"", "n.example.org"),
+            v("A, B \"C\"", "n.example.org"),
             "\"A, B \\\"C\\\"\" <n.example.org>"
         );
-        assert_eq!(list_id_value("", "n.example.org"), "<n.example.org>");
+        assert_eq!(v("", "n.example.org"), "<n.example.org>");
+        assert_eq!(
+            v("Bücher  Köln", "b.example.org"),
+            "=?utf-8?b?QsO8Y2hlciAgS8O2bG4=?= <b.example.org>"
+        );
+    }
+
+    #[test]
+    fn list_ids_name_the_list() {
+        for (id, ok) in [
+            ("news.example.org", true),
+            ("team-news.lists.example.org", true),
+            ("a_b.example.org", true),
+            ("Team News.example.org", false),
+            ("News.example.org", false),
+            ("bücher.example.org", false),
+            ("news", false),
+            ("news..example.org", false),
+            (".news.example.org", false),
+            ("", false),
+        ] {
+            let r = check_list_id("Team News", id);
+            assert_eq!(r.is_ok(), ok, "{id}");
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(e.contains("list \"Team News\""), "{e}");
+            }
+        }
     }
 }

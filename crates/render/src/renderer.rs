@@ -56,6 +56,9 @@ pub struct CampaignTemplate {
     pub time_zone: Tz,
     /// Content-Transfer-Encoding of both parts; see [`TransferEncoding`].
     pub transfer_encoding: TransferEncoding,
+    /// The sender's postal address (`sending.postal_address`), shown in the
+    /// footer as `postal_address`; CAN-SPAM requires one in bulk mail.
+    pub postal_address: Option<String>,
 }
 
 /// One recipient. The unsubscribe links are computed by the caller (they carry
@@ -107,9 +110,12 @@ impl std::fmt::Debug for Renderer {
 }
 
 const SUBJECT: &str = "subject";
+const PREHEADER: &str = "preheader";
+/// A preheader taken from the first paragraph is cut to about this many
+/// characters (inbox previews show 40–140).
+const PREHEADER_CHARS: usize = 140;
 const HTML: &str = "html";
 const TEXT: &str = "text";
-const TEXT_WIDTH: usize = 78;
 
 impl Renderer {
     /// Compile a campaign.
@@ -135,16 +141,22 @@ impl Renderer {
         // Each source on its own first, so errors point into the operator's file.
         template::check_in(&mut text_reg, SUBJECT, &c.subject)?;
         template::check_in(&mut html_reg, "content", &c.content)?;
+        let (front, body) = front_matter(&c.content)?;
         template::check_in(&mut html_reg, "layout.html", &c.layout.html)?;
         if let Some(t) = &c.layout.text {
             template::check_in(&mut text_reg, "layout.txt", t)?;
         }
 
-        let content = splice_partials(&c.content, &c.layout.partials, 0)?;
+        let content = splice_partials(&body, &c.layout.partials, 0)?;
         let content_html = match c.content_kind {
             ContentKind::Html => content.clone(),
             ContentKind::Markdown => markdown_to_html(&content)?,
         };
+        let preheader = match front.preheader {
+            Some(p) => p,
+            None => first_paragraph(&content_html),
+        };
+        template::check_in(&mut text_reg, PREHEADER, &preheader)?;
         let layout_html = splice_partials(&c.layout.html, &c.layout.partials, 0)?;
         let page = fill_slot("layout.html", &layout_html, &content_html)?;
         let html_source = inline_css(&page)?;
@@ -177,6 +189,7 @@ impl Renderer {
             fixed: Fixed {
                 list: json!({"id": c.list_id, "name": c.list_name}),
                 campaign_id: c.campaign_id,
+                postal_address: c.postal_address.filter(|a| !a.trim().is_empty()),
             },
             tz: c.time_zone,
             headers,
@@ -235,7 +248,7 @@ impl Renderer {
         r: &Recipient,
         now: DateTime<Utc>,
     ) -> Result<(String, String, String), RenderError> {
-        let vars = Vars {
+        let mut vars = Vars {
             email: &r.email,
             name: r.name.as_deref(),
             attributes: &r.attributes,
@@ -243,7 +256,17 @@ impl Renderer {
             unsubscribe_mailto: &r.unsubscribe_mailto,
             view_url: r.view_url.as_deref(),
             date: template::date_var(now, self.tz),
+            preheader: "",
         };
+        let ctx = template::context(&self.fixed, &vars, None);
+        let preheader = template::render(
+            &self.text_reg,
+            PREHEADER,
+            &Context::from(ctx),
+            &r.email,
+            256,
+        )?;
+        vars.preheader = preheader.trim();
         let mut ctx = template::context(&self.fixed, &vars, None);
         let subject = template::render(
             &self.text_reg,
@@ -301,6 +324,12 @@ fn inline_css(page: &str) -> Result<String, RenderError> {
 }
 
 /// The text alternative of an HTML template, expressions kept.
+///
+/// Lines are not wrapped: a wrapped URL cannot be clicked, and a mail
+/// client wraps the text part for display anyway (long lines are fine up
+/// to 998 octets, and the 8bit encoding falls back to base64 beyond).
+/// `<pre>` blocks come out as their text indented by four spaces, as in
+/// Markdown, instead of html2text's backticks.
 fn html_to_text(html: &str) -> Result<String, RenderError> {
     let p = mustache::protect(html, Style::Word);
     // Text between table rows is moved out of the table by any HTML parser;
@@ -311,7 +340,291 @@ fn html_to_text(html: &str) -> Result<String, RenderError> {
             stage: "html2text".into(),
         });
     }
-    let text = html2text::from_read(p.text.as_bytes(), TEXT_WIDTH)
+    let (without_pre, blocks) = take_pre_blocks(&p.text);
+    let text = html2text::config::plain()
+        .no_link_wrapping()
+        .string_from_read(without_pre.as_bytes(), TEXT_UNWRAPPED)
         .map_err(|e| RenderError::Html2Text(e.to_string()))?;
+    let mut text = text
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    for (n, block) in blocks.iter().enumerate() {
+        let marker = format!("{PRE_MARKER}{n}x");
+        let indented: String = block
+            .lines()
+            .map(|l| {
+                if l.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("    {l}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        text = text.replacen(&marker, &indented, 1);
+    }
     mustache::restore_text(&text, &p, "html2text")
+}
+
+/// What a content file's front matter sets.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FrontMatter {
+    preheader: Option<String>,
+}
+
+/// Front matter: a first line `---`, lines `key: value`, a line `---`.
+/// Returns it and the content with those lines blanked (so line numbers in
+/// later errors still match the file). A first `---` not followed by
+/// `key: value` lines is a Markdown rule, not front matter.
+fn front_matter(content: &str) -> Result<(FrontMatter, String), RenderError> {
+    let mut lines = content.split_inclusive('\n');
+    let none = || Ok((FrontMatter::default(), content.to_owned()));
+    if lines.next().map(str::trim_end) != Some("---") {
+        return none();
+    }
+    let mut fm = FrontMatter::default();
+    let mut consumed = 1;
+    for (n, line) in lines.enumerate() {
+        consumed += 1;
+        let line = line.trim_end();
+        if line == "---" {
+            let rest: String = content.split_inclusive('\n').skip(consumed).collect();
+            return Ok((fm, format!("{}{rest}", "\n".repeat(consumed))));
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            return none();
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return none();
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        match key {
+            "preheader" => fm.preheader = Some(value.to_owned()),
+            other => {
+                return Err(RenderError::Template {
+                    template: "content".into(),
+                    line: Some(n + 2),
+                    column: Some(1),
+                    reason: format!("unknown front matter key `{other}` (known: preheader)"),
+                });
+            }
+        }
+    }
+    none()
+}
+
+/// The preheader a content gives when its front matter sets none: the text
+/// of its first paragraph, cut after a word near [`PREHEADER_CHARS`]
+/// (never inside a handlebars expression). A template for the text registry.
+fn first_paragraph(html: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let Some(start) = find_tag(&lower, "<p") else {
+        return String::new();
+    };
+    let Some(open_end) = lower[start..].find('>').map(|e| start + e + 1) else {
+        return String::new();
+    };
+    let close = lower[open_end..]
+        .find("</p>")
+        .map_or(html.len(), |e| open_end + e);
+    let text = decode_entities(&strip_tags(&html[open_end..close]));
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= PREHEADER_CHARS {
+        return text;
+    }
+    let spans = mustache::spans(&text);
+    let mut cut = None;
+    for (i, c) in text.char_indices() {
+        if text[..i].chars().count() > PREHEADER_CHARS {
+            break;
+        }
+        if c == ' ' && !spans.iter().any(|s| s.start < i && i < s.end) {
+            cut = Some(i);
+        }
+    }
+    match cut {
+        Some(i) => format!("{}…", &text[..i]),
+        None => text,
+    }
+}
+
+/// Wider than any line: html2text then never wraps.
+const TEXT_UNWRAPPED: usize = 100_000;
+const PRE_MARKER: &str = "rdbpreblock";
+
+/// Cuts every `<pre>…</pre>` out of `html`, leaving a paragraph with a
+/// marker word in its place; returns the blocks' text (tags removed,
+/// entities decoded, one trailing newline dropped).
+fn take_pre_blocks(html: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(html.len());
+    let mut blocks = Vec::new();
+    let mut rest = html;
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let Some(start) = find_tag(&lower, "<pre") else {
+            break;
+        };
+        let Some(open_end) = lower[start..].find('>').map(|e| start + e + 1) else {
+            break;
+        };
+        let Some(close) = lower[open_end..].find("</pre>").map(|e| open_end + e) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let inner = strip_tags(&rest[open_end..close]);
+        let inner = decode_entities(&inner);
+        blocks.push(inner.strip_suffix('\n').unwrap_or(&inner).to_owned());
+        out.push_str(&format!("<p>{PRE_MARKER}{}x</p>", blocks.len() - 1));
+        rest = &rest[close + "</pre>".len()..];
+    }
+    out.push_str(rest);
+    (out, blocks)
+}
+
+/// The first `<NAME` that is a whole tag name (`<pre>`, `<pre class=…>`,
+/// not `<preview>`).
+fn find_tag(lower: &str, open: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = lower[from..].find(open).map(|p| p + from) {
+        match lower.as_bytes().get(p + open.len()) {
+            Some(b'>' | b' ' | b'\t' | b'\n' | b'\r' | b'/') => return Some(p),
+            _ => from = p + open.len(),
+        }
+    }
+    None
+}
+
+fn strip_tags(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The entities pulldown-cmark and hand-written HTML put into code.
+fn decode_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let end = after.find(';').filter(|e| *e <= 10);
+        let decoded = end.and_then(|e| {
+            let name = &after[..e];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some('\u{a0}'),
+                _ => name
+                    .strip_prefix("#x")
+                    .or_else(|| name.strip_prefix("#X"))
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .or_else(|| name.strip_prefix('#').and_then(|d| d.parse().ok()))
+                    .and_then(char::from_u32),
+            }?;
+            Some((c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &after[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_20_text_part_keeps_urls_whole_and_indents_pre() {
+        let url = "https://example.org/a/very/long/path/that/goes/on/and/on?utm_source=newsletter&amp;utm_medium=email&amp;utm_campaign=issue-12";
+        let html = format!(
+            "<p>Read <a href=\"{url}\">the whole article about a topic that needs many words to describe</a> today, and {{{{subscriber.email}}}} too.</p>\
+             <pre><code class=\"language-rust\">fn main() {{\n    println!(&quot;a &lt;b&gt; {{{{x}}}}&quot;);\n}}\n</code></pre><p>After.</p>"
+        );
+        let text = html_to_text(&html).expect("converts");
+        let plain_url = url.replace("&amp;", "&");
+        assert!(
+            text.lines().any(|l| l.contains(&plain_url)),
+            "URL broken across lines:\n{text}"
+        );
+        assert!(!text.contains('`'), "backticks:\n{text}");
+        assert!(
+            text.contains("\n    fn main() {\n        println!(\"a <b> {{x}}\");\n    }\n"),
+            "pre not indented:\n{text}"
+        );
+        assert!(text.contains("{{subscriber.email}}"), "{text}");
+        assert!(text.find("After.") > text.find("fn main"), "{text}");
+    }
+
+    #[test]
+    fn front_matter_and_first_paragraph() {
+        let (fm, body) = front_matter("---\npreheader: \"Hi {{x}}\"\n---\n# T\n").expect("ok");
+        assert_eq!(fm.preheader.as_deref(), Some("Hi {{x}}"));
+        assert_eq!(body, "\n\n\n# T\n");
+        let (fm, body) = front_matter("---\n\nText\n").expect("ok");
+        assert_eq!(
+            (fm, body.as_str()),
+            (FrontMatter::default(), "---\n\nText\n")
+        );
+        let e = front_matter("---\npreheader: a\ntitle: b\n---\n").expect_err("unknown key");
+        assert!(
+            e.to_string().contains("content:3:1") && e.to_string().contains("title"),
+            "{e}"
+        );
+
+        assert_eq!(
+            first_paragraph(
+                "<h1>T</h1>\n<p>Hello <strong>{{default subscriber.name \"you\"}}</strong> &amp; all.</p><p>2</p>"
+            ),
+            "Hello {{default subscriber.name \"you\"}} & all."
+        );
+        let long = format!(
+            "<p>{} {{{{default subscriber.name \"a b c d\"}}}} end</p>",
+            "word ".repeat(27)
+        );
+        let p = first_paragraph(&long);
+        assert!(
+            p.ends_with('…') && p.chars().count() <= PREHEADER_CHARS + 1,
+            "{p}"
+        );
+        assert_eq!(p.matches("{{").count(), p.matches("}}").count(), "{p}");
+        assert_eq!(first_paragraph("<h1>Only a heading</h1>"), "");
+    }
+
+    #[test]
+    fn entities_and_tags() {
+        assert_eq!(
+            decode_entities("a &lt;b&gt; &amp;amp; &#65;&#x42; &bogus; &"),
+            "a <b> &amp; AB &bogus; &"
+        );
+        assert_eq!(strip_tags("<span class=\"k\">fn</span> x"), "fn x");
+        assert_eq!(find_tag("<preview><pre>", "<pre"), Some(9));
+    }
 }

@@ -112,6 +112,8 @@ pub(crate) struct Vars<'a> {
     pub unsubscribe_mailto: &'a str,
     pub view_url: Option<&'a str>,
     pub date: String,
+    /// The rendered preheader (plain text; the HTML registry escapes it).
+    pub preheader: &'a str,
 }
 
 /// The campaign-wide part of the context.
@@ -119,6 +121,8 @@ pub(crate) struct Vars<'a> {
 pub(crate) struct Fixed {
     pub list: Value,
     pub campaign_id: String,
+    /// `sending.postal_address`, shown in the footer.
+    pub postal_address: Option<String>,
 }
 
 /// The template context. Field names here are the documented template variables.
@@ -140,6 +144,8 @@ pub(crate) fn context(fixed: &Fixed, v: &Vars<'_>, subject: Option<&str>) -> Val
         "unsubscribe_mailto": v.unsubscribe_mailto,
         "view_url": v.view_url,
         "date": v.date,
+        "preheader": v.preheader,
+        "postal_address": fixed.postal_address,
     })
 }
 
@@ -156,6 +162,7 @@ pub(crate) fn sample_context(source: &str) -> Value {
     let fixed = Fixed {
         list: json!({"id": "news.lists.example.org", "name": "Sample list"}),
         campaign_id: "sample".into(),
+        postal_address: Some("Sample Street 1, 12345 Sample Town".into()),
     };
     let vars = Vars {
         email: "reader@example.org",
@@ -165,6 +172,7 @@ pub(crate) fn sample_context(source: &str) -> Value {
         unsubscribe_mailto: "mailto:unsubscribe@example.org?subject=sample",
         view_url: Some("https://example.org/v/sample"),
         date: "2026-01-06T09:00:00+01:00".into(),
+        preheader: "Sample preheader",
     };
     let mut ctx = context(&fixed, &vars, Some("Sample subject"));
     if let Value::Object(m) = &mut ctx {

@@ -41,6 +41,7 @@ fn campaign() -> CampaignTemplate {
         message_id_domain: "mail.example.org".into(),
         time_zone: chrono_tz::Europe::Berlin,
         transfer_encoding: TransferEncoding::EightBit,
+        postal_address: Some("Rundbrief GmbH, Domstraße 1, 50667 Köln".into()),
     }
 }
 
@@ -141,6 +142,7 @@ fn golden_html_in_operator_layout_base64_text_from_html() {
         content_kind: ContentKind::Html,
         layout,
         transfer_encoding: TransferEncoding::Base64,
+        postal_address: None,
         reply_to: None,
         ..campaign()
     };
@@ -422,7 +424,9 @@ fn recipient_values_that_cannot_be_encoded_are_rejected() {
         assert!(
             matches!(
                 err,
-                RenderError::Address { .. } | RenderError::HeaderValue { .. }
+                RenderError::Address { .. }
+                    | RenderError::HeaderValue { .. }
+                    | RenderError::ListId { .. }
             ),
             "{what}: {err}"
         );
@@ -482,7 +486,9 @@ fn campaign_settings_are_validated() {
         assert!(
             matches!(
                 err,
-                RenderError::Address { .. } | RenderError::HeaderValue { .. }
+                RenderError::Address { .. }
+                    | RenderError::HeaderValue { .. }
+                    | RenderError::ListId { .. }
             ),
             "{what}: {err}"
         );
@@ -774,4 +780,44 @@ fn generated_hostile_names_keep_the_header_set() {
             .unwrap_or_default();
         assert_eq!(to, vec!["anna@example.org"], "name {name:?}");
     }
+}
+
+/// Issue #20 points 8 and 9: preheader (first paragraph, or front matter),
+/// postal address and list name in the footer, the "-- " signature
+/// separator, and a dark-mode variant.
+#[test]
+fn issue_20_shipped_layout_footer_preheader_and_dark_mode() {
+    let raw = render(campaign(), &recipient()).expect("renders");
+    let msg = MessageParser::default().parse(&raw).expect("parses");
+    let text = msg.body_text(0).expect("text");
+    assert!(
+        text.contains("\r\n-- \r\n"),
+        "signature separator: {text:?}"
+    );
+    assert!(text.contains("Rundbrief GmbH, Domstraße 1, 50667 Köln"));
+    let html = msg.body_html(0).expect("html");
+    assert!(html.contains("@media (prefers-color-scheme: dark)"));
+    assert!(html.contains("<meta name=\"color-scheme\" content=\"light dark\">"));
+    assert!(html.contains("subscribed to Rundbrief News."));
+    assert!(html.contains(">Rundbrief GmbH, Domstraße 1, 50667 Köln</p>"));
+    let pre = html.find("class=\"preheader\"").expect("preheader");
+    assert!(
+        html[pre..].contains(">Hello Anna Müller, here is the news from Köln."),
+        "{html}"
+    );
+
+    let c = CampaignTemplate {
+        content: format!(
+            "---\npreheader: Neues für {{{{default subscriber.attributes.city \"dich\"}}}}\n---\n{MARKDOWN}"
+        ),
+        postal_address: None,
+        ..campaign()
+    };
+    let raw = render(c, &recipient()).expect("renders");
+    let msg = MessageParser::default().parse(&raw).expect("parses");
+    let html = msg.body_html(0).expect("html");
+    assert!(html.contains("class=\"preheader\""));
+    assert!(html.contains(">Neues für Köln"), "{html}");
+    assert!(!html.contains("preheader:"), "front matter leaked: {html}");
+    assert!(!html.contains("Domstraße"));
 }

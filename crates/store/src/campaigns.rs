@@ -313,6 +313,8 @@ pub struct CampaignContent {
     pub first_list_id: Option<Uuid>,
     /// Its lists' ids, in the order of `campaign.lists` (by name).
     pub list_ids: Vec<Uuid>,
+    /// Its lists' List-Id labels, in the same order.
+    pub list_labels: Vec<rundbrief_core::ListLabel>,
     /// The time zone of its schedule (`campaign schedule --tz`), for the
     /// `date` its templates see; None: UTC.
     pub tz: Option<String>,
@@ -396,9 +398,10 @@ impl Store {
         struct L {
             id: Uuid,
             name: String,
+            label: Option<String>,
         }
         let lists = L::find_by_statement(self.stmt(
-            "SELECT l.id, l.name FROM lists l JOIN campaign_lists cl ON cl.list_id = l.id WHERE cl.campaign_id = ? ORDER BY l.name",
+            "SELECT l.id, l.name, l.label FROM lists l JOIN campaign_lists cl ON cl.list_id = l.id WHERE cl.campaign_id = ? ORDER BY l.name",
             vec![c.id.into()],
         ))
         .all(&self.db)
@@ -407,6 +410,10 @@ impl Store {
         Ok(CampaignContent {
             first_list_id: lists.first().map(|l| l.id),
             list_ids: lists.iter().map(|l| l.id).collect(),
+            list_labels: lists
+                .iter()
+                .map(|l| crate::lists::stored_label(l.id, &l.name, l.label.as_deref()))
+                .collect(),
             tz: c.tz,
             campaign: Campaign {
                 id: c.id,

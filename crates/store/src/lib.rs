@@ -63,6 +63,21 @@ pub enum StoreError {
     /// `list create` with a name that exists.
     #[error("a list named `{0}` already exists")]
     ListExists(String),
+    /// The list's name gives no List-Id label and none was given, or the
+    /// label given is not one.
+    #[error(transparent)]
+    ListLabel(#[from] rundbrief_core::ListLabelError),
+    /// Another list has that List-Id label already.
+    #[error(
+        "the List-Id label `{label}` belongs to the list `{other}` already: give this list \
+         another with --label"
+    )]
+    ListLabelTaken {
+        /// The label.
+        label: String,
+        /// The list that has it.
+        other: String,
+    },
     /// No list by that name.
     #[error("there is no list named `{0}`")]
     ListNotFound(String),

@@ -3,7 +3,8 @@
 use crate::{Doing, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use rundbrief_core::{
-    Actor, AuditAction, List, ListCounts, ListSummary, MembershipStatus, SubscriberStatus,
+    Actor, AuditAction, List, ListCounts, ListLabel, ListSummary, MembershipStatus,
+    SubscriberStatus,
 };
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use std::collections::HashMap;
@@ -13,14 +14,27 @@ use uuid::Uuid;
 struct ListRow {
     id: Uuid,
     name: String,
+    label: Option<String>,
     description: Option<String>,
     created_at: DateTime<Utc>,
     public: bool,
 }
 
+/// A stored label; migration m20261202_000007 gave every list one, so the
+/// fallback (the one that migration uses for names that give none) only
+/// covers a row written around the store.
+pub(crate) fn stored_label(id: Uuid, name: &str, label: Option<&str>) -> ListLabel {
+    label
+        .and_then(|l| ListLabel::parse(l).ok())
+        .or_else(|| ListLabel::derive(name).ok())
+        .or_else(|| ListLabel::parse(&format!("list-{}", &id.simple().to_string()[..8])).ok())
+        .expect("list- and 8 hex digits is a valid label")
+}
+
 impl From<ListRow> for List {
     fn from(r: ListRow) -> List {
         List {
+            label: stored_label(r.id, &r.name, r.label.as_deref()),
             id: r.id,
             name: r.name,
             description: r.description,
@@ -68,20 +82,58 @@ fn add_count(counts: &mut ListCounts, effective: &str, n: u64) -> Result<()> {
 }
 
 impl Store {
-    /// Creates a list.
+    /// Creates a list; its List-Id label is derived from the name
+    /// ([`ListLabel::derive`]).
     ///
     /// # Errors
-    /// [`StoreError::ListExists`] when the name is taken.
+    /// [`StoreError::ListExists`] when the name is taken,
+    /// [`StoreError::ListLabel`] when the name gives no label (say what to
+    /// do: [`Store::create_list_labelled`] with one), [`StoreError::ListLabelTaken`].
     pub async fn create_list(&self, name: &str, description: Option<&str>) -> Result<List> {
+        self.create_list_labelled(name, None, description).await
+    }
+
+    /// Creates a list with the List-Id label `label`, or the one its name
+    /// gives when `None`.
+    ///
+    /// # Errors
+    /// As [`Store::create_list`].
+    pub async fn create_list_labelled(
+        &self,
+        name: &str,
+        label: Option<&ListLabel>,
+        description: Option<&str>,
+    ) -> Result<List> {
         if self.find_list(name).await?.is_some() {
             return Err(StoreError::ListExists(name.to_string()));
+        }
+        let label = match label {
+            Some(l) => l.clone(),
+            None => ListLabel::derive(name)?,
+        };
+        #[derive(FromQueryResult)]
+        struct Holder {
+            name: String,
+        }
+        if let Some(h) = Holder::find_by_statement(self.stmt(
+            "SELECT name FROM lists WHERE label = ?",
+            vec![label.as_str().into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("looking up a list label")?
+        {
+            return Err(StoreError::ListLabelTaken {
+                label: label.to_string(),
+                other: h.name,
+            });
         }
         let now = Utc::now();
         let id = Uuid::now_v7();
         self.db
             .execute_raw(self.stmt(
-                "INSERT INTO lists (id, name, description, created_at, updated_at, public) VALUES (?, ?, ?, ?, ?, ?)",
-                vec![id.into(), name.into(), description.map(str::to_string).into(), now.into(), now.into(), false.into()],
+                "INSERT INTO lists (id, name, label, description, created_at, updated_at, public) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                vec![id.into(), name.into(), label.as_str().into(), description.map(str::to_string).into(), now.into(), now.into(), false.into()],
             ))
             .await
             .map_err(|e| match e.sql_err() {
@@ -91,6 +143,7 @@ impl Store {
         Ok(List {
             id,
             name: name.to_string(),
+            label,
             description: description.map(str::to_string),
             created_at: now,
             public: false,
@@ -121,7 +174,7 @@ impl Store {
     /// The list called `name`, if any.
     pub async fn find_list(&self, name: &str) -> Result<Option<List>> {
         let row = ListRow::find_by_statement(self.stmt(
-            "SELECT id, name, description, created_at, public FROM lists WHERE name = ?",
+            "SELECT id, name, label, description, created_at, public FROM lists WHERE name = ?",
             vec![name.into()],
         ))
         .one(&self.db)
@@ -143,7 +196,7 @@ impl Store {
     /// Every list with its counts by effective status, ordered by name.
     pub async fn list_summaries(&self) -> Result<Vec<ListSummary>> {
         let lists = ListRow::find_by_statement(self.stmt(
-            "SELECT id, name, description, created_at, public FROM lists ORDER BY name",
+            "SELECT id, name, label, description, created_at, public FROM lists ORDER BY name",
             vec![],
         ))
         .all(&self.db)

@@ -71,8 +71,6 @@ pub fn build(cfg: &Config, a: &DnsRecordsArgs) -> anyhow::Result<Vec<Record>> {
         .dmarc_rua
         .clone()
         .unwrap_or_else(|| format!("dmarc-reports@{from_domain}"));
-    let dkim = signer.dns_record();
-    let dkim_aligned = rundbrief_app::preflight::aligned(&from_domain, signer.domain());
     let spf_aligned = rundbrief_app::preflight::aligned(&from_domain, bounce_domain);
 
     let spf_from = Record {
@@ -89,32 +87,37 @@ pub fn build(cfg: &Config, a: &DnsRecordsArgs) -> anyhow::Result<Vec<Record>> {
     if from_domain != bounce_domain {
         records.push(spf_from);
     }
-    records.extend([
-        Record {
+    // One TXT record per key (RSA and Ed25519 when dual-signing).
+    for key in signer.keys() {
+        let dkim = key.dns_record();
+        let aligned = rundbrief_app::preflight::aligned(&from_domain, key.domain());
+        records.push(Record {
             name: dkim.name.clone(),
             kind: "TXT",
             value: dkim.value.clone(),
             why: format!(
                 "DKIM: the public key receivers check every message's signature with \
                  ({} key from {}, selector {}). {}",
-                signer.algorithm(),
-                signer.key_file().display(),
-                signer.selector(),
-                if dkim_aligned {
+                key.algorithm(),
+                key.key_file().display(),
+                key.selector(),
+                if aligned {
                     format!(
                         "d={} aligns with the From domain {from_domain}, so this signature \
                          passes DMARC.",
-                        signer.domain()
+                        key.domain()
                     )
                 } else {
                     format!(
                         "Warning: d={} does not align with the From domain {from_domain}; \
                          DMARC will not count this signature (set dkim.domain to {from_domain}).",
-                        signer.domain()
+                        key.domain()
                     )
                 }
             ),
-        },
+        });
+    }
+    records.extend([
         Record {
             name: format!("_dmarc.{from_domain}"),
             kind: "TXT",

@@ -8,17 +8,25 @@ use std::process::ExitCode;
 
 pub async fn run(store: &Store, cmd: &ListCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        ListCmd::Create { name, description } => {
+        ListCmd::Create {
+            name,
+            description,
+            label,
+        } => {
             if name.trim().is_empty() || name.chars().any(char::is_control) {
                 anyhow::bail!("a list name must be non-empty and printable");
             }
+            let label = label
+                .as_deref()
+                .map(rundbrief_core::ListLabel::parse)
+                .transpose()?;
             let list = store
-                .create_list(name.trim(), description.as_deref())
+                .create_list_labelled(name.trim(), label.as_ref(), description.as_deref())
                 .await?;
             if json {
                 output::json(&list)?;
             } else {
-                println!("created list {}", list.name);
+                println!("created list {} (List-Id label {})", list.name, list.label);
             }
         }
         ListCmd::Ls => {

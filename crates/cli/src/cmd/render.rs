@@ -59,6 +59,7 @@ pub async fn render(app: &App, a: &RenderArgs) -> anyhow::Result<ExitCode> {
     let store = &app.store;
     let content = std::fs::read_to_string(&a.content)
         .with_context(|| format!("cannot read {}", a.content.display()))?;
+    let list = store.find_list(&a.list).await?;
     let prepared = prepare(
         &app.config,
         CampaignSpec {
@@ -68,16 +69,20 @@ pub async fn render(app: &App, a: &RenderArgs) -> anyhow::Result<ExitCode> {
             layout: a.layout.as_deref(),
             from: a.from.clone(),
             list_name: &a.list,
+            list_label: list.as_ref().map(|l| &l.label),
             campaign_id: "preview",
             tz: &a.tz,
         },
     )
-    .with_context(|| format!("{}", a.content.display()))?;
+    // A List-Id error is the list's: it names the list, not the content.
+    .map_err(|e| match e.find::<rundbrief_render::RenderError>() {
+        Some(rundbrief_render::RenderError::ListId { .. }) => anyhow::Error::from(e),
+        _ => anyhow::Error::from(e).context(a.content.display().to_string()),
+    })?;
 
     // A subscriber in the store brings their own data and a real token.
     let addr = address(&a.to)?;
     let detail = store.subscriber_detail(&addr).await.ok();
-    let list = store.find_list(&a.list).await?;
     let (name, attributes, ids) = match (&detail, &list) {
         (Some(d), Some(l)) => (
             d.subscriber.name.clone(),
