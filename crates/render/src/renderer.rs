@@ -95,6 +95,8 @@ pub struct Renderer {
     encoding: TransferEncoding,
     html_source: String,
     text_source: String,
+    /// Whether the "subject had a line break" warning was logged.
+    warned_subject: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -196,6 +198,7 @@ impl Renderer {
             encoding: c.transfer_encoding,
             html_source,
             text_source,
+            warned_subject: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -276,7 +279,29 @@ impl Renderer {
             256,
         )?;
         // A subject read from a file ends with a newline; it is no part of the subject.
-        let subject = subject.trim().to_owned();
+        let subject = subject.trim();
+        // A line break that came from subscriber data (an attribute in the
+        // subject template) is folded to a space: a subject is one line, and
+        // readers would see it broken (#21). Said once per campaign.
+        let subject = if subject.contains(|c: char| c.is_control()) {
+            if !self
+                .warned_subject
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    "a rendered subject contained a line break or another control character \
+                     (from subscriber data?); it is sent with a space instead"
+                );
+            }
+            subject
+                .split(|c: char| c.is_control())
+                .filter(|p| !p.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            subject.to_owned()
+        };
         if let Some(Value::Object(c)) = ctx.get_mut("campaign") {
             c.insert("subject".into(), Value::String(subject.clone()));
         }

@@ -821,3 +821,26 @@ fn issue_20_shipped_layout_footer_preheader_and_dark_mode() {
     assert!(!html.contains("preheader:"), "front matter leaked: {html}");
     assert!(!html.contains("Domstraße"));
 }
+
+/// #21: a line break that reaches the subject from subscriber data is folded
+/// to a space: the subject stays one line, for the reader and for parsers.
+#[test]
+fn a_line_break_from_an_attribute_becomes_a_space_in_the_subject() {
+    let mut r = recipient();
+    r.attributes
+        .insert("city".into(), json!("Köln\r\nBcc: victim@example.net\n"));
+    let bytes = render(campaign(), &r).expect("renders");
+    let text = String::from_utf8_lossy(&bytes);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        !head.lines().any(|l| l.starts_with("Bcc:")),
+        "a header line came from the attribute:\n{head}"
+    );
+    let msg = mail_parser::MessageParser::default()
+        .parse(&bytes)
+        .expect("parses");
+    assert_eq!(
+        msg.subject(),
+        Some("News for Köln Bcc: victim@example.net – Ausgabe 12")
+    );
+}
