@@ -227,7 +227,7 @@ pub fn prepare_stored(
         CampaignSpec {
             subject: &c.campaign.subject,
             content: c.content.clone(),
-            content_kind: content_kind(c)?,
+            content_kind: c.content_kind,
             layout: c.layout.as_deref().map(Path::new),
             from: c.from.clone(),
             list_name,
@@ -236,19 +236,6 @@ pub fn prepare_stored(
             tz: c.tz.as_deref().unwrap_or("UTC"),
         },
     )
-}
-
-/// The stored campaign's content kind, read into the enum at the boundary.
-///
-/// # Errors
-/// A word the code does not know (a corrupt row).
-pub fn content_kind(c: &CampaignContent) -> Result<ContentKind> {
-    c.content_kind.parse().map_err(|e| {
-        AppError::wrap(crate::ErrorKind::Unavailable, e).context(format!(
-            "campaign `{}`: stored content kind",
-            c.campaign.name
-        ))
-    })
 }
 
 /// A stored campaign compiled for its first list (preview, edit check).

@@ -8,7 +8,7 @@ use crate::campaigns::{Prepared, check_preflight, prepare_first, prepare_stored}
 use crate::error::{AppError, Result};
 use crate::{App, Observer};
 use rundbrief_core::{CampaignState, Config, DeliveryState};
-use rundbrief_scheduler::{Ended, Hooks, RetryPolicy, RunConfig, Runner};
+use rundbrief_scheduler::{Ended, HookError, Hooks, RetryPolicy, RunConfig, Runner};
 use rundbrief_sender::{SendError, Sender, Transport};
 use rundbrief_store::{CampaignContent, PendingDelivery};
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl CampaignHooks {
 
 #[async_trait::async_trait]
 impl Hooks for CampaignHooks {
-    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String> {
+    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, HookError> {
         let (list_id, prepared) = d
             .list_id
             .and_then(|l| self.prepared.iter().find(|(id, _)| *id == l))
@@ -154,16 +154,18 @@ impl Hooks for CampaignHooks {
         let bytes = prepared
             .renderer
             .render(&recipient, self.clock.now())
-            .map_err(|e| e.without_recipient())?;
+            .map_err(|e| HookError::Render(e.without_recipient()))?;
         // A message that cannot be signed is not sent unsigned: the
         // delivery fails with the reason (the same rule as confirmation mails).
         match &self.dkim {
-            Some(signer) => signer.sign(&bytes).map_err(|e| format!("DKIM: {e}")),
+            Some(signer) => signer
+                .sign(&bytes)
+                .map_err(|e| HookError::Sign(e.to_string())),
             None => Ok(bytes),
         }
     }
 
-    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), String> {
+    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), HookError> {
         // A 5xx at RCPT or DATA is a synchronous bounce: same
         // classification and scoring as a DSN.
         let Some(reply) = error.reply() else {
@@ -188,7 +190,7 @@ impl Hooks for CampaignHooks {
             .store
             .delivery_target(d.delivery_id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| HookError::Policy(e.to_string()))?;
         if let Some(target) = target {
             self.bounces
                 .apply(
@@ -211,7 +213,7 @@ impl Hooks for CampaignHooks {
                     if let Some(c) = std::error::Error::source(&e) {
                         s.push_str(&format!(": {c}"));
                     }
-                    s
+                    HookError::Policy(s)
                 })?;
         }
         Ok(())
@@ -410,7 +412,7 @@ impl App {
         let body = runner
             .hooks
             .render(&d)
-            .map_err(|e| AppError::invalid(format!("render: {e}")))?;
+            .map_err(|e| AppError::invalid(e.to_string()))?;
         let mut message = b"X-Rundbrief-Test: yes\r\n".to_vec();
         message.extend_from_slice(&body);
         let outcome = runner

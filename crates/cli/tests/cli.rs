@@ -810,7 +810,7 @@ fn campaign_with_deliveries(e: &Env, name: &str) -> Vec<rundbrief_store::Deliver
                 lists: vec!["news".into()],
                 subject: "s".into(),
                 content: "c".into(),
-                content_kind: "markdown".into(),
+                content_kind: rundbrief_core::ContentKind::Markdown,
                 layout: None,
                 from: None,
                 relay: None,

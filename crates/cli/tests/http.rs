@@ -85,7 +85,7 @@ fn deliveries(e: &Env) -> Vec<(uuid::Uuid, String)> {
                 lists: vec!["news".into()],
                 subject: "s".into(),
                 content: "c".into(),
-                content_kind: "markdown".into(),
+                content_kind: rundbrief_core::ContentKind::Markdown,
                 layout: None,
                 from: None,
                 relay: None,

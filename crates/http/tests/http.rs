@@ -562,7 +562,7 @@ async fn subscribe_mail_confirm_end_to_end_without_enumeration() {
         lists: vec!["news".into()],
         subject: "s".into(),
         content: "c".into(),
-        content_kind: "markdown".into(),
+        content_kind: rundbrief_core::ContentKind::Markdown,
         layout: None,
         from: None,
         relay: None,

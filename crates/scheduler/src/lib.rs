@@ -18,5 +18,5 @@ pub mod tick;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use retry::{Retry, RetryPolicy};
-pub use run::{Ended, Hooks, RunConfig, RunError, RunReport, Runner};
+pub use run::{Ended, HookError, Hooks, RunConfig, RunError, RunReport, Runner};
 pub use schedule::{Recurrence, ScheduleError, Window, parse_at, parse_tz};

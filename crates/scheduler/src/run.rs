@@ -31,15 +31,34 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// that is not full.
 const RECORD_LINGER: Duration = Duration::from_millis(5);
 
+/// Why a hook could not do its part. The `Display` is what the delivery
+/// records as its reason (`render: …`, `DKIM: …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// The message could not be built from the campaign's templates for
+    /// this recipient (the message says what, without the address, so the
+    /// same failure reads the same for every recipient).
+    #[error("render: {0}")]
+    Render(String),
+    /// The built message could not be DKIM-signed: it is not sent unsigned.
+    #[error("DKIM: {0}")]
+    Sign(String),
+    /// The bounce policy could not be applied to a synchronous bounce.
+    #[error("bounce policy: {0}")]
+    Policy(String),
+}
+
 /// What the caller supplies per campaign: the renderer and what happens
 /// after a synchronous bounce. Keeps templates and bounce policy out of
 /// this crate.
 #[async_trait::async_trait]
 pub trait Hooks: Send + Sync {
-    /// The complete message for one delivery, or why it cannot be built.
-    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String>;
+    /// The complete message for one delivery, or why it cannot be built
+    /// (the delivery then fails with that reason).
+    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, HookError>;
     /// A 5xx at RCPT or DATA: classify and score it like a bounce.
-    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), String>;
+    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), HookError>;
     /// Every outcome, for metrics: recipient domain, final state, send time.
     fn observe(&self, _domain: &str, _state: DeliveryState, _latency: Duration) {}
 }
@@ -129,7 +148,7 @@ pub enum RunError {
     Task(String),
 }
 
-type Sent = (PendingDelivery, Result<Outcome, String>, Duration);
+type Sent = (PendingDelivery, Result<Outcome, HookError>, Duration);
 
 /// Sends in flight and the recorder their outcomes go to, across batches.
 struct Flight {
@@ -593,11 +612,7 @@ impl Runner {
         let (d, outcome, latency) = joined.map_err(|e| RunError::Task(e.to_string()))?;
         let now = self.clock.now();
         let (state, error, next) = match &outcome {
-            Err(render_error) => (
-                DeliveryState::Failed,
-                Some(format!("render: {render_error}")),
-                None,
-            ),
+            Err(hook_error) => (DeliveryState::Failed, Some(hook_error.to_string()), None),
             Ok(Outcome::Sent { .. }) => (DeliveryState::Sent, None, None),
             Ok(Outcome::Rejected { error }) => {
                 (DeliveryState::Rejected, Some(error.to_string()), None)

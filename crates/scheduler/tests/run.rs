@@ -8,7 +8,7 @@ mod common;
 
 use chrono::{Duration, TimeZone, Utc};
 use rundbrief_core::CampaignState;
-use rundbrief_scheduler::{Clock, Ended, Hooks, ManualClock, RunConfig, Runner};
+use rundbrief_scheduler::{Clock, Ended, HookError, Hooks, ManualClock, RunConfig, Runner};
 use rundbrief_sender::throttle::{Limits, Throttle};
 use rundbrief_sender::{SendError, SmtpStep, StubTransport, Transport};
 use rundbrief_store::{PendingDelivery, Schedule, Store};
@@ -23,10 +23,10 @@ struct TestHooks {
 
 #[async_trait::async_trait]
 impl Hooks for TestHooks {
-    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, String> {
+    fn render(&self, d: &PendingDelivery) -> Result<Vec<u8>, HookError> {
         Ok(format!("To: {}\r\nSubject: t\r\n\r\nhello\r\n", d.email).into_bytes())
     }
-    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), String> {
+    async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), HookError> {
         let code = error.reply().map_or(0, |r| r.code);
         self.rejected.lock().unwrap().push((d.email.clone(), code));
         Ok(())

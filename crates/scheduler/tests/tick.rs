@@ -33,7 +33,7 @@ async fn draft(s: &Store, name: &str) -> uuid::Uuid {
         lists: vec!["news".into()],
         subject: "s".into(),
         content: "c".into(),
-        content_kind: "markdown".into(),
+        content_kind: rundbrief_core::ContentKind::Markdown,
         layout: None,
         from: None,
         relay: None,

@@ -34,7 +34,7 @@ pub struct DeliveryOutcome {
 pub struct CampaignEdit {
     pub subject: Option<String>,
     pub content: Option<String>,
-    pub content_kind: Option<String>,
+    pub content_kind: Option<rundbrief_core::ContentKind>,
     pub layout: Option<String>,
     pub from: Option<String>,
     pub relay: Option<String>,
@@ -767,10 +767,11 @@ impl Store {
         }
         let mut sets = Vec::new();
         let mut values: Vec<Value> = Vec::new();
+        let kind = e.content_kind.map(|k| k.as_str().to_string());
         for (col, v) in [
             ("subject", &e.subject),
             ("content", &e.content),
-            ("content_kind", &e.content_kind),
+            ("content_kind", &kind),
             ("layout", &e.layout),
             ("from_addr", &e.from),
             ("relay", &e.relay),

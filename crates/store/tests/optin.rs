@@ -25,7 +25,7 @@ fn campaign(name: &str) -> NewCampaign {
         lists: vec!["news".into()],
         subject: "s".into(),
         content: "c".into(),
-        content_kind: "markdown".into(),
+        content_kind: rundbrief_core::ContentKind::Markdown,
         layout: None,
         from: None,
         relay: None,

@@ -967,7 +967,7 @@ async fn campaigns_materialise_each_eligible_recipient_once() {
             lists: lists.iter().map(|l| l.to_string()).collect(),
             subject: "s".into(),
             content: "c".into(),
-            content_kind: "markdown".into(),
+            content_kind: rundbrief_core::ContentKind::Markdown,
             layout: None,
             from: None,
             relay: None,

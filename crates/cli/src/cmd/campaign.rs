@@ -44,7 +44,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                     lists: lists.clone(),
                     subject: subject.clone(),
                     content: text,
-                    content_kind: kind.as_str().into(),
+                    content_kind: kind,
                     layout: layout.as_ref().map(|p| p.display().to_string()),
                     from: from.clone(),
                     relay: relay.clone(),
@@ -186,7 +186,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             let (text, kind) = match content {
                 Some(path) => {
                     let (text, kind) = read_content(path)?;
-                    (Some(text), Some(kind.as_str().to_string()))
+                    (Some(text), Some(kind))
                 }
                 None => (None, None),
             };

@@ -366,7 +366,7 @@ async fn run_in(
                 lists: vec![LIST.into()],
                 subject: SUBJECT.into(),
                 content: CONTENT.into(),
-                content_kind: "markdown".into(),
+                content_kind: rundbrief_core::ContentKind::Markdown,
                 layout: None,
                 from: None,
                 relay: None,

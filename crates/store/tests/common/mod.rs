@@ -79,7 +79,7 @@ pub async fn campaign_to(
             lists: vec![list.into()],
             subject: "Hello {{subscriber.name}}".into(),
             content: "# News\n\nHello.".into(),
-            content_kind: "markdown".into(),
+            content_kind: rundbrief_core::ContentKind::Markdown,
             layout: None,
             from: None,
             relay: None,
