@@ -17,6 +17,7 @@ mod m20261128_000004_scheduler;
 mod m20261128_000005_ledger_index;
 mod m20261128_000006_bounce_counting;
 mod m20261202_000009_endpoint_and_holds;
+mod m20261202_000010_admin;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_ledger_index::Migration),
             Box::new(m20261128_000006_bounce_counting::Migration),
             Box::new(m20261202_000009_endpoint_and_holds::Migration),
+            Box::new(m20261202_000010_admin::Migration),
         ]
     }
 }

@@ -1,0 +1,540 @@
+//! The dashboard's pages, rendered on the server with maud (checked at
+//! compile time; every `(value)` is HTML-escaped). No JavaScript: actions
+//! are forms that carry the session's CSRF token. One stylesheet
+//! ([`STYLE`]) makes the pages readable from 375 px up, light or dark as the
+//! reader's system prefers.
+
+use crate::api::{change_state, status_of};
+use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE, Session};
+use crate::{AdminState, ClientAddr};
+use axum::Extension;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+use rundbrief_app::AppError;
+use rundbrief_core::{Address, CampaignState};
+use std::collections::HashMap;
+
+/// The stylesheet of every page (served as `/admin.css`: the CSP allows no
+/// inline style).
+pub const STYLE: &str = include_str!("admin.css");
+
+/// `GET /admin.css`.
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · rundbrief" }
+                link rel="stylesheet" href="/admin.css";
+            }
+            body {
+                header {
+                    nav {
+                        a href="/" class="brand" { "rundbrief" }
+                        @if let Some(s) = session {
+                            span class="who" { (s.admin) }
+                            form method="post" action="/logout" class="inline" {
+                                input type="hidden" name="csrf" value=(s.csrf);
+                                button type="submit" { "Log out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn html_response(status: StatusCode, m: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+fn error_page(status: StatusCode, session: Option<&Session>, message: &str) -> Response {
+    html_response(
+        status,
+        page(
+            "Error",
+            session,
+            html! { h1 { "Error" } p class="error" { (message) } p { a href="/" { "Back to the overview" } } },
+        ),
+    )
+}
+
+fn app_error_page(session: &Session, e: &AppError) -> Response {
+    let status =
+        StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!(error = crate::api::message(e), "dashboard request failed");
+    }
+    error_page(status, Some(session), &crate::api::message(e))
+}
+
+fn login_page(csrf: &str, message: Option<&str>) -> Markup {
+    page(
+        "Log in",
+        None,
+        html! {
+            h1 { "Log in" }
+            @if let Some(m) = message { p class="error" role="alert" { (m) } }
+            form method="post" action="/login" class="login" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="username" { "User name" }
+                input id="username" name="username" autocomplete="username" required autofocus;
+                label for="password" { "Password" }
+                input id="password" name="password" type="password" autocomplete="current-password" required;
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+/// `GET /login`: the form, with a fresh CSRF token in a cookie and the form
+/// (double submit: the login has no session to keep a token in yet).
+pub async fn login_form(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if state.0.sessions.get(&headers).is_some() {
+        return redirect("/");
+    }
+    login_with_token(&state, StatusCode::OK, None)
+}
+
+fn login_with_token(state: &AdminState, status: StatusCode, message: Option<&str>) -> Response {
+    let token = auth::random_hex(32);
+    let mut r = html_response(status, login_page(&token, message));
+    let cookie = auth::set_cookie(
+        LOGIN_COOKIE,
+        &token,
+        "/login",
+        Some(3600),
+        state.0.opts.secure_cookies,
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /login` (fields `username`, `password`, `csrf`): rate-limited per
+/// client and per name (429 with Retry-After), then the CSRF token, then the
+/// password. Success starts a session and goes to the overview.
+pub async fn login(
+    State(state): State<AdminState>,
+    Extension(ClientAddr(peer)): Extension<ClientAddr>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let (name, password) = (field("username").trim(), field("password"));
+    if let Err(wait) = state.0.limits.check(peer.ip(), name) {
+        tracing::warn!(%peer, name, "login attempts over the limit");
+        let mut r = login_with_token(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many login attempts: wait a minute and try again."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let expected = auth::cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !auth::same(expected, field("csrf")) {
+        return login_with_token(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some("The form expired: log in again."),
+        );
+    }
+    let stored = match state.app().store.admin_password_hash(name).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "reading an admin user");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "The database is unavailable.",
+            );
+        }
+    };
+    if !auth::check_login(stored, password.to_string()).await {
+        tracing::warn!(%peer, name, "failed login");
+        return login_with_token(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            Some("Wrong user name or password."),
+        );
+    }
+    let secure = state.0.opts.secure_cookies;
+    let ttl = state.0.opts.session_ttl;
+    let token = state.0.sessions.create(name, ttl);
+    tracing::info!(%peer, admin = name, "logged in");
+    let mut r = redirect("/");
+    for c in [
+        auth::set_cookie(SESSION_COOKIE, &token, "/", Some(ttl.as_secs()), secure),
+        auth::set_cookie(LOGIN_COOKIE, "", "/login", Some(0), secure),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+/// The session and its checked CSRF token for a state-changing form:
+/// 401 without a session, 403 with a wrong or missing token.
+#[allow(clippy::result_large_err)] // the error is the response, returned at once
+fn checked(
+    state: &AdminState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<Session, Response> {
+    let Some(s) = state.0.sessions.get(headers) else {
+        return Err(error_page(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "Your session has ended: log in again.",
+        ));
+    };
+    let given = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if !auth::same(&s.csrf, given) {
+        tracing::warn!(admin = s.admin, "a form without the session's CSRF token");
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            Some(&s),
+            "This form did not come from this session (CSRF token mismatch): reload the page and try again.",
+        ));
+    }
+    Ok(s)
+}
+
+/// `POST /logout` (CSRF-checked).
+pub async fn logout(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = checked(&state, &headers, &form) {
+        return r;
+    }
+    state.0.sessions.remove(&headers);
+    let mut r = redirect("/login");
+    let c = auth::set_cookie(
+        SESSION_COOKIE,
+        "",
+        "/",
+        Some(0),
+        state.0.opts.secure_cookies,
+    );
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Deliveries done (not pending) and the total.
+fn progress(v: &serde_json::Value) -> (u64, u64) {
+    let total = v["total"].as_u64().unwrap_or(0);
+    let pending = v["pending"].as_u64().unwrap_or(0);
+    (total.saturating_sub(pending), total)
+}
+
+fn percent(done: u64, total: u64) -> u64 {
+    (done * 100).checked_div(total).unwrap_or(0)
+}
+
+fn campaign_href(name: &str) -> String {
+    format!("/campaigns/{}", encode_segment(name))
+}
+
+/// A path segment, percent-encoded (a name may hold any printable character).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /`: lists with member counts, campaigns with state and progress.
+pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let Some(session) = state.0.sessions.get(&headers) else {
+        return redirect("/login");
+    };
+    let app = state.app();
+    let result: rundbrief_app::Result<_> = async {
+        let lists = app.store.list_summaries().await?;
+        let mut campaigns = Vec::new();
+        for c in app.store.campaigns().await? {
+            let counts = app.store.campaign_counts(c.id).await?;
+            campaigns.push((c, counts));
+        }
+        Ok((lists, campaigns))
+    }
+    .await;
+    let (lists, campaigns) = match result {
+        Ok(x) => x,
+        Err(e) => return app_error_page(&session, &e),
+    };
+    let body = html! {
+        h1 { "Overview" }
+        section {
+            h2 { "Lists" }
+            @if lists.is_empty() { p { "No lists yet: " code { "rundbrief list create NAME" } } }
+            @else {
+                div class="scroll" { table {
+                    thead { tr { th { "List" } th class="num" { "Subscribed" } th class="num" { "Unconfirmed" }
+                        th class="num" { "Unsubscribed" } th class="num" { "Bounced" } th class="num" { "Blocklisted" } } }
+                    tbody { @for l in &lists { tr {
+                        td { strong { (l.list.name) } @if let Some(d) = &l.list.description { br; small { (d) } } }
+                        td class="num" { (l.counts.subscribed) } td class="num" { (l.counts.unconfirmed) }
+                        td class="num" { (l.counts.unsubscribed) } td class="num" { (l.counts.bounced) }
+                        td class="num" { (l.counts.blocklisted) }
+                    } } }
+                } }
+            }
+        }
+        section {
+            h2 { "Campaigns" }
+            @if campaigns.is_empty() { p { "No campaigns yet: " code { "rundbrief campaign create" } } }
+            @else {
+                ul class="cards" { @for (c, n) in &campaigns {
+                    @let done = n.total.saturating_sub(n.pending);
+                    li class="card" {
+                        a href=(campaign_href(&c.name)) { strong { (c.name) } }
+                        " " span class={ "state " (c.state.as_str()) } { (c.state.as_str()) }
+                        p class="subject" { (c.subject) }
+                        p class="lists" { small { (c.lists.join(", ")) } }
+                        progress value=(done) max=(n.total.max(1)) { (percent(done, n.total)) "%" }
+                        small { (done) " of " (n.total) " done · " (n.sent) " sent · " (n.failed) " failed · " (n.bounced) " bounced" }
+                    }
+                } }
+            }
+        }
+    };
+    html_response(StatusCode::OK, page("Overview", Some(&session), body))
+}
+
+/// `GET /campaigns/{name}`: status, top errors, held prunes, pause and
+/// resume.
+pub async fn campaign(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = state.0.sessions.get(&headers) else {
+        return redirect("/login");
+    };
+    let app = state.app();
+    let result: rundbrief_app::Result<_> = async {
+        let c = app.store.campaign(&name).await?;
+        let v = status_of(&state, &name).await?;
+        let held: Vec<_> = app
+            .bounces()
+            .held(None)
+            .await?
+            .into_iter()
+            .filter(|p| p.campaign == c.campaign.name)
+            .collect();
+        Ok((c, v, held))
+    }
+    .await;
+    let (c, v, held) = match result {
+        Ok(x) => x,
+        Err(e) => return app_error_page(&session, &e),
+    };
+    let (done, total) = progress(&v);
+    let st = c.campaign.state;
+    let href = campaign_href(&c.campaign.name);
+    let counts = [
+        "total",
+        "sent",
+        "pending",
+        "sending",
+        "deferred",
+        "failed",
+        "bounced",
+        "rejected",
+        "held_prunes",
+    ];
+    let body = html! {
+        p { a href="/" { "← Overview" } }
+        h1 { (c.campaign.name) " " span class={ "state " (st.as_str()) } { (st.as_str()) } }
+        p class="subject" { (c.campaign.subject) }
+        p { small { "Lists: " (c.campaign.lists.join(", ")) } }
+        progress value=(done) max=(total.max(1)) { (percent(done, total)) "%" }
+        p { (percent(done, total)) "% done (" (done) " of " (total) ")"
+            @if let Some(r) = v["rate_per_s"].as_f64() { " · " (format!("{r:.1}")) " messages/s" }
+            @if let Some(eta) = v["eta_s"].as_u64() { " · about " (eta) " s left" } }
+        div class="actions" {
+            @if st.can_become(CampaignState::Paused) {
+                form method="post" action={ (href) "/pause" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Pause" }
+                }
+            }
+            @if st == CampaignState::Paused {
+                form method="post" action={ (href) "/resume" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Resume" }
+                }
+            }
+        }
+        section {
+            h2 { "Deliveries" }
+            dl class="counts" { @for k in counts {
+                div { dt { (k.replace('_', " ")) } dd { (v[k].as_u64().unwrap_or(0)) } }
+            } }
+        }
+        section {
+            h2 { "Top errors" }
+            @match v["errors"].as_array() {
+                Some(errs) if !errs.is_empty() => {
+                    div class="scroll" { table {
+                        thead { tr { th { "State" } th { "Error" } th class="num" { "Count" } } }
+                        tbody { @for e in errs { tr {
+                            td { (e["state"].as_str().unwrap_or("")) }
+                            td class="wrap" { (e["error"].as_str().unwrap_or("-")) }
+                            td class="num" { (e["count"].as_u64().unwrap_or(0)) }
+                        } } }
+                    } }
+                }
+                _ => { p { "None." } }
+            }
+        }
+        section {
+            h2 { "Held prunes" }
+            @if held.is_empty() { p { "None." } }
+            @else {
+                p { "Hard bounces from these domains look like a block; the subscribers stay until you decide ("
+                    code { "rundbrief bounce held release|discard" } ")." }
+                div class="scroll" { table {
+                    thead { tr { th { "Domain" } th { "Address" } th { "Reason" } } }
+                    tbody { @for p in &held { tr {
+                        td { (p.domain) } td class="wrap" { (p.email) } td class="wrap" { (p.reason) }
+                    } } }
+                } }
+            }
+        }
+    };
+    html_response(StatusCode::OK, page(&c.campaign.name, Some(&session), body))
+}
+
+async fn act(
+    state: AdminState,
+    name: String,
+    headers: HeaderMap,
+    form: HashMap<String, String>,
+    to: CampaignState,
+) -> Response {
+    let session = match checked(&state, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match change_state(&state, &session.admin, &name, to).await {
+        Ok(_) => {
+            let to = campaign_href(&name);
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Err(e) => app_error_page(&session, &e),
+    }
+}
+
+/// `POST /campaigns/{name}/pause` (session + CSRF).
+pub async fn pause(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    act(state, name, headers, form, CampaignState::Paused).await
+}
+
+/// `POST /campaigns/{name}/resume` (session + CSRF): running again;
+/// `rundbrief serve` sends it.
+pub async fn resume(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    act(state, name, headers, form, CampaignState::Running).await
+}
+
+/// `GET /subscribers/{email}`: status, memberships and the audit trail.
+pub async fn subscriber(
+    State(state): State<AdminState>,
+    Path(email): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = state.0.sessions.get(&headers) else {
+        return redirect("/login");
+    };
+    let d = match Address::parse(&email) {
+        Ok(a) => state
+            .app()
+            .store
+            .subscriber_detail(&a)
+            .await
+            .map_err(AppError::from),
+        Err(e) => Err(e.into()),
+    };
+    let d = match d {
+        Ok(d) => d,
+        Err(e) => return app_error_page(&session, &e),
+    };
+    let s = &d.subscriber;
+    let body = html! {
+        p { a href="/" { "← Overview" } }
+        h1 class="wrap" { (s.email) }
+        p { (s.name.as_deref().unwrap_or("")) " " span class={ "state " (s.status.as_str()) } { (s.status.as_str()) } }
+        section {
+            h2 { "Memberships" }
+            @if d.memberships.is_empty() { p { "None." } }
+            @else { ul { @for m in &d.memberships { li { (m.list) ": " (m.status.as_str()) } } } }
+        }
+        section {
+            h2 { "Audit trail" }
+            div class="scroll" { table {
+                thead { tr { th { "When" } th { "What" } th { "Who" } th { "Why" } } }
+                tbody { @for a in &d.audit { tr {
+                    td { (a.at.format("%Y-%m-%d %H:%M")) } td { (a.action.as_str()) }
+                    td { (a.actor.as_str()) } td class="wrap" { (a.reason) }
+                } } }
+            } }
+        }
+    };
+    html_response(StatusCode::OK, page(&s.email, Some(&session), body))
+}
