@@ -123,6 +123,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}", get(pages::campaign))
         .route("/campaigns/{name}/pause", post(pages::pause))
         .route("/campaigns/{name}/resume", post(pages::resume))
+        .route("/campaigns/{name}/held/release", post(pages::release_held))
+        .route("/campaigns/{name}/held/discard", post(pages::discard_held))
         .route("/subscribers/{email}", get(pages::subscriber))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/campaigns", get(api::campaigns))

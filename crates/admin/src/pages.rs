@@ -442,6 +442,18 @@ pub async fn campaign(
                         td { (p.domain) } td class="wrap" { (p.email) } td class="wrap" { (p.reason) }
                     } } }
                 } }
+                @for domain in held_domains(&held) {
+                    div class="actions" {
+                        span { "All held prunes of " strong { (domain) } ": " }
+                        @for (verb, label) in [("release", "Release (prune them)"), ("discard", "Discard (keep them)")] {
+                            form method="post" action={ (href) "/held/" (verb) } {
+                                input type="hidden" name="csrf" value=(session.csrf);
+                                input type="hidden" name="domain" value=(domain);
+                                button type="submit" { (label) }
+                            }
+                        }
+                    }
+                }
             }
         }
     };
@@ -537,4 +549,111 @@ pub async fn subscriber(
         }
     };
     html_response(StatusCode::OK, page(&s.email, Some(&session), body))
+}
+
+/// The domains of `held`, each once, in order.
+fn held_domains(held: &[rundbrief_store::DomainPrune]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in held {
+        if !out.contains(&p.domain.as_str()) {
+            out.push(&p.domain);
+        }
+    }
+    out
+}
+
+/// `POST /campaigns/{name}/held/release` (session + CSRF, field `domain`):
+/// applies every held prune of the domain (as `bounce held release
+/// --domain D`), audited with actor `admin` and the admin's name.
+pub async fn release_held(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    decide_held(state, name, headers, form, true).await
+}
+
+/// `POST /campaigns/{name}/held/discard` (session + CSRF, field `domain`):
+/// drops every held prune of the domain; the subscribers stay.
+pub async fn discard_held(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    decide_held(state, name, headers, form, false).await
+}
+
+async fn decide_held(
+    state: AdminState,
+    name: String,
+    headers: HeaderMap,
+    form: HashMap<String, String>,
+    release: bool,
+) -> Response {
+    let session = match checked(&state, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let domain = form
+        .get("domain")
+        .map(|d| d.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if domain.is_empty() {
+        return error_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&session),
+            "Name the domain.",
+        );
+    }
+    let result: rundbrief_app::Result<usize> = async {
+        let app = state.app();
+        if release {
+            // As `Bounces::release_held`, with the admin as the actor.
+            let released = app
+                .store
+                .decide_held(Some(&domain), rundbrief_store::PruneState::Released)
+                .await?;
+            let bounces = app.bounces();
+            for p in &released {
+                let addr = Address::parse(&p.email)?;
+                let why = format!(
+                    "{}; held prune released by admin {}",
+                    p.reason, session.admin
+                );
+                bounces
+                    .prune(&addr, rundbrief_core::Actor::Admin, &why)
+                    .await?;
+            }
+            Ok(released.len())
+        } else {
+            Ok(app.bounces().discard_held(Some(&domain)).await?.len())
+        }
+    }
+    .await;
+    match result {
+        Ok(n) => {
+            let verb = if release {
+                "held-release"
+            } else {
+                "held-discard"
+            };
+            state
+                .audit(
+                    &session.admin,
+                    verb,
+                    &domain,
+                    &format!("{n} prune(s), from campaign {name}"),
+                )
+                .await;
+            let to = campaign_href(&name);
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Err(e) => app_error_page(&session, &e),
+    }
 }

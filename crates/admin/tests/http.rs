@@ -766,3 +766,115 @@ async fn brute_force_logins_are_slowed_with_429() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_prunes_are_released_or_discarded_by_the_admin() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let spring = store.campaign("spring").await.unwrap().campaign.id;
+        for email in ["bob@blocked.example", "cid@other.example"] {
+            let addr = Address::parse(email).unwrap();
+            store
+                .add_subscriber(
+                    &addr,
+                    "news",
+                    None,
+                    Default::default(),
+                    false,
+                    Actor::Cli,
+                    "test",
+                )
+                .await
+                .unwrap();
+            let id = store.subscriber_detail(&addr).await.unwrap().subscriber.id;
+            store
+                .record_domain_prune(&rundbrief_store::NewDomainPrune {
+                    campaign_id: spring,
+                    domain: email.split('@').nth(1).unwrap(),
+                    subscriber_id: id,
+                    email,
+                    reason: "bounce 1: hard 5.1.1 (rule x)",
+                    state: rundbrief_store::PruneState::Held,
+                    at: chrono_now(),
+                })
+                .await
+                .unwrap();
+        }
+        let session = login(p).await;
+        let page = request(p, "GET", "/campaigns/spring", &[("Cookie", &session)], "").await;
+        assert!(page.body.contains("blocked.example") && page.body.contains("/held/release"));
+        let token = page.csrf();
+        let status = |email: &'static str| async move {
+            let d = store
+                .subscriber_detail(&Address::parse(email).unwrap())
+                .await
+                .unwrap();
+            (d.subscriber.status.as_str().to_string(), d.audit)
+        };
+
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/held/release",
+            &[("Cookie", &session)],
+            &form(&[("csrf", "forged"), ("domain", "blocked.example")]),
+        )
+        .await;
+        assert_eq!(r.status, 403);
+        assert_eq!(status("bob@blocked.example").await.0, "active");
+
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/held/release",
+            &[("Cookie", &session)],
+            &form(&[("csrf", &token), ("domain", "blocked.example")]),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let (st, audit) = status("bob@blocked.example").await;
+        assert_eq!(st, "bounced");
+        let last = audit.last().unwrap();
+        assert_eq!(last.actor, Actor::Admin);
+        assert!(
+            last.reason.contains("released by admin ann"),
+            "{}",
+            last.reason
+        );
+
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/held/discard",
+            &[("Cookie", &session)],
+            &form(&[("csrf", &token), ("domain", "other.example")]),
+        )
+        .await;
+        assert_eq!(r.status, 303);
+        assert_eq!(status("cid@other.example").await.0, "active");
+        assert!(s.app.bounces().held(None).await.unwrap().is_empty());
+        let actions: Vec<_> = store
+            .admin_actions(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.actor, a.action, a.target))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("ann".into(), "held-discard".into(), "other.example".into()),
+                (
+                    "ann".into(),
+                    "held-release".into(),
+                    "blocked.example".into()
+                ),
+            ]
+        );
+    }
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
