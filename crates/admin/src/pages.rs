@@ -310,15 +310,18 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
             h2 { "Lists" }
             @if lists.is_empty() { p { "No lists yet: " code { "rundbrief list create NAME" } } }
             @else {
-                div class="scroll" { table {
-                    thead { tr { th { "List" } th class="num" { "Subscribed" } th class="num" { "Unconfirmed" }
-                        th class="num" { "Unsubscribed" } th class="num" { "Bounced" } th class="num" { "Blocklisted" } } }
-                    tbody { @for l in &lists { tr {
-                        td { strong { (l.list.name) } @if let Some(d) = &l.list.description { br; small { (d) } } }
-                        td class="num" { (l.counts.subscribed) } td class="num" { (l.counts.unconfirmed) }
-                        td class="num" { (l.counts.unsubscribed) } td class="num" { (l.counts.bounced) }
-                        td class="num" { (l.counts.blocklisted) }
-                    } } }
+                ul class="cards" { @for l in &lists {
+                    li class="card" {
+                        strong { (l.list.name) }
+                        @if let Some(d) = &l.list.description { p class="subject" { (d) } }
+                        p class="counts-line" {
+                            strong { (l.counts.subscribed) } " subscribed · "
+                            (l.counts.unconfirmed) " unconfirmed · "
+                            (l.counts.unsubscribed) " unsubscribed · "
+                            (l.counts.bounced) " bounced · "
+                            (l.counts.blocklisted) " blocklisted"
+                        }
+                    }
                 } }
             }
         }
