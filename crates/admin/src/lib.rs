@@ -125,6 +125,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}/resume", post(pages::resume))
         .route("/campaigns/{name}/held/release", post(pages::release_held))
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
+        .route("/subscribers", get(pages::find_subscriber))
         .route("/subscribers/{email}", get(pages::subscriber))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/campaigns", get(api::campaigns))

@@ -306,6 +306,11 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
     };
     let body = html! {
         h1 { "Overview" }
+        form method="get" action="/subscribers" class="search" role="search" {
+            label for="email" { "Find a subscriber" }
+            input id="email" name="email" type="email" placeholder="name@example.org" required;
+            button type="submit" { "Show" }
+        }
         section {
             h2 { "Lists" }
             @if lists.is_empty() { p { "No lists yet: " code { "rundbrief list create NAME" } } }
@@ -442,7 +447,9 @@ pub async fn campaign(
                 div class="scroll" { table {
                     thead { tr { th { "Domain" } th { "Address" } th { "Reason" } } }
                     tbody { @for p in &held { tr {
-                        td { (p.domain) } td class="wrap" { (p.email) } td class="wrap" { (p.reason) }
+                        td { (p.domain) }
+                        td class="wrap" { a href={ "/subscribers/" (encode_segment(&p.email)) } { (p.email) } }
+                        td class="wrap" { (p.reason) }
                     } } }
                 } }
                 @for domain in held_domains(&held) {
@@ -659,4 +666,23 @@ async fn decide_held(
         }
         Err(e) => app_error_page(&session, &e),
     }
+}
+
+/// `GET /subscribers?email=ADDRESS` (the overview's search form): to the
+/// subscriber's page.
+pub async fn find_subscriber(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Form(query): Form<HashMap<String, String>>,
+) -> Response {
+    if state.0.sessions.get(&headers).is_none() {
+        return redirect("/login");
+    }
+    let email = query.get("email").map(|e| e.trim()).unwrap_or_default();
+    let to = format!("/subscribers/{}", encode_segment(email));
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }

@@ -270,7 +270,12 @@ async fn login(port: u16) -> String {
 async fn strangers_get_the_login_page_redirects_and_401s() {
     for s in servers(AdminOptions::default()).await {
         let p = s.port;
-        for path in ["/", "/campaigns/spring", "/subscribers/ann%40example.org"] {
+        for path in [
+            "/",
+            "/campaigns/spring",
+            "/subscribers/ann%40example.org",
+            "/subscribers?email=ann%40example.org",
+        ] {
             let r = request(p, "GET", path, &[], "").await;
             assert_eq!(
                 (r.status, r.header("location")),
@@ -414,6 +419,40 @@ async fn login_sets_a_strict_cookie_and_forms_need_the_csrf_token() {
             r.body
         );
         assert!(r.body.contains(">ann<"), "the admin's name is shown");
+
+        let r = request(
+            p,
+            "GET",
+            "/subscribers?email=ann%40example.org",
+            &[("Cookie", &session)],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.header("location")),
+            (303, Some("/subscribers/ann%40example.org")),
+            "the overview's search goes to the subscriber's page"
+        );
+        let r = request(
+            p,
+            "GET",
+            "/subscribers/ann%40example.org",
+            &[("Cookie", &session)],
+            "",
+        )
+        .await;
+        assert!(
+            r.status == 200 && r.body.contains("ann@example.org") && r.body.contains("subscribed")
+        );
+        let r = request(
+            p,
+            "GET",
+            "/subscribers/nobody%40example.org",
+            &[("Cookie", &session)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.body);
 
         let r = request(p, "GET", "/campaigns/spring", &[("Cookie", &session)], "").await;
         assert_eq!(r.status, 200);
