@@ -142,6 +142,7 @@ fn verb(to: CampaignState) -> &'static str {
     match to {
         CampaignState::Paused => "pause",
         CampaignState::Running => "resume",
+        CampaignState::Cancelled => "cancel",
         other => other.as_str(),
     }
 }

@@ -123,6 +123,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}", get(pages::campaign))
         .route("/campaigns/{name}/pause", post(pages::pause))
         .route("/campaigns/{name}/resume", post(pages::resume))
+        .route("/campaigns/{name}/cancel", post(pages::cancel))
+        .route("/campaigns/{name}/retry-failed", post(pages::retry_failed))
         .route("/campaigns/{name}/held/release", post(pages::release_held))
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
         .route("/subscribers", get(pages::find_subscriber))

@@ -20,6 +20,9 @@ use std::collections::HashMap;
 /// inline style).
 pub const STYLE: &str = include_str!("admin.css");
 
+/// How often a page that shows a running campaign reloads itself.
+pub const REFRESH_SECS: u32 = 5;
+
 /// `GET /admin.css`.
 pub async fn stylesheet() -> Response {
     (
@@ -33,6 +36,12 @@ pub async fn stylesheet() -> Response {
 }
 
 fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    page_refreshing(title, session, body, false)
+}
+
+/// A page; with `refresh`, the browser loads it again every
+/// [`REFRESH_SECS`] (a running campaign's progress, without JavaScript).
+fn page_refreshing(title: &str, session: Option<&Session>, body: Markup, refresh: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -40,6 +49,7 @@ fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
+                @if refresh { meta http-equiv="refresh" content=(REFRESH_SECS); }
                 title { (title) " · rundbrief" }
                 link rel="stylesheet" href="/admin.css";
             }
@@ -69,6 +79,15 @@ fn html_response(status: StatusCode, m: Markup) -> Response {
         m.into_string(),
     )
         .into_response()
+}
+
+/// 303 to the page of campaign `name`.
+fn to_campaign(name: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&campaign_href(name)) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 fn redirect(to: &'static str) -> Response {
@@ -348,7 +367,13 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
             }
         }
     };
-    html_response(StatusCode::OK, page("Overview", Some(&session), body))
+    let running = campaigns
+        .iter()
+        .any(|(c, _)| c.state == CampaignState::Running);
+    html_response(
+        StatusCode::OK,
+        page_refreshing("Overview", Some(&session), body, running),
+    )
 }
 
 /// `GET /campaigns/{name}`: status, top errors, held prunes, pause and
@@ -415,6 +440,19 @@ pub async fn campaign(
                     button type="submit" { "Resume" }
                 }
             }
+            @if v["failed"].as_u64().unwrap_or(0) > 0 && matches!(st, CampaignState::Running | CampaignState::Paused | CampaignState::Finished) {
+                form method="post" action={ (href) "/retry-failed" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Retry failed" }
+                }
+            }
+        }
+        @if st.can_become(CampaignState::Cancelled) {
+            form method="post" action={ (href) "/cancel" } class="confirm" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label { input type="checkbox" name="confirm" value="yes" required; " Yes, cancel it for good (a cancelled campaign cannot run again)" }
+                button type="submit" class="danger" { "Cancel campaign" }
+            }
         }
         section {
             h2 { "Deliveries" }
@@ -467,7 +505,15 @@ pub async fn campaign(
             }
         }
     };
-    html_response(StatusCode::OK, page(&c.campaign.name, Some(&session), body))
+    html_response(
+        StatusCode::OK,
+        page_refreshing(
+            &c.campaign.name,
+            Some(&session),
+            body,
+            st == CampaignState::Running,
+        ),
+    )
 }
 
 async fn act(
@@ -482,14 +528,7 @@ async fn act(
         Err(r) => return r,
     };
     match change_state(&state, &session.admin, &name, to).await {
-        Ok(_) => {
-            let to = campaign_href(&name);
-            let mut r = StatusCode::SEE_OTHER.into_response();
-            if let Ok(v) = HeaderValue::from_str(&to) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r
-        }
+        Ok(_) => to_campaign(&name),
         Err(e) => app_error_page(&session, &e),
     }
 }
@@ -657,12 +696,7 @@ async fn decide_held(
                     &format!("{n} prune(s), from campaign {name}"),
                 )
                 .await;
-            let to = campaign_href(&name);
-            let mut r = StatusCode::SEE_OTHER.into_response();
-            if let Ok(v) = HeaderValue::from_str(&to) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r
+            to_campaign(&name)
         }
         Err(e) => app_error_page(&session, &e),
     }
@@ -685,4 +719,55 @@ pub async fn find_subscriber(
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// `POST /campaigns/{name}/cancel` (session + CSRF + `confirm=yes`, the
+/// form's checkbox): cancelled for good.
+pub async fn cancel(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match checked(&state, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        return error_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&session),
+            "Cancelling cannot be undone: tick the box to confirm.",
+        );
+    }
+    act(state, name, headers, form, CampaignState::Cancelled).await
+}
+
+/// `POST /campaigns/{name}/retry-failed` (session + CSRF): failed deliveries
+/// of still-active subscribers are pending again and the campaign runs
+/// again (`campaign retry-failed NAME`); `rundbrief serve` sends them.
+pub async fn retry_failed(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match checked(&state, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match state.app().store.retry_failed(&name).await {
+        Ok(n) => {
+            state
+                .audit(
+                    &session.admin,
+                    "campaign-retry-failed",
+                    &name,
+                    &format!("deliveries pending again: {n}"),
+                )
+                .await;
+            to_campaign(&name)
+        }
+        Err(e) => app_error_page(&session, &e.into()),
+    }
 }

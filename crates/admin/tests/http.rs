@@ -917,3 +917,113 @@ async fn held_prunes_are_released_or_discarded_by_the_admin() {
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_pages_refresh_retry_failed_resets_and_cancel_needs_confirmation() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let c = store.campaign("spring").await.unwrap().campaign;
+        let d = store.deliveries(c.id).await.unwrap()[0].delivery_id;
+        store
+            .record_delivery(
+                d,
+                rundbrief_core::DeliveryState::Failed,
+                Some("DATA: 554 no"),
+            )
+            .await
+            .unwrap();
+
+        let page = request(p, "GET", "/campaigns/spring", &cookie, "").await;
+        assert!(
+            page.body.contains("http-equiv=\"refresh\""),
+            "a running campaign's page reloads"
+        );
+        assert!(page.body.contains("DATA: 554 no"), "the top error is shown");
+        assert!(page.body.contains("/retry-failed") && page.body.contains("/cancel"));
+        assert!(
+            request(p, "GET", "/", &cookie, "")
+                .await
+                .body
+                .contains("http-equiv=\"refresh\"")
+        );
+        let token = page.csrf();
+
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/retry-failed",
+            &cookie,
+            "csrf=forged",
+        )
+        .await;
+        assert_eq!(r.status, 403);
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/retry-failed",
+            &cookie,
+            &form(&[("csrf", &token)]),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(store.campaign_counts(c.id).await.unwrap().failed, 0);
+        assert_eq!(store.campaign_counts(c.id).await.unwrap().pending, 1);
+
+        let state = || async { store.campaign("spring").await.unwrap().campaign.state };
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/cancel",
+            &cookie,
+            &form(&[("csrf", &token)]),
+        )
+        .await;
+        assert_eq!(r.status, 422, "not confirmed");
+        assert_eq!(state().await, CampaignState::Running);
+        let r = request(
+            p,
+            "POST",
+            "/campaigns/spring/cancel",
+            &cookie,
+            &form(&[("csrf", &token), ("confirm", "yes")]),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(state().await, CampaignState::Cancelled);
+        let page = request(p, "GET", "/campaigns/spring", &cookie, "").await;
+        assert!(
+            !page.body.contains("http-equiv=\"refresh\""),
+            "a cancelled campaign stays still"
+        );
+        assert!(
+            !page.body.contains("/cancel\""),
+            "nothing to cancel any more"
+        );
+
+        let actions: Vec<_> = store
+            .admin_actions(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.actor, a.action, a.detail))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                (
+                    "ann".into(),
+                    "campaign-cancel".into(),
+                    "running -> cancelled".into()
+                ),
+                (
+                    "ann".into(),
+                    "campaign-retry-failed".into(),
+                    "deliveries pending again: 1".into()
+                ),
+            ]
+        );
+    }
+}
