@@ -129,6 +129,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
         .route("/subscribers", get(pages::find_subscriber))
         .route("/subscribers/{email}", get(pages::subscriber))
+        .route(
+            "/subscribers/{email}/{action}",
+            post(pages::subscriber_action),
+        )
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/campaigns", get(api::campaigns))
         .route("/api/v1/campaigns/{name}", get(api::campaign_status))

@@ -581,6 +581,28 @@ pub async fn subscriber(
         p { a href="/" { "← Overview" } }
         h1 class="wrap" { (s.email) }
         p { (s.name.as_deref().unwrap_or("")) " " span class={ "state " (s.status.as_str()) } { (s.status.as_str()) } }
+        @let href = format!("/subscribers/{}", encode_segment(&s.email));
+        div class="actions" {
+            @if s.status == rundbrief_core::SubscriberStatus::Bounced {
+                form method="post" action={ (href) "/restore" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Restore (undo the bounce prune)" }
+                }
+            }
+            @if s.status == rundbrief_core::SubscriberStatus::Active {
+                form method="post" action={ (href) "/unsubscribe" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Unsubscribe from everything" }
+                }
+            }
+        }
+        @if s.status != rundbrief_core::SubscriberStatus::Blocklisted {
+            form method="post" action={ (href) "/blocklist" } class="confirm" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label { input type="checkbox" name="confirm" value="yes" required; " Yes, never mail this address again" }
+                button type="submit" class="danger" { "Blocklist" }
+            }
+        }
         section {
             h2 { "Memberships" }
             @if d.memberships.is_empty() { p { "None." } }
@@ -770,4 +792,63 @@ pub async fn retry_failed(
         }
         Err(e) => app_error_page(&session, &e.into()),
     }
+}
+
+/// `POST /subscribers/{email}/{action}` (session + CSRF): `restore` (a
+/// bounced subscriber, as `sub restore`), `unsubscribe` (from everything,
+/// as `sub unsubscribe`), `blocklist` (needs `confirm=yes`, as `sub
+/// blocklist`). Audited on the subscriber with actor `admin` and the
+/// admin's name, and in the admin audit.
+pub async fn subscriber_action(
+    State(state): State<AdminState>,
+    Path((email, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    use rundbrief_core::Actor;
+    let session = match checked(&state, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let addr = match Address::parse(&email) {
+        Ok(a) => a,
+        Err(e) => return app_error_page(&session, &e.into()),
+    };
+    let why = format!("from the dashboard by admin {}", session.admin);
+    let store = &state.app().store;
+    let done: Result<(), rundbrief_store::StoreError> = match action.as_str() {
+        "restore" => store.restore_subscriber(&addr, Actor::Admin, &why).await,
+        "unsubscribe" => store
+            .unsubscribe(&addr, None, Actor::Admin, &why)
+            .await
+            .map(drop),
+        "blocklist" if form.get("confirm").map(String::as_str) == Some("yes") => {
+            store.blocklist(&addr, Actor::Admin, &why).await.map(drop)
+        }
+        "blocklist" => {
+            return error_page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&session),
+                "Blocklisting is for good: tick the box to confirm.",
+            );
+        }
+        _ => return error_page(StatusCode::NOT_FOUND, Some(&session), "No such action."),
+    };
+    if let Err(e) = done {
+        return app_error_page(&session, &e.into());
+    }
+    state
+        .audit(
+            &session.admin,
+            &format!("subscriber-{action}"),
+            addr.as_str(),
+            "",
+        )
+        .await;
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/subscribers/{}", encode_segment(addr.as_str())))
+    {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }

@@ -1027,3 +1027,63 @@ async fn running_pages_refresh_retry_failed_resets_and_cancel_needs_confirmation
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_actions_are_confirmed_and_audited_with_the_admin() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let page = request(p, "GET", "/subscribers/ann%40example.org", &cookie, "").await;
+        assert!(page.body.contains("/unsubscribe\"") && page.body.contains("/blocklist\""));
+        let token = page.csrf();
+        let ann = || async {
+            store
+                .subscriber_detail(&Address::parse("ann@example.org").unwrap())
+                .await
+                .unwrap()
+        };
+        let sess = session.clone();
+        let post = move |action: &'static str, body: String| {
+            let path = format!("/subscribers/ann%40example.org/{action}");
+            let sess = sess.clone();
+            async move { request(p, "POST", &path, &[("Cookie", sess.as_str())], &body).await }
+        };
+
+        assert_eq!(post("unsubscribe", "csrf=forged".into()).await.status, 403);
+        assert_eq!(ann().await.subscriber.status.as_str(), "active");
+        assert_eq!(
+            post("restore", form(&[("csrf", &token)])).await.status,
+            409,
+            "not bounced"
+        );
+        assert_eq!(post("delete", form(&[("csrf", &token)])).await.status, 404);
+
+        let r = post("unsubscribe", form(&[("csrf", &token)])).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let d = ann().await;
+        assert_eq!(d.subscriber.status.as_str(), "unsubscribed");
+        let last = d.audit.last().unwrap();
+        assert_eq!(last.actor, Actor::Admin);
+        assert!(last.reason.contains("by admin ann"), "{}", last.reason);
+
+        assert_eq!(
+            post("blocklist", form(&[("csrf", &token)])).await.status,
+            422
+        );
+        assert_eq!(ann().await.subscriber.status.as_str(), "unsubscribed");
+        let r = post("blocklist", form(&[("csrf", &token), ("confirm", "yes")])).await;
+        assert_eq!(r.status, 303);
+        assert_eq!(ann().await.subscriber.status.as_str(), "blocklisted");
+        let a = store.admin_actions(1).await.unwrap();
+        assert_eq!(
+            (
+                a[0].actor.as_str(),
+                a[0].action.as_str(),
+                a[0].target.as_str()
+            ),
+            ("ann", "subscriber-blocklist", "ann@example.org")
+        );
+    }
+}
