@@ -78,6 +78,20 @@ pub(crate) async fn caller(
     }
 }
 
+/// `GET /api/v1/lists`: every list with its counts, as `list ls --json` prints them.
+pub async fn lists(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&state, &headers).await {
+        return r;
+    }
+    match state.app().store.list_summaries().await {
+        Ok(all) => json(
+            StatusCode::OK,
+            &serde_json::to_value(all).unwrap_or_default(),
+        ),
+        Err(e) => app_error(&e.into()),
+    }
+}
+
 /// `GET /api/v1/campaigns`: every campaign, as `campaign ls --json` prints them.
 pub async fn campaigns(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = caller(&state, &headers).await {
@@ -147,17 +161,23 @@ fn verb(to: CampaignState) -> &'static str {
     }
 }
 
-async fn act(state: AdminState, name: String, headers: HeaderMap, to: CampaignState) -> Response {
-    let (key, scope) = match caller(&state, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+/// The name of the request's key if it may act (write scope): 401 or 403 otherwise.
+async fn writer(state: &AdminState, headers: &HeaderMap) -> Result<String, Response> {
+    let (key, scope) = caller(state, headers).await?;
     if scope != Scope::Write {
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             &format!("key `{key}` has read scope; actions need a key with --scope write"),
-        );
+        ));
     }
+    Ok(key)
+}
+
+async fn act(state: AdminState, name: String, headers: HeaderMap, to: CampaignState) -> Response {
+    let key = match writer(&state, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
     match change_state(&state, &format!("key:{key}"), &name, to).await {
         Ok(from) => json(
             StatusCode::OK,
@@ -184,6 +204,45 @@ pub async fn resume(
     headers: HeaderMap,
 ) -> Response {
     act(state, name, headers, CampaignState::Running).await
+}
+
+/// `POST /api/v1/campaigns/{name}/cancel` (write scope): cancelled for good.
+pub async fn cancel(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    act(state, name, headers, CampaignState::Cancelled).await
+}
+
+/// `POST /api/v1/campaigns/{name}/retry-failed` (write scope): as
+/// `campaign retry-failed NAME --json`, `{"campaign", "retried"}`.
+pub async fn retry_failed(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let key = match writer(&state, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.app().store.retry_failed(&name).await {
+        Ok(n) => {
+            state
+                .audit(
+                    &format!("key:{key}"),
+                    "campaign-retry-failed",
+                    &name,
+                    &format!("deliveries pending again: {n}"),
+                )
+                .await;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "campaign": name, "retried": n }),
+            )
+        }
+        Err(e) => app_error(&e.into()),
+    }
 }
 
 /// `GET /api/v1/subscribers/{email}`: the `sub show EMAIL --json` object.
@@ -230,10 +289,13 @@ pub async fn not_found(State(state): State<AdminState>, headers: HeaderMap) -> R
 /// describes and [`crate::router`] serves.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/lists"),
     ("get", "/api/v1/campaigns"),
     ("get", "/api/v1/campaigns/{name}"),
     ("post", "/api/v1/campaigns/{name}/pause"),
     ("post", "/api/v1/campaigns/{name}/resume"),
+    ("post", "/api/v1/campaigns/{name}/retry-failed"),
+    ("post", "/api/v1/campaigns/{name}/cancel"),
     ("get", "/api/v1/subscribers/{email}"),
 ];
 
@@ -305,6 +367,16 @@ pub fn openapi_document() -> serde_json::Value {
                 "responses": with(errors(&["401", "404", "503"]), ok("Status", json!({"$ref": "#/components/schemas/CampaignStatus"})))}},
             "/api/v1/campaigns/{name}/pause": action("Pause", "A running send stops within one batch."),
             "/api/v1/campaigns/{name}/resume": action("Resume", "The campaign is running again; `rundbrief serve` sends it."),
+            "/api/v1/campaigns/{name}/cancel": action("Cancel", "Cancelled for good: a cancelled campaign cannot run again."),
+            "/api/v1/campaigns/{name}/retry-failed": {"post": {
+                "summary": "Retry a campaign's failed deliveries (write scope)",
+                "description": "Failed deliveries of still-active subscribers are pending again, as `campaign retry-failed NAME`; `rundbrief serve` sends them.",
+                "parameters": name,
+                "responses": with(errors(&["401", "403", "404", "409", "503"]),
+                    ok("{campaign, retried}", json!({"type": "object", "properties": {"campaign": {"type": "string"}, "retried": {"type": "integer"}}})))
+            }},
+            "/api/v1/lists": {"get": {"summary": "Every list with its counts", "responses": with(errors(&["401", "503"]),
+                ok("Lists, as `rundbrief list ls --json`", json!({"type": "array", "items": {"type": "object"}})))}},
             "/api/v1/subscribers/{email}": {"get": {"summary": "A subscriber with memberships and audit trail",
                 "parameters": [{"name": "email", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": with(errors(&["401", "404", "422", "503"]), ok("Subscriber", json!({"$ref": "#/components/schemas/Subscriber"})))}}

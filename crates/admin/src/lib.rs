@@ -134,10 +134,16 @@ pub fn router(state: AdminState) -> Router {
             post(pages::subscriber_action),
         )
         .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/lists", get(api::lists))
         .route("/api/v1/campaigns", get(api::campaigns))
         .route("/api/v1/campaigns/{name}", get(api::campaign_status))
         .route("/api/v1/campaigns/{name}/pause", post(api::pause))
         .route("/api/v1/campaigns/{name}/resume", post(api::resume))
+        .route(
+            "/api/v1/campaigns/{name}/retry-failed",
+            post(api::retry_failed),
+        )
+        .route("/api/v1/campaigns/{name}/cancel", post(api::cancel))
         .route("/api/v1/subscribers/{email}", get(api::subscriber))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response_with_state(

@@ -578,6 +578,17 @@ async fn the_api_returns_the_cli_objects_and_read_keys_cannot_act() {
             r.json(),
             serde_json::to_value(store.campaigns().await.unwrap()).unwrap()
         );
+        let r = get("/api/v1/lists", read.clone()).await;
+        assert_eq!(
+            r.json(),
+            serde_json::to_value(store.list_summaries().await.unwrap()).unwrap(),
+            "exactly `list ls --json`"
+        );
+        for action in ["cancel", "retry-failed", "resume"] {
+            let path = format!("/api/v1/campaigns/spring/{action}");
+            let r = request(p, "POST", &path, &[("Authorization", &read)], "").await;
+            assert_eq!(r.status, 403, "{action}");
+        }
 
         let r = request(
             p,
@@ -1084,6 +1095,45 @@ async fn subscriber_actions_are_confirmed_and_audited_with_the_admin() {
                 a[0].target.as_str()
             ),
             ("ann", "subscriber-blocklist", "ann@example.org")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_tls_cookies_are_secure_and_hsts_is_sent() {
+    let opts = AdminOptions {
+        secure_cookies: true,
+        ..Default::default()
+    };
+    for s in servers(opts).await {
+        let p = s.port;
+        let page = request(p, "GET", "/login", &[], "").await;
+        assert_eq!(
+            page.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+        assert!(page.cookies().iter().all(|c| c.contains("; Secure")));
+        let r = request(
+            p,
+            "POST",
+            "/login",
+            &[("Cookie", &page.cookie("rb_login").unwrap())],
+            &form(&[
+                ("username", "ann"),
+                ("password", PASSWORD),
+                ("csrf", &page.csrf()),
+            ]),
+        )
+        .await;
+        assert_eq!(r.status, 303);
+        let set = r
+            .cookies()
+            .into_iter()
+            .find(|c| c.starts_with("rb_session="))
+            .unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("; Secure"),
+            "{set}"
         );
     }
 }
