@@ -127,6 +127,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}/retry-failed", post(pages::retry_failed))
         .route("/campaigns/{name}/held/release", post(pages::release_held))
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
+        .route("/bounces", get(pages::bounces))
+        .route("/bounces/held/{verb}", post(pages::bounces_held))
         .route("/subscribers", get(pages::find_subscriber))
         .route("/subscribers/{email}", get(pages::subscriber))
         .route(

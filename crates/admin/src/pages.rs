@@ -58,6 +58,7 @@ fn page_refreshing(title: &str, session: Option<&Session>, body: Markup, refresh
                     nav {
                         a href="/" class="brand" { "rundbrief" }
                         @if let Some(s) = session {
+                            a href="/bounces" { "Bounces" }
                             span class="who" { (s.admin) }
                             form method="post" action="/logout" class="inline" {
                                 input type="hidden" name="csrf" value=(s.csrf);
@@ -490,18 +491,7 @@ pub async fn campaign(
                         td class="wrap" { (p.reason) }
                     } } }
                 } }
-                @for domain in held_domains(&held) {
-                    div class="actions" {
-                        span { "All held prunes of " strong { (domain) } ": " }
-                        @for (verb, label) in [("release", "Release (prune them)"), ("discard", "Discard (keep them)")] {
-                            form method="post" action={ (href) "/held/" (verb) } {
-                                input type="hidden" name="csrf" value=(session.csrf);
-                                input type="hidden" name="domain" value=(domain);
-                                button type="submit" { (label) }
-                            }
-                        }
-                    }
-                }
+                (held_forms(&held, &format!("{href}/held"), &session.csrf))
             }
         }
     };
@@ -642,7 +632,8 @@ pub async fn release_held(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    decide_held(state, name, headers, form, true).await
+    let back = campaign_href(&name);
+    decide_held(state, &back, headers, form, true).await
 }
 
 /// `POST /campaigns/{name}/held/discard` (session + CSRF, field `domain`):
@@ -653,12 +644,33 @@ pub async fn discard_held(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    decide_held(state, name, headers, form, false).await
+    let back = campaign_href(&name);
+    decide_held(state, &back, headers, form, false).await
+}
+
+/// `POST /bounces/held/release` and `/discard` (session + CSRF, field
+/// `domain`): as on a campaign's page, back to the bounces page.
+pub async fn bounces_held(
+    State(state): State<AdminState>,
+    Path(verb): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    match verb.as_str() {
+        "release" => decide_held(state, "/bounces", headers, form, true).await,
+        "discard" => decide_held(state, "/bounces", headers, form, false).await,
+        _ => api_free_404(&state, &headers),
+    }
+}
+
+fn api_free_404(state: &AdminState, headers: &HeaderMap) -> Response {
+    let session = state.0.sessions.get(headers);
+    error_page(StatusCode::NOT_FOUND, session.as_ref(), "No such action.")
 }
 
 async fn decide_held(
     state: AdminState,
-    name: String,
+    back: &str,
     headers: HeaderMap,
     form: HashMap<String, String>,
     release: bool,
@@ -711,14 +723,13 @@ async fn decide_held(
                 "held-discard"
             };
             state
-                .audit(
-                    &session.admin,
-                    verb,
-                    &domain,
-                    &format!("{n} prune(s), from campaign {name}"),
-                )
+                .audit(&session.admin, verb, &domain, &format!("{n} prune(s)"))
                 .await;
-            to_campaign(&name)
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = HeaderValue::from_str(back) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
         }
         Err(e) => app_error_page(&session, &e),
     }
@@ -851,4 +862,110 @@ pub async fn subscriber_action(
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// Release and Discard buttons for each domain of `held`, posting to
+/// `{base}/release` and `{base}/discard`.
+fn held_forms(held: &[rundbrief_store::DomainPrune], base: &str, csrf: &str) -> Markup {
+    html! {
+        @for domain in held_domains(held) {
+            div class="actions" {
+                span { "All held prunes of " strong { (domain) } ": " }
+                @for (verb, label) in [("release", "Release (prune them)"), ("discard", "Discard (keep them)")] {
+                    form method="post" action={ (base) "/" (verb) } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="domain" value=(domain);
+                        button type="submit" { (label) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many recent stored bounces the bounces page shows.
+pub const RECENT_BOUNCES: u64 = 50;
+
+/// `GET /bounces`: every held prune with Release / Discard per domain, the
+/// recent stored bounces by class, and each with its class, rule and
+/// diagnostic (`bounce ls`).
+pub async fn bounces(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let Some(session) = state.0.sessions.get(&headers) else {
+        return redirect("/login");
+    };
+    let app = state.app();
+    let result: rundbrief_app::Result<_> = async {
+        let held = app.bounces().held(None).await?;
+        let recent = app
+            .store
+            .bounces(&rundbrief_store::BounceQuery {
+                limit: RECENT_BOUNCES,
+                ..Default::default()
+            })
+            .await?;
+        Ok((held, recent))
+    }
+    .await;
+    let (held, recent) = match result {
+        Ok(x) => x,
+        Err(e) => return app_error_page(&session, &e),
+    };
+    let mut by_class: Vec<(String, u64)> = Vec::new();
+    for b in &recent {
+        let class = b.class.clone().unwrap_or_else(|| "-".into());
+        match by_class.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n += 1,
+            None => by_class.push((class, 1)),
+        }
+    }
+    by_class.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let body = html! {
+        p { a href="/" { "← Overview" } }
+        h1 { "Bounces" }
+        section {
+            h2 { "Held prunes" }
+            @if held.is_empty() { p { "None." } }
+            @else {
+                p { "Hard bounces from these domains looked like a block; the subscribers stay until you decide." }
+                div class="scroll" { table {
+                    thead { tr { th { "Domain" } th { "Campaign" } th { "Address" } th { "Reason" } } }
+                    tbody { @for p in &held { tr {
+                        td { (p.domain) }
+                        td { a href=(campaign_href(&p.campaign)) { (p.campaign) } }
+                        td class="wrap" { a href={ "/subscribers/" (encode_segment(&p.email)) } { (p.email) } }
+                        td class="wrap" { (p.reason) }
+                    } } }
+                } }
+                (held_forms(&held, "/bounces/held", &session.csrf))
+            }
+        }
+        section {
+            h2 { "Recent bounces" }
+            @if recent.is_empty() { p { "None stored." } }
+            @else {
+                p { "The last " (recent.len()) " stored messages, by class: "
+                    @for (i, (class, n)) in by_class.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        strong { (n) } " " (class)
+                    }
+                }
+                ul class="cards" { @for b in &recent {
+                    @let first = b.parsed.as_ref().and_then(|p| p["recipients"].get(0)).cloned().unwrap_or_default();
+                    li class="card" {
+                        strong class="wrap" { (first["address"].as_str().or(b.rcpt.as_deref()).unwrap_or("-")) }
+                        p {
+                            span class={ "state " (b.class.as_deref().unwrap_or("")) } { (b.class.as_deref().unwrap_or("unparsed")) }
+                            " " small { (b.kind.as_deref().unwrap_or("")) " · " (b.received_at.format("%Y-%m-%d %H:%M")) }
+                        }
+                        p class="wrap" {
+                            "rule " code { (b.parsed.as_ref().and_then(|p| p["rule"].as_str()).unwrap_or("-")) }
+                            @if let Some(d) = first["diagnostic"].as_str() { br; small { (d) } }
+                            @if let Some(e) = &b.error { br; small class="error" { (e) } }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    html_response(StatusCode::OK, page("Bounces", Some(&session), body))
 }

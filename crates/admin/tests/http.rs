@@ -275,6 +275,7 @@ async fn strangers_get_the_login_page_redirects_and_401s() {
             "/campaigns/spring",
             "/subscribers/ann%40example.org",
             "/subscribers?email=ann%40example.org",
+            "/bounces",
         ] {
             let r = request(p, "GET", path, &[], "").await;
             assert_eq!(
@@ -893,15 +894,23 @@ async fn held_prunes_are_released_or_discarded_by_the_admin() {
             last.reason
         );
 
+        let page = request(p, "GET", "/bounces", &[("Cookie", &session)], "").await;
+        assert_eq!(page.status, 200);
+        assert!(
+            page.body.contains("other.example") && !page.body.contains("bob@blocked.example"),
+            "only what is still held"
+        );
+        assert!(page.body.contains("action=\"/bounces/held/discard\""));
+        assert!(page.body.contains("None stored."));
         let r = request(
             p,
             "POST",
-            "/campaigns/spring/held/discard",
+            "/bounces/held/discard",
             &[("Cookie", &session)],
             &form(&[("csrf", &token), ("domain", "other.example")]),
         )
         .await;
-        assert_eq!(r.status, 303);
+        assert_eq!((r.status, r.header("location")), (303, Some("/bounces")));
         assert_eq!(status("cid@other.example").await.0, "active");
         assert!(s.app.bounces().held(None).await.unwrap().is_empty());
         let actions: Vec<_> = store
