@@ -89,9 +89,18 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&random_hex(16)).unwrap_or_default())
 }
 
+/// Password checks that may run at once: each takes 19 MiB and tens of
+/// milliseconds on purpose, so a flood of logins from many addresses (each
+/// within its rate limit) must queue rather than exhaust memory.
+const CONCURRENT_CHECKS: usize = 4;
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_CHECKS);
+
 /// Checks a login against the stored hash (or the dummy one) off the
-/// async threads: argon2 takes tens of milliseconds on purpose.
+/// async threads, at most [`CONCURRENT_CHECKS`] at a time.
 pub async fn check_login(stored: Option<String>, password: String) -> bool {
+    let Ok(_slot) = CHECKS.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_string());
@@ -284,6 +293,37 @@ mod tests {
         assert!(!verify_password("correct horse batterx", &h));
         assert!(!verify_password("x", "not a hash"));
         assert_ne!(h, hash_password("correct horse battery").unwrap(), "salted");
+    }
+
+    #[tokio::test]
+    async fn logins_check_the_hash_and_queue_beyond_the_limit() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(
+            !check_login(None, "correct horse battery".into()).await,
+            "no such user"
+        );
+        let all = (0..2 * CONCURRENT_CHECKS).map(|i| {
+            let (h, pw) = (
+                h.clone(),
+                if i % 2 == 0 {
+                    "correct horse battery"
+                } else {
+                    "wrong"
+                },
+            );
+            tokio::spawn(check_login(Some(h), pw.to_string()))
+        });
+        let mut results = Vec::new();
+        for t in all {
+            results.push(t.await.unwrap());
+        }
+        let expected: Vec<bool> = (0..2 * CONCURRENT_CHECKS).map(|i| i % 2 == 0).collect();
+        assert_eq!(results, expected);
+        assert_eq!(
+            CHECKS.available_permits(),
+            CONCURRENT_CHECKS,
+            "every slot is given back"
+        );
     }
 
     #[test]
