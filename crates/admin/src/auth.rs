@@ -237,22 +237,77 @@ impl Sessions {
 /// source addresses or names can make us use.
 const MAX_KEYS: usize = 100_000;
 
-/// Login attempts per client IP and per user name.
+/// Login attempts per client IP and per user name, and the lock-out of a
+/// name after repeated failures.
 pub struct LoginLimits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_name: DefaultKeyedRateLimiter<String>,
+    lockout: Lockout,
+}
+
+/// After `after` failed logins in a row, a name is locked for `duration`
+/// (even the right password waits); a success clears its count.
+pub struct Lockout {
+    after: u32,
+    duration: Duration,
+    failures: Mutex<HashMap<String, (u32, Option<Instant>)>>,
 }
 
 impl LoginLimits {
     /// `per_minute` attempts a minute for each key (0 counts as 1), the whole
-    /// minute's allowance as burst.
-    pub fn new(per_minute: u32) -> LoginLimits {
+    /// minute's allowance as burst; a name locked for `lock_for` after
+    /// `lock_after` failures in a row (0: never).
+    pub fn new(per_minute: u32, lock_after: u32, lock_for: Duration) -> LoginLimits {
         let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(n);
         LoginLimits {
             per_ip: RateLimiter::keyed(quota),
             per_name: RateLimiter::keyed(quota),
+            lockout: Lockout {
+                after: lock_after,
+                duration: lock_for,
+                failures: Mutex::default(),
+            },
         }
+    }
+
+    /// `Some(seconds)` while `name` is locked out.
+    pub fn locked(&self, name: &str) -> Option<u64> {
+        let map = self.failures();
+        let until = map.get(&name.to_lowercase())?.1?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs() + 1)
+    }
+
+    /// Counts a failed login for `name`; true when it locked the name now.
+    pub fn failed(&self, name: &str) -> bool {
+        if self.lockout.after == 0 {
+            return false;
+        }
+        let mut map = self.failures();
+        if map.len() > MAX_KEYS {
+            let now = Instant::now();
+            map.retain(|_, (_, until)| until.is_some_and(|u| u > now));
+        }
+        let entry = map.entry(name.to_lowercase()).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= self.lockout.after {
+            *entry = (0, Some(Instant::now() + self.lockout.duration));
+            return true;
+        }
+        false
+    }
+
+    /// A successful login: the name's failures are forgotten.
+    pub fn succeeded(&self, name: &str) {
+        self.failures().remove(&name.to_lowercase());
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Option<Instant>)>> {
+        self.lockout
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes one attempt for `ip` and `name`; `Err(seconds)` to wait.
@@ -327,6 +382,23 @@ mod tests {
     }
 
     #[test]
+    fn names_are_locked_out_after_failures_in_a_row() {
+        let l = LoginLimits::new(100, 3, Duration::from_secs(60));
+        assert!(!l.failed("Ann") && !l.failed("ann"));
+        l.succeeded("ANN");
+        assert!(
+            !l.failed("ann") && !l.failed("ann"),
+            "a success started the count over"
+        );
+        assert_eq!(l.locked("ann"), None);
+        assert!(l.failed("ann"), "the third in a row locks");
+        assert!((1..=60).contains(&l.locked("Ann").unwrap()));
+        assert_eq!(l.locked("bob"), None);
+        let never = LoginLimits::new(100, 0, Duration::from_secs(60));
+        assert!((0..50).all(|_| !never.failed("ann")) && never.locked("ann").is_none());
+    }
+
+    #[test]
     fn keys_are_random_and_stored_as_sha256() {
         let (a, b) = (new_api_key(), new_api_key());
         assert_ne!(a, b);
@@ -351,7 +423,7 @@ mod tests {
 
     #[test]
     fn logins_are_limited_per_ip_and_per_name() {
-        let l = LoginLimits::new(2);
+        let l = LoginLimits::new(2, 0, Duration::ZERO);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(l.check(ip, "ann").is_ok() && l.check(ip, "bob").is_ok());
         assert!(

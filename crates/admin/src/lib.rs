@@ -47,6 +47,10 @@ pub struct AdminOptions {
     /// Login attempts allowed per minute, per client IP and per user name
     /// (the whole minute's allowance may come at once; more get 429).
     pub login_per_minute: u32,
+    /// Failed logins in a row after which a user name is locked out (0: never).
+    pub lockout_after: u32,
+    /// How long a locked-out name waits (even with the right password).
+    pub lockout: Duration,
     /// How long a session lasts after login.
     pub session_ttl: Duration,
 }
@@ -56,6 +60,8 @@ impl Default for AdminOptions {
         AdminOptions {
             secure_cookies: false,
             login_per_minute: 10,
+            lockout_after: 10,
+            lockout: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(12 * 3600),
         }
     }
@@ -75,7 +81,7 @@ struct Inner {
 impl AdminState {
     pub fn new(app: App, opts: AdminOptions) -> AdminState {
         AdminState(Arc::new(Inner {
-            limits: auth::LoginLimits::new(opts.login_per_minute),
+            limits: auth::LoginLimits::new(opts.login_per_minute, opts.lockout_after, opts.lockout),
             sessions: auth::Sessions::default(),
             app,
             opts,

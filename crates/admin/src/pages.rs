@@ -182,6 +182,18 @@ pub async fn login(
         }
         return r;
     }
+    if let Some(wait) = state.0.limits.locked(name) {
+        tracing::warn!(%peer, name, "login to a locked-out name");
+        let mut r = login_with_token(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many failed logins for this name: it is locked for a while."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let expected = auth::cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if expected.is_empty() || !auth::same(expected, field("csrf")) {
         return login_with_token(
@@ -203,6 +215,9 @@ pub async fn login(
     };
     if !auth::check_login(stored, password.to_string()).await {
         tracing::warn!(%peer, name, "failed login");
+        if state.0.limits.failed(name) {
+            tracing::warn!(name, "locked out after repeated failed logins");
+        }
         return login_with_token(
             &state,
             StatusCode::UNAUTHORIZED,
@@ -211,6 +226,7 @@ pub async fn login(
     }
     let secure = state.0.opts.secure_cookies;
     let ttl = state.0.opts.session_ttl;
+    state.0.limits.succeeded(name);
     let token = state.0.sessions.create(name, ttl);
     tracing::info!(%peer, admin = name, "logged in");
     let mut r = redirect("/");

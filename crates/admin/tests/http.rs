@@ -1146,3 +1146,51 @@ async fn behind_tls_cookies_are_secure_and_hsts_is_sent() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_locked_out_after_failed_logins_in_a_row() {
+    let opts = AdminOptions {
+        login_per_minute: 100,
+        lockout_after: 3,
+        ..Default::default()
+    };
+    for s in servers(opts).await {
+        let p = s.port;
+        let page = request(p, "GET", "/login", &[], "").await;
+        let cookie = page.cookie("rb_login").unwrap();
+        let csrf = page.csrf();
+        let attempt = |pw: &'static str| {
+            let (cookie, csrf) = (cookie.clone(), csrf.clone());
+            async move {
+                request(
+                    p,
+                    "POST",
+                    "/login",
+                    &[("Cookie", &cookie)],
+                    &form(&[("username", "ann"), ("password", pw), ("csrf", &csrf)]),
+                )
+                .await
+            }
+        };
+        assert_eq!(attempt("guess 1").await.status, 401);
+        assert_eq!(
+            attempt(PASSWORD).await.status,
+            303,
+            "a success starts the count over"
+        );
+        let mut statuses = Vec::new();
+        for pw in ["guess 2", "guess 3", "guess 4", PASSWORD] {
+            let r = attempt(pw).await;
+            if r.status == 429 {
+                assert!(r.body.contains("locked"), "{}", r.body);
+                assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 60);
+            }
+            statuses.push(r.status);
+        }
+        assert_eq!(
+            statuses,
+            vec![401, 401, 401, 429],
+            "locked: even the right password waits"
+        );
+    }
+}
