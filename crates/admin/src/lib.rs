@@ -130,6 +130,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}/pause", post(pages::pause))
         .route("/campaigns/{name}/resume", post(pages::resume))
         .route("/campaigns/{name}/cancel", post(pages::cancel))
+        .route("/campaigns/{name}/preview", get(pages::preview))
         .route("/campaigns/{name}/retry-failed", post(pages::retry_failed))
         .route("/campaigns/{name}/held/release", post(pages::release_held))
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
@@ -161,25 +162,26 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// The policy every response carries: nothing loads but our own stylesheet,
-/// forms post only to us, no framing, no referrer, no caching of pages.
+/// The policy every response carries unless it sets its own (the message
+/// preview, [`pages::PREVIEW_CSP`]): nothing loads but our own stylesheet and
+/// preview frames, forms post only to us, no framing by others, no
+/// referrer, no caching of pages.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-     frame-ancestors 'none'; base-uri 'none'";
+     frame-src 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn security_headers(
     axum::extract::State(state): axum::extract::State<AdminState>,
     mut res: Response,
 ) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

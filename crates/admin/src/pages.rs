@@ -471,6 +471,10 @@ pub async fn campaign(
                 button type="submit" class="danger" { "Cancel campaign" }
             }
         }
+        details class="preview" {
+            summary { "Preview of the message" }
+            iframe sandbox="" src={ (href) "/preview" } title={ "Preview of " (c.campaign.name) } loading="lazy" {}
+        }
         section {
             h2 { "Deliveries" }
             dl class="counts" { @for k in counts {
@@ -984,4 +988,86 @@ pub async fn bounces(State(state): State<AdminState>, headers: HeaderMap) -> Res
         }
     };
     html_response(StatusCode::OK, page("Bounces", Some(&session), body))
+}
+
+/// The policy of a message preview: the campaign's own HTML (operator
+/// content, raw HTML allowed) runs in a sandbox without scripts, may use its
+/// inline styles and remote images, and may be framed only by our pages.
+pub const PREVIEW_CSP: &str = "sandbox; default-src 'none'; style-src 'unsafe-inline'; \
+     img-src https: data:; frame-ancestors 'self'";
+
+/// `GET /campaigns/{name}/preview`: the HTML part of the campaign's message
+/// as its first recipient (else a sample one) would get it, for the
+/// sandboxed frame of the campaign page.
+pub async fn preview(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = state.0.sessions.get(&headers) else {
+        return redirect("/login");
+    };
+    let app = state.app();
+    let result: rundbrief_app::Result<String> = async {
+        let c = app.store.campaign(&name).await?;
+        let prepared = rundbrief_app::campaigns::prepare_first(&app.config, &c)?;
+        let first = app
+            .store
+            .deliveries(c.campaign.id)
+            .await?
+            .into_iter()
+            .next();
+        let (email, subscriber, delivery, person) = match first {
+            Some(d) => {
+                let detail = app
+                    .store
+                    .subscriber_detail(&Address::parse(&d.email)?)
+                    .await?;
+                (
+                    d.email,
+                    d.subscriber_id,
+                    d.delivery_id,
+                    Some(detail.subscriber),
+                )
+            }
+            None => (
+                "preview@example.org".to_string(),
+                uuid::Uuid::nil(),
+                uuid::Uuid::nil(),
+                None,
+            ),
+        };
+        let recipient = prepared.recipient(
+            email,
+            person
+                .as_ref()
+                .map_or(Some("Preview".into()), |p| p.name.clone()),
+            person.map(|p| p.attributes).unwrap_or_default(),
+            subscriber,
+            c.first_list_id.unwrap_or_default(),
+            delivery,
+        );
+        let bytes = prepared.renderer.render(&recipient, app.clock.now())?;
+        let message = mail_parser::MessageParser::default()
+            .parse(&bytes[..])
+            .ok_or_else(|| AppError::unavailable("the rendered message does not parse"))?;
+        Ok(message
+            .body_html(0)
+            .map(|h| h.into_owned())
+            .unwrap_or_default())
+    }
+    .await;
+    match result {
+        Ok(html) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CONTENT_SECURITY_POLICY, PREVIEW_CSP),
+                (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => app_error_page(&session, &e),
+    }
 }

@@ -41,8 +41,15 @@ async fn servers(opts: AdminOptions) -> Vec<Server> {
     for db in common::stores().await {
         let store = db.store.clone();
         seed(&store).await;
+        let mut config = Config {
+            secret: Some(rundbrief_core::Secret::generate()),
+            ..Default::default()
+        };
+        config.sending.public_url = Some("https://news.example.org".into());
+        config.sending.bounce_domain = Some("bounce.example.org".into());
+        config.sending.from = Some("News <news@example.org>".into());
         let app = App::new(
-            Config::default(),
+            config,
             store.clone(),
             Arc::new(rundbrief_scheduler::SystemClock),
             Arc::new(NoObserver),
@@ -1192,5 +1199,47 @@ async fn a_name_is_locked_out_after_failed_logins_in_a_row() {
             vec![401, 401, 401, 429],
             "locked: even the right password waits"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_preview_is_sandboxed() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let r = request(p, "GET", "/campaigns/spring/preview", &[], "").await;
+        assert_eq!(r.status, 303, "strangers see no preview");
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let page = request(p, "GET", "/campaigns/spring", &cookie, "").await;
+        assert!(
+            page.body
+                .contains("<iframe sandbox=\"\" src=\"/campaigns/spring/preview\""),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.header("content-security-policy")
+                .unwrap()
+                .contains("frame-src 'self'")
+        );
+        let r = request(p, "GET", "/campaigns/spring/preview", &cookie, "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body.contains("Hello"),
+            "the campaign's content: {}",
+            r.body
+        );
+        assert!(
+            r.body.contains("https://news.example.org/u/"),
+            "its signed unsubscribe link"
+        );
+        assert_eq!(
+            r.header("content-security-policy"),
+            Some(rundbrief_admin::pages::PREVIEW_CSP)
+        );
+        assert!(rundbrief_admin::pages::PREVIEW_CSP.starts_with("sandbox;"));
+        assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+        let r = request(p, "GET", "/campaigns/nope/preview", &cookie, "").await;
+        assert_eq!(r.status, 404);
     }
 }
