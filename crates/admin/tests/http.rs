@@ -124,7 +124,7 @@ async fn seed(store: &Store) {
                 lists: vec!["news".into()],
                 subject: subject.into(),
                 content: "Hello".into(),
-                content_kind: "markdown".into(),
+                content_kind: "markdown".parse().unwrap(),
                 layout: None,
                 from: None,
                 relay: None,
