@@ -19,6 +19,7 @@ mod m20261128_000006_bounce_counting;
 mod m20261202_000007_list_ids;
 mod m20261202_000008_hardening;
 mod m20261202_000009_endpoint_and_holds;
+mod m20261202_000010_admin;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_list_ids::Migration),
             Box::new(m20261202_000008_hardening::Migration),
             Box::new(m20261202_000009_endpoint_and_holds::Migration),
+            Box::new(m20261202_000010_admin::Migration),
         ]
     }
 }

@@ -206,6 +206,10 @@ pub enum Command {
     #[command(subcommand)]
     Http(HttpCmd),
 
+    /// The web dashboard and JSON API: admin users, API keys, the server.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+
     /// Bounces: the inbound endpoint, the stored messages, the parser.
     ///
     /// `bounce serve` runs the SMTP endpoint that receives bounces at the
@@ -1026,4 +1030,57 @@ pub struct ServeArgs {
     /// Accept any TLS certificate from the relay (test relays only).
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Admin users of the dashboard.
+    #[command(subcommand)]
+    User(AdminUserCmd),
+    /// API keys for /api/v1.
+    #[command(subcommand)]
+    Key(AdminKeyCmd),
+    /// Serve the dashboard and the API (see docs/dashboard.md).
+    ///
+    /// Pages need a login (`admin user add`), the API an
+    /// `Authorization: Bearer KEY` (`admin key create`). Loopback only unless
+    /// --insecure-admin: put a reverse proxy that terminates TLS in front of
+    /// it and pass --secure-cookies. Port 0 picks a free port (printed on
+    /// stderr). Ctrl-C/SIGTERM finish requests in flight.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
+        listen: std::net::SocketAddr,
+        /// Allow an address other than loopback (the dashboard speaks plain HTTP).
+        #[arg(long)]
+        insecure_admin: bool,
+        /// Mark cookies Secure and send HSTS: the dashboard is reached over HTTPS.
+        #[arg(long)]
+        secure_cookies: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminUserCmd {
+    /// Add an admin user; the password is read from stdin (one line, at
+    /// least 12 characters) and stored as an argon2id hash.
+    Add {
+        name: String,
+        /// Read the password from stdin (required: never from a flag).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminKeyCmd {
+    /// Create an API key and print it once (only its SHA-256 is stored).
+    ///
+    /// --json prints {"name", "scope", "key"}.
+    Create {
+        name: String,
+        /// read: GET only; write: also pause and resume.
+        #[arg(long, value_parser = ["read", "write"])]
+        scope: String,
+    },
 }

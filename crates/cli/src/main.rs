@@ -118,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = cmd::open_store(&loaded.config).await?;
             cmd::http::serve(&store, &loaded.config, *listen, relay.as_deref()).await
         }
+        Command::Admin(c) => cmd::admin::run(&app(&cli).await?, c, cli.json).await,
         Command::Sub(c) => {
             cmd::sub::run(
                 &cmd::open_store(&config::load(&cli)?.config).await?,

@@ -156,6 +156,9 @@ string_enum! {
         Mailto = "mailto",
         /// The campaign scheduler.
         Scheduler = "scheduler",
+        /// An admin in the web dashboard or the API (`rundbrief admin
+        /// serve`); the reason names the admin.
+        Admin = "admin",
     }
 }
 

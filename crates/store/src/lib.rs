@@ -19,6 +19,7 @@ use sea_orm::{
 };
 use std::time::Duration;
 
+mod admin;
 mod bounces;
 mod campaigns;
 mod holds;
@@ -30,6 +31,7 @@ mod optin;
 mod subscribers;
 mod work;
 
+pub use admin::{AdminAction, AdminKey};
 pub use bounces::{BounceQuery, NewBounce, NewMessage, POSTMASTER_KIND, StoredBounce};
 pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,

@@ -1,5 +1,6 @@
 //! One module per command group; small commands live here.
 
+pub mod admin;
 pub mod bounce;
 pub mod campaign;
 pub mod clean;

@@ -1,0 +1,280 @@
+//! `rundbrief-admin`: the web dashboard and the JSON API (`rundbrief admin
+//! serve`), a front end on the application layer like the CLI: the pages and
+//! `/api/v1/…` call the same services, so `GET /api/v1/campaigns/NAME`
+//! returns exactly what `rundbrief campaign status NAME --json` prints.
+//!
+//! Security comes first and lives in [`auth`]: admin users log in with a
+//! password (argon2id hashes in the database) and get a session cookie
+//! (`HttpOnly`, `SameSite=Strict`, `Secure` when [`AdminOptions::secure_cookies`]);
+//! every state-changing form carries the session's CSRF token; logins are
+//! rate-limited per client and per user name; the API takes `Authorization:
+//! Bearer KEY` with keys stored as SHA-256 hashes and scoped `read` or
+//! `write`. Every response carries a strict CSP and the usual security
+//! headers ([`security_headers`]). Unauthenticated requests get the login
+//! page, a redirect to it, or a 401 — nothing else.
+//!
+//! Start reading at [`router`], then [`pages`] and [`api`].
+
+pub mod api;
+pub mod auth;
+pub mod pages;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rundbrief_app::App;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::add_extension::AddExtension;
+
+pub use auth::{Scope, hash_password, key_hash, new_api_key, verify_password};
+
+/// How the dashboard behaves (from `rundbrief admin serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// Mark cookies `Secure` and send HSTS: set when the dashboard is reached
+    /// over HTTPS (behind a reverse proxy that terminates TLS).
+    pub secure_cookies: bool,
+    /// Login attempts allowed per minute, per client IP and per user name
+    /// (the whole minute's allowance may come at once; more get 429).
+    pub login_per_minute: u32,
+    /// Failed logins in a row after which a user name is locked out (0: never).
+    pub lockout_after: u32,
+    /// How long a locked-out name waits (even with the right password).
+    pub lockout: Duration,
+    /// How long a session lasts after login.
+    pub session_ttl: Duration,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        AdminOptions {
+            secure_cookies: false,
+            login_per_minute: 10,
+            lockout_after: 10,
+            lockout: Duration::from_secs(15 * 60),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState(Arc<Inner>);
+
+struct Inner {
+    app: App,
+    opts: AdminOptions,
+    sessions: auth::Sessions,
+    limits: auth::LoginLimits,
+}
+
+impl AdminState {
+    pub fn new(app: App, opts: AdminOptions) -> AdminState {
+        AdminState(Arc::new(Inner {
+            limits: auth::LoginLimits::new(opts.login_per_minute, opts.lockout_after, opts.lockout),
+            sessions: auth::Sessions::default(),
+            app,
+            opts,
+        }))
+    }
+
+    pub fn app(&self) -> &App {
+        &self.0.app
+    }
+
+    pub fn options(&self) -> &AdminOptions {
+        &self.0.opts
+    }
+
+    /// Records a state-changing action in the admin audit; a failure to
+    /// record is logged (the action itself is done).
+    pub(crate) async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) {
+        let a = rundbrief_store::AdminAction {
+            at: self.0.app.clock.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail: detail.to_string(),
+        };
+        tracing::info!(actor, action, target, detail, "admin action");
+        if let Err(e) = self.0.app.store.record_admin_action(&a).await {
+            tracing::error!(error = %e, actor, action, target, "cannot write the admin audit");
+        }
+    }
+}
+
+/// The peer of a connection, put on each request by [`serve`] (the login
+/// rate limit's key).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Every route. Pages need a session (else a redirect to `/login`), state
+/// changes also its CSRF token; the API needs a bearer key.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/admin.css", get(pages::stylesheet))
+        .route("/", get(pages::overview))
+        .route("/campaigns/{name}", get(pages::campaign))
+        .route("/campaigns/{name}/pause", post(pages::pause))
+        .route("/campaigns/{name}/resume", post(pages::resume))
+        .route("/campaigns/{name}/cancel", post(pages::cancel))
+        .route("/campaigns/{name}/preview", get(pages::preview))
+        .route("/campaigns/{name}/retry-failed", post(pages::retry_failed))
+        .route("/campaigns/{name}/held/release", post(pages::release_held))
+        .route("/campaigns/{name}/held/discard", post(pages::discard_held))
+        .route("/bounces", get(pages::bounces))
+        .route("/bounces/held/{verb}", post(pages::bounces_held))
+        .route("/subscribers", get(pages::find_subscriber))
+        .route("/subscribers/{email}", get(pages::subscriber))
+        .route(
+            "/subscribers/{email}/{action}",
+            post(pages::subscriber_action),
+        )
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/lists", get(api::lists))
+        .route("/api/v1/campaigns", get(api::campaigns))
+        .route("/api/v1/campaigns/{name}", get(api::campaign_status))
+        .route("/api/v1/campaigns/{name}/pause", post(api::pause))
+        .route("/api/v1/campaigns/{name}/resume", post(api::resume))
+        .route(
+            "/api/v1/campaigns/{name}/retry-failed",
+            post(api::retry_failed),
+        )
+        .route("/api/v1/campaigns/{name}/cancel", post(api::cancel))
+        .route("/api/v1/subscribers/{email}", get(api::subscriber))
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            security_headers,
+        ))
+        .with_state(state)
+}
+
+/// The policy every response carries unless it sets its own (the message
+/// preview, [`pages::PREVIEW_CSP`]): nothing loads but our own stylesheet and
+/// preview frames, forms post only to us, no framing by others, no
+/// referrer, no caching of pages.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+     frame-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn security_headers(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+    mut res: Response,
+) -> Response {
+    let h = res.headers_mut();
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    if state.0.opts.secure_cookies {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    res
+}
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests in flight get to finish after `shutdown`.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves [`router`] on `listener` until `shutdown` resolves, then stops
+/// accepting and lets requests in flight finish (bounded by 10 s).
+///
+/// # Errors
+/// None so far: a failed accept is logged and retried after a pause.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut evict = tokio::time::interval(Duration::from_secs(60));
+    tokio::pin!(shutdown);
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin dashboard listening");
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; pausing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = evict.tick() => {
+                state.0.limits.evict_idle();
+                state.0.sessions.evict_expired();
+                continue;
+            }
+            _ = &mut shutdown => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let svc = TowerToHyperService::new(AddExtension::new(app.clone(), ClientAddr(peer)));
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(sock), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!("admin connections still open after the drain deadline");
+    }
+    Ok(())
+}
