@@ -1030,6 +1030,17 @@ pub struct ServeArgs {
     /// Accept any TLS certificate from the relay (test relays only).
     #[arg(long)]
     pub insecure: bool,
+    /// The admin dashboard and API (as `rundbrief admin serve`); `off` (the
+    /// default) runs without it. Never the public HTTP endpoint's port; a
+    /// non-loopback address needs --insecure-admin (docs/dashboard.md).
+    #[arg(long, default_value = "off", value_name = "ADDR|off")]
+    pub admin_listen: String,
+    /// Serve the dashboard on a non-loopback address although it speaks plain HTTP.
+    #[arg(long)]
+    pub insecure_admin: bool,
+    /// Mark the dashboard's session cookie Secure (behind a TLS proxy).
+    #[arg(long)]
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Subcommand)]

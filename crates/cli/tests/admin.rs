@@ -85,3 +85,52 @@ fn serve_on_port_0_says_where_and_answers_keys_and_strangers() {
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("[]"), "{r}");
     common::stop(child, "-TERM");
 }
+
+/// #19: `serve --admin-listen` runs the dashboard inside `serve`, on its own
+/// port, loopback unless told otherwise; SIGTERM stops it with the rest.
+#[cfg(unix)]
+#[test]
+fn serve_runs_the_dashboard_on_its_own_loopback_port() {
+    let e = Env::new();
+    e.cmd().arg("init").assert().success();
+    let refused = e.fails(&[
+        "serve",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--bounce-listen",
+        "off",
+        "--http-listen",
+        "off",
+        "--metrics-listen",
+        "off",
+    ]);
+    assert!(refused.contains("not a loopback address"), "{refused}");
+    let same = e.fails(&[
+        "serve",
+        "--admin-listen",
+        "127.0.0.1:8080",
+        "--http-listen",
+        "127.0.0.1:8080",
+    ]);
+    assert!(same.contains("never shares"), "{same}");
+    let (serve, port) = common::start_server(
+        &e,
+        &[
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--bounce-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--metrics-listen",
+            "off",
+        ],
+    );
+    let login = common::http_get(port, "/login");
+    assert!(
+        login.contains("name=\"username\"") && login.contains("name=\"password\""),
+        "{login}"
+    );
+    common::stop(serve, "-TERM");
+}

@@ -66,29 +66,41 @@ pub async fn run(app: &App, c: &AdminCmd, json: bool) -> anyhow::Result<ExitCode
             insecure_admin,
             secure_cookies,
         } => {
-            if !listen.ip().is_loopback() && !*insecure_admin {
-                bail!(
-                    "refusing to serve the dashboard on {listen}, which is not a loopback address: \
-                     it speaks plain HTTP. Listen on 127.0.0.1 behind a reverse proxy that terminates \
-                     TLS (docs/dashboard.md), or pass --insecure-admin"
-                );
-            }
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("listening on {listen}"))?;
-            let addr = listener.local_addr()?;
-            eprintln!("admin dashboard listening on {addr} (open http://{addr}/ and log in)");
-            let state = rundbrief_admin::AdminState::new(
-                app.clone(),
-                rundbrief_admin::AdminOptions {
-                    secure_cookies: *secure_cookies,
-                    ..Default::default()
-                },
-            );
+            let (listener, state) = bind(app, *listen, *insecure_admin, *secure_cookies).await?;
             rundbrief_admin::serve(listener, state, crate::cmd::shutdown_signal()).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard's listener and state, for `admin serve` and `serve
+/// --admin-listen`: a non-loopback address only with `insecure_admin`.
+pub async fn bind(
+    app: &App,
+    listen: std::net::SocketAddr,
+    insecure_admin: bool,
+    secure_cookies: bool,
+) -> anyhow::Result<(tokio::net::TcpListener, rundbrief_admin::AdminState)> {
+    if !listen.ip().is_loopback() && !insecure_admin {
+        bail!(
+            "refusing to serve the dashboard on {listen}, which is not a loopback address: \
+             it speaks plain HTTP. Listen on 127.0.0.1 behind a reverse proxy that terminates \
+             TLS (docs/dashboard.md), or pass --insecure-admin"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!("admin dashboard listening on {addr} (open http://{addr}/ and log in)");
+    let state = rundbrief_admin::AdminState::new(
+        app.clone(),
+        rundbrief_admin::AdminOptions {
+            secure_cookies,
+            ..Default::default()
+        },
+    );
+    Ok((listener, state))
 }
 
 /// A user or key name: printable, no spaces, at most 64 characters.

@@ -36,6 +36,16 @@ pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let bounce_listen = addr_or_off(&a.bounce_listen, "--bounce-listen")?;
     let http_listen = addr_or_off(&a.http_listen, "--http-listen")?;
     let metrics_listen = addr_or_off(&a.metrics_listen, "--metrics-listen")?;
+    let admin_listen = addr_or_off(&a.admin_listen, "--admin-listen")?;
+    if let (Some(admin), Some(http)) = (admin_listen, http_listen)
+        && admin == http
+        && admin.port() != 0
+    {
+        anyhow::bail!(
+            "--admin-listen and --http-listen are both {admin}: the dashboard never shares the \
+             public endpoint's port"
+        );
+    }
     let stop = CancellationToken::new();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let app: App = crate::cmd::open_app(cfg, Arc::clone(&metrics) as _).await?;
@@ -64,6 +74,17 @@ pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
             let stop = stop.clone();
             Some(tokio::spawn(async move {
                 rundbrief_http::serve(listener, state, stop.cancelled_owned()).await
+            }))
+        }
+        None => None,
+    };
+    let admin = match admin_listen {
+        Some(addr) => {
+            let (listener, state) =
+                crate::cmd::admin::bind(&app, addr, a.insecure_admin, a.secure_cookies).await?;
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                rundbrief_admin::serve(listener, state, stop.cancelled_owned()).await
             }))
         }
         None => None,
@@ -113,6 +134,11 @@ pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         h.await
             .context("the HTTP task failed")?
             .context("the HTTP endpoint failed")?;
+    }
+    if let Some(h) = admin {
+        h.await
+            .context("the dashboard task failed")?
+            .context("the dashboard failed")?;
     }
     if let Some(m) = metrics_task {
         let _ = m.await;
