@@ -324,3 +324,27 @@ async fn unsubscribe_by_link_and_by_delivery_are_idempotent_and_audited() {
         );
     }
 }
+
+/// #21.12: lists are private until opened; the flag round-trips.
+#[tokio::test]
+async fn issue_21_lists_are_private_until_made_public() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let created = s.create_list("news", None).await.unwrap();
+        assert!(!created.public, "{}", db.backend);
+        assert!(!s.list("news").await.unwrap().public);
+        assert!(s.set_list_public("news", true).await.unwrap());
+        assert!(
+            !s.set_list_public("news", true).await.unwrap(),
+            "idempotent"
+        );
+        assert!(s.list("news").await.unwrap().public, "{}", db.backend);
+        assert!(s.list_summaries().await.unwrap()[0].list.public);
+        assert!(s.set_list_public("news", false).await.unwrap());
+        assert!(!s.list("news").await.unwrap().public);
+        assert!(matches!(
+            s.set_list_public("nope", true).await,
+            Err(rundbrief_store::StoreError::ListNotFound(_))
+        ));
+    }
+}
