@@ -713,22 +713,14 @@ async fn decide_held(
     let result: rundbrief_app::Result<usize> = async {
         let app = state.app();
         if release {
-            // As `Bounces::release_held`, with the admin as the actor.
             let released = app
-                .store
-                .decide_held(Some(&domain), rundbrief_store::PruneState::Released)
+                .bounces()
+                .release_held(
+                    Some(&domain),
+                    rundbrief_core::Actor::Admin,
+                    &format!("admin {}", session.admin),
+                )
                 .await?;
-            let bounces = app.bounces();
-            for p in &released {
-                let addr = Address::parse(&p.email)?;
-                let why = format!(
-                    "{}; held prune released by admin {}",
-                    p.reason, session.admin
-                );
-                bounces
-                    .prune(&addr, rundbrief_core::Actor::Admin, &why)
-                    .await?;
-            }
             Ok(released.len())
         } else {
             Ok(app.bounces().discard_held(Some(&domain)).await?.len())

@@ -337,9 +337,13 @@ impl Bounces {
     ///
     /// # Errors
     /// The store failed; those released before stay released.
+    /// `actor` and `by` say who decided (the CLI's operator, or the named
+    /// admin of the dashboard) in the audit.
     pub async fn release_held(
         &self,
         domain: Option<&str>,
+        actor: Actor,
+        by: &str,
     ) -> Result<Vec<rundbrief_store::DomainPrune>> {
         let released = self
             .store
@@ -349,8 +353,8 @@ impl Bounces {
             let addr = Address::parse(&p.email)?;
             self.prune(
                 &addr,
-                Actor::Cli,
-                &format!("{}; held prune released by the operator", p.reason),
+                actor,
+                &format!("{}; held prune released by {by}", p.reason),
             )
             .await?;
         }

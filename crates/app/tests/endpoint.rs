@@ -318,7 +318,11 @@ async fn a_domain_refusing_everyone_is_held_not_pruned() {
         // The operator decides: release prunes them, with the bounce quoted.
         let released = app
             .bounces()
-            .release_held(Some("blocked.example"))
+            .release_held(
+                Some("blocked.example"),
+                rundbrief_core::Actor::Cli,
+                "the operator",
+            )
             .await
             .unwrap();
         assert_eq!(released.len(), 30);

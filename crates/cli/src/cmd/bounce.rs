@@ -331,7 +331,13 @@ async fn held(app: &App, cmd: &crate::args::HeldCmd, json: bool) -> anyhow::Resu
     let (rows, done) = match cmd {
         HeldCmd::Ls { domain } => (bounces.held(domain.as_deref()).await?, None),
         HeldCmd::Release { domain } => (
-            bounces.release_held(domain.as_deref()).await?,
+            bounces
+                .release_held(
+                    domain.as_deref(),
+                    rundbrief_core::Actor::Cli,
+                    "the operator",
+                )
+                .await?,
             Some("released (pruned)"),
         ),
         HeldCmd::Discard { domain } => (
