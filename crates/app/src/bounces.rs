@@ -244,6 +244,15 @@ impl Bounces {
         let store = &self.store;
         let hold = self.policy.hold;
         let (campaign, domain, now) = (target.campaign_id, addr.domain(), self.clock.now());
+        let record = |state| rundbrief_store::NewDomainPrune {
+            campaign_id: campaign,
+            domain,
+            subscriber_id: target.subscriber_id,
+            email: addr.as_str(),
+            reason,
+            state,
+            at: now,
+        };
         if hold.min > 0 {
             let held_already = store.domain_is_held(campaign, domain).await?;
             let since = now - hold.window;
@@ -255,17 +264,7 @@ impl Bounces {
                 }
             };
             if held_already || tripped {
-                store
-                    .record_domain_prune(&rundbrief_store::NewDomainPrune {
-                        campaign_id: campaign,
-                        domain,
-                        subscriber_id: target.subscriber_id,
-                        email: addr.as_str(),
-                        reason,
-                        state: PruneState::Held,
-                        at: now,
-                    })
-                    .await?;
+                store.record_domain_prune(&record(PruneState::Held)).await?;
                 if tripped {
                     let why = format!(
                         "prune held: hard bounces from {domain} in this campaign passed {:.0} % of its \
@@ -289,15 +288,7 @@ impl Bounces {
         let pruned = self.prune(addr, Actor::Bounce, reason).await?;
         if pruned {
             store
-                .record_domain_prune(&rundbrief_store::NewDomainPrune {
-                    campaign_id: campaign,
-                    domain,
-                    subscriber_id: target.subscriber_id,
-                    email: addr.as_str(),
-                    reason,
-                    state: PruneState::Applied,
-                    at: now,
-                })
+                .record_domain_prune(&record(PruneState::Applied))
                 .await?;
             // Another bounce of this domain may have started holding it
             // while this one was pruned: then this prune is held too.

@@ -142,7 +142,7 @@ pub fn prepare(cfg: &Config, c: CampaignSpec<'_>) -> Result<Prepared> {
     let renderer = Renderer::new(CampaignTemplate {
         subject: c.subject.to_string(),
         content: c.content,
-        content_kind: render_kind(c.content_kind),
+        content_kind: c.content_kind,
         layout,
         from,
         reply_to: cfg.sending.reply_to.clone(),
@@ -167,14 +167,6 @@ pub fn prepare(cfg: &Config, c: CampaignSpec<'_>) -> Result<Prepared> {
         public_url,
         bounce_domain,
     })
-}
-
-/// The renderer's name for a content kind (the same two words).
-fn render_kind(k: ContentKind) -> rundbrief_render::ContentKind {
-    match k {
-        ContentKind::Html => rundbrief_render::ContentKind::Html,
-        ContentKind::Markdown => rundbrief_render::ContentKind::Markdown,
-    }
 }
 
 impl Prepared {

@@ -302,12 +302,7 @@ impl App {
             _ => {}
         }
         check_preflight(&self.config, &c, opts.strict)?;
-        let transport;
-        let mut runner = {
-            let r = self.runner_for(&c, opts)?;
-            transport = Arc::clone(&r.sender);
-            r
-        };
+        let mut runner = self.runner_for(&c, opts)?;
         store
             .set_campaign_state(c.campaign.id, CampaignState::Running)
             .await?;
@@ -325,7 +320,7 @@ impl App {
         let report = runner
             .run(c.campaign.id, stop, &|n| progress(total, n))
             .await;
-        transport.shutdown().await;
+        runner.sender.shutdown().await;
         let report = report?;
         match report.ended {
             Ended::Finished => tracing::info!(campaign = name, "finished"),
@@ -464,10 +459,3 @@ pub fn relay_for(cfg: &Config, given: Option<&str>) -> Result<rundbrief_sender::
 /// The message of the error for "no relay configured or given".
 pub const NO_RELAY: &str = "no relay: name one (a URL such as smtp://HOST:PORT, or a \
      [relays.NAME]), or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY";
-
-#[allow(dead_code)]
-fn _assert_send(app: &App) {
-    fn is_send<T: Send>(_: &T) {}
-    let stop = CancellationToken::new();
-    is_send(&app.send_foreground("x", &SendOptions::default(), &stop, &|_, _| {}));
-}

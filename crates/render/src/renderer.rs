@@ -17,15 +17,9 @@ use crate::mime::{self, Headers, TransferEncoding};
 use crate::mustache::{self, Style};
 use crate::template::{self, Fixed, Vars};
 
-/// Whether the campaign content is Markdown or HTML.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ContentKind {
-    /// CommonMark with tables, strikethrough and footnotes; raw HTML passes through.
-    #[default]
-    Markdown,
-    /// An HTML fragment, put into the layout as it is.
-    Html,
-}
+/// Whether the campaign content is Markdown or HTML (the domain type, shared
+/// with the store and the application layer).
+pub use rundbrief_core::ContentKind;
 
 /// Everything about a campaign that is the same for every recipient. Build a
 /// [`Renderer`] from it once per campaign.
