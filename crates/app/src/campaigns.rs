@@ -3,7 +3,7 @@
 //! changes, the status object that `campaign status --json` prints (and the
 //! coming `GET /api/v1/campaigns/NAME` returns), preview and test sends.
 
-use crate::error::{AppError, Result, ResultExt};
+use crate::error::{AppError, Reason, Result, ResultExt};
 use crate::links;
 use rundbrief_core::{CampaignState, Config, ContentKind};
 use rundbrief_render::{CampaignTemplate, Layout, Recipient, Renderer, parse_time_zone};
@@ -41,7 +41,8 @@ pub fn check_subject(subject: &str) -> Result<()> {
     if subject.trim().is_empty() {
         return Err(AppError::invalid(
             "the subject is empty: give a subject (a template, e.g. \"News for {{subscriber.name}}\")",
-        ));
+        )
+        .because(Reason::EmptySubject));
     }
     if subject.contains(['\r', '\n']) {
         return Err(AppError::invalid(
@@ -283,7 +284,8 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
             "pre-flight found {} problem(s) and strict mode is on:\n  {}",
             warnings.len(),
             warnings.join("\n  ")
-        )));
+        ))
+        .because(Reason::PreflightStrict));
     }
     Ok(warnings)
 }

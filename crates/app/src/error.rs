@@ -32,12 +32,33 @@ impl ErrorKind {
     }
 }
 
+/// Why a service refused, for a front end that words its own advice (the
+/// CLI names the flag or command that fixes it). The message stays the
+/// service's own; a front end matches on this, never on the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The campaign is paused (`resume` continues it).
+    CampaignPaused,
+    /// Every recipient has an outcome (`retry-failed` sends the failed again).
+    CampaignFinished,
+    /// The campaign was cancelled.
+    CampaignCancelled,
+    /// The pre-flight found problems and strict mode is on.
+    PreflightStrict,
+    /// The campaign's subject is empty.
+    EmptySubject,
+    /// No relay is configured or given.
+    NoRelay,
+}
+
 /// A service failure: a kind, what we were doing (optional) and the cause.
 ///
 /// Displayed as the context when there is one, else as the cause; the cause
 /// is the `source()` only under a context, so `{:#}` chains never repeat it.
 pub struct AppError {
     kind: ErrorKind,
+    reason: Option<Reason>,
     context: Option<String>,
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -49,6 +70,7 @@ impl AppError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         AppError {
             kind,
+            reason: None,
             context: Some(message.into()),
             cause: None,
         }
@@ -70,6 +92,7 @@ impl AppError {
     pub fn wrap(kind: ErrorKind, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
         AppError {
             kind,
+            reason: None,
             context: None,
             cause: Some(Box::new(cause)),
         }
@@ -78,15 +101,29 @@ impl AppError {
     /// Says what we were doing; the old message becomes the cause.
     pub fn context(self, what: impl Into<String>) -> Self {
         let kind = self.kind;
+        let reason = self.reason;
         AppError {
             kind,
+            reason,
             context: Some(what.into()),
             cause: Some(Box::new(self)),
         }
     }
 
+    /// Marks the failure with a [`Reason`] a front end can match on.
+    #[must_use]
+    pub fn because(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// The reason, if the service gave one (kept through [`Self::context`]).
+    pub fn reason(&self) -> Option<Reason> {
+        self.reason
     }
 
     /// The first cause of type `E` in the chain (e.g. a store error, for a
@@ -227,5 +264,15 @@ mod tests {
         assert_eq!(chain, vec!["sending `x`".to_string(), once]);
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.find::<rundbrief_store::StoreError>().is_some());
+    }
+
+    #[test]
+    fn the_reason_survives_added_context() {
+        let e = AppError::conflict("campaign `x` is paused").because(Reason::CampaignPaused);
+        assert_eq!(e.reason(), Some(Reason::CampaignPaused));
+        let e = e.context("sending `x`");
+        assert_eq!(e.reason(), Some(Reason::CampaignPaused));
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(AppError::invalid("x").reason(), None);
     }
 }

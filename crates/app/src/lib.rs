@@ -1,6 +1,6 @@
 //! `rundbrief-app`: the application layer between the mechanism crates and
 //! the front ends (`core ← store, bounce, render, dkim, sender, smtpd,
-//! scheduler ← app ← cli, http`).
+//! scheduler ← app ← cli, http, admin`).
 //!
 //! [`App::from_config`] builds what every command needs once: the store,
 //! the token signer and VERP codec, the DKIM signer, the bounce policy, the
@@ -15,6 +15,9 @@
 //! - [`bounces`]: the one bounce policy (endpoint, sending, `clean`),
 //!   `process_pending`;
 //! - [`endpoint`]: the bounce endpoint's smtpd handler and [`endpoint::start_endpoint`];
+//! - [`members`]: what the people on a list do through their signed links
+//!   (unsubscribe, re-subscribe) and double opt-in; [`confirm`]: the
+//!   confirmation mail and the queue that sends it;
 //! - [`serve`]: the `serve` supervisor loop;
 //! - [`links`]: the signed link formats (re-exported from `rundbrief_core::links`).
 //!
@@ -22,13 +25,15 @@
 
 pub mod bounces;
 pub mod campaigns;
+pub mod confirm;
 pub mod endpoint;
 pub mod error;
+pub mod members;
 pub mod preflight;
 pub mod sending;
 pub mod serve;
 
-pub use error::{AppError, ErrorKind, Result, ResultExt};
+pub use error::{AppError, ErrorKind, Reason, Result, ResultExt};
 pub use rundbrief_core::links;
 
 use rundbrief_core::{Config, DeliveryState};

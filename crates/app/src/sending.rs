@@ -5,7 +5,7 @@
 
 use crate::bounces::{BounceSource, Bounces, ClassifiedBounce};
 use crate::campaigns::{Prepared, check_preflight, prepare_first, prepare_stored};
-use crate::error::{AppError, Result};
+use crate::error::{AppError, Reason, Result};
 use crate::{App, Observer};
 use rundbrief_core::{CampaignState, Config, DeliveryState};
 use rundbrief_scheduler::{Ended, HookError, Hooks, RetryPolicy, RunConfig, Runner};
@@ -284,20 +284,23 @@ impl App {
         let c = store.campaign(name).await?;
         match c.campaign.state {
             CampaignState::Cancelled => {
-                return Err(AppError::conflict(format!(
-                    "campaign `{name}` was cancelled"
-                )));
+                return Err(
+                    AppError::conflict(format!("campaign `{name}` was cancelled"))
+                        .because(Reason::CampaignCancelled),
+                );
             }
             CampaignState::Finished => {
                 return Err(AppError::conflict(format!(
                     "campaign `{name}` is finished: every recipient has an outcome \
                      (retry-failed sends the failed ones again)"
-                )));
+                ))
+                .because(Reason::CampaignFinished));
             }
             CampaignState::Paused => {
                 return Err(AppError::conflict(format!(
                     "campaign `{name}` is paused: resume continues it"
-                )));
+                ))
+                .because(Reason::CampaignPaused));
             }
             _ => {}
         }
@@ -451,7 +454,7 @@ impl App {
 /// name that is no URL, or a relay that cannot be used.
 pub fn relay_for(cfg: &Config, given: Option<&str>) -> Result<rundbrief_sender::Relay> {
     let Some(name_or_url) = given.or(cfg.relay.as_deref()) else {
-        return Err(AppError::invalid(NO_RELAY));
+        return Err(AppError::invalid(NO_RELAY).because(Reason::NoRelay));
     };
     Ok(rundbrief_sender::Relay::resolve(name_or_url, &cfg.relays)?)
 }

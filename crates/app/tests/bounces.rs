@@ -261,3 +261,114 @@ async fn a_complaint_unsubscribes_and_leaves_the_score_alone() {
         assert!(s.bounce_score(ds[0].subscriber_id).await.unwrap().is_none());
     }
 }
+
+/// A stored DSN for `delivery` with `status`, as the endpoint keeps it.
+async fn store_dsn(store: &Store, d: &DeliveryTarget, email: &str, status: &str) -> uuid::Uuid {
+    let raw = format!(
+        "From: MAILER-DAEMON@mx.example.org\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n\
+         Final-Recipient: rfc822; {email}\r\nAction: failed\r\nStatus: {status}\r\n\r\n--b--\r\n"
+    );
+    store
+        .insert_bounce(&rundbrief_store::NewBounce {
+            source: rundbrief_core::BounceSource::Smtp,
+            peer: Some("127.0.0.1".into()),
+            mail_from: None,
+            rcpt: None,
+            delivery_id: Some(d.delivery_id),
+            raw: raw.as_bytes(),
+        })
+        .await
+        .unwrap()
+}
+
+/// `bounce reprocess` parses stored messages again (after a parser
+/// upgrade), but a bounce that already counted does not count again: a
+/// soft bounce counted yesterday would otherwise add to the score a second
+/// time today, and repeated reprocessing would prune a live address.
+#[tokio::test]
+async fn reprocessing_does_not_count_a_bounce_twice() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let (_, ds) = campaign(s, &["full"]).await;
+        let day1 = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(day1));
+        let app = app(s, true, Arc::clone(&clock));
+        let b = app.bounces();
+        store_dsn(s, &ds[0], "full@example.org", "4.2.2").await;
+        assert_eq!(b.process_pending().await.unwrap(), 1);
+        let counted = s.bounce_score(ds[0].subscriber_id).await.unwrap();
+        assert!(counted.is_some(), "{}: the soft bounce counted", db.backend);
+        for day in 1..=3 {
+            clock.set(day1 + Duration::days(day));
+            assert_eq!(s.requeue_bounces(None).await.unwrap(), 1);
+            assert_eq!(b.process_pending().await.unwrap(), 1);
+            assert_eq!(
+                s.bounce_score(ds[0].subscriber_id).await.unwrap(),
+                counted,
+                "{}: reprocessed on day {day}, the bounce counted again",
+                db.backend
+            );
+        }
+        // A new bounce does count.
+        store_dsn(s, &ds[0], "full@example.org", "4.2.2").await;
+        assert_eq!(b.process_pending().await.unwrap(), 1);
+        assert_ne!(
+            s.bounce_score(ds[0].subscriber_id).await.unwrap(),
+            counted,
+            "{}: a new bounce counts",
+            db.backend
+        );
+    }
+}
+
+/// `sub restore` resets the score: the old bounces stay stored as evidence
+/// but no longer count, even when parsed again; a bounce received after
+/// the restore counts as any other.
+#[tokio::test]
+async fn a_restored_subscriber_is_not_pruned_again_for_old_bounces() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let (_, ds) = campaign(s, &["anna"]).await;
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        let app = app(s, false, Arc::clone(&clock));
+        let b = app.bounces();
+        store_dsn(s, &ds[0], "anna@example.org", "5.1.1").await;
+        assert_eq!(b.process_pending().await.unwrap(), 1);
+        assert_eq!(b.clean(false).await.unwrap().len(), 1, "{}", db.backend);
+        assert_eq!(status(s, "anna@example.org").await, SubscriberStatus::Bounced);
+
+        let anna = Address::parse("anna@example.org").unwrap();
+        s.restore_subscriber(&anna, rundbrief_core::Actor::Cli, "the mailbox works again")
+            .await
+            .unwrap();
+        assert_eq!(status(s, "anna@example.org").await, SubscriberStatus::Active);
+        let why = last_reason(s, "anna@example.org").await;
+        assert!(
+            why.contains("bounce score 5.0 reset") && why.contains("no longer count"),
+            "{}: {why}",
+            db.backend
+        );
+        assert!(b.clean(true).await.unwrap().is_empty(), "{}", db.backend);
+
+        // Parsing it again does not bring it back into the score.
+        clock.set(now + Duration::days(1));
+        assert_eq!(s.requeue_bounces(None).await.unwrap(), 1);
+        assert_eq!(b.process_pending().await.unwrap(), 1);
+        assert!(b.clean(true).await.unwrap().is_empty(), "{}", db.backend);
+
+        // A bounce received after the restore counts as any other.
+        let new = store_dsn(s, &ds[0], "anna@example.org", "5.1.1").await;
+        assert_eq!(b.process_pending().await.unwrap(), 1);
+        let would = b.clean(true).await.unwrap();
+        assert_eq!(would.len(), 1, "{}", db.backend);
+        let last = would[0].last_bounce.clone().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("bounce {new}: hard 5.1.1")),
+            "{}: {last}",
+            db.backend
+        );
+    }
+}

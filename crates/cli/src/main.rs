@@ -107,16 +107,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             relay,
             ..
         }) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
             let (name, relay) = (name.as_deref(), relay.as_deref());
-            cmd::sub::sub_add_confirm(&store, &loaded.config, email, list, name, relay, cli.json)
-                .await
+            cmd::sub::sub_add_confirm(&app(&cli).await?, email, list, name, relay, cli.json).await
         }
         Command::Http(args::HttpCmd::Serve { listen, relay }) => {
-            let loaded = config::load(&cli)?;
-            let store = cmd::open_store(&loaded.config).await?;
-            cmd::http::serve(&store, &loaded.config, *listen, relay.as_deref()).await
+            cmd::http::serve(&app(&cli).await?, *listen, relay.as_deref()).await
         }
         Command::Admin(c) => cmd::admin::run(&app(&cli).await?, c, cli.json).await,
         Command::Sub(c) => {

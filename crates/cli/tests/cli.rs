@@ -1731,63 +1731,6 @@ fn ingest_dsn(e: &Env, delivery: uuid::Uuid, email: &str, status: &str) {
     assert_eq!(e.json(&["bounce", "ingest", &file])["parsed"], 1);
 }
 
-/// `bounce reprocess` parses stored messages again (after a parser
-/// upgrade) but a bounce that already counted does not count again: a soft
-/// bounce counted yesterday would otherwise add to the score a second time
-/// today, and repeated reprocessing would prune a live address.
-#[test]
-fn reprocessing_does_not_count_a_bounce_twice() {
-    let e = Env::new();
-    endpoint_config(&e);
-    auto_prune_off(&e);
-    e.ok(&["list", "create", "news"]);
-    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
-    let target = campaign_with_deliveries(&e, "c")[0].clone();
-    ingest_dsn(&e, target.delivery_id, "anna@example.org", "4.2.2");
-    let soft = e.json(&["bounce", "ls"])[0].clone();
-    assert_eq!(soft["class"], "soft", "{soft}");
-    assert!(soft["acted_at"].is_string(), "{soft}");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", e.path("rundbrief.db").display());
-    let store = || async {
-        rundbrief_store::Store::connect(&rundbrief_store::ConnectConfig::new(url.clone()))
-            .await
-            .unwrap()
-    };
-    // Make the score a day old, as if the bounce had come in yesterday.
-    let yesterday = rt.block_on(async {
-        let s = store().await;
-        let (value, day, weight) = s.bounce_score(target.subscriber_id).await.unwrap().unwrap();
-        let old = (value, day - 1, weight);
-        s.record_bounce_score(&target, Some((old, "bounce counted yesterday")))
-            .await
-            .unwrap();
-        s.close().await.unwrap();
-        old
-    });
-    let score = || {
-        rt.block_on(async {
-            let s = store().await;
-            let v = s.bounce_score(target.subscriber_id).await.unwrap();
-            s.close().await.unwrap();
-            v
-        })
-    };
-    for _ in 0..2 {
-        let r = e.json(&["bounce", "reprocess"]);
-        assert_eq!(r["parsed"], 1, "{r}");
-        assert_eq!(
-            score(),
-            Some(yesterday),
-            "the reprocessed bounce counted again"
-        );
-    }
-    assert_eq!(e.json(&["bounce", "ls"])[0]["acted_at"], soft["acted_at"]);
-    // A new bounce does count.
-    ingest_dsn(&e, target.delivery_id, "anna@example.org", "4.2.2");
-    assert_ne!(score(), Some(yesterday), "a new bounce counts");
-}
-
 #[test]
 fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
     let e = Env::new();
@@ -1849,70 +1792,6 @@ fn with_auto_prune_off_clean_prunes_what_the_scores_say() {
         e.json(&["clean", "--dry-run"])["subscribers"],
         serde_json::json!([]),
         "pruned ones are not listed again"
-    );
-}
-
-/// `sub restore` brought a bounced subscriber back but kept its bounce
-/// score, so the next `clean` pruned it again at once. Restoring resets the
-/// score: bounces received before it no longer count, not even when
-/// `bounce reprocess` parses them again; they stay stored, and a new bounce
-/// counts as usual.
-#[test]
-fn a_restored_subscriber_is_not_pruned_again_for_old_bounces() {
-    let e = Env::new();
-    endpoint_config(&e);
-    auto_prune_off(&e);
-    e.ok(&["list", "create", "news"]);
-    e.ok(&["sub", "add", "anna@example.org", "--list", "news"]);
-    let delivery = campaign_with_deliveries(&e, "c")[0].delivery_id;
-    ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
-    assert_eq!(e.json(&["clean"])["pruned"], 1);
-
-    e.ok(&["sub", "restore", "anna@example.org"]);
-    let anna = e.json(&["sub", "show", "anna@example.org"]);
-    assert_eq!(anna["status"], "active");
-    let last = anna["audit"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["action"], "restored", "{anna}");
-    let why = last["reason"].as_str().unwrap();
-    assert!(
-        why.contains("bounce score 5.0 reset") && why.contains("no longer count"),
-        "{why}"
-    );
-    let dry = e.json(&["clean", "--dry-run"]);
-    assert_eq!(
-        (&dry["pruned"], &dry["subscribers"]),
-        (&serde_json::json!(0), &serde_json::json!([])),
-        "the old bounce no longer counts: {dry}"
-    );
-    assert_eq!(
-        e.json(&["bounce", "ls"]).as_array().unwrap().len(),
-        1,
-        "the bounce stays stored as evidence"
-    );
-
-    // Parsing it again does not bring it back into the score.
-    assert_eq!(e.json(&["bounce", "reprocess"])["parsed"], 1);
-    let dry = e.json(&["clean", "--dry-run"]);
-    assert_eq!(dry["pruned"], 0, "after reprocess: {dry}");
-    assert_eq!(
-        e.json(&["sub", "show", "anna@example.org"])["status"],
-        "active"
-    );
-
-    // A bounce received after the restore counts as any other.
-    ingest_dsn(&e, delivery, "anna@example.org", "5.1.1");
-    let new = e.json(&["bounce", "ls"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dry = e.json(&["clean", "--dry-run"]);
-    assert_eq!(dry["pruned"], 1, "{dry}");
-    assert!(
-        dry["subscribers"][0]["last_bounce"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("bounce {new}: hard 5.1.1")),
-        "{dry}"
     );
 }
 

@@ -160,6 +160,29 @@ mod tests {
     }
 
     #[test]
+    fn campaign_links_carry_three_ids_and_only_unsubscribe_links_do() {
+        let s = signer();
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let three: Vec<u8> = [a, b, c].iter().flat_map(|u| *u.as_bytes()).collect();
+        let link = s.sign(Purpose::UnsubscribeLink, &three);
+        assert_eq!(
+            verify_member_token(&s, Purpose::UnsubscribeLink, &link),
+            Some((a, b, Some(c)))
+        );
+        assert_eq!(
+            verify_member_token(&s, Purpose::UnsubscribeLink, &link.to_uppercase()),
+            Some((a, b, Some(c))),
+            "base32 tokens survive a client that upper-cases the URL"
+        );
+        let confirm = s.sign(Purpose::Confirm, &three);
+        assert_eq!(
+            verify_member_token(&s, Purpose::Confirm, &confirm),
+            None,
+            "48 bytes only for unsubscribe links"
+        );
+    }
+
+    #[test]
     fn mailto_addresses_verify_and_forgeries_are_told_apart() {
         let s = signer();
         let d = Uuid::now_v7();

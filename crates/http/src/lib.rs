@@ -1,19 +1,20 @@
 //! `rundbrief-http`: the public HTTP endpoint behind `sending.public_url`.
 //!
-//! Owns: one-click unsubscribe (RFC 8058) and its page (`/u/TOKEN`), the
-//! re-subscribe button shown after it (`/r/TOKEN`), double opt-in
-//! (`POST /s/LIST`, the confirmation mail, `/c/TOKEN`), the rate limits of
-//! the subscribe endpoint, and the HTTP server itself: a bounded accept loop
-//! with per-connection header timeouts, request body limits, request
+//! Owns the pages and the HTTP side of: one-click unsubscribe (RFC 8058)
+//! and its page (`/u/TOKEN`), the re-subscribe button shown after it
+//! (`/r/TOKEN`), double opt-in (`POST /s/LIST`, `/c/TOKEN`), the rate limits
+//! of the subscribe endpoint, and the HTTP server itself: a bounded accept
+//! loop with per-connection header timeouts, request body limits, request
 //! timeouts and security headers on every answer.
 //!
-//! Never: SQL (that is `rundbrief-store`), SMTP details (`rundbrief-sender`),
-//! or JavaScript in a page. Every state change is keyed by ids from a signed
-//! token ([`rundbrief_core::Signer`]); a forged or altered token gets 404 and
-//! changes nothing.
+//! What each request does to a membership is the application layer's
+//! ([`rundbrief_app::members`]; the confirmation mail and its queue are
+//! [`rundbrief_app::confirm`]). Never here: SQL, SMTP, or JavaScript in a
+//! page. Every state change is keyed by ids from a signed token; a forged
+//! or altered token gets 404 and changes nothing.
 //!
 //! Start with [`router`] (the routes and what each does), then [`serve`]
-//! (the accept loop) and [`mail`] (the confirmation mail).
+//! (the accept loop).
 //!
 //! Why GET never changes anything: mail providers and corporate gateways
 //! fetch every link in a message to scan it. A GET only shows a page with
@@ -21,7 +22,6 @@
 //! by design for the same reason.
 
 pub mod limit;
-pub mod mail;
 pub mod pages;
 mod server;
 
@@ -31,21 +31,19 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use rundbrief_app::members::{Confirmation, Members, Requested, UnsubscribeVia};
+use rundbrief_app::{AppError, ErrorKind};
 use rundbrief_core::config::HttpConfig;
-use rundbrief_core::{Actor, Address, Purpose, Signer};
-use rundbrief_store::{Confirmed, OptIn, Store};
+use rundbrief_core::{Actor, Purpose};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use uuid::Uuid;
 
 pub use limit::Limits;
-pub use mail::{ConfirmJob, Mailer};
+pub use rundbrief_app::confirm::{ConfirmJob, Mailer, Outbox};
 pub use server::serve;
 
 /// The `Content-Security-Policy` of every answer: nothing may load, inline
@@ -57,22 +55,10 @@ pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-actio
 pub const ONE_CLICK_BODY: &[u8] = b"List-Unsubscribe=One-Click";
 
 /// What can go wrong outside a request (requests answer with pages).
+/// Why the HTTP listener stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
-    /// A configuration value the endpoint needs is missing or unusable.
-    #[error("`{key}` {problem}")]
-    Config { key: &'static str, problem: String },
-    /// The relay did not take a confirmation mail.
-    #[error("the confirmation mail to {to} was not sent ({outcome}): {error}")]
-    Send {
-        to: String,
-        outcome: &'static str,
-        error: String,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] rundbrief_store::StoreError),
     /// Accepting connections failed.
     #[error("the HTTP listener failed: {0}")]
     Io(#[from] std::io::Error),
@@ -87,13 +73,10 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
-    store: Store,
-    signer: Signer,
+    members: Members,
     cfg: HttpConfig,
     limits: Limits,
-    outbox: Option<mpsc::Sender<ConfirmJob>>,
-    /// The mail worker and the token that tells it to finish the queue.
-    worker: Mutex<Option<(tokio::task::JoinHandle<()>, CancellationToken)>>,
+    outbox: Option<Outbox>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,31 +89,21 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// The endpoint's state. Without a `mailer` (no relay configured) there
-    /// is no `POST /s/LIST`: double opt-in needs to send mail. With one, a
-    /// task that sends the queued confirmation mails is started (call from
-    /// within a tokio runtime); [`serve`] finishes its queue on shutdown.
-    pub fn new(store: Store, signer: Signer, cfg: HttpConfig, mailer: Option<Mailer>) -> Self {
+    /// The endpoint's state over the membership service. Without a
+    /// `mailer` (no relay configured) there is no `POST /s/LIST`: double
+    /// opt-in needs to send mail. With one, a task that sends the queued
+    /// confirmation mails is started (call from within a tokio runtime);
+    /// [`serve`] finishes its queue on shutdown.
+    pub fn new(members: Members, cfg: HttpConfig, mailer: Option<Mailer>) -> Self {
         let limits = Limits::new(
             cfg.subscribe_per_ip_per_hour,
             cfg.subscribe_per_address_per_hour,
         );
-        let (outbox, worker) = match mailer {
-            Some(m) => {
-                let (tx, rx) = mpsc::channel(mail::OUTBOX_CAPACITY);
-                let closing = CancellationToken::new();
-                let handle = tokio::spawn(run_outbox(Arc::new(m), rx, closing.clone()));
-                (Some(tx), Some((handle, closing)))
-            }
-            None => (None, None),
-        };
         AppState(Arc::new(Inner {
-            store,
-            signer,
+            members,
             cfg,
             limits,
-            outbox,
-            worker: Mutex::new(worker),
+            outbox: mailer.map(Outbox::start),
         }))
     }
 
@@ -141,17 +114,8 @@ impl AppState {
 
     /// Sends what is still queued (within `limit`) and stops the mail task.
     pub async fn finish_outbox(&self, limit: Duration) {
-        let worker = self
-            .0
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some((handle, closing)) = worker {
-            closing.cancel();
-            if tokio::time::timeout(limit, handle).await.is_err() {
-                tracing::warn!("confirmation mails still queued at shutdown were not sent");
-            }
+        if let Some(outbox) = &self.0.outbox {
+            outbox.finish(limit).await;
         }
     }
 }
@@ -172,42 +136,6 @@ fn client_ip(trust_forwarded_for: bool, peer: Option<ClientAddr>, headers: &Head
         return ip;
     }
     peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip())
-}
-
-async fn run_outbox(
-    mailer: Arc<Mailer>,
-    mut rx: mpsc::Receiver<ConfirmJob>,
-    closing: CancellationToken,
-) {
-    let send = |job: ConfirmJob| {
-        let mailer = Arc::clone(&mailer);
-        async move {
-            match mailer.send(&job).await {
-                Ok(()) => {
-                    tracing::info!(subscriber = %job.subscriber_id, list = %job.list, "confirmation mail sent")
-                }
-                Err(e) => {
-                    tracing::error!(subscriber = %job.subscriber_id, list = %job.list, error = %e, "confirmation mail not sent")
-                }
-            }
-        }
-    };
-    loop {
-        tokio::select! {
-            biased;
-            job = rx.recv() => match job {
-                Some(job) => send(job).await,
-                None => break,
-            },
-            _ = closing.cancelled() => {
-                while let Ok(job) = rx.try_recv() {
-                    send(job).await;
-                }
-                break;
-            }
-        }
-    }
-    mailer.shutdown().await;
 }
 
 /// The routes:
@@ -246,16 +174,6 @@ pub fn router(state: AppState) -> Router {
         .layer(set(header::X_FRAME_OPTIONS, "DENY"))
         .layer(set(header::REFERRER_POLICY, "no-referrer"))
         .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-}
-
-/// The ids in a verified membership token (`core::links`, the one place
-/// for the format): subscriber, list and, for unsubscribe links, the campaign.
-fn member_token(
-    signer: &Signer,
-    purpose: Purpose,
-    token: &str,
-) -> Option<(Uuid, Uuid, Option<Uuid>)> {
-    rundbrief_core::links::verify_member_token(signer, purpose, token)
 }
 
 /// Whether a POST to `/u/TOKEN` is RFC 8058 one-click: the field
@@ -347,41 +265,34 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn failed(e: &rundbrief_store::StoreError) -> Response {
-    tracing::error!(error = %e, "the store failed while answering an HTTP request");
+/// The page for a service failure: 404 for what does not exist (a link
+/// whose membership is gone), else 503 with the cause in the log.
+fn failed(e: &AppError) -> Response {
+    if e.kind() == ErrorKind::NotFound {
+        return pages::not_found();
+    }
+    tracing::error!(error = %e, "a service failed while answering an HTTP request");
     pages::unavailable()
 }
 
 /// The re-subscribe button's action for `v`, or `None` when the button
-/// cannot bring this subscriber back (bounced, complained, blocklisted, left
-/// every list): then the page does not offer it.
-fn resubscribe_action(signer: &Signer, v: &rundbrief_store::MembershipView) -> Option<String> {
-    v.no_way_back.is_none().then(|| {
-        format!(
-            "../r/{}",
-            rundbrief_core::links::member_token(
-                signer,
-                Purpose::Resubscribe,
-                v.subscriber_id,
-                v.list_id
-            )
-        )
-    })
+/// cannot bring this subscriber back: then the page does not offer it.
+fn resubscribe_action(app: &AppState, v: &rundbrief_store::MembershipView) -> Option<String> {
+    app.0
+        .members
+        .resubscribe_token(v)
+        .map(|t| format!("../r/{t}"))
 }
 
 async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some((sub, list, _)) = member_token(&app.0.signer, Purpose::UnsubscribeLink, &token) else {
+    let Some(link) = app.0.members.verify(Purpose::UnsubscribeLink, &token) else {
         return pages::not_found();
     };
-    match app.0.store.membership_view(sub, list).await {
+    match app.0.members.view(&link).await {
         Err(e) => failed(&e),
         Ok(None) => pages::not_on_list(),
         Ok(Some(v)) if v.status == rundbrief_core::MembershipStatus::Unsubscribed => {
-            pages::unsubscribed(
-                &v.email,
-                &v.list,
-                resubscribe_action(&app.0.signer, &v).as_deref(),
-            )
+            pages::unsubscribed(&v.email, &v.list, resubscribe_action(&app, &v).as_deref())
         }
         Ok(Some(v)) => pages::unsubscribe_ask(&v.email, &v.list, &token),
     }
@@ -396,109 +307,54 @@ async fn unsubscribe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((sub, list, campaign)) = member_token(&app.0.signer, Purpose::UnsubscribeLink, &token)
-    else {
+    let Some(link) = app.0.members.verify(Purpose::UnsubscribeLink, &token) else {
         return pages::not_found();
     };
-    let one_click = is_one_click(&headers, &body);
-    let mut reason = if one_click {
-        "one-click unsubscribe (RFC 8058)".to_string()
+    let via = if is_one_click(&headers, &body) {
+        UnsubscribeVia::OneClick
     } else {
-        "unsubscribe page".to_string()
+        UnsubscribeVia::Page
     };
-    if let Some(c) = campaign {
-        reason.push_str(&format!(", campaign {c}"));
-    }
-    match app
-        .0
-        .store
-        .unsubscribe_member(sub, list, Actor::Http, &reason)
-        .await
-    {
-        Err(e) => return failed(&e),
-        Ok(None) => return pages::not_on_list(),
-        Ok(Some(changed)) => {
-            tracing::info!(subscriber = %sub, list = %list, one_click, changed, "unsubscribe");
-        }
-    }
-    match app.0.store.membership_view(sub, list).await {
-        Ok(Some(v)) => pages::unsubscribed(
-            &v.email,
-            &v.list,
-            resubscribe_action(&app.0.signer, &v).as_deref(),
-        ),
-        Ok(None) => pages::not_on_list(),
+    match app.0.members.unsubscribe(&link, via, Actor::Http).await {
         Err(e) => failed(&e),
+        Ok(None) => pages::not_on_list(),
+        Ok(Some(v)) => {
+            pages::unsubscribed(&v.email, &v.list, resubscribe_action(&app, &v).as_deref())
+        }
     }
 }
 
 async fn subscribe_ask_page(app: &AppState, purpose: Purpose, token: &str) -> Response {
-    let Some((sub, list, _)) = member_token(&app.0.signer, purpose, token) else {
+    let Some(link) = app.0.members.verify(purpose, token) else {
         return pages::not_found();
     };
-    match app.0.store.membership_view(sub, list).await {
+    match app.0.members.subscribe_view(&link).await {
         Err(e) => failed(&e),
         Ok(None) => pages::not_found(),
-        Ok(Some(v)) if v.subscriber_status == rundbrief_core::SubscriberStatus::Blocklisted => {
-            pages::not_found()
-        }
         Ok(Some(rundbrief_store::MembershipView {
             email,
             list,
             no_way_back: Some(why),
             ..
         })) if purpose == Purpose::Resubscribe => pages::no_way_back(&email, &list, why),
-        Ok(Some(v))
-            if v.status == rundbrief_core::MembershipStatus::Subscribed
-                && v.subscriber_status == rundbrief_core::SubscriberStatus::Active =>
-        {
-            pages::subscribed(&v.email, &v.list)
-        }
+        Ok(Some(v)) if Members::is_subscribed(&v) => pages::subscribed(&v.email, &v.list),
         Ok(Some(v)) => {
             pages::subscribe_ask(&v.email, &v.list, token, purpose == Purpose::Resubscribe)
         }
     }
 }
 
-async fn subscribe_confirmed(
-    app: &AppState,
-    purpose: Purpose,
-    token: &str,
-    reason: &str,
-) -> Response {
-    let Some((sub, list, _)) = member_token(&app.0.signer, purpose, token) else {
+async fn subscribe_confirmed(app: &AppState, purpose: Purpose, token: &str) -> Response {
+    let Some(link) = app.0.members.verify(purpose, token) else {
         return pages::not_found();
     };
-    let outcome = if purpose == Purpose::Resubscribe {
-        app.0
-            .store
-            .resubscribe_member(sub, list, Actor::Http, reason)
-            .await
-    } else {
-        app.0
-            .store
-            .confirm_subscription(sub, list, Actor::Http, reason)
-            .await
-    };
-    match outcome {
+    match app.0.members.confirm(&link, Actor::Http).await {
         Err(e) => failed(&e),
-        Ok(Confirmed::Gone | Confirmed::Blocklisted) => pages::not_found(),
-        Ok(Confirmed::Refused(why)) => {
-            tracing::info!(subscriber = %sub, list = %list, why = why.as_str(), "re-subscribe refused: only a double opt-in brings this subscriber back");
-            match app.0.store.membership_view(sub, list).await {
-                Ok(Some(v)) => pages::no_way_back(&v.email, &v.list, why),
-                Ok(None) => pages::not_found(),
-                Err(e) => failed(&e),
-            }
-        }
-        Ok(outcome @ (Confirmed::Subscribed | Confirmed::AlreadySubscribed)) => {
-            tracing::info!(subscriber = %sub, list = %list, ?outcome, reason, "subscription confirmed");
-            match app.0.store.membership_view(sub, list).await {
-                Ok(Some(v)) => pages::subscribed(&v.email, &v.list),
-                Ok(None) => pages::not_found(),
-                Err(e) => failed(&e),
-            }
-        }
+        Ok(Confirmation::Refused(v)) => match v.no_way_back {
+            Some(why) => pages::no_way_back(&v.email, &v.list, why),
+            None => pages::not_found(),
+        },
+        Ok(Confirmation::Subscribed(v)) => pages::subscribed(&v.email, &v.list),
     }
 }
 
@@ -507,13 +363,7 @@ async fn resubscribe_page(State(app): State<AppState>, Path(token): Path<String>
 }
 
 async fn resubscribe(State(app): State<AppState>, Path(token): Path<String>) -> Response {
-    subscribe_confirmed(
-        &app,
-        Purpose::Resubscribe,
-        &token,
-        "re-subscribed from the unsubscribe page",
-    )
-    .await
+    subscribe_confirmed(&app, Purpose::Resubscribe, &token).await
 }
 
 async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
@@ -521,13 +371,7 @@ async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>) ->
 }
 
 async fn confirm(State(app): State<AppState>, Path(token): Path<String>) -> Response {
-    subscribe_confirmed(
-        &app,
-        Purpose::Confirm,
-        &token,
-        "confirmed by the subscriber (double opt-in)",
-    )
-    .await
+    subscribe_confirmed(&app, Purpose::Confirm, &token).await
 }
 
 /// The subscribe form's fields.
@@ -538,12 +382,11 @@ struct SubscribeForm {
     name: Option<String>,
 }
 
-/// Longest name kept from the form, in characters.
-const MAX_NAME_CHARS: usize = 200;
-
 /// `POST /s/LIST`: rate limit by client IP, then a double opt-in request.
 /// The answer is the same page whether the address is new, unconfirmed,
-/// subscribed or blocklisted, and it does not wait for the mail.
+/// subscribed or blocklisted, and it does not wait for the mail. A list
+/// that is not public answers exactly as one that does not exist (and
+/// before the form is looked at), so the form cannot tell which lists exist.
 async fn subscribe(
     State(app): State<AppState>,
     Path(list): Path<String>,
@@ -556,65 +399,42 @@ async fn subscribe(
         tracing::info!(%ip, "subscribe rate limit reached for this client");
         return pages::too_many(wait);
     }
-    // A list that is not public answers exactly as one that does not exist
-    // (and before the form is looked at), so the form cannot tell which
-    // lists exist.
-    match app.0.store.find_list(&list).await {
-        Ok(Some(l)) if l.public => {}
-        Ok(_) => return pages::not_found(),
-        Err(e) => return failed(&e),
-    }
-    let Ok(axum::Form(form)) = form else {
-        return pages::bad_request("The form must have an e-mail address (field `email`).");
+    let form = form.map(|axum::Form(f)| f);
+    // An empty address for a list that may not exist: the list is checked
+    // first by the service, so an unknown list always answers 404.
+    let (email, name) = match &form {
+        Ok(f) => (f.email.as_str(), f.name.as_deref()),
+        Err(_) => ("", None),
     };
-    let Ok(addr) = Address::parse(form.email.trim()) else {
-        return pages::bad_request("That does not look like an e-mail address.");
-    };
-    let name: Option<String> = form
-        .name
-        .map(|n| {
-            n.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_NAME_CHARS)
-                .collect::<String>()
-                .trim()
-                .to_string()
-        })
-        .filter(|n| !n.is_empty());
-    let outcome = match app
+    let requested = app
         .0
-        .store
-        .request_subscription(
-            &addr,
+        .members
+        .request(
             &list,
-            name.as_deref(),
+            email,
+            name,
+            true,
             Actor::Http,
             "subscription form (double opt-in)",
         )
-        .await
-    {
-        Ok(o) => o,
-        Err(rundbrief_store::StoreError::ListNotFound(_)) => return pages::not_found(),
+        .await;
+    let job = match requested {
+        Ok(Requested::Confirm(job)) => job,
+        Ok(Requested::Nothing) => return pages::check_inbox(),
+        Err(e) if e.kind() == ErrorKind::Invalid => {
+            return pages::bad_request(if form.is_err() {
+                "The form must have an e-mail address (field `email`)."
+            } else {
+                "That does not look like an e-mail address."
+            });
+        }
         Err(e) => return failed(&e),
     };
-    if let OptIn::SendConfirmation {
-        subscriber_id,
-        list_id,
-    } = outcome
-    {
-        if app.0.limits.check_address(&addr.key()).is_err() {
-            tracing::info!(subscriber = %subscriber_id, "confirmation mail limit reached for this address; none sent");
-        } else if let Some(outbox) = &app.0.outbox {
-            let job = ConfirmJob {
-                email: addr.to_string(),
-                list: list.clone(),
-                subscriber_id,
-                list_id,
-            };
-            if outbox.try_send(job).is_err() {
-                tracing::warn!(subscriber = %subscriber_id, "confirmation mail queue full; mail dropped");
-            }
-        }
+    let key = rundbrief_core::Address::parse(&job.email).map_or_else(|_| job.email.clone(), |a| a.key());
+    if app.0.limits.check_address(&key).is_err() {
+        tracing::info!(subscriber = %job.subscriber_id, "confirmation mail limit reached for this address; none sent");
+    } else if let Some(outbox) = &app.0.outbox {
+        outbox.queue(job);
     }
     pages::check_inbox()
 }
@@ -639,36 +459,5 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
         assert_eq!(ip(true, &bad), "10.0.0.1");
-    }
-
-    #[test]
-    fn tokens_carry_two_or_three_ids_and_only_for_their_purpose() {
-        let signer = Signer::new(rundbrief_core::Secret::new("k".repeat(40)), None);
-        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let two = signer.sign(Purpose::UnsubscribeLink, &mail::member_payload(a, b));
-        assert_eq!(
-            member_token(&signer, Purpose::UnsubscribeLink, &two),
-            Some((a, b, None))
-        );
-        let three: Vec<u8> = [a, b, c].iter().flat_map(|u| *u.as_bytes()).collect();
-        let three = signer.sign(Purpose::UnsubscribeLink, &three);
-        assert_eq!(
-            member_token(&signer, Purpose::UnsubscribeLink, &three),
-            Some((a, b, Some(c)))
-        );
-        let confirm = signer.sign(
-            Purpose::Confirm,
-            &[a.as_bytes().as_slice(), b.as_bytes(), c.as_bytes()].concat(),
-        );
-        assert_eq!(
-            member_token(&signer, Purpose::Confirm, &confirm),
-            None,
-            "48 bytes only for links"
-        );
-        assert_eq!(member_token(&signer, Purpose::Confirm, &two), None);
-        assert_eq!(
-            member_token(&signer, Purpose::UnsubscribeLink, &two.to_uppercase()),
-            Some((a, b, None))
-        );
     }
 }

@@ -7,6 +7,7 @@ use rundbrief_core::config::HttpConfig;
 use rundbrief_core::{
     Actor, Address, Attributes, AuditAction, MembershipStatus, Purpose, Secret, Signer, Verp,
 };
+use rundbrief_app::members::Members;
 use rundbrief_http::{AppState, Mailer};
 use rundbrief_smtpd::sink::{Sink, SinkConfig, SinkStats, SinkTls};
 use rundbrief_store::{ConnectConfig, NewCampaign, Store};
@@ -76,7 +77,7 @@ struct Server {
 
 impl Server {
     async fn start(store: &Store, cfg: HttpConfig, mailer: Option<Mailer>) -> Server {
-        let state = AppState::new(store.clone(), signer(), cfg, mailer);
+        let state = AppState::new(Members::new(store.clone(), signer()), cfg, mailer);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel();

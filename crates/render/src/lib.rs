@@ -54,6 +54,13 @@ mod renderer;
 mod template;
 
 pub use error::RenderError;
+
+/// A header value of human text (a subject) for a header called `name`,
+/// folded, with RFC 2047 encoded-words where needed; nothing in `value`
+/// can end the header line (see the `encode` module's notes).
+pub fn encode_unstructured(name: &str, value: &str) -> String {
+    encode::unstructured(name, value)
+}
 pub use layout::{Layout, MAX_PARTIAL_DEPTH};
 pub use mime::{TransferEncoding, check_from};
 pub use renderer::{CampaignTemplate, ContentKind, Recipient, Renderer};

@@ -6,7 +6,7 @@
 use crate::args::CampaignCmd;
 use crate::output;
 use anyhow::{Context, bail};
-use rundbrief_app::App;
+use rundbrief_app::{App, Reason};
 use rundbrief_app::campaigns::{
     TOP_ERRORS, check_content, check_name, check_preflight, check_relay, check_subject,
     prepare_first,
@@ -581,32 +581,22 @@ pub async fn send_foreground(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    report.map_err(|e| {
-        let hinted = match e.kind() {
-            rundbrief_app::ErrorKind::Conflict if e.to_string().contains("is paused") => {
-                Some(format!(
-                    "campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it"
-                ))
-            }
-            rundbrief_app::ErrorKind::Conflict if e.to_string().contains("is finished") => {
-                Some(format!(
-                    "campaign `{name}` is finished: every recipient has an outcome \
-                     (`rundbrief campaign retry-failed {name}` sends the failed ones again)"
-                ))
-            }
-            _ => None,
-        };
-        match hinted {
-            Some(h) => anyhow::anyhow!(h),
-            None => strict_hint(e),
-        }
+    report.map_err(|e| match e.reason() {
+        Some(Reason::CampaignPaused) => anyhow::anyhow!(
+            "campaign `{name}` is paused: `rundbrief campaign resume {name}` continues it"
+        ),
+        Some(Reason::CampaignFinished) => anyhow::anyhow!(
+            "campaign `{name}` is finished: every recipient has an outcome \
+             (`rundbrief campaign retry-failed {name}` sends the failed ones again)"
+        ),
+        _ => strict_hint(e),
     })
 }
 
 /// The pre-flight error with the flag that turned it on.
 fn strict_hint(e: rundbrief_app::AppError) -> anyhow::Error {
-    let s = e.to_string();
-    if s.starts_with("pre-flight found") {
+    if e.reason() == Some(Reason::PreflightStrict) {
+        let s = e.to_string();
         return anyhow::anyhow!("{}", s.replace("strict mode is on", "--strict is set"));
     }
     crate::cmd::cli_hint(e)
@@ -614,7 +604,7 @@ fn strict_hint(e: rundbrief_app::AppError) -> anyhow::Error {
 
 /// The subject error with the flag that sets it.
 fn subject_hint(e: rundbrief_app::AppError) -> anyhow::Error {
-    if e.to_string().starts_with("the subject is empty") {
+    if e.reason() == Some(Reason::EmptySubject) {
         return anyhow::anyhow!(
             "the subject is empty: give --subject TEXT (a template, e.g. \"News for {{{{subscriber.name}}}}\")"
         );

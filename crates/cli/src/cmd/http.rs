@@ -1,67 +1,18 @@
-//! `rundbrief http serve`, and the confirmation mailer it shares with
-//! `rundbrief sub add --confirm` (`rundbrief_http::Mailer`).
+//! `rundbrief http serve`: the public endpoint (`rundbrief-http`) over the
+//! application layer's membership service and confirmation mailer.
 
 use anyhow::Context;
-use rundbrief_core::Config;
-use rundbrief_http::{AppState, Mailer};
-use rundbrief_sender::Sender;
-use rundbrief_store::Store;
+use rundbrief_app::App;
+use rundbrief_http::AppState;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-/// The confirmation mailer for `relay` (or the configured one). `Ok(None)`
-/// when no relay is configured at all.
-///
-/// # Errors
-/// A relay that does not parse, or a missing secret, `sending.from`,
-/// `sending.public_url` or `sending.bounce_domain`, each named.
-pub fn mailer(cfg: &Config, relay: Option<&str>) -> anyhow::Result<Option<Mailer>> {
-    if relay.is_none() && cfg.relay.is_none() {
-        return Ok(None);
-    }
-    let relay = crate::cmd::relay_for(cfg, relay)?;
-    let missing = |key: &str, example: &str| {
-        anyhow::anyhow!(
-            "`{key}` is not set; confirmation mails need it (e.g. {example} in rundbrief.toml)"
-        )
-    };
-    let from = cfg
-        .sending
-        .from
-        .as_deref()
-        .ok_or_else(|| missing("sending.from", "from = \"News <news@example.org>\""))?;
-    let public_url = cfg.sending.public_url.as_deref().ok_or_else(|| {
-        missing(
-            "sending.public_url",
-            "public_url = \"https://news.example.org\"",
-        )
-    })?;
-    let sender = Sender::new(relay, cfg.verp()?).context("setting up the relay")?;
-    let mut mailer = Mailer::new(
-        sender,
-        cfg.signer()?,
-        from,
-        public_url,
-        cfg.sending.message_id_domain.as_deref(),
-    )?;
-    // Confirmation mails are DKIM-signed like campaigns.
-    if let Some(dkim) = rundbrief_dkim::DkimSigner::from_config(cfg).context("[dkim]")? {
-        // A confirmation mail that cannot be signed is not sent (the same
-        // rule as a campaign message), never sent unsigned.
-        mailer = mailer.with_finish(std::sync::Arc::new(move |m: Vec<u8>| {
-            dkim.sign(&m)
-                .map_err(|e| format!("DKIM signing failed: {e}"))
-        }));
-    }
-    Ok(Some(mailer))
-}
-
 pub async fn serve(
-    store: &Store,
-    cfg: &Config,
+    app: &App,
     listen: Option<SocketAddr>,
     relay: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    let cfg = &app.config;
     let listen = match listen {
         Some(a) => a,
         None => cfg
@@ -70,7 +21,7 @@ pub async fn serve(
             .parse()
             .with_context(|| format!("http.listen `{}`", cfg.http.listen))?,
     };
-    let mailer = mailer(cfg, relay)?;
+    let mailer = app.confirm_mailer(relay).map_err(crate::cmd::cli_hint)?;
     if mailer.is_none() {
         tracing::warn!(
             "no relay configured: POST /s/LIST (double opt-in) is off; unsubscribe links work"
@@ -86,7 +37,7 @@ pub async fn serve(
             "sending.public_url is http://: mailbox providers expect https:// for one-click unsubscribe"
         );
     }
-    let state = AppState::new(store.clone(), cfg.signer()?, cfg.http.clone(), mailer);
+    let state = AppState::new(app.members()?, cfg.http.clone(), mailer);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

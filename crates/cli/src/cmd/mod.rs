@@ -66,7 +66,7 @@ pub fn relay_for(cfg: &Config, given: Option<&str>) -> anyhow::Result<rundbrief_
 /// An application error with the command-line flags that fix it, where the
 /// service's words name a setting rather than a flag.
 pub fn cli_hint(e: rundbrief_app::AppError) -> anyhow::Error {
-    if e.to_string() == rundbrief_app::sending::NO_RELAY {
+    if e.reason() == Some(rundbrief_app::Reason::NoRelay) {
         return anyhow::anyhow!(
             "no relay: pass --relay smtp://HOST:PORT or --relay NAME ([relays.NAME]), \
              or set `relay` in rundbrief.toml or RUNDBRIEF_RELAY"

@@ -66,10 +66,10 @@ pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
             eprintln!("HTTP endpoint on {}", listener.local_addr()?);
             let state = rundbrief_http::AppState::new(
-                store.clone(),
-                cfg.signer()?,
+                app.members()?,
                 cfg.http.clone(),
-                crate::cmd::http::mailer(cfg, a.relay.as_deref())?,
+                app.confirm_mailer(a.relay.as_deref())
+                    .map_err(crate::cmd::cli_hint)?,
             );
             let stop = stop.clone();
             Some(tokio::spawn(async move {

@@ -247,8 +247,7 @@ fn indent(s: &str) -> String {
 /// `sub add EMAIL --list L --confirm`: a double opt-in confirmation mail
 /// instead of a subscription.
 pub async fn sub_add_confirm(
-    store: &rundbrief_store::Store,
-    cfg: &rundbrief_core::Config,
+    app: &rundbrief_app::App,
     email: &str,
     list: &str,
     name: Option<&str>,
@@ -260,35 +259,28 @@ pub async fn sub_add_confirm(
         anyhow::bail!("--name must not contain line breaks or other control characters");
     }
     let mailer = anyhow::Context::context(
-        crate::cmd::http::mailer(cfg, relay)?,
+        app.confirm_mailer(relay).map_err(crate::cmd::cli_hint)?,
         "--confirm sends a confirmation mail: pass --relay smtp://HOST:PORT, set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
     )?;
-    let outcome = store
-        .request_subscription(
-            &addr,
+    let requested = app
+        .members()?
+        .request(
             list,
+            addr.as_str(),
             name,
+            false,
             rundbrief_core::Actor::Cli,
             "sub add --confirm",
         )
         .await?;
-    let sent = match outcome {
-        rundbrief_store::OptIn::SendConfirmation {
-            subscriber_id,
-            list_id,
-        } => {
-            let job = rundbrief_http::ConfirmJob {
-                email: addr.to_string(),
-                list: list.to_string(),
-                subscriber_id,
-                list_id,
-            };
+    let sent = match requested {
+        rundbrief_app::members::Requested::Confirm(job) => {
             let result = mailer.send(&job).await;
             mailer.shutdown().await;
             result?;
             true
         }
-        rundbrief_store::OptIn::Nothing => false,
+        rundbrief_app::members::Requested::Nothing => false,
     };
     if json {
         crate::output::json(&serde_json::json!({
