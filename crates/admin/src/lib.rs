@@ -23,18 +23,11 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rundbrief_app::App;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower_http::add_extension::AddExtension;
 
 pub use auth::{Scope, hash_password, key_hash, new_api_key, verify_password};
 
@@ -114,9 +107,8 @@ impl AdminState {
 }
 
 /// The peer of a connection, put on each request by [`serve`] (the login
-/// rate limit's key).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+/// rate limit's key): the accept loop is the public endpoint's.
+pub use rundbrief_http::ClientAddr;
 
 /// Every route. Pages need a session (else a redirect to `/login`), state
 /// changes also its CSRF token; the API needs a bearer key.
@@ -201,15 +193,17 @@ async fn security_headers(
     res
 }
 
-/// Connections served at once; more wait to be accepted.
+/// Connections served at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one client IP may hold at once.
+const MAX_PER_IP: usize = 64;
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long requests in flight get to finish after `shutdown`.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves [`router`] on `listener` until `shutdown` resolves, then stops
-/// accepting and lets requests in flight finish (bounded by 10 s).
+/// accepting and lets requests in flight finish (bounded by 10 s). The
+/// accept loop and its limits are the public endpoint's
+/// ([`rundbrief_http::serve_router`]).
 ///
 /// # Errors
 /// None so far: a failed accept is logged and retried after a pause.
@@ -218,63 +212,18 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = router(state.clone());
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let mut evict = tokio::time::interval(Duration::from_secs(60));
-    tokio::pin!(shutdown);
-    tracing::info!(addr = ?listener.local_addr().ok(), "admin dashboard listening");
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = evict.tick() => {
-                state.0.limits.evict_idle();
-                state.0.sessions.evict_expired();
-                continue;
-            }
-            _ = &mut shutdown => break,
-        };
-        let _ = sock.set_nodelay(true);
-        let svc = TowerToHyperService::new(AddExtension::new(app.clone(), ClientAddr(peer)));
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(sock), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    stop.cancel();
-    tasks.close();
-    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
-        tracing::warn!("admin connections still open after the drain deadline");
-    }
-    Ok(())
+    let shape = rundbrief_http::Shape {
+        name: "admin dashboard",
+        max_connections: MAX_CONNECTIONS,
+        max_per_ip: MAX_PER_IP,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let tick = {
+        let state = state.clone();
+        move || {
+            state.0.limits.evict_idle();
+            state.0.sessions.evict_expired();
+        }
+    };
+    rundbrief_http::serve_router(listener, router(state), shape, tick, shutdown).await
 }

@@ -44,7 +44,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use limit::Limits;
 pub use rundbrief_app::confirm::{ConfirmJob, Mailer, Outbox};
-pub use server::serve;
+pub use server::{Shape, serve, serve_router};
 
 /// The `Content-Security-Policy` of every answer: nothing may load, inline
 /// styles excepted; forms post only to us; no framing.

@@ -49,21 +49,66 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let cfg = state.config().clone();
-    let app = router(state.clone()).layer(axum::middleware::from_fn(track_busy));
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let per_ip = if cfg.trust_forwarded_for {
-        0
-    } else {
-        cfg.max_connections_per_ip
+    let shape = Shape {
+        name: "HTTP endpoint",
+        max_connections: cfg.max_connections,
+        max_per_ip: if cfg.trust_forwarded_for {
+            0
+        } else {
+            cfg.max_connections_per_ip
+        },
+        header_timeout: Duration::from_secs(cfg.request_timeout_secs),
     };
+    let tick = {
+        let state = state.clone();
+        move || state.0.limits.evict_idle()
+    };
+    serve_router(listener, router(state.clone()), shape, tick, shutdown).await?;
+    state.finish_outbox(DRAIN).await;
+    Ok(())
+}
+
+/// The limits of one HTTP listener (the public endpoint, the dashboard).
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Named in the log lines.
+    pub name: &'static str,
+    /// Connections served at once; when all are taken the longest-idle one
+    /// is closed to make room, and only when all are busy does the next wait.
+    pub max_connections: usize,
+    /// Connections one client IP may hold (0: no cap); more are answered 503.
+    pub max_per_ip: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+}
+
+/// The accept loop every HTTP listener of rundbrief shares: serves `app` on
+/// `listener` with the limits of `shape` until `shutdown` resolves, calling
+/// `tick` once a minute (to evict idle rate-limit entries, expired sessions).
+/// On shutdown it stops accepting and lets requests in flight finish,
+/// bounded by 10 s.
+///
+/// Every request carries the connection's peer as a [`ClientAddr`] extension.
+///
+/// # Errors
+/// None so far: a failed accept (e.g. out of file descriptors) is logged and
+/// retried after a pause.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: axum::Router,
+    shape: Shape,
+    mut tick: impl FnMut() + Send,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let name = shape.name;
+    let app = app.layer(axum::middleware::from_fn(track_busy));
+    let slots = Arc::new(Semaphore::new(shape.max_connections.max(1)));
     let conns = Arc::new(Registry::default());
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
-    let header_timeout = Duration::from_secs(cfg.request_timeout_secs);
-    let evict_every = Duration::from_secs(60);
-    let mut evict = tokio::time::interval(evict_every);
+    let mut evict = tokio::time::interval(Duration::from_secs(60));
     tokio::pin!(shutdown);
-    tracing::info!(addr = ?listener.local_addr().ok(), "HTTP endpoint listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), "{name} listening");
     loop {
         let permit = match Arc::clone(&slots).try_acquire_owned() {
             Ok(p) => p,
@@ -94,20 +139,20 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing");
+                    tracing::warn!(error = %e, "{name}: accept failed; pausing");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = evict.tick() => {
-                state.0.limits.evict_idle();
+                tick();
                 continue;
             }
             _ = &mut shutdown => break,
         };
         let _ = sock.set_nodelay(true);
-        let Some(entry) = Registry::enter(&conns, peer.ip(), per_ip) else {
-            tracing::info!(%peer, "too many connections from this address; answering 503");
+        let Some(entry) = Registry::enter(&conns, peer.ip(), shape.max_per_ip) else {
+            tracing::info!(%peer, "{name}: too many connections from this address; answering 503");
             tasks.spawn(async move {
                 let mut sock = sock;
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -124,6 +169,7 @@ pub async fn serve(
             Busy(Arc::clone(&entry.busy)),
         ));
         let stop = stop.clone();
+        let header_timeout = shape.header_timeout;
         tasks.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -134,7 +180,7 @@ pub async fn serve(
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                        tracing::debug!(%peer, error = %e, "{name}: connection ended with an error");
                     }
                 }
                 _ = stop.cancelled() => {
@@ -142,7 +188,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
                 _ = entry.evict.cancelled() => {
-                    tracing::debug!(%peer, "idle connection closed to make room");
+                    tracing::debug!(%peer, "{name}: idle connection closed to make room");
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
@@ -155,9 +201,8 @@ pub async fn serve(
     stop.cancel();
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
-        tracing::warn!("HTTP connections still open after the drain deadline");
+        tracing::warn!("{name}: connections still open after the drain deadline");
     }
-    state.finish_outbox(DRAIN).await;
     Ok(())
 }
 

@@ -140,6 +140,20 @@ impl Reply {
         }
     }
 
+    /// The reply inside a recorded refusal, as [`SendError`] displays it
+    /// and the store keeps it as a delivery's last error (`RCPT refused by
+    /// HOST: 550 5.1.1 text`). `None` for any other error text.
+    pub fn from_recorded(error: &str) -> Option<Self> {
+        let (_, after) = error.split_once(" refused by ")?;
+        let (_, reply) = after.split_once(": ")?;
+        let reply = reply.trim();
+        let (code, rest) = reply.split_once(' ').unwrap_or((reply, ""));
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Reply::new(code.parse().ok()?, rest))
+    }
+
     /// 4xx.
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
@@ -525,5 +539,12 @@ mod tests {
         );
         assert_eq!(e.step(), SmtpStep::Rcpt);
         assert_eq!(e.reply().map(|r| r.code), Some(550));
+        // What the store keeps reads back as the same reply.
+        assert_eq!(Reply::from_recorded(&e.to_string()).as_ref(), e.reply());
+        assert_eq!(
+            Reply::from_recorded("DATA refused by mx.example: 554 rejected as spam"),
+            Some(Reply::new(554, "rejected as spam"))
+        );
+        assert_eq!(Reply::from_recorded("connect to mx.example failed: timed out"), None);
     }
 }

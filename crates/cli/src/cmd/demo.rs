@@ -20,6 +20,7 @@ use rundbrief_core::csvin::ImportRow;
 use rundbrief_core::{
     Address, Attributes, BounceState, CampaignState, Config, Secret, StatusFilter, SubscriberStatus,
 };
+use rundbrief_sender::Reply;
 use rundbrief_smtpd::sink::{Rule, Sink, SinkConfig, SinkStats, SinkTls};
 use rundbrief_smtpd::{CancellationToken, Limits};
 use rundbrief_store::{BounceQuery, ImportOptions, NewCampaign, Store, SubscriberQuery};
@@ -428,8 +429,10 @@ async fn run_in(
         if e.state != rundbrief_core::DeliveryState::Rejected {
             continue;
         }
-        if let Some((code, enhanced, text)) = e.error.as_deref().and_then(reply_of) {
-            let (class, _) = rundbrief_bounce::classify_reply(code, enhanced, text);
+        if let Some(reply) = e.error.as_deref().and_then(Reply::from_recorded) {
+            let enhanced = reply.enhanced.map(|s| s.to_string());
+            let (class, _) =
+                rundbrief_bounce::classify_reply(reply.code, enhanced.as_deref(), &reply.text);
             *sync.entry(class.as_str()).or_default() += e.count;
         }
     }
@@ -518,22 +521,6 @@ async fn run_in(
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The reply in a recorded send error (`RCPT refused by HOST: 550 5.7.1
-/// text`): code, enhanced status, text.
-fn reply_of(error: &str) -> Option<(u16, Option<&str>, &str)> {
-    let reply = error.split_once(": ")?.1.trim();
-    let (code, rest) = reply.split_once(' ').unwrap_or((reply, ""));
-    let code: u16 = code.parse().ok()?;
-    let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
-    let enhanced =
-        first.split('.').count() == 3 && first.split('.').all(|p| p.parse::<u16>().is_ok());
-    Some(if enhanced {
-        (code, Some(first), after)
-    } else {
-        (code, None, rest)
-    })
 }
 
 /// Creates the list and imports `people` into it in import-sized batches.
