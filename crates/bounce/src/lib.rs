@@ -96,8 +96,10 @@ pub const MAX_PARTS: usize = 256;
 /// 3. **DSN** (`message/delivery-status` part, or DSN fields written inline) →
 ///    kind `dsn`; every recipient block is classified by [`RULES`] from its Status
 ///    and Diagnostic-Code. `Action: delivered/relayed/expanded` → `ignore`;
-///    `Action: delayed` → `ignore` unless the reason is `block` (a sender problem
-///    worth knowing about even before the final failure).
+///    `Action: delayed` → `soft` (the mailbox or its host is in trouble now: counted
+///    a little, never pruned at once; DESIGN.md said `ignore`, see
+///    docs/architecture.md) unless the reason is `block` (a sender problem worth
+///    knowing about even before the final failure).
 /// 4. **Non-standard bounce** (daemon sender or bounce subject, with bounce prose or
 ///    `X-Failed-Recipients`) → kind `heuristic`, same rules, same delay policy.
 /// 5. **Auto-reply** (RFC 3834 `Auto-Submitted: auto-replied`, `X-Autoreply`,
@@ -335,7 +337,7 @@ fn decide(action: &str, s: &Signal<'_>) -> Verdict {
         "expanded" => fixed(BounceClass::Ignore, "action-expanded"),
         "delayed" => match verdict(s) {
             v if v.class == BounceClass::Block => v,
-            _ => fixed(BounceClass::Ignore, "action-delayed"),
+            _ => fixed(BounceClass::Soft, "action-delayed"),
         },
         _ => verdict(s),
     }
@@ -622,7 +624,7 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.original_message_id.as_deref(), Some("m1@example.com"));
         assert_eq!(b.recipients.len(), 2);
         assert_eq!(b.recipients[0].status, "5.7.1");
-        assert_eq!(b.recipients[1].class, BounceClass::Ignore);
+        assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
     }
 

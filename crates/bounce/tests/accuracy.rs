@@ -13,12 +13,10 @@
 //! one file. A rule that serves a single file is memorised, not learnt: generalise
 //! it or remove it. Counted per file, on the rule of the top-level verdict.
 //!
-//! Known, deliberate differences from the manifest: delayed DSNs are `ignore` here
-//! (DESIGN: delays are not bounces; the final failure will come), the manifest says
-//! `soft`; recipient words that filters also use ("User unknown", "mailbox
-//! unavailable") without a recipient-specific code or the RCPT step are `block`, where
-//! the manifest sometimes says `hard` (see docs/architecture.md, "Bounce
-//! classification").
+//! Known, deliberate differences from the manifest: recipient words that filters also
+//! use ("User unknown", "mailbox unavailable") without a recipient-specific code or
+//! the RCPT step are `block`, where the manifest sometimes says `hard` (see
+//! docs/architecture.md, "Bounce classification").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
