@@ -364,6 +364,56 @@ const FAILURE_MARKS: &[&str] = &[
     "gave up",
 ];
 
+/// Local-part endings and starts of the addresses list managers send their notices
+/// from: Mailman (`-owner`, `-bounces`, `-request`), Majordomo and ezmlm (`owner-`,
+/// `-help`), fml (`-admin`, `-ctl`), and the managers' own names (LISTSERV, Sympa).
+const LIST_SENDER_ENDS: &[&str] = &["-admin", "-owner", "-request", "-bounces", "-ctl", "-help"];
+const LIST_SENDER_STARTS: &[&str] = &[
+    "owner-",
+    "listserv",
+    "majordomo",
+    "mailman",
+    "sympa",
+    "ezmlm",
+    "listproc",
+];
+/// A list manager refusing a post because the poster is not a member: Mailman
+/// ("Post by non-member to a members-only list", "You are not allowed to post to
+/// this mailing list"), ezmlm ("Sorry, only subscribers may post"), LISTSERV ("You
+/// are not authorized to send mail to the … list"), Sympa, fml ("You are not a member
+/// of this mailing list"). Lower-case; searched in the subject and the text.
+const LIST_REFUSAL: &[&str] = &[
+    "not a member",
+    "are not member",
+    "non-member",
+    "nonmember",
+    "members-only",
+    "members only",
+    "only subscribers",
+    "only members",
+    "not a subscriber",
+    "not subscribed",
+    "not allowed to post",
+    "not authorized to post",
+    "not authorised to post",
+    "not authorized to send mail to",
+];
+
+static LIST_REFUSAL_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(LIST_REFUSAL));
+
+/// Whether the message is a mailing list manager's notice that it refused our post
+/// (the list is alive; we may not post to it): sent from a list manager's address,
+/// with refusal words in the subject or the text. Not a bounce in form (no daemon
+/// sender, no bounce prose), so [`looks_like_bounce`] does not see it.
+pub fn is_list_refusal(view: &View, report_lower: &str) -> bool {
+    let local = view.from_addr.split('@').next().unwrap_or("");
+    let list_sender = LIST_SENDER_ENDS.iter().any(|e| local.ends_with(e))
+        || LIST_SENDER_STARTS.iter().any(|s| local.starts_with(s));
+    list_sender
+        && (LIST_REFUSAL_SET.is_match(&view.subject) || LIST_REFUSAL_SET.is_match(report_lower))
+}
+
 /// One automaton per needle list that is searched in the whole report text (up to
 /// 64 KiB): one pass instead of one `contains` per needle.
 fn automaton(needles: &[&str]) -> aho_corasick::AhoCorasick {

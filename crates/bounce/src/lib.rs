@@ -102,7 +102,10 @@ pub const MAX_PARTS: usize = 256;
 ///    knowing about even before the final failure).
 /// 4. **Non-standard bounce** (daemon sender or bounce subject, with bounce prose or
 ///    `X-Failed-Recipients`) → kind `heuristic`, same rules, same delay policy.
-/// 5. **Auto-reply** (RFC 3834 `Auto-Submitted: auto-replied`, `X-Autoreply`,
+/// 5. **Mailing list refusal** (a list manager's notice that only members may post,
+///    from a `-owner`/`-request`/`-admin`/`owner-`/LISTSERV-style address) → kind
+///    `heuristic`, same rules (`text-mailing-list-refused`: the list is alive).
+/// 6. **Auto-reply** (RFC 3834 `Auto-Submitted: auto-replied`, `X-Autoreply`,
 ///    `X-Autorespond`, `Precedence: auto_reply/junk`, out-of-office subjects) → kind
 ///    `auto-reply`, class `ignore`. Checked after bounces because some MTAs mark their
 ///    bounces `auto-replied`.
@@ -249,6 +252,12 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
     if heuristic::looks_like_bounce(&view, x_failed.is_some(), &report_lower) {
         let found = found.unwrap_or_else(|| heuristic::extract(&view.report, &view));
         return heuristic_bounce(&view, &found, x_failed.as_deref(), &report_lower);
+    }
+
+    if heuristic::is_list_refusal(&view, &report_lower) {
+        // Recipients from the returned message only: the notice's prose names the
+        // list's own command addresses, not ours.
+        return heuristic_bounce(&view, &[], x_failed.as_deref(), &report_lower);
     }
 
     if let Some(rule) = autoreply::detect(msg, &view) {
@@ -626,6 +635,25 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.recipients[0].status, "5.7.1");
         assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn a_list_manager_refusing_our_post_is_block() {
+        // Mailman's and ezmlm's wording, not from the dev corpus.
+        for raw in [
+            &b"From: news-owner@lists.example.net\r\nTo: b-abc@bounce.example.com\r\nSubject: Your message to News awaits moderator approval\r\n\r\n\
+Your mail to 'News' with the subject\r\n\r\n    Weekly\r\n\r\nIs being held until the list moderator can review it for approval.\r\n\r\n\
+The reason it is being held:\r\n\r\n    Post by non-member to a members-only list\r\n"[..],
+            b"From: news-help@lists.example.net\r\nSubject: failure notice\r\nTo: b-abc@bounce.example.com\r\n\r\n\
+Sorry, only subscribers may post. If you are a subscriber, please forward this message to news-owner@lists.example.net\r\n",
+        ] {
+            let b = parse(raw);
+            assert_eq!((b.kind, b.class), (BounceKind::Heuristic, BounceClass::Block));
+            assert_eq!(b.rule, "text-mailing-list-refused");
+        }
+        // The same words from anybody else are not a list's notice.
+        let raw = b"From: kim@example.net\r\nSubject: members only\r\n\r\nOnly members may post here.\r\n";
+        assert_eq!(parse(raw).kind, BounceKind::Unknown);
     }
 
     #[test]

@@ -331,7 +331,9 @@ const RECIPIENT_CODES: &[(u8, u16, u16)] = &[(5, 1, 1), (5, 1, 2), (5, 1, 3), (5
 #[rustfmt::skip]
 const LIST_REFUSED: &[&str] = &[
     "groups.google.com", "permission to post", "not allowed to post", "posting restricted",
-    "non-member post", "posts from non-members", "moderator",
+    "non-member post", "posts from non-members", "moderator", "not a member of this",
+    "not a member of the list", "members-only list", "only subscribers may post",
+    "only members may post", "not authorized to post", "not authorised to post",
 ];
 
 const PRE_RCPT: &[Stage] = &[Stage::Connect, Stage::MailFrom];
