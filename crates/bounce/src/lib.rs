@@ -440,17 +440,56 @@ fn dsn_recipient(
     };
     let v = decide(action, &signal);
     let diagnostic = collapse(&diag_raw, MAX_DIAGNOSTIC);
+    let evidence = match refusal_in_report(&v, view, None) {
+        Some((v2, ev)) => (v2, ev),
+        None => (v, evidence(&signal, &v, &diagnostic)),
+    };
+    let (v, evidence) = evidence;
     Recipient {
         address,
         status: status.map(|s| s.to_string()).unwrap_or_default(),
         action: action.to_string(),
         class: v.class,
-        evidence: Some(evidence(&signal, &v, &diagnostic)),
+        evidence: Some(evidence),
         diagnostic,
         reply_code: reply,
         remote_mta: (!r.remote_mta.is_empty()).then(|| r.remote_mta.clone()),
         rule: v.rule,
     }
+}
+
+/// A failure that nothing in its own diagnostic explains (only the last rule,
+/// `unclassified-failure`, held) takes a `block` verdict from the whole report when
+/// the report's prose says the receiver refused us: AOL's "they are not accepting
+/// mail from <sender>" above a list of bare addresses, an X.400 gateway whose
+/// Diagnostic-Code is "Unable-To-Transfer" while its prose quotes "5.7.1 Unable to
+/// relay". Only the rules of [`rules::REFUSED_US`] are taken: other words elsewhere
+/// in a report may be about another recipient ("user unknown"), so they never decide
+/// for this one.
+fn refusal_in_report(
+    v: &Verdict,
+    view: &View<'_>,
+    report_lower: Option<&str>,
+) -> Option<(Verdict, Evidence)> {
+    if v.rule != "unclassified-failure" {
+        return None;
+    }
+    let owned;
+    let norm = match report_lower {
+        Some(n) => n,
+        None => {
+            owned = normalize(&view.report);
+            &owned
+        }
+    };
+    let (reply, status) = signal_parts(norm);
+    let s = Signal::new(status, reply, norm);
+    let r = verdict(&s);
+    if !rules::REFUSED_US.contains(&r.rule) {
+        return None;
+    }
+    let text = collapse(&view.report, MAX_REPORT_TEXT);
+    Some((r, evidence(&s, &r, &text)))
 }
 
 /// Widens `a..b` to whole words (a needle such as `polic` shows as `policy`).
@@ -538,12 +577,21 @@ fn heuristic_bounce(
         let signal = Signal::new(status, reply, norm);
         let v = decide(action, &signal);
         let diagnostic = collapse(text, MAX_DIAGNOSTIC);
+        let refusal = if from_report {
+            None
+        } else {
+            refusal_in_report(&v, view, Some(report_lower))
+        };
+        let (v, evidence) = match refusal {
+            Some(found) => found,
+            None => (v, evidence(&signal, &v, &diagnostic)),
+        };
         b.recipients.push(Recipient {
             address,
             status: status.map(|s| s.to_string()).unwrap_or_default(),
             action: action.to_string(),
             class: v.class,
-            evidence: Some(evidence(&signal, &v, &diagnostic)),
+            evidence: Some(evidence),
             diagnostic,
             reply_code: reply,
             remote_mta: None,
@@ -635,6 +683,24 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.recipients[0].status, "5.7.1");
         assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn an_unexplained_failure_takes_a_refusal_from_the_report() {
+        let raw = b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>\r\nTo: news@example.com\r\nSubject: Mail Delivery Problem\r\n\r\n\
+Your mail to the following recipients could not be delivered because they are not accepting mail from news@example.com:\r\n\r\n\
+\tkim@example.net\r\n\tscreenname\r\n";
+        let b = parse(raw);
+        assert_eq!((b.class, b.rule), (BounceClass::Block, "text-sender-rejected"));
+        assert_eq!(b.recipients[0].address, "kim@example.net");
+        // Recipient words elsewhere in the report never decide for another address.
+        let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\r\n\
+Delivery to the following recipients failed.\r\n\r\n\
+kim@example.net: 550 user unknown (in reply to RCPT TO command)\r\n\
+lee@example.net: 550 transaction failed somehow\r\n";
+        let b = parse(raw);
+        assert_eq!(b.recipients[1].address, "lee@example.net");
+        assert_ne!(b.recipients[1].class, BounceClass::Hard);
     }
 
     #[test]

@@ -497,6 +497,19 @@ pub const RULES: &[Rule] = &[
     r("unclassified-failure", Always, Soft),
 ];
 
+/// The rules that say the receiver refused **us** (step 1 of [`RULES`]: block lists
+/// and reputation, spam and content, authentication, rate, our sender address,
+/// relaying, a mailing list refusing our post), whatever the recipient.
+pub(crate) const REFUSED_US: &[&str] = &[
+    "text-blocklist-or-reputation",
+    "text-spam-or-content",
+    "text-authentication",
+    "text-rate-limit",
+    "text-sender-rejected",
+    "text-relay-denied",
+    "text-mailing-list-refused",
+];
+
 /// What the rules look at for one result. Build it with [`Signal::new`], which
 /// finds every needle of the table in one pass over the text.
 #[derive(Debug, Clone, Copy)]
@@ -1648,6 +1661,14 @@ mod tests {
         assert_eq!(ev.status.as_deref(), Some("5.1.1"));
         let (_, rule, ev) = classify_reply_evidence(550, Some("5.1.1"), "", Stage::Unknown);
         assert_eq!((rule, ev.phrase), ("status-5.1.x-bad-address", None));
+    }
+
+    #[test]
+    fn refused_us_names_block_rules() {
+        for name in REFUSED_US {
+            let rule = RULES.iter().find(|r| r.name == *name);
+            assert!(rule.is_some_and(|r| r.class == Block), "{name}");
+        }
     }
 
     #[test]
