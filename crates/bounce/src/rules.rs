@@ -739,9 +739,33 @@ pub(crate) fn first_match(text: &str, group: usize) -> Option<(usize, usize)> {
 }
 
 /// Lower-cases ASCII and collapses every run of ASCII white space to one space
-/// (trimmed). Non-ASCII text is kept as it is.
+/// (trimmed), and masks the local part of every e-mail address with `*` (same
+/// length, so byte offsets still agree with [`collapse`]). Non-ASCII text is kept
+/// as it is.
+///
+/// Masking: a local part is a name, not words of the server. `filtered@example.jp`,
+/// `spam-policy@…`, `abuse@…` or `no.such.user@…` must neither veto nor decide a
+/// verdict.
 pub fn normalize(text: &str) -> String {
     squeeze(text, usize::MAX, true)
+}
+
+/// Replaces, in place, the local part before every `@` with `*`: the run of ASCII
+/// letters, digits and `.`, `_`, `+`, `-`, `=` that ends at the `@` (a quoted or
+/// exotic local part is left as it is).
+fn mask_local_parts(v: &mut [u8]) {
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(b'@', &v[from..]) {
+        let at = from + p;
+        let mut i = at;
+        while i > 0
+            && (v[i - 1].is_ascii_alphanumeric() || matches!(v[i - 1], b'.' | b'_' | b'+' | b'-' | b'='))
+        {
+            i -= 1;
+            v[i] = b'*';
+        }
+        from = at + 1;
+    }
 }
 
 /// Collapses ASCII white space but keeps case (for the `diagnostic` field); at most
@@ -788,6 +812,9 @@ fn squeeze(text: &str, max: usize, lower: bool) -> String {
             break;
         }
     }
+    if lower {
+        mask_local_parts(&mut out);
+    }
     // Only ASCII bytes were changed or dropped, so `out` is valid UTF-8 except where
     // `max` cut a character: back off to the last boundary.
     match String::from_utf8(out) {
@@ -831,6 +858,7 @@ fn normalize_unbounded(text: &str) -> String {
         }
     }
     v.truncate(w);
+    mask_local_parts(&mut v);
     // Only ASCII bytes were changed or dropped, and whole runs of non-space bytes
     // were kept, so the bytes are still UTF-8.
     String::from_utf8(v).unwrap_or_default()
@@ -1728,6 +1756,7 @@ mod tests {
             "Ab\t\tC\r\n  d\x0ce ",
             "\u{c9}T\u{c9}  X\u{a0}Y",
             "550-5.1.1 The email\r\n550-5.1.1 account",
+            "<no.such-user@x> and @ alone",
         ] {
             assert_eq!(normalize(s), squeeze(s, usize::MAX - 1, true), "{s:?}");
         }
@@ -1736,6 +1765,10 @@ mod tests {
     #[test]
     fn normalize_collapses() {
         assert_eq!(normalize("  A\r\n\tB  c "), "a b c");
+        assert_eq!(
+            normalize("550 <Filtered@Example.jp>... User Unknown"),
+            "550 <********@example.jp>... user unknown"
+        );
         assert_eq!(collapse("  A\r\n\tB  c ", 100), "A B c");
         assert_eq!(collapse("abcdef", 3), "abc");
         assert_eq!(collapse("ab\u{e9}cd", 3), "ab");
