@@ -264,6 +264,8 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "non-delivery",
     "nondelivery",
     "non delivery",
+    "nondeliverable",
+    "non-deliverable",
     "non remis",
     "unzustellbar",
     "delivery notification",
@@ -330,6 +332,11 @@ const BOUNCE_BODY: &[&str] = &[
     "was rejected",
     "recipient(s) failed",
     "delivery failure",
+    "did not reach some or all",
+    "could not be delivered to",
+    "no such user",
+    "user unknown",
+    "unknown user",
 ];
 const DELAY_MARKS: &[&str] = &[
     "has not yet been delivered",
@@ -346,12 +353,17 @@ const DELAY_MARKS: &[&str] = &[
     "not yet been delivered",
     "temporary failure",
     "delivery has been delayed",
+    "warning only",
+    "do not need to resend",
 ];
+/// "Warning:" alone is no delay: MDaemon and others title permanent failures
+/// "Warning: <address> - User unknown!"; Sendmail's and Exim's delay subjects name
+/// the delay ("could not send message for past 4 hours", "message … delayed").
 const DELAY_SUBJECTS: &[&str] = &[
     "delay",
-    "warning:",
     "(warning)",
     "delivery status notification (delay)",
+    "could not send message for past",
 ];
 const FAILURE_MARKS: &[&str] = &[
     "failed permanently",

@@ -144,7 +144,8 @@ const SENDER: &[&str] = &[
     "envelope from", "from: domain", "sending domain", "from domain", "from: header", "from header",
     "valid from", "return path", "return-path", "unverified sender", "bad sender",
     "sender address is", "not accepting mail from", "does not accept mail from",
-    "do not accept mail from",
+    "do not accept mail from", "domain of sender address", "sender address does not exist",
+    "sender domain does not exist",
 ];
 #[rustfmt::skip]
 const RELAY: &[&str] = &[
@@ -275,11 +276,14 @@ const FULL: &[&str] = &[
     "mailbox size", "too much mail", "box is full", "mailbox has exceeded", "disk full",
     "out of space", "over the limit", "exceeds its storage", "not enough space",
     "insufficient space", "full_mailbox", "mailfolder is full", "folder is full",
-    "space not enough",
+    "space not enough", "postfach voll", "boite pleine", "boîte pleine", "casella piena",
+    "buzón lleno", "mailbox is over", "inbox is full",
 ];
 #[rustfmt::skip]
 const EXPIRED: &[&str] = &[
-    "expired", "retry timeout", "giving up", "gave up", "could not deliver for",
+    "expired", "retry timeout", "giving up", "gave up", "given up", "could not deliver for",
+    "could not be delivered for", "cannot send message for", "undeliverable for",
+    "queue lifetime", "maximum queue time",
     "failing for a long time", "too long", "retry time", "delivery time", "timeout exceeded",
     "time limit", "in the queue", "queue.expired", "in queue", "last tried", "retry period",
 ];
@@ -1488,6 +1492,13 @@ mod tests {
             (552, "Requested mail action aborted: exceeded storage allocation", Soft),
             // queue lifetime
             (550, "Cannot send message for 5 days", Soft),
+            (550, "This is a permanent error; I've given up. Sorry it didn't work out.", Soft),
+            (
+                553,
+                "<news@example.com>... Domain of sender address news@example.com does not exist",
+                Block,
+            ),
+            (550, "Postfach voll / mailbox full", Soft),
             (550, "Message could not be delivered for 5 days", Soft),
             (
                 550,
