@@ -195,7 +195,7 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
             if *single || taken >= 15 || text.len() > crate::MAX_DIAGNOSTIC {
                 break;
             }
-            if lt.is_empty() {
+            if lt.is_empty() || is_transcript_noise(lt) {
                 continue;
             }
             text.push('\n');
@@ -219,6 +219,27 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
         }
     }
     out
+}
+
+/// A line of an SMTP session transcript that says nothing about the failure: a
+/// positive reply (2xx/3xx, also after Sendmail's `<<<`) or the client's
+/// EHLO/HELO/QUIT. MDaemon, Sendmail and others quote whole sessions under the
+/// failed address; skipping these keeps the line budget for the refusal itself.
+fn is_transcript_noise(l: &str) -> bool {
+    let l = l.trim_start_matches(['<', '>', ' ']);
+    let b = l.as_bytes();
+    if b.len() >= 4
+        && matches!(b[0], b'2' | b'3')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b[3], b' ' | b'-')
+    {
+        return true;
+    }
+    let head = &b[..b.len().min(5)];
+    head.eq_ignore_ascii_case(b"ehlo ")
+        || head.eq_ignore_ascii_case(b"helo ")
+        || l.eq_ignore_ascii_case("quit")
 }
 
 fn is_separator(l: &str) -> bool {
@@ -542,5 +563,14 @@ mod tests {
         }
         // own addresses never count
         assert!(extract("  me@example.net\n", &view(&["me@example.net"])).is_empty());
+        // a session transcript keeps the refusal, not the positive replies
+        let got = extract(
+            "> kim@example.net\n--- Session Transcript ---\n220 mx ESMTP ready\nEHLO a.example\n250-mx Hello\n250 SIZE 1000\nMAIL From:<me@example.com>\n250 Sender ok\nRCPT To:<kim@example.net>\n552 Message for <kim@example.net> would exceed mailbox quota\nQUIT\n",
+            &view(&[]),
+        );
+        assert_eq!(
+            got[0].text,
+            "--- Session Transcript ---\nMAIL From:<me@example.com>\nRCPT To:<kim@example.net>\n552 Message for <kim@example.net> would exceed mailbox quota"
+        );
     }
 }
