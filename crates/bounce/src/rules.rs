@@ -8,9 +8,10 @@
 //!    because reading such a rejection as `hard` would prune a live subscriber.
 //! 2. A rejection before any recipient was named (greeting, HELO, MAIL FROM) is
 //!    about the sender too.
-//! 3. Enhanced status codes with one fixed meaning (x.7.x policy, 5.2.2 full,
-//!    4.x.x temporary, …), then the recipient-specific ones (5.1.1, 5.1.2, 5.1.3,
-//!    5.1.6, 5.1.10, 5.4.4 alone; 5.1.0, 5.2.1 and 5.4.1 with matching words).
+//! 3. Enhanced status codes with one fixed meaning (x.7.x policy, unless its words
+//!    say plainly that the mailbox is missing; 5.2.2 full, 4.x.x temporary, …), then
+//!    the recipient-specific ones (5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10, 5.4.4 alone;
+//!    5.1.0, 5.2.1, 5.4.1 and other 5.4.x with matching words).
 //! 4. Words of the remote server for generic codes (5.0.0, 5.5.0, bare 550):
 //!    recipient words after DATA are `block` (the recipient had been accepted);
 //!    disabled accounts and strong recipient words ("no such user", "does not
@@ -27,7 +28,8 @@
 //! examples (tested in `architecture_examples`).
 //!
 //! Text conditions match lower-cased ASCII needles against the diagnostic with its
-//! white space collapsed (see [`normalize`]).
+//! white space collapsed and the local parts of addresses masked (see
+//! [`normalize`]).
 
 use crate::model::{BounceClass, Evidence};
 use crate::status::{self, StatusCode};
@@ -1674,6 +1676,16 @@ mod tests {
                 "450 4.1.1 <a@x>: Recipient address rejected: User unknown",
                 Soft,
                 "temporary-failure",
+            ),
+            (
+                "554 5.7.1 <a@x>: Recipient address rejected: This mailbox does not exist",
+                Hard,
+                "status-x.7.x-mailbox-missing",
+            ),
+            (
+                "550 5.4.310 DNS domain example.net does not exist",
+                Hard,
+                "status-5.4.x-domain-missing",
             ),
         ];
         for (text, class, rule) in cases {

@@ -25,10 +25,10 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Class accuracy must stay at or above this share.
-const CLASS_FLOOR: f64 = 0.92;
+const CLASS_FLOOR: f64 = 0.97;
 /// First-recipient status exact match, where the manifest's status is a real
 /// RFC 3463 code (not one of sisimai's private `x.0.9xx` codes).
-const STATUS_FLOOR: f64 = 0.85;
+const STATUS_FLOOR: f64 = 0.98;
 
 fn fixture_path(file: &str) -> Option<std::path::PathBuf> {
     let stem = file.strip_suffix(".eml")?;
