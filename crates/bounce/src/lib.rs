@@ -247,6 +247,10 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         return b;
     }
 
+    if let Some(text) = inline_feedback_report(&view.full_text) {
+        return arf_fields(&view, text);
+    }
+
     let x_failed = header_text(msg, "x-failed-recipients");
     let report_lower = normalize(&view.report);
     if heuristic::looks_like_bounce(&view, x_failed.is_some(), &report_lower) {
@@ -603,7 +607,35 @@ fn heuristic_bounce(
 }
 
 fn arf(view: &View) -> ParsedBounce {
-    let text = view.feedback_report.as_deref().unwrap_or("");
+    arf_fields(view, view.feedback_report.as_deref().unwrap_or(""))
+}
+
+/// Where a feedback report's fields are written inline in a text part (no
+/// `message/feedback-report` part; some providers' loops forward reports as plain
+/// text), the text from the first field on: a `Feedback-Type:` line and one of the
+/// other two fields RFC 5965 requires (`User-Agent:`, `Version:`) at line starts.
+fn inline_feedback_report(text: &str) -> Option<&str> {
+    use crate::mime::starts_with_ci;
+    static NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"eedback-"));
+    // Cheap rejection: nearly every message lacks the word.
+    NEEDLE.find(text.as_bytes())?;
+    let (mut pos, mut start, mut typ, mut other) = (0, None, false, false);
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start();
+        let is_type = starts_with_ci(l, "feedback-type:");
+        let is_other = starts_with_ci(l, "user-agent:") || starts_with_ci(l, "version:");
+        if is_type || is_other {
+            start.get_or_insert(pos);
+            typ |= is_type;
+            other |= is_other;
+        }
+        pos += line.len();
+    }
+    (typ && other).then(|| start.map(|s| &text[s..])).flatten()
+}
+
+fn arf_fields(view: &View, text: &str) -> ParsedBounce {
     let fields = parse_fields(text);
     let feedback_type = fields
         .iter()
@@ -683,6 +715,20 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.recipients[0].status, "5.7.1");
         assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn a_feedback_report_written_inline_is_a_complaint() {
+        let raw = b"From: fbl@isp.example\r\nTo: b-abc@bounce.example.com\r\nSubject: Abuse report\r\n\r\n\
+This is an email abuse report.\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: ISP-FBL/1.0\r\nVersion: 1\r\n\
+Original-Rcpt-To: kim@isp.example\r\n";
+        let b = parse(raw);
+        assert_eq!((b.kind, b.class), (BounceKind::Arf, BounceClass::Complaint));
+        assert_eq!(b.recipients[0].address, "kim@isp.example");
+        assert_eq!(b.feedback_type.as_deref(), Some("abuse"));
+        // The word alone in prose is not a report.
+        let raw = b"From: kim@example.net\r\nSubject: hi\r\n\r\nFeedback-Type: is a field name I like.\r\n";
+        assert_eq!(parse(raw).kind, BounceKind::Unknown);
     }
 
     #[test]
