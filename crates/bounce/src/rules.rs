@@ -128,7 +128,8 @@ const BLOCKLIST: &[&str] = &[
 const AUTH: &[&str] = &[
     "spf", "dkim", "dmarc", "domainkeys", "unauthenticated", "not authenticated", "authentication",
     "authrequired", "auth required", "arc validation", "reverse dns", "reverse lookup", "rdns",
-    "ptr", "reverse dns", "valid sender domain",
+    "ptr", "reverse dns", "valid sender domain", "helo command rejected",
+    "ehlo command rejected",
 ];
 #[rustfmt::skip]
 const RATE: &[&str] = &[
@@ -236,11 +237,11 @@ const ADDRESS_REJECTED: &[&str] = &[
 const HOST_UNKNOWN: &[&str] = &[
     "host unknown", "unknown host", "host not found", "domain not found", "no such domain",
     "unrouteable", "unroutable", "name service error", "host or domain name not found",
-    "domain name not found", "nxdomain", "no mx", "null mx", "does not accept mail",
-    "not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
+    "domain name not found", "nxdomain", "no mx", "null mx", "nullmx",
+    "domain does not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
     "invalid domain", "bad domain", "no such host", "hostunknown", "dns lookup failure",
-    "indicated no smtp service", "accepts no mail", "does not accept e-mail",
-    "does not accept email", "non-existent host", "nonexistent host", "non-existent domain",
+    "indicated no smtp service", "accepts no mail", "domain does not accept e-mail",
+    "domain does not accept email", "non-existent host", "nonexistent host", "non-existent domain",
     "nonexistent domain", "find any host named", "find any host by that name",
 ];
 /// With a 5.4.x (network/routing) code the words must name the destination as missing
@@ -309,6 +310,7 @@ const POLICY: &[&str] = &[
     "polic", "denied", "refuse", "reject", "not accepted", "not allowed", "prohibit", "forbidden",
     "restricted", "unauthorized", "not authorized", "not authorised", "filter", "not a member",
     "not member", "permission", "security", "declined", "access", "abuse", "violation",
+    "not accept mail", "not accept e-mail", "not accept email",
 ];
 #[rustfmt::skip]
 const SIZE: &[&str] = &[
@@ -1609,6 +1611,13 @@ mod tests {
             (552, "5.3.4 Message size exceeds fixed maximum message size", Block),
             (550, "Message rejected due to content restrictions", Block),
             (550, "Administrative prohibition", Block),
+            // null MX (RFC 7505): the domain says it takes no mail
+            (556, "5.1.10 <a@x>: Domain example.net does not accept mail (nullMX)", Hard),
+            (550, "Domain example.net does not accept mail (nullMX)", Hard),
+            // "does not accept mail" about something else is no dead domain
+            (550, "We do not accept mail with executable attachments", Block),
+            (550, "This server does not accept mail that fails our checks", Block),
+            (550, "<a@x>: Helo command rejected: Host not found", Block),
         ];
         let misses: Vec<String> = cases
             .iter()
