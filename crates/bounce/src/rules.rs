@@ -121,8 +121,9 @@ const BLOCKLIST: &[&str] = &[
     "blacklist", "blocklist", "black list", "block list", "denylist", "deny list", "spamhaus",
     "spamcop", "sorbs", "barracuda", "dnsbl", "rbl", "uceprotect", "abuseat", "surbl", "is listed",
     "are listed", "listed on", "listed by", "blocked using", "blocked", "bloqu", "banned",
-    "reputation", "senderscore", "sender score", "client host rejected", "your ip", "sending ip",
-    "ip address is", "ip address has", "source ip", "service refused", "service refuse",
+    "reputation", "senderscore", "sender score", "client host", "client host rejected",
+    "your ip", "sending ip", "ip address is", "ip address has", "source ip", "service refused",
+    "service refuse",
 ];
 #[rustfmt::skip]
 const AUTH: &[&str] = &[
@@ -147,8 +148,9 @@ const SENDER: &[&str] = &[
     "envelope from", "from: domain", "sending domain", "from domain", "from: header", "from header",
     "valid from", "return path", "return-path", "unverified sender", "bad sender",
     "sender address is", "not accepting mail from", "does not accept mail from",
-    "do not accept mail from", "domain of sender address", "sender address does not exist",
-    "sender domain does not exist",
+    "do not accept mail from", "domain of sender address", "sender address", "sender's",
+    "sender domain does not exist", "your domain", "domain you are sending from",
+    "sending from",
 ];
 #[rustfmt::skip]
 const RELAY: &[&str] = &[
@@ -183,7 +185,8 @@ const USER_UNKNOWN: &[&str] = &[
     "recipnotfound", "recipientnotfound", "not exist", "doesn't exist", "does not exist",
     "not a valid mailbox", "invalid mailbox", "invalid recipient", "bad recipient",
     "unknown local part", "unknown or illegal alias", "couldn't be found", "could not be found",
-    "not listed in", "not a known user", "not a valid user", "invalid user", "user invalid",
+    "not listed in domino", "not listed in public name", "not listed in the directory",
+    "not listed in directory", "not listed in the address book", "not a known user", "not a valid user", "invalid user", "user invalid",
     "name is not recognized", "recipient is not recognized", "address is not recognized",
     "name is not recognised", "has no mailbox", "no mailbox", "destinataire invalide",
     "not found in", "user doesn't exist", "unknown in local recipient table",
@@ -732,18 +735,36 @@ pub(crate) fn verdict(s: &Signal<'_>) -> Verdict {
     }
 }
 
-/// Byte range of the first occurrence (by end) in the normalized `text` of a needle
-/// of automaton group `group` (a rule index or [`CONTRADICTS_GROUP`]): one more pass
-/// of the same automaton that stops at the first hit, run only for the deciding rule.
+/// Byte range in the normalized `text` of the first needle of automaton group
+/// `group` (a rule index or [`CONTRADICTS_GROUP`]), the longest one where several
+/// start at the same place ("sender address rejected" rather than "sender
+/// address"): one more pass of the same automaton, run only for the deciding rule,
+/// that stops once no longer needle can start at or before the best hit.
 pub(crate) fn first_match(text: &str, group: usize) -> Option<(usize, usize)> {
+    /// Longer than any needle of the table (checked in a test).
+    const MAX_NEEDLE: usize = 64;
     let m = matcher();
-    m.ac.find_overlapping_iter(text)
-        .find(|hit| {
-            m.group
-                .get(hit.pattern().as_usize())
-                .is_some_and(|&g| usize::from(g) == group)
-        })
-        .map(|hit| (hit.start(), hit.end()))
+    let mut best: Option<(usize, usize)> = None;
+    for hit in m.ac.find_overlapping_iter(text) {
+        if best.is_some_and(|(_, e)| hit.end() > e + MAX_NEEDLE) {
+            break;
+        }
+        if !m
+            .group
+            .get(hit.pattern().as_usize())
+            .is_some_and(|&g| usize::from(g) == group)
+        {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((s, e)) => hit.start() < s || (hit.start() == s && hit.end() > e),
+        };
+        if better {
+            best = Some((hit.start(), hit.end()));
+        }
+    }
+    best
 }
 
 /// Lower-cases ASCII and collapses every run of ASCII white space to one space
@@ -1558,6 +1579,7 @@ mod tests {
             (550, "Mailbox not found. http://service.exmail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000728", Hard),
             (550, "No such user (a@x)", Hard),
             (550, "User a@x not listed in Domino Directory", Hard),
+            (550, "User not listed in public Name & Address Book", Hard),
             (
                 550,
                 "The e-mail account does not exist at the organization this message was sent to.",
@@ -1618,6 +1640,11 @@ mod tests {
             (550, "We do not accept mail with executable attachments", Block),
             (550, "This server does not accept mail that fails our checks", Block),
             (550, "<a@x>: Helo command rejected: Host not found", Block),
+            // recipient-like words about our side
+            (550, "The domain you are sending from does not exist", Block),
+            (550, "Sender address not found", Block),
+            (550, "The sender's domain could not be found", Block),
+            (550, "Client host not listed in the allowed list", Block),
         ];
         let misses: Vec<String> = cases
             .iter()
@@ -1721,6 +1748,20 @@ mod tests {
         assert_eq!(ev.status.as_deref(), Some("5.1.1"));
         let (_, rule, ev) = classify_reply_evidence(550, Some("5.1.1"), "", Stage::Unknown);
         assert_eq!((rule, ev.phrase), ("status-5.1.x-bad-address", None));
+    }
+
+    #[test]
+    fn needles_are_short_lower_case_ascii() {
+        let all = RULES
+            .iter()
+            .filter_map(|r| r.when.needles())
+            .chain([CONTRADICTS_RECIPIENT]);
+        for needles in all {
+            for n in needles {
+                assert!(n.len() < 64, "{n}");
+                assert_eq!(*n, n.to_lowercase(), "{n}");
+            }
+        }
     }
 
     #[test]
