@@ -241,7 +241,7 @@ const HOST_UNKNOWN: &[&str] = &[
     "host unknown", "unknown host", "host not found", "domain not found", "no such domain",
     "unrouteable", "unroutable", "name service error", "host or domain name not found",
     "domain name not found", "nxdomain", "no mx", "null mx", "nullmx",
-    "domain does not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
+    "domain does not accept mail", "host does not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
     "invalid domain", "bad domain", "no such host", "hostunknown", "dns lookup failure",
     "indicated no smtp service", "accepts no mail", "domain does not accept e-mail",
     "domain does not accept email", "non-existent host", "nonexistent host", "non-existent domain",
@@ -453,6 +453,9 @@ pub const RULES: &[Rule] = &[
         Hard,
     ),
     r("status-5.4.x-network", Status(Some(5), Some(4), None), Soft),
+    // 3c. the reply codes RFC 7504 gives to hosts and domains that take no mail
+    r("reply-521-556-no-mail-accepted", Reply(521, 521), Hard),
+    r("reply-556-no-mail-accepted", Reply(556, 556), Hard),
     // 4. the server's words (generic codes: 5.0.0, 5.5.x, 5.2.0, 5.3.x, bare 5xx)
     r("text-temporary", Text(TEMPORARY_WORDS), Soft),
     r(
@@ -498,8 +501,6 @@ pub const RULES: &[Rule] = &[
         Status(Some(5), Some(5), None),
         Block,
     ),
-    r("reply-521-556-no-mail-accepted", Reply(521, 521), Hard),
-    r("reply-556-no-mail-accepted", Reply(556, 556), Hard),
     r("reply-551-not-local", Reply(551, 551), Hard),
     r("reply-530-535-auth", Reply(530, 538), Block),
     r("reply-50x-syntax", Reply(500, 504), Block),
@@ -1636,6 +1637,9 @@ mod tests {
             // null MX (RFC 7505): the domain says it takes no mail
             (556, "5.1.10 <a@x>: Domain example.net does not accept mail (nullMX)", Hard),
             (550, "Domain example.net does not accept mail (nullMX)", Hard),
+            (521, "mx.example.net does not accept mail", Hard),
+            (556, "5.0.0 example.net does not accept mail", Hard),
+            (521, "5.7.1 Your IP is blocked", Block),
             // "does not accept mail" about something else is no dead domain
             (550, "We do not accept mail with executable attachments", Block),
             (550, "This server does not accept mail that fails our checks", Block),
