@@ -210,6 +210,7 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
     // Found lazily: DSN recipients need the prose only when their fields are thin.
     let mut found: Option<Vec<Found>> = None;
     let mut report_stage: Option<rules::Stage> = None;
+    let mut refusal = ReportRefusal::default();
 
     // DSN: a delivery-status part, or its fields inline in the text.
     let mut reports: Vec<DsnReport> = view
@@ -238,8 +239,13 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
                 if b.recipients.len() >= MAX_RECIPIENTS {
                     break;
                 }
-                b.recipients
-                    .push(dsn_recipient(r, &mut found, &mut report_stage, &view));
+                b.recipients.push(dsn_recipient(
+                    r,
+                    &mut found,
+                    &mut report_stage,
+                    &mut refusal,
+                    &view,
+                ));
             }
         }
         b.original_message_id = view.original_message_id.clone();
@@ -396,6 +402,7 @@ fn dsn_recipient(
     r: &DsnRecipient,
     found: &mut Option<Vec<Found>>,
     report_stage: &mut Option<rules::Stage>,
+    refusal: &mut ReportRefusal,
     view: &View<'_>,
 ) -> Recipient {
     fn found_now<'f>(found: &'f mut Option<Vec<Found>>, view: &View<'_>) -> &'f [Found] {
@@ -444,11 +451,10 @@ fn dsn_recipient(
     };
     let v = decide(action, &signal);
     let diagnostic = collapse(&diag_raw, MAX_DIAGNOSTIC);
-    let evidence = match refusal_in_report(&v, view, None) {
-        Some((v2, ev)) => (v2, ev),
+    let (v, evidence) = match refusal.for_verdict(&v, view, None) {
+        Some(found) => found,
         None => (v, evidence(&signal, &v, &diagnostic)),
     };
-    let (v, evidence) = evidence;
     Recipient {
         address,
         status: status.map(|s| s.to_string()).unwrap_or_default(),
@@ -469,31 +475,41 @@ fn dsn_recipient(
 /// Diagnostic-Code is "Unable-To-Transfer" while its prose quotes "5.7.1 Unable to
 /// relay". Only the rules of [`rules::REFUSED_US`] are taken: other words elsewhere
 /// in a report may be about another recipient ("user unknown"), so they never decide
-/// for this one.
-fn refusal_in_report(
-    v: &Verdict,
-    view: &View<'_>,
-    report_lower: Option<&str>,
-) -> Option<(Verdict, Evidence)> {
-    if v.rule != "unclassified-failure" {
-        return None;
-    }
-    let owned;
-    let norm = match report_lower {
-        Some(n) => n,
-        None => {
-            owned = normalize(&view.report);
-            &owned
+/// for this one. The report is read once per message, when the first unexplained
+/// recipient asks.
+#[derive(Default)]
+struct ReportRefusal(Option<Option<(Verdict, Evidence)>>);
+
+impl ReportRefusal {
+    fn for_verdict(
+        &mut self,
+        v: &Verdict,
+        view: &View<'_>,
+        report_lower: Option<&str>,
+    ) -> Option<(Verdict, Evidence)> {
+        if v.rule != "unclassified-failure" {
+            return None;
         }
-    };
-    let (reply, status) = signal_parts(norm);
-    let s = Signal::new(status, reply, norm);
-    let r = verdict(&s);
-    if !rules::REFUSED_US.contains(&r.rule) {
-        return None;
+        self.0
+            .get_or_insert_with(|| {
+                let owned;
+                let norm = match report_lower {
+                    Some(n) => n,
+                    None => {
+                        owned = normalize(&view.report);
+                        &owned
+                    }
+                };
+                let (reply, status) = signal_parts(norm);
+                let s = Signal::new(status, reply, norm);
+                let r = verdict(&s);
+                rules::REFUSED_US.contains(&r.rule).then(|| {
+                    let text = collapse(&view.report, MAX_REPORT_TEXT);
+                    (r, evidence(&s, &r, &text))
+                })
+            })
+            .clone()
     }
-    let text = collapse(&view.report, MAX_REPORT_TEXT);
-    Some((r, evidence(&s, &r, &text)))
 }
 
 /// Widens `a..b` to whole words (a needle such as `polic` shows as `policy`).
@@ -532,6 +548,7 @@ fn heuristic_bounce(
     );
     b.original_message_id = view.original_message_id.clone();
     let delay = heuristic::is_delay(view, report_lower);
+    let mut refusal = ReportRefusal::default();
     let action = if delay { "delayed" } else { "failed" };
 
     let mut items: Vec<(String, String)> = found
@@ -581,12 +598,12 @@ fn heuristic_bounce(
         let signal = Signal::new(status, reply, norm);
         let v = decide(action, &signal);
         let diagnostic = collapse(text, MAX_DIAGNOSTIC);
-        let refusal = if from_report {
+        let from_prose = if from_report {
             None
         } else {
-            refusal_in_report(&v, view, Some(report_lower))
+            refusal.for_verdict(&v, view, Some(report_lower))
         };
-        let (v, evidence) = match refusal {
+        let (v, evidence) = match from_prose {
             Some(found) => found,
             None => (v, evidence(&signal, &v, &diagnostic)),
         };
@@ -737,7 +754,10 @@ Original-Rcpt-To: kim@isp.example\r\n";
 Your mail to the following recipients could not be delivered because they are not accepting mail from news@example.com:\r\n\r\n\
 \tkim@example.net\r\n\tscreenname\r\n";
         let b = parse(raw);
-        assert_eq!((b.class, b.rule), (BounceClass::Block, "text-sender-rejected"));
+        assert_eq!(
+            (b.class, b.rule),
+            (BounceClass::Block, "text-sender-rejected")
+        );
         assert_eq!(b.recipients[0].address, "kim@example.net");
         // Recipient words elsewhere in the report never decide for another address.
         let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\r\n\

@@ -750,11 +750,11 @@ pub(crate) fn first_match(text: &str, group: usize) -> Option<(usize, usize)> {
         if best.is_some_and(|(_, e)| hit.end() > e + MAX_NEEDLE) {
             break;
         }
-        if !m
+        let in_group = m
             .group
             .get(hit.pattern().as_usize())
-            .is_some_and(|&g| usize::from(g) == group)
-        {
+            .is_some_and(|&g| usize::from(g) == group);
+        if !in_group {
             continue;
         }
         let better = match best {
@@ -789,7 +789,8 @@ fn mask_local_parts(v: &mut [u8]) {
         let at = from + p;
         let mut i = at;
         while i > 0
-            && (v[i - 1].is_ascii_alphanumeric() || matches!(v[i - 1], b'.' | b'_' | b'+' | b'-' | b'='))
+            && (v[i - 1].is_ascii_alphanumeric()
+                || matches!(v[i - 1], b'.' | b'_' | b'+' | b'-' | b'='))
         {
             i -= 1;
             v[i] = b'*';
@@ -1490,35 +1491,79 @@ mod tests {
             ),
             (550, "5.7.1 <a@x>... No such user", Hard),
             (550, "5.7.1 RESOLVER.ADR.RecipNotFound; not found", Hard),
-            (554, "5.7.1 <a@x>: Recipient address rejected: Access denied", Block),
-            (550, "5.7.1 <a@x>: Recipient address rejected: User unknown", Block),
+            (
+                554,
+                "5.7.1 <a@x>: Recipient address rejected: Access denied",
+                Block,
+            ),
+            (
+                550,
+                "5.7.1 <a@x>: Recipient address rejected: User unknown",
+                Block,
+            ),
             (
                 550,
                 "5.7.1 Recipient does not exist or is blocked by policy",
                 Block,
             ),
             // host or domain missing
-            (550, "all relevant MX records point to non-existent hosts", Hard),
-            (550, "Sorry, I couldn't find any host named example.net. (#5.1.2)", Hard),
-            (550, "Sorry, I couldn't find any host named example.net.", Hard),
+            (
+                550,
+                "all relevant MX records point to non-existent hosts",
+                Hard,
+            ),
+            (
+                550,
+                "Sorry, I couldn't find any host named example.net. (#5.1.2)",
+                Hard,
+            ),
+            (
+                550,
+                "Sorry, I couldn't find any host named example.net.",
+                Hard,
+            ),
             (550, "5.4.310 DNS domain example.net does not exist", Hard),
-            (554, "5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain", Hard),
+            (
+                554,
+                "5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain",
+                Hard,
+            ),
             (
                 550,
                 "5.1.2 <a@x>... Host unknown (Name server: x: host not found)",
                 Hard,
             ),
             (550, "5.4.312 DNS query failed", Soft),
-            (450, "4.1.2 <a@x>: Recipient address rejected: Domain not found", Soft),
+            (
+                450,
+                "4.1.2 <a@x>: Recipient address rejected: Domain not found",
+                Soft,
+            ),
             // mailbox full
             (552, "5.2.2 <a@x>: user is over quota", Soft),
-            (550, "The users mailfolder is over the allowed quota (size). (#5.2.2)", Soft),
+            (
+                550,
+                "The users mailfolder is over the allowed quota (size). (#5.2.2)",
+                Soft,
+            ),
             (552, "Mailbox quota exceeded", Soft),
-            (550, "Unable to deliver message: recipient's mail file is full", Soft),
-            (552, "Requested mail action aborted: exceeded storage allocation", Soft),
+            (
+                550,
+                "Unable to deliver message: recipient's mail file is full",
+                Soft,
+            ),
+            (
+                552,
+                "Requested mail action aborted: exceeded storage allocation",
+                Soft,
+            ),
             // queue lifetime
             (550, "Cannot send message for 5 days", Soft),
-            (550, "This is a permanent error; I've given up. Sorry it didn't work out.", Soft),
+            (
+                550,
+                "This is a permanent error; I've given up. Sorry it didn't work out.",
+                Soft,
+            ),
             (
                 553,
                 "<news@example.com>... Domain of sender address news@example.com does not exist",
@@ -1560,7 +1605,11 @@ mod tests {
                 "delivery error: dd Requested mailbox is disabled (a@yahoo.com) [0]",
                 Hard,
             ),
-            (550, "5.2.1 <a@x>... Mailbox disabled for this recipient", Hard),
+            (
+                550,
+                "5.2.1 <a@x>... Mailbox disabled for this recipient",
+                Hard,
+            ),
             (
                 550,
                 "Message was not accepted -- invalid mailbox. Local mailbox a@mail.ru is unavailable: account is disabled",
@@ -1577,7 +1626,11 @@ mod tests {
                 "Message was not accepted -- invalid mailbox. Local mailbox a@mail.ru is unavailable: user not found",
                 Hard,
             ),
-            (550, "Mailbox not found. http://service.exmail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000728", Hard),
+            (
+                550,
+                "Mailbox not found. http://service.exmail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000728",
+                Hard,
+            ),
             (550, "No such user (a@x)", Hard),
             (550, "User a@x not listed in Domino Directory", Hard),
             (550, "User not listed in public Name & Address Book", Hard),
@@ -1594,8 +1647,16 @@ mod tests {
             (550, "MAILBOX NOT FOUND", Hard),
             (550, "5.1.1 Not our Customer", Hard),
             // the receiver refused us
-            (550, "Connected to 192.0.2.1 but sender was rejected.", Block),
-            (550, "Connected to 192.0.2.1 but my name was rejected.", Block),
+            (
+                550,
+                "Connected to 192.0.2.1 but sender was rejected.",
+                Block,
+            ),
+            (
+                550,
+                "Connected to 192.0.2.1 but my name was rejected.",
+                Block,
+            ),
             (550, "Connected to 192.0.2.1 but greeting failed.", Block),
             (550, "Mail content denied.", Block),
             (550, "Ip frequency limited", Block),
@@ -1606,7 +1667,11 @@ mod tests {
                 "mwinf5c01 ME Service refuse. Veuillez essayer plus tard. Service refused, please try later. OFR004_104",
                 Block,
             ),
-            (554, "5.7.1 [HM08] Message rejected due to local policy", Block),
+            (
+                554,
+                "5.7.1 [HM08] Message rejected due to local policy",
+                Block,
+            ),
             (
                 554,
                 "RLY:B1 The information presently available to AOL indicates this server is transmitting unsolicited e-mail to AOL.",
@@ -1622,27 +1687,59 @@ mod tests {
                 "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
                 Block,
             ),
-            (421, "4.7.0 IP not in whitelist for RCPT domain, closing connection.", Block),
-            (530, "5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM", Block),
-            (550, "5.7.750 Service unavailable. Client blocked from sending from unregistered domains", Block),
+            (
+                421,
+                "4.7.0 IP not in whitelist for RCPT domain, closing connection.",
+                Block,
+            ),
+            (
+                530,
+                "5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM",
+                Block,
+            ),
+            (
+                550,
+                "5.7.750 Service unavailable. Client blocked from sending from unregistered domains",
+                Block,
+            ),
             (550, "5.7.124 Sender not in allowed senders list", Block),
             (
                 550,
                 "5.7.26 This mail is unauthenticated, which poses a security risk to the sender and Gmail users",
                 Block,
             ),
-            (552, "5.3.4 Message size exceeds fixed maximum message size", Block),
+            (
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+                Block,
+            ),
             (550, "Message rejected due to content restrictions", Block),
             (550, "Administrative prohibition", Block),
             // null MX (RFC 7505): the domain says it takes no mail
-            (556, "5.1.10 <a@x>: Domain example.net does not accept mail (nullMX)", Hard),
-            (550, "Domain example.net does not accept mail (nullMX)", Hard),
+            (
+                556,
+                "5.1.10 <a@x>: Domain example.net does not accept mail (nullMX)",
+                Hard,
+            ),
+            (
+                550,
+                "Domain example.net does not accept mail (nullMX)",
+                Hard,
+            ),
             (521, "mx.example.net does not accept mail", Hard),
             (556, "5.0.0 example.net does not accept mail", Hard),
             (521, "5.7.1 Your IP is blocked", Block),
             // "does not accept mail" about something else is no dead domain
-            (550, "We do not accept mail with executable attachments", Block),
-            (550, "This server does not accept mail that fails our checks", Block),
+            (
+                550,
+                "We do not accept mail with executable attachments",
+                Block,
+            ),
+            (
+                550,
+                "This server does not accept mail that fails our checks",
+                Block,
+            ),
             (550, "<a@x>: Helo command rejected: Host not found", Block),
             // recipient-like words about our side
             (550, "The domain you are sending from does not exist", Block),
@@ -1654,7 +1751,8 @@ mod tests {
             .iter()
             .filter_map(|(code, text, class)| {
                 let (got, rule) = classify_reply(*code, None, text);
-                (got != *class).then(|| format!("{code} {text}: want {class:?}, got {got:?} ({rule})"))
+                (got != *class)
+                    .then(|| format!("{code} {text}: want {class:?}, got {got:?} ({rule})"))
             })
             .collect();
         assert!(misses.is_empty(), "{}", misses.join("\n"));
