@@ -123,7 +123,7 @@ const BLOCKLIST: &[&str] = &[
     "are listed", "listed on", "listed by", "blocked using", "blocked", "bloqu", "banned",
     "reputation", "senderscore", "sender score", "client host", "client host rejected",
     "your ip", "sending ip", "ip address is", "ip address has", "source ip", "service refused",
-    "service refuse",
+    "service refuse", "whitelist", "white list", "allowlist", "allow list",
 ];
 #[rustfmt::skip]
 const AUTH: &[&str] = &[
@@ -1746,6 +1746,7 @@ mod tests {
             (550, "Sender address not found", Block),
             (550, "The sender's domain could not be found", Block),
             (550, "Client host not listed in the allowed list", Block),
+            (550, "Connecting IP 192.0.2.1 not found in allowlist", Block),
         ];
         let misses: Vec<String> = cases
             .iter()
