@@ -78,7 +78,8 @@ pub enum Cond {
         Option<u16>,
         &'static [&'static str],
     ),
-    /// The rejection came at one of these stages.
+    /// The rejection came at one of these stages, as an SMTP reply (a reply code is
+    /// known): a time-out or a dropped connection at that step is no refusal.
     Stage(&'static [Stage]),
     /// Stage and text together.
     StageText(&'static [Stage], &'static [&'static str]),
@@ -667,7 +668,7 @@ impl Cond {
                     .any(|&(c, sub, d)| (c, sub, d) == (st.class, st.subject, st.detail))
             }),
             Cond::StatusText(c, sub, d, _) => status_is(c, sub, d) && text_hit,
-            Cond::Stage(st) => st.contains(&s.stage),
+            Cond::Stage(st) => st.contains(&s.stage) && s.reply.is_some_and(|c| c >= 400),
             Cond::StageText(st, _) => st.contains(&s.stage) && text_hit,
             Cond::Temporary => match s.status {
                 Some(st) => st.class == 4,
@@ -898,7 +899,7 @@ fn normalize_unbounded(text: &str) -> String {
 #[rustfmt::skip]
 const STAGE_DATA: &[&str] = &[
     "end of data", "final data", "after data", "data command", "our data", "[data]",
-    "after the data", "end-of-data", "end of message",
+    "after the data", "end-of-data", "end of message", "pipelined data", "bdat command",
 ];
 #[rustfmt::skip]
 const STAGE_RCPT: &[&str] = &[
@@ -907,7 +908,7 @@ const STAGE_RCPT: &[&str] = &[
 #[rustfmt::skip]
 const STAGE_MAIL: &[&str] = &[
     "in reply to mail from", "after mail from", "our mail from", "[mail_from]", "mail from command",
-    "after mail command",
+    "after mail command", "pipelined mail from",
 ];
 #[rustfmt::skip]
 const STAGE_CONNECT: &[&str] = &[
@@ -1455,6 +1456,13 @@ mod tests {
                 Block,
             ),
             (550, "Administrative prohibition", Block),
+            // a time-out at the greeting is network trouble, not a refusal
+            // (code 0: a DSN's X-Postfix diagnostic carries no reply)
+            (
+                0,
+                "4.4.2 conversation with mx.example.net[192.0.2.1] timed out while receiving the initial server greeting",
+                Soft,
+            ),
             // Sendmail, qmail, Courier
             (550, "5.1.1 <a@x>... User unknown", Hard),
             (553, "5.3.0 <a@x>... No such user here", Hard),
@@ -1657,7 +1665,11 @@ mod tests {
                 "Connected to 192.0.2.1 but my name was rejected.",
                 Block,
             ),
-            (550, "Connected to 192.0.2.1 but greeting failed.", Block),
+            (
+                550,
+                "Connected to 192.0.2.1 but greeting failed. Remote host said: 554 mx.example.net ESMTP not accepting messages",
+                Block,
+            ),
             (550, "Mail content denied.", Block),
             (550, "Ip frequency limited", Block),
             (550, "Mailbox unavailable or access denied", Block),
@@ -1916,6 +1928,10 @@ mod tests {
                 Stage::Connect,
             ),
             ("550 5.1.1 user unknown", Stage::Unknown),
+            (
+                "smtp error from remote mail server after pipelined data: 550 unknown user",
+                Stage::Data,
+            ),
         ];
         for (t, want) in cases {
             assert_eq!(stage_of(t), want, "{t}");
