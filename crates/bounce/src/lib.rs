@@ -189,6 +189,15 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         ));
         return b;
     }
+    if let Some(address) = jmrp_recipient(raw) {
+        let rule = "jmrp-original-recipient";
+        let mut b = ParsedBounce::empty(BounceKind::Arf, BounceClass::Complaint, rule);
+        b.feedback_type = Some("abuse".to_string());
+        b.original_message_id = view.original_message_id.clone();
+        b.recipients
+            .push(plain_recipient(&address, BounceClass::Complaint, rule));
+        return b;
+    }
     if let Some(text) = view.first_text
         && let Some(b) = ses::parse(text)
     {
@@ -278,6 +287,25 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         return b;
     }
     ParsedBounce::empty(BounceKind::Unknown, BounceClass::Ignore, "not-a-bounce")
+}
+
+/// Microsoft's Junk Mail Reporting Program (Outlook.com, Hotmail) sends a complaint
+/// as the complained-about message with an `X-HmXmrOriginalRecipient: <address>`
+/// header added, and no feedback-report part: the address of that header.
+fn jmrp_recipient(raw: &[u8]) -> Option<String> {
+    const NAME: &[u8] = b"X-HmXmrOriginalRecipient:";
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NAME));
+    let at = FINDER.find(raw)?;
+    // a header name starts a line
+    if at > 0 && raw[at - 1] != b'\n' {
+        return None;
+    }
+    let rest = &raw[at + NAME.len()..];
+    let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+    let line = String::from_utf8_lossy(line);
+    let (a, b) = heuristic::find_addresses(&line).into_iter().next()?;
+    Some(line[a..b].to_string())
 }
 
 /// Whether a text body starts with header fields (a message forwarded inline).
@@ -732,6 +760,17 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.recipients[0].status, "5.7.1");
         assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn a_microsoft_jmrp_report_is_a_complaint() {
+        let raw = b"From: staff@hotmail.com\r\nTo: fbl@example.com\r\nSubject: complaint about message from 192.0.2.1\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nX-HmXmrOriginalRecipient: <kim@hotmail.example>\r\nFrom: news@example.com\r\n\
+To: kim@hotmail.example\r\nSubject: Weekly\r\n\r\nHello\r\n--b--\r\n";
+        let b = parse(raw);
+        assert_eq!((b.kind, b.class), (BounceKind::Arf, BounceClass::Complaint));
+        assert_eq!(b.recipients[0].address, "kim@hotmail.example");
     }
 
     #[test]
