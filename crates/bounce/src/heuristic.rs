@@ -481,6 +481,45 @@ pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> boo
     (daemon || subject || view.has_original) && BOUNCE_BODY_SET.is_match(report_lower)
 }
 
+/// Delivery (success) notices written as prose: Exchange's "Delivered:" subject and
+/// "Delivery to these recipients or groups is complete", Microsoft's "Delivery to
+/// the following recipients was successful", "… has been delivered to …".
+const SUCCESS_SUBJECTS: &[&str] = &["delivered:", "(success)", "(relay)", "relayed:"];
+const SUCCESS_MARKS: &[&str] = &[
+    "delivery to the following recipients was successful",
+    "delivery to these recipients or groups is complete",
+    "successfully delivered",
+    "has been delivered to",
+    "was delivered to the following",
+    "relayed to the following",
+];
+
+static SUCCESS_MARKS_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(SUCCESS_MARKS));
+
+/// Whether a heuristic "bounce" is a delivery notice: a success subject or success
+/// words, and no word of failure anywhere (a report that lists delivered and failed
+/// recipients is a bounce).
+pub fn is_success(view: &View, report_lower: &str) -> bool {
+    if view.subject.contains("fail")
+        || view.subject.contains("undeliver")
+        || [
+            "fail",
+            "undeliver",
+            "not delivered",
+            "not be delivered",
+            "reject",
+            "error",
+        ]
+        .iter()
+        .any(|w| report_lower.contains(w))
+    {
+        return false;
+    }
+    SUCCESS_SUBJECTS.iter().any(|s| view.subject.contains(s))
+        || SUCCESS_MARKS_SET.is_match(report_lower)
+}
+
 /// Whether a heuristic bounce is only a delay warning.
 pub fn is_delay(view: &View, report_lower: &str) -> bool {
     // `(delay subject or delay text) and not failed`, cheapest tests first: a failure

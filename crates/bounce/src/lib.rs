@@ -575,9 +575,14 @@ fn heuristic_bounce(
         "bounce-without-recipient",
     );
     b.original_message_id = view.original_message_id.clone();
-    let delay = heuristic::is_delay(view, report_lower);
+    let action = if heuristic::is_success(view, report_lower) {
+        "delivered"
+    } else if heuristic::is_delay(view, report_lower) {
+        "delayed"
+    } else {
+        "failed"
+    };
     let mut refusal = ReportRefusal::default();
-    let action = if delay { "delayed" } else { "failed" };
 
     let mut items: Vec<(String, String)> = found
         .iter()
@@ -760,6 +765,18 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.recipients[0].status, "5.7.1");
         assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn a_delivery_notice_in_prose_is_ignored() {
+        let raw = b"From: postmaster@example.net\r\nTo: b-abc@bounce.example.com\r\nSubject: Delivered: Weekly\r\n\r\n\
+Your message has been delivered to the following recipients:\r\n\r\nkim@example.net\r\n\r\nSubject: Weekly\r\n";
+        let b = parse(raw);
+        assert_eq!(
+            (b.kind, b.class),
+            (BounceKind::Heuristic, BounceClass::Ignore)
+        );
+        assert_eq!(b.recipients[0].action, "delivered");
     }
 
     #[test]
