@@ -149,9 +149,10 @@ const SENDER: &[&str] = &[
     "envelope from", "from: domain", "sending domain", "from domain", "from: header", "from header",
     "valid from", "return path", "return-path", "unverified sender", "bad sender",
     "sender address is", "not accepting mail from", "does not accept mail from",
-    "do not accept mail from", "domain of sender address", "sender address", "sender's",
-    "sender domain does not exist", "your domain", "domain you are sending from",
-    "sending from",
+    "do not accept mail from", "domain of sender address", "sender address",
+    "sender's domain", "sender's address", "sender's e-mail address", "sender's email address",
+    "sender's ip", "sender domain does not exist", "your domain is", "your domain has",
+    "your domain does", "your domain's", "domain you are sending from", "sending from",
 ];
 #[rustfmt::skip]
 const RELAY: &[&str] = &[
