@@ -188,7 +188,8 @@ const USER_UNKNOWN: &[&str] = &[
     "not a valid mailbox", "invalid mailbox", "invalid recipient", "bad recipient",
     "unknown local part", "unknown or illegal alias", "couldn't be found", "could not be found",
     "not listed in domino", "not listed in public name", "not listed in the directory",
-    "not listed in directory", "not listed in the address book", "not a known user", "not a valid user", "invalid user", "user invalid",
+    "not listed in directory", "not listed in the address book", "not a known user",
+    "not a valid user", "invalid user", "user invalid",
     "name is not recognized", "recipient is not recognized", "address is not recognized",
     "name is not recognised", "has no mailbox", "no mailbox", "destinataire invalide",
     "not found in", "user doesn't exist", "unknown in local recipient table",
@@ -243,7 +244,8 @@ const HOST_UNKNOWN: &[&str] = &[
     "host unknown", "unknown host", "host not found", "domain not found", "no such domain",
     "unrouteable", "unroutable", "name service error", "host or domain name not found",
     "domain name not found", "nxdomain", "no mx", "null mx", "nullmx",
-    "domain does not accept mail", "host does not accept mail", "domain is not reachable", "domain unknown", "unknown domain",
+    "domain does not accept mail", "host does not accept mail", "domain is not reachable",
+    "domain unknown", "unknown domain",
     "invalid domain", "bad domain", "no such host", "hostunknown", "dns lookup failure",
     "indicated no smtp service", "accepts no mail", "domain does not accept e-mail",
     "domain does not accept email", "non-existent host", "nonexistent host", "non-existent domain",
@@ -270,7 +272,7 @@ const MAILBOX_MISSING: &[&str] = &[
     "user doesn't exist", "recipient does not exist", "recipient doesn't exist",
     "address does not exist", "address doesn't exist", "account does not exist",
     "account doesn't exist", "reach does not exist", "recipnotfound", "recipientnotfound",
-    "recipient not found", "user not found", "mailbox not found", "mailbox unknown",
+    "recipient not found", "user not found", "mailbox not found",
 ];
 #[rustfmt::skip]
 const MOVED: &[&str] = &[
