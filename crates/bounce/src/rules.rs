@@ -83,6 +83,8 @@ pub enum Cond {
     Stage(&'static [Stage]),
     /// Stage and text together.
     StageText(&'static [Stage], &'static [&'static str]),
+    /// Stage and one of these `(class, subject, detail)` codes together.
+    StageStatusIn(&'static [Stage], &'static [(u8, u16, u16)]),
     /// The failure is temporary: a 4.x.x status, or a 4xx reply without status.
     Temporary,
     /// The reply code lies in `lo..=hi` (only when no enhanced status decided).
@@ -108,7 +110,8 @@ const fn r(name: &'static str, when: Cond, class: BounceClass) -> Rule {
 
 use BounceClass::{Block, Hard, Ignore, Soft};
 use Cond::{
-    Always, Reply, Stage as AtStage, StageText, Status, StatusIn, StatusText, Temporary, Text,
+    Always, Reply, Stage as AtStage, StageStatusIn, StageText, Status, StatusIn, StatusText,
+    Temporary, Text,
 };
 
 #[rustfmt::skip]
@@ -409,7 +412,13 @@ pub const RULES: &[Rule] = &[
     ),
     r("status-x.6.x-content", Status(None, Some(6), None), Block),
     r("temporary-failure", Temporary, Soft),
-    // 3b. recipient-specific codes: hard on their own
+    // 3b. recipient-specific codes: hard on their own, unless the recipient had
+    // already been accepted (the code came after DATA: a filter borrowing it)
+    r(
+        "status-recipient-code-after-data",
+        StageStatusIn(AT_DATA, RECIPIENT_CODES),
+        Block,
+    ),
     r(
         "status-5.1.10-null-mx",
         Status(Some(5), Some(1), Some(10)),
@@ -673,6 +682,14 @@ impl Cond {
             Cond::StatusText(c, sub, d, _) => status_is(c, sub, d) && text_hit,
             Cond::Stage(st) => st.contains(&s.stage) && s.reply.is_some_and(|c| c >= 400),
             Cond::StageText(st, _) => st.contains(&s.stage) && text_hit,
+            Cond::StageStatusIn(st, codes) => {
+                st.contains(&s.stage)
+                    && s.status.is_some_and(|c| {
+                        codes
+                            .iter()
+                            .any(|&(k, sub, d)| (k, sub, d) == (c.class, c.subject, c.detail))
+                    })
+            }
             Cond::Temporary => match s.status {
                 Some(st) => st.class == 4,
                 None => s.reply.is_some_and(|c| (400..500).contains(&c)),
@@ -902,7 +919,7 @@ fn normalize_unbounded(text: &str) -> String {
 #[rustfmt::skip]
 const STAGE_DATA: &[&str] = &[
     "end of data", "final data", "after data", "data command", "our data", "[data]",
-    "after the data", "end-of-data", "end of message", "pipelined data", "bdat command",
+    "after the data", "end-of-data", "after end of message", "pipelined data", "bdat command",
 ];
 #[rustfmt::skip]
 const STAGE_RCPT: &[&str] = &[
@@ -1459,6 +1476,12 @@ mod tests {
                 Block,
             ),
             (550, "Administrative prohibition", Block),
+            // a recipient code after the recipient was accepted: a filter
+            (
+                550,
+                "5.1.1 <a@x>: User unknown (in reply to end of DATA command)",
+                Block,
+            ),
             // a time-out at the greeting is network trouble, not a refusal
             // (code 0: a DSN's X-Postfix diagnostic carries no reply)
             (
