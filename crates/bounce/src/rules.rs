@@ -192,7 +192,7 @@ const USER_UNKNOWN: &[&str] = &[
     "unknown local part", "unknown or illegal alias", "couldn't be found", "could not be found",
     "not listed in domino", "not listed in public name", "not listed in the directory",
     "not listed in directory", "not listed in the address book", "not a known user",
-    "not a valid user", "invalid user", "user invalid",
+    "not a valid user", "not a valid recipient", "invalid user", "user invalid",
     "name is not recognized", "recipient is not recognized", "address is not recognized",
     "name is not recognised", "has no mailbox", "no mailbox", "destinataire invalide",
     "not found in", "user doesn't exist", "unknown in local recipient table",
@@ -1679,6 +1679,11 @@ mod tests {
                 Hard,
             ),
             (550, "MAILBOX NOT FOUND", Hard),
+            (
+                554,
+                "delivery error: dd Not a valid recipient - atlas114.free.mail.bf1.yahoo.com",
+                Hard,
+            ),
             (550, "5.1.1 Not our Customer", Hard),
             // the receiver refused us
             (
