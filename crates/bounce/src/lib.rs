@@ -21,9 +21,10 @@
 //! `rules.rs` (the table and why it is in that order), `dsn.rs` and `heuristic.rs`;
 //! `walk.rs` and `mime.rs` for how a message becomes the text the recognisers read.
 //!
-//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-12-02):
-//! ~128k instructions per message (126k before per-recipient evidence), about half
-//! of it the MIME walk. What keeps it
+//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-12-03):
+//! ~132k instructions per message (128k before issue #16's phrase families, masked
+//! local parts and list/JMRP/inline-ARF probes; 126k before per-recipient
+//! evidence), about half of it the MIME walk. What keeps it
 //! there: only the headers rundbrief reads are parsed (the rest are skipped with
 //! `memchr`), a returned message is cut after its header block, bodies that are never
 //! read (images, attachments, HTML next to a text part) are not decoded, ASCII text
