@@ -195,7 +195,7 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
             if *single || taken >= 15 || text.len() > crate::MAX_DIAGNOSTIC {
                 break;
             }
-            if lt.is_empty() {
+            if lt.is_empty() || is_transcript_noise(lt) {
                 continue;
             }
             text.push('\n');
@@ -219,6 +219,27 @@ pub fn extract(report: &str, view: &View) -> Vec<Found> {
         }
     }
     out
+}
+
+/// A line of an SMTP session transcript that says nothing about the failure: a
+/// positive reply (2xx/3xx, also after Sendmail's `<<<`) or the client's
+/// EHLO/HELO/QUIT. MDaemon, Sendmail and others quote whole sessions under the
+/// failed address; skipping these keeps the line budget for the refusal itself.
+fn is_transcript_noise(l: &str) -> bool {
+    let l = l.trim_start_matches(['<', '>', ' ']);
+    let b = l.as_bytes();
+    if b.len() >= 4
+        && matches!(b[0], b'2' | b'3')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b[3], b' ' | b'-')
+    {
+        return true;
+    }
+    let head = &b[..b.len().min(5)];
+    head.eq_ignore_ascii_case(b"ehlo ")
+        || head.eq_ignore_ascii_case(b"helo ")
+        || l.eq_ignore_ascii_case("quit")
 }
 
 fn is_separator(l: &str) -> bool {
@@ -264,6 +285,8 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "non-delivery",
     "nondelivery",
     "non delivery",
+    "nondeliverable",
+    "non-deliverable",
     "non remis",
     "unzustellbar",
     "delivery notification",
@@ -330,6 +353,11 @@ const BOUNCE_BODY: &[&str] = &[
     "was rejected",
     "recipient(s) failed",
     "delivery failure",
+    "did not reach some or all",
+    "could not be delivered to",
+    "no such user",
+    "user unknown",
+    "unknown user",
 ];
 const DELAY_MARKS: &[&str] = &[
     "has not yet been delivered",
@@ -346,12 +374,17 @@ const DELAY_MARKS: &[&str] = &[
     "not yet been delivered",
     "temporary failure",
     "delivery has been delayed",
+    "warning only",
+    "do not need to resend",
 ];
+/// "Warning:" alone is no delay: MDaemon and others title permanent failures
+/// "Warning: <address> - User unknown!"; Sendmail's and Exim's delay subjects name
+/// the delay ("could not send message for past 4 hours", "message … delayed").
 const DELAY_SUBJECTS: &[&str] = &[
     "delay",
-    "warning:",
     "(warning)",
     "delivery status notification (delay)",
+    "could not send message for past",
 ];
 const FAILURE_MARKS: &[&str] = &[
     "failed permanently",
@@ -363,6 +396,56 @@ const FAILURE_MARKS: &[&str] = &[
     "fatal error",
     "gave up",
 ];
+
+/// Local-part endings and starts of the addresses list managers send their notices
+/// from: Mailman (`-owner`, `-bounces`, `-request`), Majordomo and ezmlm (`owner-`,
+/// `-help`), fml (`-admin`, `-ctl`), and the managers' own names (LISTSERV, Sympa).
+const LIST_SENDER_ENDS: &[&str] = &["-admin", "-owner", "-request", "-bounces", "-ctl", "-help"];
+const LIST_SENDER_STARTS: &[&str] = &[
+    "owner-",
+    "listserv",
+    "majordomo",
+    "mailman",
+    "sympa",
+    "ezmlm",
+    "listproc",
+];
+/// A list manager refusing a post because the poster is not a member: Mailman
+/// ("Post by non-member to a members-only list", "You are not allowed to post to
+/// this mailing list"), ezmlm ("Sorry, only subscribers may post"), LISTSERV ("You
+/// are not authorized to send mail to the … list"), Sympa, fml ("You are not a member
+/// of this mailing list"). Lower-case; searched in the subject and the text.
+const LIST_REFUSAL: &[&str] = &[
+    "not a member",
+    "are not member",
+    "non-member",
+    "nonmember",
+    "members-only",
+    "members only",
+    "only subscribers",
+    "only members",
+    "not a subscriber",
+    "not subscribed",
+    "not allowed to post",
+    "not authorized to post",
+    "not authorised to post",
+    "not authorized to send mail to",
+];
+
+static LIST_REFUSAL_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(LIST_REFUSAL));
+
+/// Whether the message is a mailing list manager's notice that it refused our post
+/// (the list is alive; we may not post to it): sent from a list manager's address,
+/// with refusal words in the subject or the text. Not a bounce in form (no daemon
+/// sender, no bounce prose), so [`looks_like_bounce`] does not see it.
+pub fn is_list_refusal(view: &View, report_lower: &str) -> bool {
+    let local = view.from_addr.split('@').next().unwrap_or("");
+    let list_sender = LIST_SENDER_ENDS.iter().any(|e| local.ends_with(e))
+        || LIST_SENDER_STARTS.iter().any(|s| local.starts_with(s));
+    list_sender
+        && (LIST_REFUSAL_SET.is_match(&view.subject) || LIST_REFUSAL_SET.is_match(report_lower))
+}
 
 /// One automaton per needle list that is searched in the whole report text (up to
 /// 64 KiB): one pass instead of one `contains` per needle.
@@ -396,6 +479,45 @@ pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> boo
         return true;
     }
     (daemon || subject || view.has_original) && BOUNCE_BODY_SET.is_match(report_lower)
+}
+
+/// Delivery (success) notices written as prose: Exchange's "Delivered:" subject and
+/// "Delivery to these recipients or groups is complete", Microsoft's "Delivery to
+/// the following recipients was successful", "… has been delivered to …".
+const SUCCESS_SUBJECTS: &[&str] = &["delivered:", "(success)", "(relay)", "relayed:"];
+const SUCCESS_MARKS: &[&str] = &[
+    "delivery to the following recipients was successful",
+    "delivery to these recipients or groups is complete",
+    "successfully delivered",
+    "has been delivered to",
+    "was delivered to the following",
+    "relayed to the following",
+];
+
+static SUCCESS_MARKS_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| automaton(SUCCESS_MARKS));
+
+/// Whether a heuristic "bounce" is a delivery notice: a success subject or success
+/// words, and no word of failure anywhere (a report that lists delivered and failed
+/// recipients is a bounce).
+pub fn is_success(view: &View, report_lower: &str) -> bool {
+    if view.subject.contains("fail")
+        || view.subject.contains("undeliver")
+        || [
+            "fail",
+            "undeliver",
+            "not delivered",
+            "not be delivered",
+            "reject",
+            "error",
+        ]
+        .iter()
+        .any(|w| report_lower.contains(w))
+    {
+        return false;
+    }
+    SUCCESS_SUBJECTS.iter().any(|s| view.subject.contains(s))
+        || SUCCESS_MARKS_SET.is_match(report_lower)
 }
 
 /// Whether a heuristic bounce is only a delay warning.
@@ -480,5 +602,14 @@ mod tests {
         }
         // own addresses never count
         assert!(extract("  me@example.net\n", &view(&["me@example.net"])).is_empty());
+        // a session transcript keeps the refusal, not the positive replies
+        let got = extract(
+            "> kim@example.net\n--- Session Transcript ---\n220 mx ESMTP ready\nEHLO a.example\n250-mx Hello\n250 SIZE 1000\nMAIL From:<me@example.com>\n250 Sender ok\nRCPT To:<kim@example.net>\n552 Message for <kim@example.net> would exceed mailbox quota\nQUIT\n",
+            &view(&[]),
+        );
+        assert_eq!(
+            got[0].text,
+            "--- Session Transcript ---\nMAIL From:<me@example.com>\nRCPT To:<kim@example.net>\n552 Message for <kim@example.net> would exceed mailbox quota"
+        );
     }
 }

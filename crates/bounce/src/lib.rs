@@ -21,9 +21,10 @@
 //! `rules.rs` (the table and why it is in that order), `dsn.rs` and `heuristic.rs`;
 //! `walk.rs` and `mime.rs` for how a message becomes the text the recognisers read.
 //!
-//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-12-02):
-//! ~128k instructions per message (126k before per-recipient evidence), about half
-//! of it the MIME walk. What keeps it
+//! **Cost** (`examples/parse_count.rs` under callgrind, fixture corpus, 2026-12-03):
+//! ~132k instructions per message (128k before issue #16's phrase families, masked
+//! local parts and list/JMRP/inline-ARF probes; 126k before per-recipient
+//! evidence), about half of it the MIME walk. What keeps it
 //! there: only the headers rundbrief reads are parsed (the rest are skipped with
 //! `memchr`), a returned message is cut after its header block, bodies that are never
 //! read (images, attachments, HTML next to a text part) are not decoded, ASCII text
@@ -96,11 +97,16 @@ pub const MAX_PARTS: usize = 256;
 /// 3. **DSN** (`message/delivery-status` part, or DSN fields written inline) →
 ///    kind `dsn`; every recipient block is classified by [`RULES`] from its Status
 ///    and Diagnostic-Code. `Action: delivered/relayed/expanded` → `ignore`;
-///    `Action: delayed` → `ignore` unless the reason is `block` (a sender problem
-///    worth knowing about even before the final failure).
+///    `Action: delayed` → `soft` (the mailbox or its host is in trouble now: counted
+///    a little, never pruned at once; DESIGN.md said `ignore`, see
+///    docs/architecture.md) unless the reason is `block` (a sender problem worth
+///    knowing about even before the final failure).
 /// 4. **Non-standard bounce** (daemon sender or bounce subject, with bounce prose or
 ///    `X-Failed-Recipients`) → kind `heuristic`, same rules, same delay policy.
-/// 5. **Auto-reply** (RFC 3834 `Auto-Submitted: auto-replied`, `X-Autoreply`,
+/// 5. **Mailing list refusal** (a list manager's notice that only members may post,
+///    from a `-owner`/`-request`/`-admin`/`owner-`/LISTSERV-style address) → kind
+///    `heuristic`, same rules (`text-mailing-list-refused`: the list is alive).
+/// 6. **Auto-reply** (RFC 3834 `Auto-Submitted: auto-replied`, `X-Autoreply`,
 ///    `X-Autorespond`, `Precedence: auto_reply/junk`, out-of-office subjects) → kind
 ///    `auto-reply`, class `ignore`. Checked after bounces because some MTAs mark their
 ///    bounces `auto-replied`.
@@ -184,6 +190,15 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         ));
         return b;
     }
+    if let Some(address) = jmrp_recipient(raw) {
+        let rule = "jmrp-original-recipient";
+        let mut b = ParsedBounce::empty(BounceKind::Arf, BounceClass::Complaint, rule);
+        b.feedback_type = Some("abuse".to_string());
+        b.original_message_id = view.original_message_id.clone();
+        b.recipients
+            .push(plain_recipient(&address, BounceClass::Complaint, rule));
+        return b;
+    }
     if let Some(text) = view.first_text
         && let Some(b) = ses::parse(text)
     {
@@ -205,6 +220,7 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
     // Found lazily: DSN recipients need the prose only when their fields are thin.
     let mut found: Option<Vec<Found>> = None;
     let mut report_stage: Option<rules::Stage> = None;
+    let mut refusal = ReportRefusal::default();
 
     // DSN: a delivery-status part, or its fields inline in the text.
     let mut reports: Vec<DsnReport> = view
@@ -233,8 +249,13 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
                 if b.recipients.len() >= MAX_RECIPIENTS {
                     break;
                 }
-                b.recipients
-                    .push(dsn_recipient(r, &mut found, &mut report_stage, &view));
+                b.recipients.push(dsn_recipient(
+                    r,
+                    &mut found,
+                    &mut report_stage,
+                    &mut refusal,
+                    &view,
+                ));
             }
         }
         b.original_message_id = view.original_message_id.clone();
@@ -242,11 +263,21 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         return b;
     }
 
+    if let Some(text) = inline_feedback_report(&view.full_text) {
+        return arf_fields(&view, text);
+    }
+
     let x_failed = header_text(msg, "x-failed-recipients");
     let report_lower = normalize(&view.report);
     if heuristic::looks_like_bounce(&view, x_failed.is_some(), &report_lower) {
         let found = found.unwrap_or_else(|| heuristic::extract(&view.report, &view));
         return heuristic_bounce(&view, &found, x_failed.as_deref(), &report_lower);
+    }
+
+    if heuristic::is_list_refusal(&view, &report_lower) {
+        // Recipients from the returned message only: the notice's prose names the
+        // list's own command addresses, not ours.
+        return heuristic_bounce(&view, &[], x_failed.as_deref(), &report_lower);
     }
 
     if let Some(rule) = autoreply::detect(msg, &view) {
@@ -257,6 +288,25 @@ fn parse_at_depth(raw: &[u8], depth: u8) -> ParsedBounce {
         return b;
     }
     ParsedBounce::empty(BounceKind::Unknown, BounceClass::Ignore, "not-a-bounce")
+}
+
+/// Microsoft's Junk Mail Reporting Program (Outlook.com, Hotmail) sends a complaint
+/// as the complained-about message with an `X-HmXmrOriginalRecipient: <address>`
+/// header added, and no feedback-report part: the address of that header.
+fn jmrp_recipient(raw: &[u8]) -> Option<String> {
+    const NAME: &[u8] = b"X-HmXmrOriginalRecipient:";
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NAME));
+    let at = FINDER.find(raw)?;
+    // a header name starts a line
+    if at > 0 && raw[at - 1] != b'\n' {
+        return None;
+    }
+    let rest = &raw[at + NAME.len()..];
+    let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+    let line = String::from_utf8_lossy(line);
+    let (a, b) = heuristic::find_addresses(&line).into_iter().next()?;
+    Some(line[a..b].to_string())
 }
 
 /// Whether a text body starts with header fields (a message forwarded inline).
@@ -335,7 +385,7 @@ fn decide(action: &str, s: &Signal<'_>) -> Verdict {
         "expanded" => fixed(BounceClass::Ignore, "action-expanded"),
         "delayed" => match verdict(s) {
             v if v.class == BounceClass::Block => v,
-            _ => fixed(BounceClass::Ignore, "action-delayed"),
+            _ => fixed(BounceClass::Soft, "action-delayed"),
         },
         _ => verdict(s),
     }
@@ -381,6 +431,7 @@ fn dsn_recipient(
     r: &DsnRecipient,
     found: &mut Option<Vec<Found>>,
     report_stage: &mut Option<rules::Stage>,
+    refusal: &mut ReportRefusal,
     view: &View<'_>,
 ) -> Recipient {
     fn found_now<'f>(found: &'f mut Option<Vec<Found>>, view: &View<'_>) -> &'f [Found] {
@@ -429,16 +480,64 @@ fn dsn_recipient(
     };
     let v = decide(action, &signal);
     let diagnostic = collapse(&diag_raw, MAX_DIAGNOSTIC);
+    let (v, evidence) = match refusal.for_verdict(&v, view, None) {
+        Some(found) => found,
+        None => (v, evidence(&signal, &v, &diagnostic)),
+    };
     Recipient {
         address,
         status: status.map(|s| s.to_string()).unwrap_or_default(),
         action: action.to_string(),
         class: v.class,
-        evidence: Some(evidence(&signal, &v, &diagnostic)),
+        evidence: Some(evidence),
         diagnostic,
         reply_code: reply,
         remote_mta: (!r.remote_mta.is_empty()).then(|| r.remote_mta.clone()),
         rule: v.rule,
+    }
+}
+
+/// A failure that nothing in its own diagnostic explains (only the last rule,
+/// `unclassified-failure`, held) takes a `block` verdict from the whole report when
+/// the report's prose says the receiver refused us: AOL's "they are not accepting
+/// mail from <sender>" above a list of bare addresses, an X.400 gateway whose
+/// Diagnostic-Code is "Unable-To-Transfer" while its prose quotes "5.7.1 Unable to
+/// relay". Only the rules of [`rules::REFUSED_US`] are taken: other words elsewhere
+/// in a report may be about another recipient ("user unknown"), so they never decide
+/// for this one. The report is read once per message, when the first unexplained
+/// recipient asks.
+#[derive(Default)]
+struct ReportRefusal(Option<Option<(Verdict, Evidence)>>);
+
+impl ReportRefusal {
+    fn for_verdict(
+        &mut self,
+        v: &Verdict,
+        view: &View<'_>,
+        report_lower: Option<&str>,
+    ) -> Option<(Verdict, Evidence)> {
+        if v.rule != "unclassified-failure" {
+            return None;
+        }
+        self.0
+            .get_or_insert_with(|| {
+                let owned;
+                let norm = match report_lower {
+                    Some(n) => n,
+                    None => {
+                        owned = normalize(&view.report);
+                        &owned
+                    }
+                };
+                let (reply, status) = signal_parts(norm);
+                let s = Signal::new(status, reply, norm);
+                let r = verdict(&s);
+                rules::REFUSED_US.contains(&r.rule).then(|| {
+                    let text = collapse(&view.report, MAX_REPORT_TEXT);
+                    (r, evidence(&s, &r, &text))
+                })
+            })
+            .clone()
     }
 }
 
@@ -477,8 +576,14 @@ fn heuristic_bounce(
         "bounce-without-recipient",
     );
     b.original_message_id = view.original_message_id.clone();
-    let delay = heuristic::is_delay(view, report_lower);
-    let action = if delay { "delayed" } else { "failed" };
+    let action = if heuristic::is_success(view, report_lower) {
+        "delivered"
+    } else if heuristic::is_delay(view, report_lower) {
+        "delayed"
+    } else {
+        "failed"
+    };
+    let mut refusal = ReportRefusal::default();
 
     let mut items: Vec<(String, String)> = found
         .iter()
@@ -527,12 +632,21 @@ fn heuristic_bounce(
         let signal = Signal::new(status, reply, norm);
         let v = decide(action, &signal);
         let diagnostic = collapse(text, MAX_DIAGNOSTIC);
+        let from_prose = if from_report {
+            None
+        } else {
+            refusal.for_verdict(&v, view, Some(report_lower))
+        };
+        let (v, evidence) = match from_prose {
+            Some(found) => found,
+            None => (v, evidence(&signal, &v, &diagnostic)),
+        };
         b.recipients.push(Recipient {
             address,
             status: status.map(|s| s.to_string()).unwrap_or_default(),
             action: action.to_string(),
             class: v.class,
-            evidence: Some(evidence(&signal, &v, &diagnostic)),
+            evidence: Some(evidence),
             diagnostic,
             reply_code: reply,
             remote_mta: None,
@@ -544,7 +658,35 @@ fn heuristic_bounce(
 }
 
 fn arf(view: &View) -> ParsedBounce {
-    let text = view.feedback_report.as_deref().unwrap_or("");
+    arf_fields(view, view.feedback_report.as_deref().unwrap_or(""))
+}
+
+/// Where a feedback report's fields are written inline in a text part (no
+/// `message/feedback-report` part; some providers' loops forward reports as plain
+/// text), the text from the first field on: a `Feedback-Type:` line and one of the
+/// other two fields RFC 5965 requires (`User-Agent:`, `Version:`) at line starts.
+fn inline_feedback_report(text: &str) -> Option<&str> {
+    use crate::mime::starts_with_ci;
+    static NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"eedback-"));
+    // Cheap rejection: nearly every message lacks the word.
+    NEEDLE.find(text.as_bytes())?;
+    let (mut pos, mut start, mut typ, mut other) = (0, None, false, false);
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start();
+        let is_type = starts_with_ci(l, "feedback-type:");
+        let is_other = starts_with_ci(l, "user-agent:") || starts_with_ci(l, "version:");
+        if is_type || is_other {
+            start.get_or_insert(pos);
+            typ |= is_type;
+            other |= is_other;
+        }
+        pos += line.len();
+    }
+    (typ && other).then(|| start.map(|s| &text[s..])).flatten()
+}
+
+fn arf_fields(view: &View, text: &str) -> ParsedBounce {
     let fields = parse_fields(text);
     let feedback_type = fields
         .iter()
@@ -622,8 +764,85 @@ Final-Recipient: rfc822; later@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r
         assert_eq!(b.original_message_id.as_deref(), Some("m1@example.com"));
         assert_eq!(b.recipients.len(), 2);
         assert_eq!(b.recipients[0].status, "5.7.1");
-        assert_eq!(b.recipients[1].class, BounceClass::Ignore);
+        assert_eq!(b.recipients[1].class, BounceClass::Soft);
         assert_eq!(b.recipients[1].rule, "action-delayed");
+    }
+
+    #[test]
+    fn a_delivery_notice_in_prose_is_ignored() {
+        let raw = b"From: postmaster@example.net\r\nTo: b-abc@bounce.example.com\r\nSubject: Delivered: Weekly\r\n\r\n\
+Your message has been delivered to the following recipients:\r\n\r\nkim@example.net\r\n\r\nSubject: Weekly\r\n";
+        let b = parse(raw);
+        assert_eq!(
+            (b.kind, b.class),
+            (BounceKind::Heuristic, BounceClass::Ignore)
+        );
+        assert_eq!(b.recipients[0].action, "delivered");
+    }
+
+    #[test]
+    fn a_microsoft_jmrp_report_is_a_complaint() {
+        let raw = b"From: staff@hotmail.com\r\nTo: fbl@example.com\r\nSubject: complaint about message from 192.0.2.1\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nX-HmXmrOriginalRecipient: <kim@hotmail.example>\r\nFrom: news@example.com\r\n\
+To: kim@hotmail.example\r\nSubject: Weekly\r\n\r\nHello\r\n--b--\r\n";
+        let b = parse(raw);
+        assert_eq!((b.kind, b.class), (BounceKind::Arf, BounceClass::Complaint));
+        assert_eq!(b.recipients[0].address, "kim@hotmail.example");
+    }
+
+    #[test]
+    fn a_feedback_report_written_inline_is_a_complaint() {
+        let raw = b"From: fbl@isp.example\r\nTo: b-abc@bounce.example.com\r\nSubject: Abuse report\r\n\r\n\
+This is an email abuse report.\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: ISP-FBL/1.0\r\nVersion: 1\r\n\
+Original-Rcpt-To: kim@isp.example\r\n";
+        let b = parse(raw);
+        assert_eq!((b.kind, b.class), (BounceKind::Arf, BounceClass::Complaint));
+        assert_eq!(b.recipients[0].address, "kim@isp.example");
+        assert_eq!(b.feedback_type.as_deref(), Some("abuse"));
+        // The word alone in prose is not a report.
+        let raw = b"From: kim@example.net\r\nSubject: hi\r\n\r\nFeedback-Type: is a field name I like.\r\n";
+        assert_eq!(parse(raw).kind, BounceKind::Unknown);
+    }
+
+    #[test]
+    fn an_unexplained_failure_takes_a_refusal_from_the_report() {
+        let raw = b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>\r\nTo: news@example.com\r\nSubject: Mail Delivery Problem\r\n\r\n\
+Your mail to the following recipients could not be delivered because they are not accepting mail from news@example.com:\r\n\r\n\
+\tkim@example.net\r\n\tscreenname\r\n";
+        let b = parse(raw);
+        assert_eq!(
+            (b.class, b.rule),
+            (BounceClass::Block, "text-sender-rejected")
+        );
+        assert_eq!(b.recipients[0].address, "kim@example.net");
+        // Recipient words elsewhere in the report never decide for another address.
+        let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\r\n\
+Delivery to the following recipients failed.\r\n\r\n\
+kim@example.net: 550 user unknown (in reply to RCPT TO command)\r\n\
+lee@example.net: 550 transaction failed somehow\r\n";
+        let b = parse(raw);
+        assert_eq!(b.recipients[1].address, "lee@example.net");
+        assert_ne!(b.recipients[1].class, BounceClass::Hard);
+    }
+
+    #[test]
+    fn a_list_manager_refusing_our_post_is_block() {
+        // Mailman's and ezmlm's wording, not from the dev corpus.
+        for raw in [
+            &b"From: news-owner@lists.example.net\r\nTo: b-abc@bounce.example.com\r\nSubject: Your message to News awaits moderator approval\r\n\r\n\
+Your mail to 'News' with the subject\r\n\r\n    Weekly\r\n\r\nIs being held until the list moderator can review it for approval.\r\n\r\n\
+The reason it is being held:\r\n\r\n    Post by non-member to a members-only list\r\n"[..],
+            b"From: news-help@lists.example.net\r\nSubject: failure notice\r\nTo: b-abc@bounce.example.com\r\n\r\n\
+Sorry, only subscribers may post. If you are a subscriber, please forward this message to news-owner@lists.example.net\r\n",
+        ] {
+            let b = parse(raw);
+            assert_eq!((b.kind, b.class), (BounceKind::Heuristic, BounceClass::Block));
+            assert_eq!(b.rule, "text-mailing-list-refused");
+        }
+        // The same words from anybody else are not a list's notice.
+        let raw = b"From: kim@example.net\r\nSubject: members only\r\n\r\nOnly members may post here.\r\n";
+        assert_eq!(parse(raw).kind, BounceKind::Unknown);
     }
 
     #[test]
