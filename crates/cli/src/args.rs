@@ -432,6 +432,12 @@ pub struct ImportArgs {
     /// were pruned by mistake). Blocklisted and unsubscribed ones stay out.
     #[arg(long)]
     pub resubscribe_bounced: bool,
+    /// Skip the recipient-domain check for this import. Without it (and
+    /// with `[dns] check` on, the default) each row's domain is looked up:
+    /// rows on a domain that does not exist, has no MX and no A/AAAA, or
+    /// publishes a null MX are imported as `undeliverable` and listed.
+    #[arg(long)]
+    pub no_dns_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -811,6 +817,13 @@ pub enum CampaignCmd {
         /// From not aligned with the DKIM domain, no unsubscribe link).
         #[arg(long)]
         strict: bool,
+        /// Skip the recipient-domain check before sending. Without it (and
+        /// with `[dns] check` on, the default) the domains of the recipients
+        /// still to send are looked up first: recipients on a domain that
+        /// does not exist, has no MX and no A/AAAA, or a null MX become
+        /// `undeliverable` and their deliveries `skipped`.
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Print the exact message one subscriber gets from this campaign.
     ///
@@ -846,6 +859,13 @@ pub enum CampaignCmd {
         /// Accept any TLS certificate from the relay (test relays only).
         #[arg(long)]
         insecure: bool,
+        /// Skip the recipient-domain check before sending. Without it (and
+        /// with `[dns] check` on, the default) the domains of the recipients
+        /// still to send are looked up first: recipients on a domain that
+        /// does not exist, has no MX and no A/AAAA, or a null MX become
+        /// `undeliverable` and their deliveries `skipped`.
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Cancel a campaign for good; pending deliveries are never sent.
     Cancel { name: String },
@@ -909,6 +929,11 @@ pub enum CampaignCmd {
         /// Refuse when the deliverability pre-flight warns.
         #[arg(long)]
         strict: bool,
+        /// Skip the recipient-domain check that `start` runs on the
+        /// campaign's recipients (`serve` checks again before each pass
+        /// unless `[dns] check = false` or `serve --no-dns-check`).
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Send again to the recipients whose delivery failed (our error, or
     /// deferred past sending.max_age_secs) and who are still active.
@@ -924,6 +949,9 @@ pub enum CampaignCmd {
         /// SMTP connections (default: the relay's pool_size).
         #[arg(long)]
         pool: Option<usize>,
+        /// Skip the recipient-domain check before sending (with --send).
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Send one real copy to ADDR with "[TEST]" before the subject and an
     /// X-Rundbrief-Test header; it is not recorded as a delivery.
@@ -1041,6 +1069,10 @@ pub struct ServeArgs {
     /// Mark the dashboard's session cookie Secure (behind a TLS proxy).
     #[arg(long)]
     pub secure_cookies: bool,
+    /// Skip the recipient-domain check before each campaign pass (as
+    /// `[dns] check = false` does).
+    #[arg(long)]
+    pub no_dns_check: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -382,6 +382,7 @@ async fn run_in(
                 insecure: false,
                 wait: true,
                 strict: false,
+                no_dns_check: false,
             },
             !json,
         )
