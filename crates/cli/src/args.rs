@@ -346,7 +346,7 @@ pub enum SubCmd {
         /// Only members of this list.
         #[arg(long)]
         list: Option<String>,
-        /// active, unsubscribed, bounced or blocklisted; with --list also
+        /// active, unsubscribed, bounced, blocklisted or undeliverable; with --list also
         /// subscribed or unconfirmed (the status on that list).
         #[arg(long)]
         status: Option<String>,
@@ -384,6 +384,10 @@ pub enum SubCmd {
     /// restore no longer count, so `rundbrief clean` does not prune the
     /// address again for them, not even after `bounce reprocess`. They stay
     /// stored (`bounce ls`).
+    ///
+    /// It also undoes the domain check: an `undeliverable` subscriber
+    /// becomes active again (the next check marks the address again while
+    /// its domain still cannot receive mail; `--no-dns-check` skips it).
     Restore {
         email: String,
         /// Why (kept in the audit trail).
