@@ -558,7 +558,7 @@ pub struct DemoArgs {
     /// under the system's temporary directory, kept afterwards.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// How many subscribers to generate (at least 10).
+    /// How many subscribers to generate (at least 12).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub subscribers: u64,
 }
