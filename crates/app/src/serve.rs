@@ -77,7 +77,7 @@ fn spawn_run(
         let result: crate::Result<()> = async {
             let c = app.store.campaign(&name).await?;
             let runner = app.runner_for(&c, &opts)?;
-            if !opts.no_dns_check {
+            if !opts.no_dns_check && !app.store.campaign_skips_dns_check(id).await? {
                 // Recipients added since the last pass are checked too.
                 app.store.materialise_deliveries(id).await?;
                 if let Some(d) = app.check_campaign_domains(id).await?

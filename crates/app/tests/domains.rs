@@ -342,5 +342,10 @@ async fn a_campaign_skips_undeliverable_recipients_and_sends_to_the_rest() {
         );
         // Not a bounce: the bounced count and status are untouched.
         assert_eq!(report.counts.bounced, 0, "{b}");
+
+        // `campaign start --no-dns-check` keeps its choice for `serve`.
+        assert!(!s.campaign_skips_dns_check(c.id).await.unwrap(), "{b}");
+        s.set_campaign_skips_dns_check(c.id, true).await.unwrap();
+        assert!(s.campaign_skips_dns_check(c.id).await.unwrap(), "{b}");
     }
 }

@@ -296,6 +296,45 @@ fn import_lists_undeliverable_rows_with_lines_and_campaigns_skip_them() {
             "{b}: {sent}"
         );
         assert_eq!(dns.responder.queries(), queries, "{b}: no lookups");
+        // campaign start checks at once (serve sends what is left);
+        // --no-dns-check asks nothing and is kept for serve.
+        c.ok(&["sub", "add", "hal@gone.example", "--list", "news"]);
+        for name in ["c3", "c4"] {
+            c.ok(&[
+                "campaign",
+                "create",
+                name,
+                "--list",
+                "news",
+                "--subject",
+                "Hi",
+                "--content",
+                "issue.md",
+            ]);
+        }
+        let started = c.json(&["campaign", "start", "c3"]);
+        assert_eq!(started["skipped"], 2, "{b}: gus and hal now: {started}");
+        let status = c.json(&["campaign", "status", "c3"]);
+        assert_eq!(
+            (
+                status["total"].as_u64(),
+                status["skipped"].as_u64(),
+                status["pending"].as_u64()
+            ),
+            (Some(8), Some(6), Some(2)),
+            "{b}: {status}"
+        );
+        c.ok(&["sub", "add", "ivy@gone.example", "--list", "news"]);
+        let queries = dns.responder.queries();
+        let started = c.json(&["campaign", "start", "c4", "--no-dns-check"]);
+        assert_eq!(started["state"], "running", "{b}");
+        assert!(started.get("skipped").is_none(), "{b}: {started}");
+        assert_eq!(dns.responder.queries(), queries, "{b}: no lookups");
+        assert_eq!(
+            c.json(&["sub", "show", "ivy@gone.example"])["status"],
+            "active",
+            "{b}"
+        );
         stop(sink, "-INT");
     }
 }

@@ -180,3 +180,34 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// Whether `campaign start --no-dns-check` asked `serve` to skip the
+    /// domain check for this campaign.
+    pub async fn campaign_skips_dns_check(&self, campaign_id: Uuid) -> Result<bool> {
+        #[derive(FromQueryResult)]
+        struct R {
+            skip_dns_check: bool,
+        }
+        Ok(R::find_by_statement(self.stmt(
+            "SELECT skip_dns_check FROM campaigns WHERE id = ?",
+            vec![campaign_id.into()],
+        ))
+        .one(&self.db)
+        .await
+        .doing("reading a campaign's domain check setting")?
+        .is_some_and(|r| r.skip_dns_check))
+    }
+
+    /// Records whether `serve` skips the domain check for this campaign.
+    pub async fn set_campaign_skips_dns_check(&self, campaign_id: Uuid, skip: bool) -> Result<()> {
+        self.db
+            .execute_raw(self.stmt(
+                "UPDATE campaigns SET skip_dns_check = ? WHERE id = ?",
+                vec![skip.into(), campaign_id.into()],
+            ))
+            .await
+            .doing("setting a campaign's domain check")?;
+        Ok(())
+    }
+}

@@ -304,7 +304,11 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             let from = store
                 .transition_campaign(name, CampaignState::Running)
                 .await?;
-            // The check runs now, so what `serve` sends is checked already.
+            // The check runs now, so what `serve` sends is checked already;
+            // --no-dns-check is kept with the campaign for `serve`'s passes.
+            store
+                .set_campaign_skips_dns_check(c.campaign.id, *no_dns_check)
+                .await?;
             let dns = if *no_dns_check {
                 None
             } else {
