@@ -112,10 +112,17 @@ pub enum Command {
     /// every other column becomes an attribute (usable in templates). UTF-8
     /// with or without BOM; `,`, `;` or TAB separated (detected). Rows with
     /// the same address are merged (later non-empty values win), also with
-    /// subscribers already stored. Blocklisted, unsubscribed and bounced
-    /// subscribers are reported as skipped, never re-subscribed (see
-    /// --resubscribe-bounced). Bad rows are reported with their line number
-    /// and do not stop the import.
+    /// subscribers already stored. Blocklisted, unsubscribed, bounced and
+    /// undeliverable subscribers are reported as skipped, never
+    /// re-subscribed (see --resubscribe-bounced). Bad rows are reported with
+    /// their line number and do not stop the import.
+    ///
+    /// Each row's domain goes through the domain check (`[dns] check`, on by
+    /// default; --no-dns-check skips it): rows on a domain that does not
+    /// exist, has no MX and no A/AAAA, or publishes a null MX are imported
+    /// `undeliverable` and listed with their line (`--json`:
+    /// `undeliverable`, `undeliverable_rows`). SERVFAIL or a timeout marks
+    /// nothing.
     ///
     /// The file is streamed and written in batches, each its own transaction:
     /// after an interruption, run the same command again; it converges on the
