@@ -599,6 +599,12 @@ pub async fn subscriber(
                     button type="submit" { "Restore (undo the bounce prune)" }
                 }
             }
+            @if s.status == rundbrief_core::SubscriberStatus::Undeliverable {
+                form method="post" action={ (href) "/restore" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Restore (undo the domain check's mark)" }
+                }
+            }
             @if s.status == rundbrief_core::SubscriberStatus::Active {
                 form method="post" action={ (href) "/unsubscribe" } {
                     input type="hidden" name="csrf" value=(session.csrf);

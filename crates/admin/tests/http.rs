@@ -1243,3 +1243,44 @@ async fn the_message_preview_is_sandboxed() {
         assert_eq!(r.status, 404);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_subscriber_is_restored_from_its_page() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let ann = Address::parse("ann@example.org").unwrap();
+        let marked = store
+            .mark_undeliverable(
+                &[rundbrief_store::UndeliverableMark {
+                    key: ann.key(),
+                    reason: "example.org: null MX (RFC 7505)".into(),
+                }],
+                Actor::Import,
+            )
+            .await
+            .unwrap();
+        assert_eq!(marked, 1);
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let page = request(p, "GET", "/subscribers/ann%40example.org", &cookie, "").await;
+        assert!(
+            page.body.contains("undo the domain check") && page.body.contains("null MX"),
+            "{}",
+            page.body
+        );
+        let token = page.csrf();
+        let r = request(
+            p,
+            "POST",
+            "/subscribers/ann%40example.org/restore",
+            &cookie,
+            &form(&[("csrf", &token)]),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let d = store.subscriber_detail(&ann).await.unwrap();
+        assert_eq!(d.subscriber.status.as_str(), "active");
+        assert_eq!(d.audit.last().unwrap().actor, Actor::Admin);
+    }
+}

@@ -18,6 +18,8 @@
 //! - [`members`]: what the people on a list do through their signed links
 //!   (unsubscribe, re-subscribe) and double opt-in; [`confirm`]: the
 //!   confirmation mail and the queue that sends it;
+//! - [`domains`]: the recipient-domain check at import and before a
+//!   campaign sends (undeliverable subscribers, skipped deliveries);
 //! - [`serve`]: the `serve` supervisor loop;
 //! - [`links`]: the signed link formats (re-exported from `rundbrief_core::links`).
 //!
@@ -26,6 +28,7 @@
 pub mod bounces;
 pub mod campaigns;
 pub mod confirm;
+pub mod domains;
 pub mod endpoint;
 pub mod error;
 pub mod members;
@@ -72,6 +75,8 @@ pub struct App {
     pub observer: Arc<dyn Observer>,
     policy: bounces::Policy,
     dkim: Arc<OnceLock<Result<Option<Arc<rundbrief_dkim::DkimSigner>>, String>>>,
+    /// The domain check, built on first use (`[dns] check = false`: `None`).
+    domains: Arc<OnceLock<Result<Option<domains::DomainChecker>, String>>>,
 }
 
 impl App {
@@ -118,6 +123,7 @@ impl App {
             clock,
             observer,
             dkim: Arc::new(OnceLock::new()),
+            domains: Arc::new(OnceLock::new()),
         }
     }
 

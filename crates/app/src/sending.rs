@@ -28,6 +28,9 @@ pub struct SendOptions {
     pub wait: bool,
     /// Refuse to start when the pre-flight checks warn.
     pub strict: bool,
+    /// Skip the recipient-domain check before sending (`--no-dns-check`);
+    /// it also does not run when `[dns] check = false`.
+    pub no_dns_check: bool,
 }
 
 /// What a foreground send did.
@@ -43,6 +46,8 @@ pub struct SendReport {
     /// last claim ends: sent by whoever runs the campaign after that.
     pub leased: u64,
     pub leased_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the domain check before this send did; `None` when it did not run.
+    pub dns_check: Option<crate::domains::CampaignCheck>,
 }
 
 /// Lease, batch and retry settings from `[sending]`.
@@ -311,6 +316,21 @@ impl App {
             .await?;
         let added = store.materialise_deliveries(c.campaign.id).await?;
         runner.config.materialise = false;
+        let dns_check = if opts.no_dns_check {
+            None
+        } else {
+            self.check_campaign_domains(c.campaign.id).await?
+        };
+        if let Some(d) = &dns_check {
+            tracing::info!(
+                campaign = name,
+                domains = d.domains,
+                undeliverable_domains = d.undeliverable_domains,
+                unknown_domains = d.unknown_domains,
+                skipped = d.skipped,
+                "recipient domains checked"
+            );
+        }
         let before = store.campaign_counts(c.campaign.id).await?;
         let total = before.pending + before.deferred;
         tracing::info!(
@@ -360,6 +380,7 @@ impl App {
             sent_now: report.done,
             leased,
             leased_until,
+            dns_check,
         })
     }
 

@@ -77,6 +77,15 @@ fn spawn_run(
         let result: crate::Result<()> = async {
             let c = app.store.campaign(&name).await?;
             let runner = app.runner_for(&c, &opts)?;
+            if !opts.no_dns_check && !app.store.campaign_skips_dns_check(id).await? {
+                // Recipients added since the last pass are checked too.
+                app.store.materialise_deliveries(id).await?;
+                if let Some(d) = app.check_campaign_domains(id).await?
+                    && d.skipped > 0
+                {
+                    tracing::info!(campaign = %name, skipped = d.skipped, "undeliverable recipient domains skipped");
+                }
+            }
             let report = runner.run(id, &stop, &|_| {}).await;
             runner.sender.shutdown().await;
             let report = report?;

@@ -25,6 +25,9 @@ fn config(auto_prune: bool) -> Config {
     cfg.sending.bounce_domain = Some("bounce.example.org".into());
     cfg.sending.public_url = Some("https://news.example.org".into());
     cfg.bounce.auto_prune = auto_prune;
+    // No DNS: this test is not about the domain check (tests never ask
+    // the system's resolver).
+    cfg.dns.check = false;
     cfg
 }
 

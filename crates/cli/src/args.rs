@@ -112,10 +112,17 @@ pub enum Command {
     /// every other column becomes an attribute (usable in templates). UTF-8
     /// with or without BOM; `,`, `;` or TAB separated (detected). Rows with
     /// the same address are merged (later non-empty values win), also with
-    /// subscribers already stored. Blocklisted, unsubscribed and bounced
-    /// subscribers are reported as skipped, never re-subscribed (see
-    /// --resubscribe-bounced). Bad rows are reported with their line number
-    /// and do not stop the import.
+    /// subscribers already stored. Blocklisted, unsubscribed, bounced and
+    /// undeliverable subscribers are reported as skipped, never
+    /// re-subscribed (see --resubscribe-bounced). Bad rows are reported with
+    /// their line number and do not stop the import.
+    ///
+    /// Each row's domain goes through the domain check (`[dns] check`, on by
+    /// default; --no-dns-check skips it): rows on a domain that does not
+    /// exist, has no MX and no A/AAAA, or publishes a null MX are imported
+    /// `undeliverable` and listed with their line (`--json`:
+    /// `undeliverable`, `undeliverable_rows`). SERVFAIL or a timeout marks
+    /// nothing.
     ///
     /// The file is streamed and written in batches, each its own transaction:
     /// after an interruption, run the same command again; it converges on the
@@ -346,7 +353,7 @@ pub enum SubCmd {
         /// Only members of this list.
         #[arg(long)]
         list: Option<String>,
-        /// active, unsubscribed, bounced or blocklisted; with --list also
+        /// active, unsubscribed, bounced, blocklisted or undeliverable; with --list also
         /// subscribed or unconfirmed (the status on that list).
         #[arg(long)]
         status: Option<String>,
@@ -384,6 +391,10 @@ pub enum SubCmd {
     /// restore no longer count, so `rundbrief clean` does not prune the
     /// address again for them, not even after `bounce reprocess`. They stay
     /// stored (`bounce ls`).
+    ///
+    /// It also undoes the domain check: an `undeliverable` subscriber
+    /// becomes active again (the next check marks the address again while
+    /// its domain still cannot receive mail; `--no-dns-check` skips it).
     Restore {
         email: String,
         /// Why (kept in the audit trail).
@@ -432,6 +443,12 @@ pub struct ImportArgs {
     /// were pruned by mistake). Blocklisted and unsubscribed ones stay out.
     #[arg(long)]
     pub resubscribe_bounced: bool,
+    /// Skip the recipient-domain check for this import. Without it (and
+    /// with `[dns] check` on, the default) each row's domain is looked up:
+    /// rows on a domain that does not exist, has no MX and no A/AAAA, or
+    /// publishes a null MX are imported as `undeliverable` and listed.
+    #[arg(long)]
+    pub no_dns_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -548,7 +565,7 @@ pub struct DemoArgs {
     /// under the system's temporary directory, kept afterwards.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// How many subscribers to generate (at least 10).
+    /// How many subscribers to generate (at least 12).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub subscribers: u64,
 }
@@ -811,6 +828,13 @@ pub enum CampaignCmd {
         /// From not aligned with the DKIM domain, no unsubscribe link).
         #[arg(long)]
         strict: bool,
+        /// Skip the recipient-domain check before sending. Without it (and
+        /// with `[dns] check` on, the default) the domains of the recipients
+        /// still to send are looked up first: recipients on a domain that
+        /// does not exist, has no MX and no A/AAAA, or a null MX become
+        /// `undeliverable` and their deliveries `skipped`.
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Print the exact message one subscriber gets from this campaign.
     ///
@@ -846,6 +870,13 @@ pub enum CampaignCmd {
         /// Accept any TLS certificate from the relay (test relays only).
         #[arg(long)]
         insecure: bool,
+        /// Skip the recipient-domain check before sending. Without it (and
+        /// with `[dns] check` on, the default) the domains of the recipients
+        /// still to send are looked up first: recipients on a domain that
+        /// does not exist, has no MX and no A/AAAA, or a null MX become
+        /// `undeliverable` and their deliveries `skipped`.
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Cancel a campaign for good; pending deliveries are never sent.
     Cancel { name: String },
@@ -909,6 +940,11 @@ pub enum CampaignCmd {
         /// Refuse when the deliverability pre-flight warns.
         #[arg(long)]
         strict: bool,
+        /// Skip the recipient-domain check that `start` runs on the
+        /// campaign's recipients (`serve` checks again before each pass
+        /// unless `[dns] check = false` or `serve --no-dns-check`).
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Send again to the recipients whose delivery failed (our error, or
     /// deferred past sending.max_age_secs) and who are still active.
@@ -924,6 +960,9 @@ pub enum CampaignCmd {
         /// SMTP connections (default: the relay's pool_size).
         #[arg(long)]
         pool: Option<usize>,
+        /// Skip the recipient-domain check before sending (with --send).
+        #[arg(long)]
+        no_dns_check: bool,
     },
     /// Send one real copy to ADDR with "[TEST]" before the subject and an
     /// X-Rundbrief-Test header; it is not recorded as a delivery.
@@ -1041,6 +1080,10 @@ pub struct ServeArgs {
     /// Mark the dashboard's session cookie Secure (behind a TLS proxy).
     #[arg(long)]
     pub secure_cookies: bool,
+    /// Skip the recipient-domain check before each campaign pass (as
+    /// `[dns] check = false` does).
+    #[arg(long)]
+    pub no_dns_check: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -641,6 +641,7 @@ fn a_closed_stdout_ends_quietly() {
                 cmd.env_remove(k);
             }
         }
+        cmd.env("RUNDBRIEF_DNS__CHECK", "false");
         let out = cmd
             .current_dir(e.dir.path())
             .args(args)
@@ -694,6 +695,7 @@ fn an_interrupted_import_keeps_its_batches_and_a_rerun_completes_it() {
     let bin = assert_cmd::cargo::cargo_bin("rundbrief");
     let child = std::process::Command::new(&bin)
         .current_dir(e.dir.path())
+        .env("RUNDBRIEF_DNS__CHECK", "false")
         .env("RUNDBRIEF_IMPORT__BATCH_SIZE", "50")
         .args(["import", &file, "--list", "news", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -1881,6 +1883,7 @@ fn pause_and_resume_send_everybody_exactly_once() {
     let relay = format!("smtp://127.0.0.1:{port}");
     let sender = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(e.dir.path())
+        .env("RUNDBRIEF_DNS__CHECK", "false")
         .args([
             "campaign", "send", "slow", "--relay", &relay, "--pool", "1", "--json",
         ])
@@ -2077,6 +2080,7 @@ fn a_send_killed_mid_campaign_is_finished_by_the_next_with_duplicates_inside_the
     let relay = format!("smtp://127.0.0.1:{port}");
     let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(e.dir.path())
+        .env("RUNDBRIEF_DNS__CHECK", "false")
         .env("RUNDBRIEF_SENDING__LEASE_SECS", "1")
         .args(["campaign", "send", "c", "--relay", &relay, "--pool", "2"])
         .stdout(std::process::Stdio::null())
@@ -2157,6 +2161,7 @@ fn two_workers_split_a_campaign_without_duplicates() {
         .map(|_| {
             let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"));
             c.current_dir(e.dir.path())
+                .env("RUNDBRIEF_DNS__CHECK", "false")
                 .envs(envs.iter().copied())
                 .args([
                     "campaign", "send", "c", "--relay", &relay, "--pool", "2", "--wait", "--json",
@@ -2344,6 +2349,7 @@ fn resume_returns_when_only_later_retries_are_left() {
     e.ok(&["campaign", "pause", "c"]);
     let mut resume = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(e.dir.path())
+        .env("RUNDBRIEF_DNS__CHECK", "false")
         .env("RUNDBRIEF_SENDING__RETRY_BASE_SECS", "600")
         .args(["campaign", "resume", "c", "--relay", &relay, "--json"])
         .stdout(std::process::Stdio::piped())

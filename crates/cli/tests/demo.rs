@@ -9,12 +9,15 @@ use serde_json::Value;
 /// The demo's shares, computed here on their own (see `rundbrief demo
 /// --help`): 3 % unknown at RCPT, 2 % bounced by DSN, 1 % greylisted, 1 %
 /// refused by policy at RCPT, at least one each; one auto-reply, one
-/// complaint, one spam-filter DSN, one mailbox-full DSN.
+/// complaint, one spam-filter DSN, one mailbox-full DSN; two addresses on
+/// a domain that does not exist and one on a null-MX domain (undeliverable,
+/// never sent).
 struct Expected {
     sent: u64,
     bounced: u64,
     pruned: u64,
     greylisted: u64,
+    undeliverable: u64,
 }
 
 fn expected(n: u64) -> Expected {
@@ -22,11 +25,13 @@ fn expected(n: u64) -> Expected {
     let by_dsn = (n * 2 / 100).max(1);
     let refused = (n / 100).max(1);
     let (filtered, full) = (1, 1);
+    let undeliverable = 3;
     Expected {
-        sent: n - unknown - refused,
+        sent: n - unknown - refused - undeliverable,
         bounced: unknown + by_dsn + refused + filtered + full,
         pruned: unknown + by_dsn,
         greylisted: (n / 100).max(1),
+        undeliverable,
     }
 }
 
@@ -64,6 +69,11 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
         want.sent
     );
     assert_eq!(num("deferred_then_delivered"), want.greylisted, "{s}");
+    assert_eq!(
+        (num("undeliverable"), num("skipped")),
+        (want.undeliverable, want.undeliverable),
+        "{s}"
+    );
     assert_eq!(
         (num("complained"), num("auto_replies_ignored")),
         (1, 1),
@@ -127,6 +137,29 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
         );
     }
     assert_eq!(status_of("grumpy"), ["unsubscribed"]);
+    // The domain check's: undeliverable, not bounced, with the reason.
+    assert_eq!(status_of("lost"), ["undeliverable", "undeliverable"]);
+    assert_eq!(status_of("nomx"), ["undeliverable"]);
+    let marked = json_in(
+        &dir,
+        &[
+            "sub",
+            "ls",
+            "--status",
+            "undeliverable",
+            "--list",
+            "demo",
+            "--json",
+        ],
+    );
+    assert_eq!(marked.as_array().unwrap().len() as u64, want.undeliverable);
+    let nomx = status_of_email(&all, "nomx");
+    let shown = json_in(&dir, &["sub", "show", &nomx, "--json"]);
+    let last = shown["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["reason"], "nomail.example: null MX (RFC 7505)",
+        "{last}"
+    );
     // Why an address was pruned is on record.
     let pruned = json_in(&dir, &["sub", "show", emails[0], "--json"]);
     let last = pruned["audit"].as_array().unwrap().last().unwrap().clone();
@@ -134,7 +167,7 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
 
     // A second run in the same directory is refused: it needs a fresh one.
     let again = rundbrief_in(tmp.path())
-        .args(["demo", "--subscribers", "10", "--dir", d])
+        .args(["demo", "--subscribers", "12", "--dir", d])
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -249,4 +282,15 @@ fn sink_greylists_auto_replies_and_complains_and_bounce_parse_agrees() {
             ),
         ]
     );
+}
+
+/// The address of the first subscriber whose address starts with `prefix`.
+fn status_of_email(all: &Value, prefix: &str) -> String {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["email"].as_str().unwrap())
+        .find(|e| e.starts_with(prefix))
+        .unwrap()
+        .to_string()
 }

@@ -638,6 +638,15 @@ impl Default for ImportConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
+    /// Run the recipient-domain check at import and before a campaign
+    /// sends: a domain that does not exist (NXDOMAIN), has neither MX nor
+    /// A/AAAA, or publishes a null MX (RFC 7505) makes its subscribers
+    /// `undeliverable`. Default true: mail to such domains can only bounce,
+    /// and every bounce costs reputation. The check never marks on a
+    /// server failure or timeout, so a broken resolver marks nothing.
+    /// `false` (env `RUNDBRIEF_DNS__CHECK=false`) turns it off, e.g.
+    /// offline; `--no-dns-check` does so for one command.
+    pub check: bool,
     /// Name servers to ask, each `IP` (port 53) or `IP:PORT` (`[::1]:53`
     /// for IPv6 with a port), over UDP, and over TCP when an answer comes
     /// back truncated. Every lookup goes to these servers. Default
@@ -675,6 +684,7 @@ pub struct DnsConfig {
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
+            check: true,
             servers: Vec::new(),
             timeout_secs: 5,
             attempts: 2,
@@ -1260,6 +1270,10 @@ trust_forwarded_for = false
 # grouping of domains by mailbox provider. Name servers as "IP" or "IP:PORT",
 # asked over UDP with TCP fallback; without `servers`, the system's resolver
 # (/etc/resolv.conf).
+# The domain check at import and before a campaign sends: subscribers on a
+# domain that does not exist, has no MX and no A/AAAA, or a null MX become
+# `undeliverable` (reversible: `sub restore`). false turns it off (offline).
+check = true
 # servers = ["127.0.0.1:5300"]
 # Seconds per answer and tries per lookup; then the result is "unknown"
 # (retried later, never held against the domain).

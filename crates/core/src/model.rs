@@ -104,6 +104,11 @@ string_enum! {
         Bounced = "bounced",
         /// Never mail this address again; imports do not bring it back.
         Blocklisted = "blocklisted",
+        /// The address's domain cannot receive mail (it does not exist, has
+        /// no MX and no A/AAAA, or publishes a null MX): found by the domain
+        /// check at import or before a campaign. Not a bounce, and
+        /// reversible (`sub restore`): DNS changes.
+        Undeliverable = "undeliverable",
     }
 }
 
@@ -138,6 +143,9 @@ string_enum! {
         Removed = "removed",
         /// A membership was removed because its list was deleted.
         ListRemoved = "list-removed",
+        /// The domain check found the address's domain undeliverable; the
+        /// reason names the domain and what DNS said.
+        Undeliverable = "undeliverable",
     }
 }
 
@@ -208,6 +216,10 @@ string_enum! {
         Failed = "failed",
         /// Sent, then a bounce came back for it.
         Bounced = "bounced",
+        /// Not sent: the subscriber is `undeliverable` (the domain check
+        /// found their domain cannot receive mail). Final; the reason is in
+        /// `last_error`.
+        Skipped = "skipped",
     }
 }
 
@@ -255,7 +267,7 @@ impl std::str::FromStr for StatusFilter {
                 .map_err(|_| UnknownValue {
                     what: "status",
                     given: s.to_string(),
-                    expected: "active, subscribed, unconfirmed, unsubscribed, bounced, blocklisted"
+                    expected: "active, subscribed, unconfirmed, unsubscribed, bounced, blocklisted, undeliverable"
                         .into(),
                 }),
         }
@@ -287,12 +299,19 @@ pub struct ListCounts {
     pub unsubscribed: u64,
     pub bounced: u64,
     pub blocklisted: u64,
+    /// Members whose domain the domain check found undeliverable.
+    pub undeliverable: u64,
 }
 
 impl ListCounts {
     /// Every membership of the list, whatever its status.
     pub fn total(&self) -> u64 {
-        self.subscribed + self.unconfirmed + self.unsubscribed + self.bounced + self.blocklisted
+        self.subscribed
+            + self.unconfirmed
+            + self.unsubscribed
+            + self.bounced
+            + self.blocklisted
+            + self.undeliverable
     }
 }
 

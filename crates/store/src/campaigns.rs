@@ -4,7 +4,9 @@
 
 use crate::{Doing, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
-use rundbrief_core::{CampaignState, DeliveryState, MembershipStatus, SubscriberStatus};
+use rundbrief_core::{
+    AuditAction, CampaignState, DeliveryState, MembershipStatus, SubscriberStatus,
+};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use uuid::Uuid;
 
@@ -150,6 +152,35 @@ impl Store {
             ))
             .await
             .doing("materialising deliveries")?;
+        // Recipients the domain check marked `undeliverable` get a delivery
+        // too, `skipped` at once with the check's reason (their latest
+        // audit entry), so the campaign counts them. Not in the result.
+        let now: Value = Utc::now().into();
+        let skipped = format!(
+            "INSERT INTO deliveries (id, campaign_id, subscriber_id, email, state, attempts, last_error, created_at, updated_at) \
+             SELECT {new_id}, ?, s.id, s.email, ?, 0, \
+             (SELECT a.reason FROM audit a WHERE a.subscriber_id = s.id AND a.action = ? ORDER BY a.created_at DESC LIMIT 1), \
+             ?, ? FROM subscribers s \
+             WHERE s.status = ? AND EXISTS (SELECT 1 FROM memberships m JOIN campaign_lists cl ON cl.list_id = m.list_id \
+             WHERE m.subscriber_id = s.id AND m.status = ? AND cl.campaign_id = ?) \
+             ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
+        );
+        self.db
+            .execute_raw(self.stmt(
+                &skipped,
+                vec![
+                    campaign_id.into(),
+                    DeliveryState::Skipped.as_str().into(),
+                    AuditAction::Undeliverable.as_str().into(),
+                    now.clone(),
+                    now,
+                    SubscriberStatus::Undeliverable.as_str().into(),
+                    MembershipStatus::Subscribed.as_str().into(),
+                    campaign_id.into(),
+                ],
+            ))
+            .await
+            .doing("materialising skipped deliveries")?;
         Ok(r.rows_affected())
     }
 
@@ -363,6 +394,9 @@ pub struct CampaignCounts {
     pub rejected: u64,
     /// The part of `pending` a worker has claimed and is sending now.
     pub sending: u64,
+    /// Not sent because the subscriber is `undeliverable` (the domain
+    /// check found their domain cannot receive mail). Final.
+    pub skipped: u64,
 }
 
 impl Store {
@@ -608,6 +642,7 @@ impl Store {
                 }
                 DeliveryState::Failed => c.failed += n,
                 DeliveryState::Bounced => c.bounced += n,
+                DeliveryState::Skipped => c.skipped += n,
             }
         }
         Ok(c)
@@ -646,13 +681,14 @@ impl Store {
         }
         let rows = R::find_by_statement(self.stmt(
             "SELECT state, last_error, COUNT(*) AS n FROM deliveries \
-             WHERE campaign_id = ? AND state IN (?, ?, ?) \
+             WHERE campaign_id = ? AND state IN (?, ?, ?, ?) \
              GROUP BY state, last_error ORDER BY n DESC, state, last_error LIMIT ?",
             vec![
                 campaign_id.into(),
                 DeliveryState::Failed.as_str().into(),
                 DeliveryState::Deferred.as_str().into(),
                 DeliveryState::Rejected.as_str().into(),
+                DeliveryState::Skipped.as_str().into(),
                 (limit as i64).into(),
             ],
         ))

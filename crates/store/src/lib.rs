@@ -22,6 +22,7 @@ use std::time::Duration;
 mod admin;
 mod bounces;
 mod campaigns;
+mod domains;
 mod holds;
 pub mod import;
 mod import_pg;
@@ -37,6 +38,7 @@ pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,
     PendingDelivery, ScoredSubscriber, StoredScore,
 };
+pub use domains::{MarkedUndeliverable, Recipient, UndeliverableMark};
 pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
@@ -135,8 +137,11 @@ pub enum StoreError {
     /// No stored inbound message with that id.
     #[error("there is no stored bounce {0}")]
     BounceNotFound(uuid::Uuid),
-    /// `sub restore` on a subscriber who is not bounced.
-    #[error("`{email}` is {status}, not bounced: restore only undoes bounce pruning")]
+    /// `sub restore` on a subscriber who is neither bounced nor undeliverable.
+    #[error(
+        "`{email}` is {status}, not bounced or undeliverable: restore only undoes bounce \
+         pruning and the domain check"
+    )]
     NotBounced {
         email: String,
         status: rundbrief_core::SubscriberStatus,

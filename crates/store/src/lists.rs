@@ -70,6 +70,7 @@ fn add_count(counts: &mut ListCounts, effective: &str, n: u64) -> Result<()> {
             SubscriberStatus::Unsubscribed => counts.unsubscribed += n,
             SubscriberStatus::Bounced => counts.bounced += n,
             SubscriberStatus::Blocklisted => counts.blocklisted += n,
+            SubscriberStatus::Undeliverable => counts.undeliverable += n,
             SubscriberStatus::Active => {
                 return Err(StoreError::CorruptColumn {
                     column: "status",

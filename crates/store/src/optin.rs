@@ -122,7 +122,9 @@ async fn no_way_back<C: ConnectionTrait>(
 ) -> Result<Option<NoWayBack>> {
     Ok(match status {
         SubscriberStatus::Active => None,
-        SubscriberStatus::Bounced => Some(NoWayBack::Bounced),
+        // Mail to the address could not be delivered either way: the
+        // double opt-in mail (which proves it can) brings it back.
+        SubscriberStatus::Bounced | SubscriberStatus::Undeliverable => Some(NoWayBack::Bounced),
         SubscriberStatus::Blocklisted => Some(NoWayBack::Blocklisted),
         SubscriberStatus::Unsubscribed if complained(c, subscriber).await? => {
             Some(NoWayBack::Complained)

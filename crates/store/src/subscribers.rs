@@ -774,6 +774,33 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::SubscriberNotFound(addr.to_string()))?;
         let status: SubscriberStatus = sub.status.parse()?;
+        if status == SubscriberStatus::Undeliverable {
+            // The domain check's mark: no score to reset.
+            let now = Utc::now();
+            set_status(
+                &txn,
+                sub.id,
+                SubscriberStatus::Active,
+                now,
+                "restoring a subscriber",
+            )
+            .await?;
+            audit(
+                &txn,
+                sub.id,
+                None,
+                AuditAction::Restored,
+                actor,
+                &format!(
+                    "{reason}; was undeliverable (domain check): the next check marks the address \
+                     again while its domain still cannot receive mail (--no-dns-check skips it)"
+                ),
+                now,
+            )
+            .await?;
+            txn.commit().await.doing("committing the restore")?;
+            return Ok(());
+        }
         if status != SubscriberStatus::Bounced {
             return Err(StoreError::NotBounced {
                 email: sub.email,

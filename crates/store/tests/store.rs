@@ -98,7 +98,8 @@ async fn lists_are_created_counted_and_removed_safely() {
                 unconfirmed: 0,
                 unsubscribed: 1,
                 bounced: 1,
-                blocklisted: 1
+                blocklisted: 1,
+                undeliverable: 0
             },
             "{b}"
         );

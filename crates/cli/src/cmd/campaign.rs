@@ -6,12 +6,12 @@
 use crate::args::CampaignCmd;
 use crate::output;
 use anyhow::{Context, bail};
-use rundbrief_app::{App, Reason};
 use rundbrief_app::campaigns::{
     TOP_ERRORS, check_content, check_name, check_preflight, check_relay, check_subject,
     prepare_first,
 };
 use rundbrief_app::sending::{SendOptions, SendReport};
+use rundbrief_app::{App, Reason};
 use rundbrief_core::{CampaignState, ContentKind};
 use rundbrief_store::NewCampaign;
 use std::io::IsTerminal;
@@ -294,17 +294,41 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             }
             Ok(ExitCode::SUCCESS)
         }
-        CampaignCmd::Start { name, strict } => {
-            check_preflight(cfg, &store.campaign(name).await?, *strict).map_err(strict_hint)?;
+        CampaignCmd::Start {
+            name,
+            strict,
+            no_dns_check,
+        } => {
+            let c = store.campaign(name).await?;
+            check_preflight(cfg, &c, *strict).map_err(strict_hint)?;
             let from = store
                 .transition_campaign(name, CampaignState::Running)
                 .await?;
+            // The check runs now, so what `serve` sends is checked already;
+            // --no-dns-check is kept with the campaign for `serve`'s passes.
+            store
+                .set_campaign_skips_dns_check(c.campaign.id, *no_dns_check)
+                .await?;
+            let dns = if *no_dns_check {
+                None
+            } else {
+                store.materialise_deliveries(c.campaign.id).await?;
+                app.check_campaign_domains(c.campaign.id).await?
+            };
             if json {
-                output::json(
-                    &serde_json::json!({ "campaign": name, "from": from.as_str(), "state": "running" }),
-                )?;
+                let mut v = serde_json::json!({ "campaign": name, "from": from.as_str(), "state": "running" });
+                if let Some(d) = dns {
+                    v["skipped"] = d.skipped.into();
+                }
+                output::json(&v)?;
             } else {
                 println!("campaign {name}: {from} -> running; `rundbrief serve` sends it");
+                if let Some(d) = dns.filter(|d| d.skipped > 0) {
+                    println!(
+                        "  {} recipient(s) skipped: their domain cannot receive mail (`campaign status {name}` shows why)",
+                        d.skipped
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -313,6 +337,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             send,
             relay,
             pool,
+            no_dns_check,
         } => {
             let n = store.retry_failed(name).await?;
             // With --send, whatever is pending goes out, not only what this
@@ -326,6 +351,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                     insecure: false,
                     wait: true,
                     strict: false,
+                    no_dns_check: *no_dns_check,
                 };
                 let r = send_foreground(app, name, &opts, !json).await?;
                 let mut v = serde_json::to_value(&r.counts)?;
@@ -403,6 +429,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             wait,
             insecure,
             strict,
+            no_dns_check,
         } => {
             send(
                 *wait,
@@ -413,6 +440,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                 relay.as_deref(),
                 *pool,
                 *insecure,
+                *no_dns_check,
                 json,
             )
             .await
@@ -423,6 +451,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             relay,
             pool,
             insecure,
+            no_dns_check,
         } => {
             store
                 .transition_campaign(name, CampaignState::Running)
@@ -436,6 +465,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                 relay.as_deref(),
                 *pool,
                 *insecure,
+                *no_dns_check,
                 json,
             )
             .await
@@ -482,6 +512,7 @@ async fn send(
     relay: Option<&str>,
     pool: Option<usize>,
     insecure: bool,
+    no_dns_check: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = &app.store;
@@ -495,6 +526,7 @@ async fn send(
         insecure,
         wait,
         strict,
+        no_dns_check,
     };
     let r = send_foreground(app, name, &opts, !json).await?;
     let (counts, secs, sent_now) = (r.counts, r.seconds, r.sent_now);
@@ -529,6 +561,12 @@ async fn send(
                 _ => "; deferred ones are retried by `serve` or `campaign send --wait`".into(),
             }
         );
+        if counts.skipped > 0 {
+            println!(
+                "  {} skipped: the recipient's domain cannot receive mail (undeliverable; reasons below)",
+                counts.skipped
+            );
+        }
         if r.leased > 0 {
             println!(
                 "  {} still claimed by another (or a stopped) worker until {}: they go out after that \

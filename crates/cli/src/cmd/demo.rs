@@ -4,7 +4,10 @@
 //! and the bounce endpoint run on free loopback ports; a list of generated
 //! subscribers, a known share of them dead, gets one Markdown issue; every
 //! bounce comes back through the endpoint; the summary is checked against
-//! the plan, so the demo doubles as an end-to-end check.
+//! the plan, so the demo doubles as an end-to-end check. A DNS responder on
+//! loopback answers every lookup of the domain check: a couple of addresses
+//! are on a domain that does not exist and one on a domain with a null MX,
+//! so they are imported `undeliverable` and never sent to.
 //!
 //! The plan ([`Plan::for_subscribers`]) is the contract with
 //! `crates/cli/tests/demo.rs`, which computes the same numbers on its own.
@@ -14,6 +17,7 @@ use crate::cmd::campaign::send_foreground;
 use crate::output;
 use anyhow::{Context, bail};
 use rundbrief_app::App;
+use rundbrief_app::domains::DomainChecker;
 use rundbrief_app::endpoint::{EndpointOptions, start_endpoint};
 use rundbrief_app::sending::SendOptions;
 use rundbrief_core::csvin::ImportRow;
@@ -47,7 +51,11 @@ const BOUNCE_WAIT: Duration = Duration::from_secs(30);
 /// SMTP connections to the sink.
 const POOL: usize = 4;
 /// Fewest subscribers: one of each fate plus some live ones.
-const MIN_SUBSCRIBERS: u64 = 10;
+const MIN_SUBSCRIBERS: u64 = 12;
+/// A domain the demo's DNS responder does not know: NXDOMAIN.
+const NO_SUCH_DOMAIN: &str = "vanished.example";
+/// A domain whose only MX is the null MX (RFC 7505).
+const NULL_MX_DOMAIN: &str = "nomail.example";
 
 /// What the sink's rules make of an address; the local part starts with
 /// [`Fate::prefix`], so a rule matches on `PREFIX*@*`.
@@ -73,6 +81,10 @@ enum Fate {
     /// Accepted, then a DSN saying the mailbox is full (5.2.2): soft, counted
     /// towards the score but not pruned by one.
     Full,
+    /// On a domain that does not exist: `undeliverable` at import, never sent.
+    NoDomain,
+    /// On a domain with a null MX: `undeliverable` at import, never sent.
+    NullMx,
 }
 
 impl Fate {
@@ -87,6 +99,17 @@ impl Fate {
             Fate::Refused => "refused",
             Fate::Filtered => "filtered",
             Fate::Full => "full",
+            Fate::NoDomain => "lost",
+            Fate::NullMx => "nomx",
+        }
+    }
+
+    /// The recipient domain the domain check marks, if any.
+    fn dead_domain(self) -> Option<&'static str> {
+        match self {
+            Fate::NoDomain => Some(NO_SUCH_DOMAIN),
+            Fate::NullMx => Some(NULL_MX_DOMAIN),
+            _ => None,
         }
     }
 
@@ -99,7 +122,8 @@ impl Fate {
 /// How many subscribers meet each fate: 3 % unknown at RCPT, 2 % bounced by
 /// DSN, 1 % greylisted, 1 % refused by policy at RCPT (at least one each),
 /// one auto-reply, one complaint, one spam-filter DSN, one mailbox-full DSN;
-/// the rest are live.
+/// two on a domain that does not exist and one on a null-MX domain
+/// (undeliverable, never sent); the rest are live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
     subscribers: u64,
@@ -111,6 +135,8 @@ struct Plan {
     refused: u64,
     filtered: u64,
     full: u64,
+    no_domain: u64,
+    null_mx: u64,
 }
 
 impl Plan {
@@ -125,7 +151,14 @@ impl Plan {
             refused: (n / 100).max(1),
             filtered: 1,
             full: 1,
+            no_domain: 2,
+            null_mx: 1,
         }
+    }
+
+    /// Subscribers the domain check marks `undeliverable`.
+    fn undeliverable(&self) -> u64 {
+        self.no_domain + self.null_mx
     }
 
     /// The fate of every subscriber, in a fixed pseudo-random order (the
@@ -141,6 +174,8 @@ impl Plan {
             (Fate::Refused, self.refused),
             (Fate::Filtered, self.filtered),
             (Fate::Full, self.full),
+            (Fate::NoDomain, self.no_domain),
+            (Fate::NullMx, self.null_mx),
         ] {
             v.extend(std::iter::repeat_n(fate, count as usize));
         }
@@ -185,7 +220,7 @@ fn people(plan: &Plan) -> Vec<Person> {
                 "{}{:04}@{}",
                 fate.prefix(),
                 i + 1,
-                DOMAINS[i % DOMAINS.len()]
+                fate.dead_domain().unwrap_or(DOMAINS[i % DOMAINS.len()])
             ),
             name: format!(
                 "{} {}",
@@ -278,6 +313,11 @@ struct Summary {
     /// Subscribers whose bounces were blocks (the receiver refused us) or
     /// soft (a full mailbox) and who were pruned anyway: 0 is right.
     pruned_by_block_or_soft: u64,
+    /// Subscribers the domain check marked `undeliverable` at import (a
+    /// domain that does not exist, or a null MX): not bounced, not sent.
+    undeliverable: u64,
+    /// The campaign's deliveries skipped for them.
+    skipped: u64,
     /// Seconds from start to the last processed bounce.
     elapsed_seconds: f64,
     dir: String,
@@ -299,7 +339,17 @@ pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     say(format!("demo directory: {}", dir.display()));
     let secret = Secret::generate();
     write_config(&dir, &secret)?;
-    let cfg = demo_config(&dir, secret);
+    // The world's DNS, on loopback: the demo never asks a real resolver.
+    let dns = rundbrief_dns::responder::Responder::start()
+        .await
+        .context("starting the demo's DNS responder on 127.0.0.1")?;
+    for d in DOMAINS {
+        dns.mx(d, 3600, &[(10, &format!("mx.{d}"))]);
+    }
+    dns.mx(NULL_MX_DOMAIN, 3600, &[(0, ".")]);
+    let mut cfg = demo_config(&dir, secret);
+    cfg.dns.servers = vec![dns.addr().to_string()];
+    cfg.dns.check = true;
     let app = crate::cmd::open_app(&cfg, Arc::new(rundbrief_app::NoObserver)).await?;
     let result = run_in(&app, &dir, a.subscribers, json, started, &say).await;
     app.store.close().await.context("closing the database")?;
@@ -318,11 +368,21 @@ async fn run_in(
     let plan = Plan::for_subscribers(subscribers);
     let people = people(&plan);
 
-    // 1. The list and its subscribers, through the import path.
-    import_people(store, cfg, &people).await?;
+    // 1. The list and its subscribers, through the import path and its
+    // domain check.
+    let checker = app
+        .domain_checker()?
+        .context("the demo runs the domain check")?;
+    import_people(store, cfg, &checker, &people).await?;
     say(format!(
-        "list `{LIST}`: {} subscribers ({} unknown, {} that bounce later, {} greylisted, {} on vacation, {} who complain)",
-        plan.subscribers, plan.unknown, plan.gone, plan.greylisted, plan.away, plan.complains
+        "list `{LIST}`: {} subscribers ({} unknown, {} that bounce later, {} greylisted, {} on vacation, {} who complain, {} on a domain that takes no mail)",
+        plan.subscribers,
+        plan.unknown,
+        plan.gone,
+        plan.greylisted,
+        plan.away,
+        plan.complains,
+        plan.undeliverable()
     ));
 
     // 2. The bounce endpoint and the sink, on free loopback ports.
@@ -383,6 +443,7 @@ async fn run_in(
                 insecure: false,
                 wait: true,
                 strict: false,
+                no_dns_check: false,
             },
             !json,
         )
@@ -466,6 +527,7 @@ async fn run_in(
         .filter(|p| pruned.contains(&p.email))
         .count() as u64;
     let unsubscribed = with_status(SubscriberStatus::Unsubscribed).await?;
+    let undeliverable = with_status(SubscriberStatus::Undeliverable).await?;
     let summary = Summary {
         sent: sink.messages,
         bounced: by_class.values().sum(),
@@ -486,6 +548,8 @@ async fn run_in(
             })
             .count() as u64,
         pruned_by_block_or_soft,
+        undeliverable: undeliverable.len() as u64,
+        skipped: counts.skipped,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         dir: dir.display().to_string(),
     };
@@ -497,6 +561,7 @@ async fn run_in(
         report.state,
         &pruned,
         &unsubscribed,
+        &undeliverable,
     );
 
     let dead_example = pruned.iter().next().cloned();
@@ -523,8 +588,14 @@ async fn run_in(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates the list and imports `people` into it in import-sized batches.
-async fn import_people(store: &Store, cfg: &Config, people: &[Person]) -> anyhow::Result<()> {
+/// Creates the list and imports `people` into it in import-sized batches,
+/// with the domain check as `rundbrief import` runs it.
+async fn import_people(
+    store: &Store,
+    cfg: &Config,
+    checker: &DomainChecker,
+    people: &[Person],
+) -> anyhow::Result<()> {
     store.create_list(LIST, Some("rundbrief demo")).await?;
     let mut import = store
         .begin_import(
@@ -551,7 +622,9 @@ async fn import_people(store: &Store, cfg: &Config, people: &[Person]) -> anyhow
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let undeliverable = checker.check_rows(&rows).await;
         import.write_batch(rows).await?;
+        checker.mark_rows(store, &undeliverable).await?;
     }
     import.finish().await?;
     Ok(())
@@ -615,6 +688,7 @@ fn reconcile(
     state: CampaignState,
     pruned: &BTreeSet<String>,
     unsubscribed: &BTreeSet<String>,
+    undeliverable: &BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut check = |ok: bool, what: String| {
@@ -641,12 +715,28 @@ fn reconcile(
         ),
     );
     let refused_at_rcpt = plan.unknown + plan.refused;
+    let to_send = plan.subscribers - refused_at_rcpt - plan.undeliverable();
     check(
-        s.sent == plan.subscribers - refused_at_rcpt,
+        s.sent == to_send,
+        format!("the sink accepted {} messages, expected {to_send}", s.sent),
+    );
+    let on_dead_domains: BTreeSet<String> = people
+        .iter()
+        .filter(|p| p.fate.dead_domain().is_some())
+        .map(|p| p.email.clone())
+        .collect();
+    check(
+        *undeliverable == on_dead_domains,
         format!(
-            "the sink accepted {} messages, expected {}",
-            s.sent,
-            plan.subscribers - refused_at_rcpt
+            "undeliverable {undeliverable:?}, expected the addresses on dead domains {on_dead_domains:?}"
+        ),
+    );
+    check(
+        counts.skipped == plan.undeliverable(),
+        format!(
+            "{} deliveries skipped, expected {}",
+            counts.skipped,
+            plan.undeliverable()
         ),
     );
     check(
@@ -772,6 +862,10 @@ fn print_summary(
         s.pruned_by_block_or_soft
     );
     println!(
+        "  undeliverable            {:>6}  (domain does not exist or has a null MX: not sent, not bounced)",
+        s.undeliverable
+    );
+    println!(
         "  complained               {:>6}  (ARF report: unsubscribed)",
         s.complained
     );
@@ -895,7 +989,11 @@ fn write_config(dir: &Path, secret: &Secret) -> anyhow::Result<()> {
          [sending]\n\
          from = \"{FROM}\"\n\
          bounce_domain = \"{BOUNCE_DOMAIN}\"\n\
-         public_url = \"{PUBLIC_URL}\"\n"
+         public_url = \"{PUBLIC_URL}\"\n\n\
+         # The demo's DNS responder has stopped: no domain check here, so\n\
+         # no command in this directory asks a real resolver.\n\
+         [dns]\n\
+         check = false\n"
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]

@@ -6,6 +6,7 @@
 use crate::args::ImportArgs;
 use crate::output;
 use anyhow::Context;
+use rundbrief_app::domains::{DomainChecker, UndeliverableRow};
 use rundbrief_core::Config;
 use rundbrief_core::csvin::{CsvError, ImportRow, InvalidRow, Row, read_rows};
 use rundbrief_store::{BatchReport, ImportOptions, Store};
@@ -29,6 +30,15 @@ struct Report {
     invalid_total: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dry_run: bool,
+    /// Rows whose domain cannot receive mail (the domain check): they are
+    /// imported (and counted in `imported`, `updated` or `skipped`) and
+    /// their active subscribers marked `undeliverable`.
+    undeliverable: u64,
+    /// Those rows, at most [`MAX_INVALID_REPORTED`]:
+    /// `{"line": L, "email": "…", "reason": "…"}`.
+    undeliverable_rows: Vec<UndeliverableRow>,
+    /// Whether the domain check ran (off: `--no-dns-check` or `[dns] check = false`).
+    dns_check: bool,
 }
 
 impl Report {
@@ -47,6 +57,15 @@ impl Report {
         }
         if total > self.invalid.len() as u64 {
             self.invalid_total = Some(total);
+        }
+    }
+
+    fn add_undeliverable(&mut self, rows: Vec<UndeliverableRow>) {
+        self.undeliverable += rows.len() as u64;
+        for r in rows {
+            if self.undeliverable_rows.len() < MAX_INVALID_REPORTED {
+                self.undeliverable_rows.push(r);
+            }
         }
     }
 
@@ -92,6 +111,11 @@ pub async fn run(
         dry_run: a.dry_run,
         source: source.clone(),
     };
+    let checker = if a.no_dns_check {
+        None
+    } else {
+        DomainChecker::from_config(cfg)?
+    };
     let mut import = store.begin_import(&a.list, opts).await?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
@@ -110,6 +134,7 @@ pub async fn run(
     let started = Instant::now();
     let mut report = Report {
         dry_run: a.dry_run,
+        dns_check: checker.is_some(),
         ..Report::default()
     };
     let mut last_committed_line = 1;
@@ -125,9 +150,22 @@ pub async fn run(
                 None => break,
                 Some(Msg::Fatal(e)) => { fatal = Some(e); break; }
                 Some(Msg::Batch { rows, invalid, bytes, last_line }) => {
+                    // DNS first (it needs no database), then the batch, then
+                    // the marks: an interrupted import run again checks and
+                    // marks the same rows, so it converges.
+                    let undeliverable = match &checker {
+                        Some(c) => c.check_rows(&rows).await,
+                        None => Vec::new(),
+                    };
                     let batch = import.write_batch(rows).await
                         .with_context(|| format!("writing the rows up to line {last_line} of {source}"))?;
+                    if !a.dry_run && let Some(c) = &checker {
+                        c.mark_rows(store, &undeliverable).await.with_context(|| {
+                            format!("marking undeliverable subscribers up to line {last_line} of {source}")
+                        })?;
+                    }
                     report.add(batch);
+                    report.add_undeliverable(undeliverable);
                     report.add_invalid(invalid);
                     last_committed_line = last_line;
                     if let Some(bar) = &bar {
@@ -256,10 +294,30 @@ fn print_report(r: &Report, list: &str, json: bool) -> anyhow::Result<()> {
     };
     let invalid = r.invalid_total.unwrap_or(r.invalid.len() as u64);
     println!(
-        "{verb} {} new subscriber(s) into {list}, updated {}, skipped {} (blocklisted, bounced, unsubscribed or left the list), {invalid} invalid row(s)",
+        "{verb} {} new subscriber(s) into {list}, updated {}, skipped {} (blocklisted, bounced, unsubscribed, undeliverable or left the list), {invalid} invalid row(s)",
         r.imported, r.updated, r.skipped
     );
     const SHOWN: usize = 20;
+    if r.undeliverable > 0 {
+        let what = if r.dry_run {
+            "would be marked"
+        } else {
+            "marked"
+        };
+        println!(
+            "{} row(s) on a domain that cannot receive mail, {what} undeliverable (`sub restore` undoes it):",
+            r.undeliverable
+        );
+        for u in r.undeliverable_rows.iter().take(SHOWN) {
+            println!("  line {}: {}: {}", u.line, u.email, u.reason);
+        }
+        if r.undeliverable > SHOWN as u64 {
+            println!(
+                "  … and {} more (use --json to see them all)",
+                r.undeliverable - SHOWN as u64
+            );
+        }
+    }
     for i in r.invalid.iter().take(SHOWN) {
         println!("  line {}: {}", i.line, i.reason);
     }

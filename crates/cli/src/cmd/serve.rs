@@ -119,6 +119,7 @@ pub async fn run(cfg: &Config, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         relay: a.relay.clone(),
         pool: a.pool,
         insecure: a.insecure,
+        no_dns_check: a.no_dns_check,
         ..SendOptions::default()
     };
     eprintln!(

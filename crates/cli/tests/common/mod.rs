@@ -7,7 +7,10 @@ use assert_cmd::Command;
 use serde_json::Value;
 use std::path::Path;
 
-/// The binary, run in `dir`, with none of the caller's rundbrief settings.
+/// The binary, run in `dir`, with none of the caller's rundbrief settings
+/// and the recipient-domain check off (no test may ask the system's
+/// resolver): a test of the check sets `RUNDBRIEF_DNS__CHECK=true` and
+/// `[dns] servers` to a responder on loopback.
 pub fn rundbrief_in(dir: &Path) -> Command {
     let mut c = Command::cargo_bin("rundbrief").unwrap();
     c.current_dir(dir);
@@ -16,6 +19,7 @@ pub fn rundbrief_in(dir: &Path) -> Command {
             c.env_remove(k);
         }
     }
+    c.env("RUNDBRIEF_DNS__CHECK", "false");
     c
 }
 
@@ -130,6 +134,7 @@ pub fn start_server_with(
     use std::io::BufRead;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rundbrief"))
         .current_dir(dir)
+        .env("RUNDBRIEF_DNS__CHECK", "false")
         .envs(envs.iter().copied())
         .args(args)
         .stdout(std::process::Stdio::piped())
