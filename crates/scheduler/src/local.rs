@@ -16,7 +16,7 @@
 
 use crate::run::RunError;
 use chrono::{DateTime, Days, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
-use chrono_tz::Tz;
+pub use chrono_tz::Tz;
 use rundbrief_store::{DueMap, LocalTime, Store};
 use std::str::FromStr;
 use uuid::Uuid;
