@@ -587,9 +587,9 @@ async fn send(
                 CampaignState::Cancelled => {
                     format!("; cancelled: {} will not be sent", counts.pending)
                 }
-                _ if counts.pending > 0 => format!(
+                _ if counts.pending > counts.sending => format!(
                     "; {} not due yet (local time) and deferred ones go out with `serve` or `campaign send --wait`",
-                    counts.pending
+                    counts.pending - counts.sending
                 ),
                 _ => "; deferred ones are retried by `serve` or `campaign send --wait`".into(),
             }
