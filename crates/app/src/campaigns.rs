@@ -5,6 +5,7 @@
 
 use crate::error::{AppError, Reason, Result, ResultExt};
 use crate::links;
+use chrono::{DateTime, Timelike, Utc};
 use rundbrief_core::{CampaignState, Config, ContentKind};
 use rundbrief_render::{CampaignTemplate, Layout, Recipient, Renderer, parse_time_zone};
 use rundbrief_store::{CampaignContent, Store};
@@ -292,8 +293,14 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
 
 /// The status of a campaign as `campaign status --json` prints it: the
 /// contract fields (`state`, `total`, `sent`, `deferred`, `failed`,
-/// `bounced`, `pending`, …), `errors` (top reasons), and while running the
-/// rate over the last minute (`rate_per_s`) and an ETA (`eta_s`).
+/// `bounced`, `pending`, …), `errors` (top reasons), `due` (pending
+/// deliveries by the UTC hour they are due: `[{"hour", "pending"}]`, those
+/// due already in the current hour), `local_time` (the settings of a
+/// campaign sent at a wall-clock time in each reader's zone, with how many
+/// readers `fallback` to the default zone; null otherwise), and while
+/// running the rate over the last minute (`rate_per_s`) and the expected
+/// finish: `eta` (RFC 3339), `eta_s` (seconds from now) and `eta_reason`
+/// (what bounds it: `rate`, `window` or `local-time due times`).
 ///
 /// # Errors
 /// The store failed.
@@ -302,27 +309,144 @@ pub async fn status(
     clock: &dyn rundbrief_scheduler::Clock,
     c: &CampaignContent,
 ) -> Result<serde_json::Value> {
-    let mut counts = store.campaign_counts(c.campaign.id).await?;
+    let now = clock.now();
+    let id = c.campaign.id;
+    let mut counts = store.campaign_counts(id).await?;
     counts.state = c.campaign.state.to_string();
     let mut v = serde_json::to_value(&counts)?;
-    v["errors"] = serde_json::to_value(store.campaign_errors(c.campaign.id, TOP_ERRORS).await?)?;
+    v["errors"] = serde_json::to_value(store.campaign_errors(id, TOP_ERRORS).await?)?;
     // Hard-bounce prunes waiting for the operator (`bounce held ls`).
-    v["held_prunes"] = store.campaign_held_prunes(c.campaign.id).await?.into();
+    v["held_prunes"] = store.campaign_held_prunes(id).await?.into();
+    // Pending deliveries by due time; claimed ones (`sending`) are due now.
+    let mut groups: Vec<(DateTime<Utc>, u64)> = store
+        .pending_by_due(id)
+        .await?
+        .into_iter()
+        .map(|g| (g.due.map_or(now, |d| d.max(now)), g.count))
+        .collect();
+    if counts.sending > 0 {
+        groups.push((now, counts.sending));
+    }
+    groups.sort();
+    let mut hours: std::collections::BTreeMap<DateTime<Utc>, u64> = Default::default();
+    for (t, n) in &groups {
+        let hour = t
+            .date_naive()
+            .and_hms_opt(t.hour(), 0, 0)
+            .map_or(*t, |h| h.and_utc());
+        *hours.entry(hour).or_default() += n;
+    }
+    v["due"] = hours
+        .iter()
+        .map(|(h, n)| serde_json::json!({"hour": h.format("%Y-%m-%dT%H:00:00Z").to_string(), "pending": n}))
+        .collect::<Vec<_>>()
+        .into();
+    v["local_time"] = match store.local_time(id).await? {
+        Some(lt) => {
+            let mut o = serde_json::to_value(&lt)?;
+            if let Ok(plan) = rundbrief_scheduler::local::Plan::from_stored(&lt) {
+                let by_attr = if counts.total > 0 {
+                    store.deliveries_by_attr(id, &lt.tz_attr).await?
+                } else {
+                    store.recipients_by_attr(id, &lt.tz_attr).await?
+                };
+                o["fallback"] = plan.fallbacks(&by_attr).into();
+            }
+            o
+        }
+        None => serde_json::Value::Null,
+    };
     if c.campaign.state == CampaignState::Running {
         let window = 60;
         let recent = store
-            .outcomes_since(
-                c.campaign.id,
-                clock.now() - chrono::Duration::seconds(window),
-            )
+            .outcomes_since(id, now - chrono::Duration::seconds(window))
             .await?;
         let rate = recent as f64 / window as f64;
         v["rate_per_s"] = rate.into();
-        if rate > 0.0 {
-            v["eta_s"] = ((counts.pending as f64 / rate).ceil() as u64).into();
+        let sched = store.campaign_schedule(id).await?;
+        let send_window = match (&sched.schedule.window_start, &sched.schedule.window_end) {
+            (Some(a), Some(b)) => rundbrief_scheduler::Window::from_parts(a, b),
+            _ => None,
+        }
+        .zip(rundbrief_scheduler::parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC")).ok());
+        if let Some(eta) = estimate_finish(now, (rate > 0.0).then_some(rate), &groups, send_window)
+        {
+            v["eta"] = eta
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .into();
+            v["eta_s"] = ((eta.at - now).num_milliseconds().max(0) as u64)
+                .div_ceil(1000)
+                .into();
+            v["eta_reason"] = eta.reason.into();
         }
     }
     Ok(v)
+}
+
+/// When a campaign is expected to finish, and what bounds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eta {
+    pub at: DateTime<Utc>,
+    /// `rate`, `window` or `local-time due times`: whichever of sending,
+    /// waiting for the send window and waiting for due times takes longest.
+    pub reason: &'static str,
+}
+
+/// The expected finish from `now`: `due` (when, how many; sorted) sent at
+/// `rate` per second, only inside `window` (in its zone). Without a rate
+/// (nothing sent in the last minute) sending takes no time: the answer is
+/// then the earliest possible finish, and None when nothing waits.
+pub fn estimate_finish(
+    now: DateTime<Utc>,
+    rate: Option<f64>,
+    due: &[(DateTime<Utc>, u64)],
+    window: Option<(rundbrief_scheduler::Window, chrono_tz::Tz)>,
+) -> Option<Eta> {
+    if due.iter().all(|(_, n)| *n == 0) {
+        return None;
+    }
+    let secs = |d: chrono::Duration| d.num_milliseconds().max(0) as f64 / 1000.0;
+    let (mut t, mut sending, mut windowed, mut waiting) = (now, 0.0, 0.0, 0.0);
+    for (at, n) in due {
+        if *at > t {
+            waiting += secs(*at - t);
+            t = *at;
+        }
+        let mut left = *n as f64;
+        // Bounded: one step per window opening.
+        for _ in 0..10_000 {
+            if let Some((w, tz)) = window
+                && !w.contains(tz, t)
+            {
+                let opens = w.opens_at(tz, t);
+                windowed += secs(opens - t);
+                t = opens;
+            }
+            let Some(rate) = rate else { break };
+            let need = left / rate;
+            let room = window.map_or(f64::INFINITY, |(w, tz)| secs(w.closes_at(tz, t) - t));
+            if need <= room {
+                t += chrono::Duration::milliseconds((need * 1000.0).ceil() as i64);
+                sending += need;
+                break;
+            }
+            left -= room * rate;
+            sending += room;
+            t += chrono::Duration::milliseconds((room * 1000.0) as i64);
+        }
+    }
+    if rate.is_none() && t <= now {
+        return None;
+    }
+    let reason = if waiting >= sending && waiting >= windowed {
+        "local-time due times"
+    } else if windowed >= sending {
+        "window"
+    } else {
+        "rate"
+    };
+    Some(Eta { at: t, reason })
 }
 
 /// When a campaign runs next: the next cron occurrence of a recurring one,
@@ -345,4 +469,39 @@ pub fn next_run(
             .send_at
             .filter(|_| sched.state == CampaignState::Scheduled),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn eta_is_bounded_by_rate_window_or_due_times() {
+        let now = utc("2026-12-03T10:00:00Z");
+        // 3,600 now at 10/s: six minutes, the rate decides.
+        let e = estimate_finish(now, Some(10.0), &[(now, 3600)], None).unwrap();
+        assert_eq!((e.at, e.reason), (utc("2026-12-03T10:06:00Z"), "rate"));
+        // Half of them due tomorrow at 08:00Z: the due time decides.
+        let tomorrow = utc("2026-12-04T08:00:00Z");
+        let e = estimate_finish(now, Some(10.0), &[(now, 1800), (tomorrow, 1800)], None).unwrap();
+        assert_eq!(
+            (e.at, e.reason),
+            (utc("2026-12-04T08:03:00Z"), "local-time due times")
+        );
+        // A window 08:00-09:00 UTC: closed now, then one hour a day at
+        // 10/s = 36,000 a day; 50,000 take two windows.
+        let w = rundbrief_scheduler::Window::parse("08:00-09:00").unwrap();
+        let e =
+            estimate_finish(now, Some(10.0), &[(now, 50_000)], Some((w, chrono_tz::UTC))).unwrap();
+        assert_eq!((e.at, e.reason), (utc("2026-12-05T08:23:20Z"), "window"));
+        // No rate measured yet: the earliest finish is the last due time.
+        let e = estimate_finish(now, None, &[(now, 5), (tomorrow, 5)], None).unwrap();
+        assert_eq!((e.at, e.reason), (tomorrow, "local-time due times"));
+        assert_eq!(estimate_finish(now, None, &[(now, 5)], None), None);
+        assert_eq!(estimate_finish(now, Some(1.0), &[], None), None);
+    }
 }

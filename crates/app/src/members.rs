@@ -102,7 +102,10 @@ impl Members {
     /// # Errors
     /// The store failed.
     pub async fn view(&self, link: &Link) -> Result<Option<MembershipView>> {
-        Ok(self.store.membership_view(link.subscriber, link.list).await?)
+        Ok(self
+            .store
+            .membership_view(link.subscriber, link.list)
+            .await?)
     }
 
     /// The token of the re-subscribe button for `v`, or `None` when that

@@ -341,13 +341,19 @@ async fn a_restored_subscriber_is_not_pruned_again_for_old_bounces() {
         store_dsn(s, &ds[0], "anna@example.org", "5.1.1").await;
         assert_eq!(b.process_pending().await.unwrap(), 1);
         assert_eq!(b.clean(false).await.unwrap().len(), 1, "{}", db.backend);
-        assert_eq!(status(s, "anna@example.org").await, SubscriberStatus::Bounced);
+        assert_eq!(
+            status(s, "anna@example.org").await,
+            SubscriberStatus::Bounced
+        );
 
         let anna = Address::parse("anna@example.org").unwrap();
         s.restore_subscriber(&anna, rundbrief_core::Actor::Cli, "the mailbox works again")
             .await
             .unwrap();
-        assert_eq!(status(s, "anna@example.org").await, SubscriberStatus::Active);
+        assert_eq!(
+            status(s, "anna@example.org").await,
+            SubscriberStatus::Active
+        );
         let why = last_reason(s, "anna@example.org").await;
         assert!(
             why.contains("bounce score 5.0 reset") && why.contains("no longer count"),

@@ -929,6 +929,33 @@ pub enum CampaignCmd {
         /// the current window unless this is given; `none` removes it.
         #[arg(long, value_name = "HH:MM-HH:MM|none")]
         window: Option<String>,
+        /// Deliver at --at on each reader's own wall clock: --at is then a
+        /// time ("09:00") or a day and a time ("2026-12-04 09:00"), and
+        /// every reader gets the message when it is that time in their
+        /// IANA zone, read from a subscriber attribute (--tz-attr). Without
+        /// a day the campaign starts at once and each reader gets it at the
+        /// next 09:00 in their zone (tomorrow where 09:00 is over); with a
+        /// day it starts when that day's 09:00 begins anywhere. A time the
+        /// clocks skip moves to the first minute after the gap; one that
+        /// happens twice means the first. The send window and rate limits
+        /// still apply. Scheduling again without this flag sends at one
+        /// instant again. Not with --cron.
+        #[arg(long, conflicts_with = "cron", requires = "at")]
+        local_time: bool,
+        /// With --local-time: the subscriber attribute holding the reader's
+        /// IANA zone (e.g. an import column `tz` with "America/New_York").
+        #[arg(
+            long,
+            value_name = "ATTR",
+            requires = "local_time",
+            default_value = "tz"
+        )]
+        tz_attr: String,
+        /// With --local-time: the zone of readers whose attribute is missing
+        /// or not an IANA zone (how many, `campaign schedule` and `status`
+        /// say). Default: --tz (or the campaign's zone, else UTC).
+        #[arg(long, value_name = "ZONE", requires = "local_time")]
+        default_tz: Option<String>,
     },
     /// Take a scheduled campaign back to draft (to edit it; `schedule` it
     /// again afterwards). `cancel` ends a campaign for good instead.

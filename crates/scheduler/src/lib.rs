@@ -5,12 +5,14 @@
 //! - [`run`]: one campaign to the end with leased batches ([`Runner`]).
 //! - [`tick`]: what a long-running `serve` does every few seconds: start due
 //!   one-offs, create the run of each due recurring campaign (once).
+//! - [`local`]: local-time delivery, each reader's due time in their zone.
 //! - [`retry`]: back-off with jitter and a maximum age for deferrals.
 //!
 //! SMTP is the sender's business and SQL the store's; templates and bounce
 //! policy come in through [`Hooks`].
 
 pub mod clock;
+pub mod local;
 pub mod retry;
 pub mod run;
 pub mod schedule;

@@ -116,7 +116,8 @@ pub enum Ended {
     Finished,
     /// Paused or cancelled meanwhile (the state it has now).
     Stopped(CampaignState),
-    /// Only retries later than now are left (`wait` off).
+    /// Only retries, or deliveries due later (local time), are left; the
+    /// earliest is then (`wait` off).
     RetriesLater(DateTime<Utc>),
     /// Outside the send window until then (`wait` off).
     WindowClosed(DateTime<Utc>),
@@ -355,6 +356,9 @@ impl Runner {
             let added = store.materialise_deliveries(campaign_id).await?;
             tracing::info!(campaign = %sched.name, added, "recipients materialised");
         }
+        // Local time: due times for whatever was materialised (here or by
+        // the caller) and is still held.
+        crate::local::assign_due(store, campaign_id, self.clock.now()).await?;
         let recorder = Recorder::start(
             store.clone(),
             Arc::clone(&self.hooks),
@@ -424,6 +428,8 @@ impl Runner {
                 if store.finish_if_done(campaign_id).await? {
                     break Ended::Finished;
                 }
+                // Held by another worker's materialisation: give them a time.
+                crate::local::assign_due(store, campaign_id, now).await?;
                 let next = store
                     .next_work_at(campaign_id)
                     .await?

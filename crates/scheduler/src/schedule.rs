@@ -189,6 +189,31 @@ impl Window {
         }
     }
 
+    /// When the window open at `now` closes (`now` itself when outside).
+    pub fn closes_at(&self, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+        if !self.contains(tz, now) {
+            return now;
+        }
+        let today: NaiveDate = now.with_timezone(&tz).date_naive();
+        for days in 0..3 {
+            let day = today + chrono::Days::new(days);
+            let local = day.and_time(self.end);
+            let at = match tz.from_local_datetime(&local) {
+                LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+                LocalResult::None => match tz
+                    .from_local_datetime(&(local + chrono::Duration::hours(1)))
+                {
+                    LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+                    LocalResult::None => continue,
+                },
+            };
+            if at > now {
+                return at;
+            }
+        }
+        now + chrono::Duration::days(1)
+    }
+
     /// When the window next opens after `now` (`now` itself when inside).
     pub fn opens_at(&self, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
         if self.contains(tz, now) {
@@ -320,6 +345,10 @@ mod tests {
         assert_eq!(
             w.opens_at(BERLIN, utc("2026-12-01T20:00:00Z")),
             utc("2026-12-02T07:00:00Z")
+        );
+        assert_eq!(
+            w.closes_at(BERLIN, utc("2026-12-01T10:00:00Z")),
+            utc("2026-12-01T19:00:00Z")
         );
         let night = Window::parse("22:00-06:00").unwrap();
         assert!(night.contains(BERLIN, utc("2026-12-01T23:30:00Z")));

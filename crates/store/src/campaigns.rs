@@ -121,8 +121,16 @@ impl Store {
     /// campaign (active subscriber, subscribed membership on any of its
     /// lists, each subscriber once), set-based. Running it again adds only
     /// recipients who became eligible since. Returns how many rows it added.
+    ///
+    /// A campaign sent by local time (`campaign schedule --local-time`)
+    /// gets its rows *held* (`next_attempt_at` = [`crate::held_marker`]):
+    /// no claim takes them until the scheduler has given each its due time.
     pub async fn materialise_deliveries(&self, campaign_id: Uuid) -> Result<u64> {
         let backend = self.db.get_database_backend();
+        let held: Value = match self.local_time(campaign_id).await? {
+            Some(_) => Some(crate::held_marker()).into(),
+            None => Option::<DateTime<Utc>>::None.into(),
+        };
         let new_id = if backend == DatabaseBackend::Postgres {
             "gen_random_uuid()"
         } else {
@@ -130,8 +138,8 @@ impl Store {
         };
         let now: Value = Utc::now().into();
         let sql = format!(
-            "INSERT INTO deliveries (id, campaign_id, subscriber_id, email, state, attempts, created_at, updated_at) \
-             SELECT {new_id}, ?, s.id, s.email, ?, 0, ?, ? FROM subscribers s \
+            "INSERT INTO deliveries (id, campaign_id, subscriber_id, email, state, attempts, created_at, updated_at, \
+             next_attempt_at) SELECT {new_id}, ?, s.id, s.email, ?, 0, ?, ?, ? FROM subscribers s \
              WHERE s.status = ? AND EXISTS (SELECT 1 FROM memberships m JOIN campaign_lists cl ON cl.list_id = m.list_id \
              WHERE m.subscriber_id = s.id AND m.status = ? AND cl.campaign_id = ?) \
              ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
@@ -145,6 +153,7 @@ impl Store {
                     DeliveryState::Pending.as_str().into(),
                     now.clone(),
                     now,
+                    held,
                     SubscriberStatus::Active.as_str().into(),
                     MembershipStatus::Subscribed.as_str().into(),
                     campaign_id.into(),

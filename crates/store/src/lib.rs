@@ -28,6 +28,7 @@ pub mod import;
 mod import_pg;
 mod import_sqlite;
 mod lists;
+pub mod local_time;
 mod optin;
 mod subscribers;
 mod work;
@@ -41,6 +42,7 @@ pub use campaigns::{
 pub use domains::{MarkedUndeliverable, Recipient, UndeliverableMark};
 pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
+pub use local_time::{AttrGroup, DueGroup, DueMap, LocalTime, held_marker};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};

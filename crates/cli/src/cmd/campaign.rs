@@ -218,12 +218,13 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             cron,
             tz,
             window,
+            local_time,
+            tz_attr,
+            default_tz,
         } => {
             // Scheduling again keeps the zone and the window unless given.
-            let current = store
-                .campaign_schedule(store.campaign(name).await?.campaign.id)
-                .await?
-                .schedule;
+            let campaign_id = store.campaign(name).await?.campaign.id;
+            let current = store.campaign_schedule(campaign_id).await?.schedule;
             let tz = tz
                 .clone()
                 .or_else(|| current.tz.clone())
@@ -238,10 +239,22 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                     _ => None,
                 },
             };
-            let send_at = at
-                .as_deref()
-                .map(|a| rundbrief_scheduler::parse_at(a, zone))
-                .transpose()?;
+            let local = match (local_time, at.as_deref()) {
+                (true, Some(a)) => Some(local_plan(a, tz_attr, default_tz.as_deref(), zone)?),
+                _ => None,
+            };
+            let send_at = match &local {
+                // A day: when its time begins anywhere (UTC+14); else now.
+                Some(l) => Some(
+                    l.date
+                        .map(|d| rundbrief_scheduler::local::earliest_start(d, l.at))
+                        .unwrap_or_else(|| app.clock.now()),
+                ),
+                None => at
+                    .as_deref()
+                    .map(|a| rundbrief_scheduler::parse_at(a, zone))
+                    .transpose()?,
+            };
             let next = match cron {
                 Some(p) => Some(
                     rundbrief_scheduler::Recurrence::parse(p, zone)?
@@ -252,6 +265,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             };
             if let Some(at) = send_at
                 && at < app.clock.now()
+                && local.is_none()
             {
                 tracing::warn!(%at, "the time is in the past: `serve` starts it at once");
             }
@@ -267,10 +281,57 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                     },
                 )
                 .await?;
+            let stored = local.as_ref().map(|l| rundbrief_store::LocalTime {
+                at: if chrono::Timelike::second(&l.at) == 0 {
+                    l.at.format("%H:%M").to_string()
+                } else {
+                    l.at.format("%H:%M:%S").to_string()
+                },
+                date: l.date.map(|d| d.to_string()),
+                tz_attr: l.attr.clone(),
+                default_tz: l.default_tz.name().to_string(),
+            });
+            store.set_local_time(campaign_id, stored.as_ref()).await?;
+            let local_json = match (&local, &stored) {
+                (Some(l), Some(st)) => {
+                    let groups = store.recipients_by_attr(campaign_id, &l.attr).await?;
+                    let mut o = serde_json::to_value(st)?;
+                    o["recipients"] = groups.iter().map(|g| g.count).sum::<u64>().into();
+                    o["fallback"] = l.fallbacks(&groups).into();
+                    o
+                }
+                _ => serde_json::Value::Null,
+            };
             if json {
-                output::json(
-                    &serde_json::json!({"campaign": name, "state": "scheduled", "next_run": next}),
-                )?;
+                output::json(&serde_json::json!({
+                    "campaign": name,
+                    "state": "scheduled",
+                    "next_run": next,
+                    "local_time": local_json,
+                }))?;
+            } else if let Some(l) = &local {
+                println!(
+                    "campaign {name} scheduled; each reader gets it at {}{} in their own zone \
+                     (attribute `{}`), starting {} — `rundbrief serve` sends it",
+                    local_json["at"].as_str().unwrap_or("?"),
+                    l.date.map(|d| format!(" on {d}")).unwrap_or_default(),
+                    l.attr,
+                    next.map(output::when).unwrap_or_else(|| "-".into()),
+                );
+                let fallback = local_json["fallback"].as_u64().unwrap_or(0);
+                println!(
+                    "  {} of {} recipients have no known zone and get it at that time in {} (--default-tz)",
+                    fallback,
+                    local_json["recipients"].as_u64().unwrap_or(0),
+                    l.default_tz.name()
+                );
+                if let Some(w) = window {
+                    println!(
+                        "  sending only {}-{} {tz}: a due time outside the window waits for it",
+                        w.start_str(),
+                        w.end_str()
+                    );
+                }
             } else {
                 let local = next.map(|n| {
                     n.with_timezone(&zone)
@@ -558,6 +619,10 @@ async fn send(
                 CampaignState::Cancelled => {
                     format!("; cancelled: {} will not be sent", counts.pending)
                 }
+                _ if counts.pending > counts.sending => format!(
+                    "; {} not due yet (local time) and deferred ones go out with `serve` or `campaign send --wait`",
+                    counts.pending - counts.sending
+                ),
                 _ => "; deferred ones are retried by `serve` or `campaign send --wait`".into(),
             }
         );
@@ -628,6 +693,38 @@ pub async fn send_foreground(
              (`rundbrief campaign retry-failed {name}` sends the failed ones again)"
         ),
         _ => strict_hint(e),
+    })
+}
+
+/// `--at … --local-time` with `--tz-attr` and `--default-tz` (else the
+/// campaign's zone), checked, with errors that name the flag.
+fn local_plan(
+    at: &str,
+    attr: &str,
+    default_tz: Option<&str>,
+    zone: rundbrief_scheduler::local::Tz,
+) -> anyhow::Result<rundbrief_scheduler::local::Plan> {
+    let Some((date, time)) = rundbrief_scheduler::local::parse_local_at(at) else {
+        bail!(
+            "--at `{at}` with --local-time: give a wall-clock time (\"09:00\") or a day and a time \
+             (\"2026-12-04 09:00\"), read in each reader's zone; not an instant with an offset"
+        );
+    };
+    if !rundbrief_scheduler::local::valid_attr(attr) {
+        bail!(
+            "--tz-attr `{attr}`: an attribute name is 1-64 letters, digits, `_` or `-` \
+             (the CSV column that holds each reader's zone, e.g. tz)"
+        );
+    }
+    let default_tz = match default_tz {
+        Some(z) => rundbrief_scheduler::parse_tz(z).context("--default-tz")?,
+        None => zone,
+    };
+    Ok(rundbrief_scheduler::local::Plan {
+        at: time,
+        date,
+        attr: attr.to_string(),
+        default_tz,
     })
 }
 
@@ -710,6 +807,32 @@ fn status_line(name: &str, v: &serde_json::Value) -> String {
         line.push_str(&format!("; {rate:.1} msg/s"));
         if let Some(eta) = v["eta_s"].as_u64() {
             line.push_str(&format!(", about {} left", humanize_secs(eta)));
+            if let (Some(at), Some(why)) = (v["eta"].as_str(), v["eta_reason"].as_str()) {
+                line.push_str(&format!(" (done by {at}; bounded by {why})"));
+            }
+        }
+    }
+    let lt = &v["local_time"];
+    if let Some(at) = lt["at"].as_str() {
+        line.push_str(&format!(
+            "\n  local time: {at}{} in each reader's zone (attribute `{}`); {} reader(s) without a known zone get it in {}",
+            lt["date"].as_str().map(|d| format!(" on {d}")).unwrap_or_default(),
+            lt["tz_attr"].as_str().unwrap_or("tz"),
+            lt["fallback"].as_u64().unwrap_or(0),
+            lt["default_tz"].as_str().unwrap_or("UTC"),
+        ));
+    }
+    // Pending by due hour, when anything waits for a later hour.
+    if let Some(due) = v["due"]
+        .as_array()
+        .filter(|d| d.len() > 1 || lt.is_object())
+    {
+        for d in due {
+            line.push_str(&format!(
+                "\n  due {}: {} pending",
+                d["hour"].as_str().unwrap_or("?"),
+                d["pending"].as_u64().unwrap_or(0)
+            ));
         }
     }
     line
