@@ -20,6 +20,7 @@ mod m20261202_000007_list_ids;
 mod m20261202_000008_hardening;
 mod m20261202_000009_endpoint_and_holds;
 mod m20261202_000010_admin;
+mod m20261203_000013_breaker;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_hardening::Migration),
             Box::new(m20261202_000009_endpoint_and_holds::Migration),
             Box::new(m20261202_000010_admin::Migration),
+            Box::new(m20261203_000013_breaker::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{AppError, Reason, Result, ResultExt};
 use crate::links;
 use rundbrief_core::{CampaignState, Config, ContentKind};
 use rundbrief_render::{CampaignTemplate, Layout, Recipient, Renderer, parse_time_zone};
-use rundbrief_store::{CampaignContent, Store};
+use rundbrief_store::CampaignContent;
 use std::path::Path;
 use uuid::Uuid;
 
@@ -293,15 +293,15 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
 /// The status of a campaign as `campaign status --json` prints it: the
 /// contract fields (`state`, `total`, `sent`, `deferred`, `failed`,
 /// `bounced`, `pending`, …), `errors` (top reasons), and while running the
-/// rate over the last minute (`rate_per_s`) and an ETA (`eta_s`).
+/// rate over the last minute (`rate_per_s`) and an ETA (`eta_s`);
+/// `paused_reason` (why the circuit breaker paused it, else null) and
+/// `providers` (the queue per mailbox provider:
+/// [`crate::shaping::ProviderQueue`]).
 ///
 /// # Errors
 /// The store failed.
-pub async fn status(
-    store: &Store,
-    clock: &dyn rundbrief_scheduler::Clock,
-    c: &CampaignContent,
-) -> Result<serde_json::Value> {
+pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json::Value> {
+    let (store, clock) = (&app.store, app.clock.as_ref());
     let mut counts = store.campaign_counts(c.campaign.id).await?;
     counts.state = c.campaign.state.to_string();
     let mut v = serde_json::to_value(&counts)?;
@@ -322,6 +322,19 @@ pub async fn status(
             v["eta_s"] = ((counts.pending as f64 / rate).ceil() as u64).into();
         }
     }
+    // Why the circuit breaker paused it (null otherwise), and the queue
+    // per mailbox provider with what holds each back.
+    v["paused_reason"] = store.campaign_paused_reason(c.campaign.id).await?.into();
+    v["providers"] = serde_json::to_value(
+        crate::shaping::provider_queues(
+            store,
+            &*app.shaping()?,
+            &app.config,
+            c.campaign.id,
+            clock.now(),
+        )
+        .await?,
+    )?;
     Ok(v)
 }
 

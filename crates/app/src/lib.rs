@@ -24,6 +24,7 @@
 //! Start reading at [`App`], then [`sending::CampaignHooks`].
 
 pub mod bounces;
+pub mod breaker;
 pub mod campaigns;
 pub mod confirm;
 pub mod endpoint;
@@ -32,6 +33,7 @@ pub mod members;
 pub mod preflight;
 pub mod sending;
 pub mod serve;
+pub mod shaping;
 
 pub use error::{AppError, ErrorKind, Reason, Result, ResultExt};
 pub use rundbrief_core::links;
@@ -55,6 +57,9 @@ pub trait Observer: Send + Sync {
     fn campaigns_running(&self, _n: u64) {}
     /// Subscriber and bounce counts from the database.
     fn db_counts(&self, _counts: &rundbrief_store::MetricCounts) {}
+    /// The circuit breaker suspended `provider` in `campaign` (or, with
+    /// `None`, paused the whole campaign).
+    fn breaker_tripped(&self, _campaign: &str, _provider: Option<&str>) {}
 }
 
 /// An observer that counts nothing.
@@ -72,6 +77,7 @@ pub struct App {
     pub observer: Arc<dyn Observer>,
     policy: bounces::Policy,
     dkim: Arc<OnceLock<Result<Option<Arc<rundbrief_dkim::DkimSigner>>, String>>>,
+    shaping: Arc<OnceLock<Result<Arc<shaping::Shaping>, String>>>,
 }
 
 impl App {
@@ -118,6 +124,7 @@ impl App {
             clock,
             observer,
             dkim: Arc::new(OnceLock::new()),
+            shaping: Arc::new(OnceLock::new()),
         }
     }
 

@@ -83,11 +83,12 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
         }
         CampaignCmd::Status { name } => {
             let c = store.campaign(name).await?;
-            let v = rundbrief_app::campaigns::status(store, app.clock.as_ref(), &c).await?;
+            let v = rundbrief_app::campaigns::status(app, &c).await?;
             if json {
                 output::json(&v)?;
             } else {
                 println!("{}", status_line(&c.campaign.name, &v));
+                print_providers(&c.campaign.name, &v);
                 print_errors(&v, None);
             }
             Ok(ExitCode::SUCCESS)
@@ -96,7 +97,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             let c = store.campaign(name).await?;
             let sched = store.campaign_schedule(c.campaign.id).await?;
             let runs = store.campaign_runs(c.campaign.id).await?;
-            let status = rundbrief_app::campaigns::status(store, app.clock.as_ref(), &c).await?;
+            let status = rundbrief_app::campaigns::status(app, &c).await?;
             let next_run = rundbrief_app::campaigns::next_run(&sched, app.clock.now())?;
             let v = serde_json::json!({
                 "name": c.campaign.name,
@@ -423,10 +424,15 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             relay,
             pool,
             insecure,
+            provider,
         } => {
-            store
-                .transition_campaign(name, CampaignState::Running)
-                .await?;
+            let lifted = app.lift_breaker(name, provider.as_deref()).await?;
+            if let Some(reason) = &lifted.paused_reason {
+                eprintln!("{name}: the circuit breaker's pause is lifted (it was: {reason})");
+            }
+            for p in &lifted.providers {
+                eprintln!("{name}: provider {p} is no longer suspended");
+            }
             send(
                 *wait,
                 false,
@@ -641,6 +647,38 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
         println!(
             "  (`rundbrief campaign status {name}` lists these reasons again; -v logs each delivery)"
         );
+    }
+}
+
+/// Why the breaker paused the campaign, and the providers that are slowed
+/// or suspended (with the command that lifts a suspension).
+fn print_providers(name: &str, v: &serde_json::Value) {
+    if let Some(reason) = v["paused_reason"].as_str() {
+        println!(
+            "  paused by the circuit breaker: {} (`rundbrief campaign resume {name}` continues it)",
+            output::safe(reason)
+        );
+    }
+    for p in v["providers"].as_array().into_iter().flatten() {
+        let pname = p["name"].as_str().unwrap_or("?");
+        let state = p["state"].as_str().unwrap_or("?");
+        let line = format!(
+            "  provider {pname}: {} pending, {} sent, {:.0} msg/s",
+            p["pending"].as_u64().unwrap_or(0),
+            p["sent"].as_u64().unwrap_or(0),
+            p["rate_per_s"].as_f64().unwrap_or(0.0)
+        );
+        match state {
+            "suspended" => println!(
+                "{line}; SUSPENDED: {} (`rundbrief campaign resume {name} --provider {pname}` lifts it)",
+                output::safe(p["reason"].as_str().unwrap_or(""))
+            ),
+            "slowed" => println!(
+                "{line}; slowed: {}",
+                output::safe(p["reason"].as_str().unwrap_or(""))
+            ),
+            _ => println!("{line}"),
+        }
     }
 }
 
