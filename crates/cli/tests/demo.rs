@@ -127,6 +127,36 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
         );
     }
     assert_eq!(status_of("grumpy"), ["unsubscribed"]);
+    // The second campaign: one provider starts blocking, the circuit
+    // breaker suspends it, the other provider gets all of its mail.
+    assert_eq!(s["suspended_provider"], "blockmail", "{s}");
+    assert!(
+        s["suspension_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused as blocks")),
+        "{s}"
+    );
+    assert!(num("held_by_breaker") > 0, "{s}");
+    assert_eq!(num("sent_to_healthy_provider"), 200, "{s}");
+    let st = json_in(
+        &dir,
+        &["campaign", "status", "demo-issue-1-providers", "--json"],
+    );
+    let blockmail = st["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "blockmail")
+        .unwrap_or_else(|| panic!("no blockmail in {st}"))
+        .clone();
+    assert_eq!(blockmail["state"], "suspended", "{st}");
+    assert_eq!(blockmail["pending"], s["held_by_breaker"], "{st}");
+    assert!(st["paused_reason"].is_null(), "{st}");
+    for k in [
+        "state", "total", "sent", "deferred", "failed", "bounced", "pending",
+    ] {
+        assert!(!st[k].is_null(), "`{k}` kept in {st}");
+    }
     // Why an address was pruned is on record.
     let pruned = json_in(&dir, &["sub", "show", emails[0], "--json"]);
     let last = pruned["audit"].as_array().unwrap().last().unwrap().clone();
