@@ -54,12 +54,21 @@ impl Shaping {
         }
     }
 
-    /// The provider of `domain` for display: its group or the domain.
-    pub async fn provider_name(&self, domain: &str) -> Arc<str> {
-        match self.group_of(domain).await {
-            Some(g) => g,
-            None => Arc::from(domain.to_ascii_lowercase()),
-        }
+    /// The provider of `domain` for display, without waiting for DNS: its
+    /// group when known by name or from a cached MX answer, else the domain.
+    /// (A process that has not looked the domain up yet — a fresh `campaign
+    /// status` — shows a domain grouped by MX alone under its own name.)
+    pub fn provider_name(&self, domain: &str) -> Arc<str> {
+        let cached = match &self.providers {
+            Some(p) => p
+                .cached_provider_of(domain)
+                .filter(rundbrief_dns::Provider::is_group)
+                .map(|p| p.name),
+            None => None,
+        };
+        cached
+            .or_else(|| self.table.by_domain(domain).map(|g| g.name.clone()))
+            .unwrap_or_else(|| Arc::from(domain.to_ascii_lowercase()))
     }
 
     /// The throttle's limits per group: a group's own `[shaping.providers]`
@@ -159,7 +168,7 @@ pub async fn provider_queues(
         .campaign_domain_counts(campaign_id, STATUS_DOMAINS)
         .await?
     {
-        let name = shaping.provider_name(&d.domain).await;
+        let name = shaping.provider_name(&d.domain);
         let i = *index.entry(Arc::clone(&name)).or_insert_with(|| {
             let rate = limits
                 .get(&*name)

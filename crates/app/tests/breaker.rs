@@ -343,3 +343,67 @@ async fn complaints_pause_the_whole_campaign_until_resume() {
         ep.finish().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_domain_hosted_by_a_provider_is_shaped_with_it_through_its_mx() {
+    use rundbrief_app::shaping::{Shaping, throttle};
+    use rundbrief_dns::responder::{Fault, Responder};
+    let dns = Responder::start().await.unwrap();
+    dns.mx("corp.example", 300, &[(10, "aspmx.l.google.com")]);
+    dns.mx("own.example", 300, &[(10, "mx.own.example")]);
+    dns.fault("broken.example", Some(Fault::ServFail));
+    let mut cfg = config();
+    cfg.dns.servers = vec![dns.addr().to_string()];
+    cfg.dns.timeout_secs = 1;
+    cfg.dns.attempts = 1;
+    cfg.shaping.providers.insert(
+        "google".into(),
+        ProviderConfig {
+            rate_per_second: Some(3),
+            connections: Some(2),
+            rate_per_hour: Some(1000),
+            ..ProviderConfig::default()
+        },
+    );
+    let shaping = Arc::new(Shaping::from_config(&cfg).unwrap());
+    // By name: no query.
+    assert_eq!(
+        shaping.group_of("gmail.com").await.as_deref(),
+        Some("google")
+    );
+    assert_eq!(dns.queries(), 0);
+    // By MX (Google Workspace), by nothing, and a lookup that fails.
+    assert_eq!(
+        shaping.group_of("corp.example").await.as_deref(),
+        Some("google")
+    );
+    assert_eq!(shaping.group_of("own.example").await, None);
+    assert_eq!(shaping.group_of("broken.example").await, None);
+    assert!(dns.queries() >= 3);
+    // Status reads the cache: the looked-up domain is counted with Google.
+    assert_eq!(&*shaping.provider_name("corp.example"), "google");
+    assert_eq!(&*shaping.provider_name("own.example"), "own.example");
+    // The throttle: one key and the group's limits for all of Google's domains.
+    let t = throttle(&cfg, Arc::clone(&shaping));
+    let (a, b) = (t.key_of("corp.example").await, t.key_of("GMAIL.com").await);
+    assert_eq!((&*a.name, a.group), ("google", true));
+    assert_eq!(a, b);
+    let l = t.limits_of("google");
+    assert_eq!((l.rate, l.concurrency, l.rate_per_hour), (3, 2, Some(1000)));
+    assert_eq!(&*t.key_of("own.example").await.name, "own.example");
+    assert_eq!(t.limits_of("own.example").rate, cfg.sending.domain_rate);
+    let burst = (0..10).filter(|_| t.try_now("google")).count();
+    assert_eq!(burst, 3, "Google's rate, for every Google domain together");
+
+    // Without `[dns] servers` nothing is asked: names alone decide.
+    let before = dns.queries();
+    let mut quiet = cfg.clone();
+    quiet.dns.servers.clear();
+    let by_name = Shaping::from_config(&quiet).unwrap();
+    assert_eq!(by_name.group_of("corp.example").await, None);
+    assert_eq!(
+        by_name.group_of("gmail.com").await.as_deref(),
+        Some("google")
+    );
+    assert_eq!(dns.queries(), before, "no lookup without [dns] servers");
+}

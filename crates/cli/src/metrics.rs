@@ -257,3 +257,28 @@ impl rundbrief_app::Observer for Metrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rundbrief_app::Observer;
+
+    #[test]
+    fn breaker_trips_are_counted_per_campaign_and_provider() {
+        let m = Metrics::new();
+        m.breaker_tripped("spring", Some("google"));
+        m.breaker_tripped("spring", Some("google"));
+        m.breaker_tripped("spring", None);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"rundbrief_breaker_trips_total{campaign="spring",provider="google"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rundbrief_breaker_trips_total{campaign="spring",provider="*"} 1"#),
+            "{text}"
+        );
+    }
+}
