@@ -426,6 +426,9 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             insecure,
             provider,
         } => {
+            // The relay is checked first: a resume that cannot send lifts nothing.
+            let c = store.campaign(name).await?;
+            app.relay(relay.as_deref().or(c.relay.as_deref()))?;
             let lifted = app.lift_breaker(name, provider.as_deref()).await?;
             if let Some(reason) = &lifted.paused_reason {
                 eprintln!("{name}: the circuit breaker's pause is lifted (it was: {reason})");
@@ -659,9 +662,18 @@ fn print_providers(name: &str, v: &serde_json::Value) {
             output::safe(reason)
         );
     }
+    // Every slowed or suspended provider, and the largest few others.
+    let (mut ok_shown, mut ok_left) = (0, 0);
     for p in v["providers"].as_array().into_iter().flatten() {
         let pname = p["name"].as_str().unwrap_or("?");
         let state = p["state"].as_str().unwrap_or("?");
+        if state == "ok" {
+            if ok_shown == 5 {
+                ok_left += 1;
+                continue;
+            }
+            ok_shown += 1;
+        }
         let line = format!(
             "  provider {pname}: {} pending, {} sent, {:.0} msg/s",
             p["pending"].as_u64().unwrap_or(0),
@@ -679,6 +691,9 @@ fn print_providers(name: &str, v: &serde_json::Value) {
             ),
             _ => println!("{line}"),
         }
+    }
+    if ok_left > 0 {
+        println!("  … and {ok_left} more provider(s) (`--json` lists them)");
     }
 }
 
