@@ -133,14 +133,21 @@ pub(crate) async fn status_of(
 
 /// Moves campaign `name` to `to` on behalf of `actor`, audited. Returns the
 /// state it was in. Pausing stops a running send within one batch; resuming
-/// makes it `running` again and `rundbrief serve` sends it.
+/// makes it `running` again (lifting the circuit breaker) and `rundbrief
+/// serve` sends it.
 pub(crate) async fn change_state(
     state: &AdminState,
     actor: &str,
     name: &str,
     to: CampaignState,
 ) -> rundbrief_app::Result<CampaignState> {
-    let from = state.app().store.transition_campaign(name, to).await?;
+    let from = if to == CampaignState::Running {
+        // As `campaign resume NAME`: also lifts the circuit breaker (every
+        // suspended provider and a breaker's pause).
+        state.app().lift_breaker(name, None).await?.from
+    } else {
+        state.app().store.transition_campaign(name, to).await?
+    };
     state
         .audit(
             actor,
