@@ -128,7 +128,7 @@ pub(crate) async fn status_of(
 ) -> rundbrief_app::Result<serde_json::Value> {
     let app = state.app();
     let c = app.store.campaign(name).await?;
-    rundbrief_app::campaigns::status(&app, &c).await
+    rundbrief_app::campaigns::status(app, &c).await
 }
 
 /// Moves campaign `name` to `to` on behalf of `actor`, audited. Returns the

@@ -407,3 +407,65 @@ async fn a_domain_hosted_by_a_provider_is_shaped_with_it_through_its_mx() {
     );
     assert_eq!(dns.queries(), before, "no lookup without [dns] servers");
 }
+
+#[tokio::test]
+async fn a_provider_answering_421_is_shown_slowed_with_its_rate() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let mut people = Vec::new();
+        for i in 0..10 {
+            people.push(format!("r{i}@blocky.example"));
+            people.push(format!("r{i}@fine.example"));
+        }
+        let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+        common::campaign_to(s, "c", "news", &refs).await;
+        let mut cfg = config();
+        // Only the slow-down here: the breaker never trips (not above 100 %).
+        cfg.breaker.block_ratio = 1.0;
+        if let Some(p) = cfg.shaping.providers.get_mut("blocky") {
+            p.rate_per_second = Some(1_000_000);
+        }
+        let app = App::new(
+            cfg,
+            s.clone(),
+            Arc::new(rundbrief_scheduler::SystemClock),
+            Arc::new(rundbrief_app::NoObserver),
+        );
+        let stop = CancellationToken::new();
+        let (relay, _stats, task) = sink(
+            vec![
+                Rule::refuse_after(
+                    "2:*@blocky*.example=421 4.7.0 Too many messages, slow down",
+                    true,
+                )
+                .unwrap(),
+            ],
+            None,
+            &stop,
+        )
+        .await;
+        let r = send(&app, relay).await;
+        assert!(
+            matches!(r.ended, Ended::RetriesLater(_)),
+            "{b}: {:?}",
+            r.ended
+        );
+        assert_eq!((r.counts.sent, r.counts.deferred), (12, 8), "{b}");
+        let v = app.campaign_status("c").await.unwrap();
+        let blocky = provider(&v, "blocky");
+        assert_eq!(blocky["state"], "slowed", "{b}: {v:#}");
+        let rate = blocky["rate_per_s"].as_f64().unwrap();
+        assert!(
+            rate >= 1.0 && rate <= 500_000.0,
+            "{b}: halved at least once: {rate}"
+        );
+        assert!(
+            blocky["reason"].as_str().unwrap().contains("421 4.7.0"),
+            "{b}: {v:#}"
+        );
+        assert_eq!(provider(&v, "fine.example")["state"], "ok", "{b}");
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
