@@ -426,9 +426,13 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             insecure,
             provider,
         } => {
-            // The relay is checked first: a resume that cannot send lifts nothing.
+            // The relay is checked first: a resume that cannot send lifts
+            // nothing (a campaign that cannot resume says so below).
             let c = store.campaign(name).await?;
-            app.relay(relay.as_deref().or(c.relay.as_deref()))?;
+            let state = c.campaign.state;
+            if state == CampaignState::Running || state.can_become(CampaignState::Running) {
+                app.relay(relay.as_deref().or(c.relay.as_deref()))?;
+            }
             let lifted = app.lift_breaker(name, provider.as_deref()).await?;
             if let Some(reason) = &lifted.paused_reason {
                 eprintln!("{name}: the circuit breaker's pause is lifted (it was: {reason})");
