@@ -22,6 +22,7 @@ mod m20261202_000009_endpoint_and_holds;
 mod m20261202_000010_admin;
 mod m20261203_000011_campaign_dns_check;
 mod m20261203_000012_local_time;
+mod m20261203_000013_breaker;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_admin::Migration),
             Box::new(m20261203_000011_campaign_dns_check::Migration),
             Box::new(m20261203_000012_local_time::Migration),
+            Box::new(m20261203_000013_breaker::Migration),
         ]
     }
 }

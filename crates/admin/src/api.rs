@@ -128,19 +128,26 @@ pub(crate) async fn status_of(
 ) -> rundbrief_app::Result<serde_json::Value> {
     let app = state.app();
     let c = app.store.campaign(name).await?;
-    rundbrief_app::campaigns::status(&app.store, app.clock.as_ref(), &c).await
+    rundbrief_app::campaigns::status(app, &c).await
 }
 
 /// Moves campaign `name` to `to` on behalf of `actor`, audited. Returns the
 /// state it was in. Pausing stops a running send within one batch; resuming
-/// makes it `running` again and `rundbrief serve` sends it.
+/// makes it `running` again (lifting the circuit breaker) and `rundbrief
+/// serve` sends it.
 pub(crate) async fn change_state(
     state: &AdminState,
     actor: &str,
     name: &str,
     to: CampaignState,
 ) -> rundbrief_app::Result<CampaignState> {
-    let from = state.app().store.transition_campaign(name, to).await?;
+    let from = if to == CampaignState::Running {
+        // As `campaign resume NAME`: also lifts the circuit breaker (every
+        // suspended provider and a breaker's pause).
+        state.app().lift_breaker(name, None).await?.from
+    } else {
+        state.app().store.transition_campaign(name, to).await?
+    };
     state
         .audit(
             actor,

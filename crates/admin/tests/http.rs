@@ -571,7 +571,7 @@ async fn the_api_returns_the_cli_objects_and_read_keys_cannot_act() {
         assert_eq!(r.header("content-type"), Some("application/json"));
         let store = &s.app.store;
         let c = store.campaign("spring").await.unwrap();
-        let expected = rundbrief_app::campaigns::status(store, s.app.clock.as_ref(), &c)
+        let expected = rundbrief_app::campaigns::status(&s.app, &c)
             .await
             .unwrap();
         assert_eq!(

@@ -8,7 +8,7 @@ use crate::links;
 use chrono::{DateTime, Timelike, Utc};
 use rundbrief_core::{CampaignState, Config, ContentKind};
 use rundbrief_render::{CampaignTemplate, Layout, Recipient, Renderer, parse_time_zone};
-use rundbrief_store::{CampaignContent, Store};
+use rundbrief_store::CampaignContent;
 use std::path::Path;
 use uuid::Uuid;
 
@@ -294,21 +294,21 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
 /// The status of a campaign as `campaign status --json` prints it: the
 /// contract fields (`state`, `total`, `sent`, `deferred`, `failed`,
 /// `bounced`, `pending`, …), `errors` (top reasons), `due` (pending
-/// deliveries by the UTC hour they are due: `[{"hour", "pending"}]`, those
+/// deliveries by the UTC hour they are due: `[{"at", "pending"}]`, those
 /// due already in the current hour), `local_time` (the settings of a
 /// campaign sent at a wall-clock time in each reader's zone, with how many
-/// readers `fallback` to the default zone; null otherwise), and while
-/// running the rate over the last minute (`rate_per_s`) and the expected
-/// finish: `eta` (RFC 3339), `eta_s` (seconds from now) and `eta_reason`
-/// (what bounds it: `rate`, `window` or `local-time due times`).
+/// readers `fallback` to the default zone; null otherwise), while running
+/// the rate over the last minute (`rate_per_s`) and the expected finish:
+/// `eta` (RFC 3339), `eta_s` (seconds from now) and `eta_reason` (what
+/// bounds it: `rate`, `window` or `local-time due times`);
+/// `paused_reason` (why the circuit breaker paused it, else null) and
+/// `providers` (the queue per mailbox provider:
+/// [`crate::shaping::ProviderQueue`]).
 ///
 /// # Errors
 /// The store failed.
-pub async fn status(
-    store: &Store,
-    clock: &dyn rundbrief_scheduler::Clock,
-    c: &CampaignContent,
-) -> Result<serde_json::Value> {
+pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json::Value> {
+    let (store, clock) = (&app.store, app.clock.as_ref());
     let now = clock.now();
     let id = c.campaign.id;
     let mut counts = store.campaign_counts(id).await?;
@@ -338,7 +338,10 @@ pub async fn status(
     }
     v["due"] = hours
         .iter()
-        .map(|(h, n)| serde_json::json!({"hour": h.format("%Y-%m-%dT%H:00:00Z").to_string(), "pending": n}))
+        .map(|(h, n)| {
+            let at = h.format("%Y-%m-%dT%H:00:00Z").to_string();
+            serde_json::json!({"at": at, "pending": n})
+        })
         .collect::<Vec<_>>()
         .into();
     v["local_time"] = match store.local_time(id).await? {
@@ -381,6 +384,19 @@ pub async fn status(
             v["eta_reason"] = eta.reason.into();
         }
     }
+    // Why the circuit breaker paused it (null otherwise), and the queue
+    // per mailbox provider with what holds each back.
+    v["paused_reason"] = store.campaign_paused_reason(id).await?.into();
+    v["providers"] = serde_json::to_value(
+        crate::shaping::provider_queues(
+            store,
+            &*app.shaping()?,
+            &app.config,
+            id,
+            now,
+        )
+        .await?,
+    )?;
     Ok(v)
 }
 

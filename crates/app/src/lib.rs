@@ -26,6 +26,7 @@
 //! Start reading at [`App`], then [`sending::CampaignHooks`].
 
 pub mod bounces;
+pub mod breaker;
 pub mod campaigns;
 pub mod confirm;
 pub mod domains;
@@ -35,6 +36,7 @@ pub mod members;
 pub mod preflight;
 pub mod sending;
 pub mod serve;
+pub mod shaping;
 
 pub use error::{AppError, ErrorKind, Reason, Result, ResultExt};
 pub use rundbrief_core::links;
@@ -58,6 +60,9 @@ pub trait Observer: Send + Sync {
     fn campaigns_running(&self, _n: u64) {}
     /// Subscriber and bounce counts from the database.
     fn db_counts(&self, _counts: &rundbrief_store::MetricCounts) {}
+    /// The circuit breaker suspended `provider` in `campaign` (or, with
+    /// `None`, paused the whole campaign).
+    fn breaker_tripped(&self, _campaign: &str, _provider: Option<&str>) {}
 }
 
 /// An observer that counts nothing.
@@ -77,6 +82,7 @@ pub struct App {
     dkim: Arc<OnceLock<Result<Option<Arc<rundbrief_dkim::DkimSigner>>, String>>>,
     /// The domain check, built on first use (`[dns] check = false`: `None`).
     domains: Arc<OnceLock<Result<Option<domains::DomainChecker>, String>>>,
+    shaping: Arc<OnceLock<Result<Arc<shaping::Shaping>, String>>>,
 }
 
 impl App {
@@ -124,6 +130,7 @@ impl App {
             observer,
             dkim: Arc::new(OnceLock::new()),
             domains: Arc::new(OnceLock::new()),
+            shaping: Arc::new(OnceLock::new()),
         }
     }
 

@@ -61,6 +61,13 @@ pub fn run_config(cfg: &Config, pool: usize, wait: bool) -> RunConfig {
         max_age: Duration::from_secs(s.max_age_secs),
     };
     rc.wait = wait;
+    let b = &cfg.breaker;
+    rc.breaker = Some(rundbrief_scheduler::BreakerLimits {
+        window: b.window,
+        block_ratio: b.block_ratio,
+        complaint_ratio: b.complaint_ratio,
+        min_sample: b.min_sample,
+    });
     rc
 }
 
@@ -72,33 +79,6 @@ fn worker_name() -> String {
         std::process::id(),
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     )
-}
-
-/// The throttle from `[sending]`: global rate, per-domain rate and concurrency.
-pub fn throttle_from(cfg: &Config) -> rundbrief_sender::throttle::Throttle {
-    use rundbrief_sender::throttle::{DomainLimits, Limits, Throttle};
-    let s = &cfg.sending;
-    Throttle::new(Limits {
-        global_rate: s.rate,
-        default_domain: DomainLimits {
-            rate: s.domain_rate,
-            concurrency: s.domain_concurrency,
-        },
-        domains: s
-            .domains
-            .iter()
-            .map(|(d, l)| {
-                (
-                    d.to_ascii_lowercase(),
-                    DomainLimits {
-                        rate: l.rate,
-                        concurrency: l.concurrency,
-                    },
-                )
-            })
-            .collect(),
-        ..Limits::default()
-    })
 }
 
 /// Renders each delivery (and signs it), turns 5xx replies into bounce
@@ -113,6 +93,8 @@ pub struct CampaignHooks {
     store: rundbrief_store::Store,
     observer: Arc<dyn Observer>,
     clock: Arc<dyn rundbrief_scheduler::Clock>,
+    /// The campaign's name, for the breaker's metric.
+    campaign: String,
 }
 
 impl CampaignHooks {
@@ -137,6 +119,7 @@ impl CampaignHooks {
             store: app.store.clone(),
             observer: Arc::clone(&app.observer),
             clock: Arc::clone(&app.clock),
+            campaign: c.campaign.name.clone(),
         })
     }
 }
@@ -227,6 +210,33 @@ impl Hooks for CampaignHooks {
     fn observe(&self, domain: &str, state: DeliveryState, latency: Duration) {
         self.observer.delivery(domain, state, latency);
     }
+
+    /// A refusal is a block when the bounce rules say the receiver refused
+    /// *us* (policy, reputation, rate: class `block`), at RCPT, DATA or a
+    /// 4xx deferral alike.
+    fn is_block(&self, error: &SendError) -> bool {
+        let Some(reply) = error.reply() else {
+            return false;
+        };
+        let enhanced = reply.enhanced.map(|e| e.to_string());
+        let stage = match error.step() {
+            rundbrief_sender::SmtpStep::Rcpt => rundbrief_bounce::Stage::Rcpt,
+            rundbrief_sender::SmtpStep::Data => rundbrief_bounce::Stage::Data,
+            rundbrief_sender::SmtpStep::Mail => rundbrief_bounce::Stage::MailFrom,
+            _ => rundbrief_bounce::Stage::Unknown,
+        };
+        let (class, _, _) = rundbrief_bounce::classify_reply_evidence(
+            reply.code,
+            enhanced.as_deref(),
+            &reply.text,
+            stage,
+        );
+        class == rundbrief_bounce::BounceClass::Block
+    }
+
+    fn tripped(&self, provider: Option<&str>, _reason: &str) {
+        self.observer.breaker_tripped(&self.campaign, provider);
+    }
 }
 
 impl App {
@@ -260,7 +270,7 @@ impl App {
         Ok(Runner {
             store: self.store.clone(),
             sender: transport,
-            throttle: Arc::new(throttle_from(&self.config)),
+            throttle: Arc::new(crate::shaping::throttle(&self.config, self.shaping()?)),
             hooks: Arc::new(CampaignHooks::new(self, c)?),
             clock: Arc::clone(&self.clock),
             config: run_config(&self.config, pool, wait),
@@ -359,6 +369,11 @@ impl App {
                 tracing::warn!(campaign = name, "interrupted; `campaign send` continues it")
             }
             Ended::Stopped(state) => tracing::info!(campaign = name, %state, "stopped"),
+            Ended::Suspended => tracing::warn!(
+                campaign = name,
+                "only deliveries to providers the circuit breaker suspended are left: \
+                 `campaign status` says why; `campaign resume NAME --provider P` lets them go"
+            ),
         }
         let state = store.campaign_state(c.campaign.id).await?;
         let mut counts = report.counts;
@@ -452,7 +467,7 @@ impl App {
     /// Not found; the store failed.
     pub async fn campaign_status(&self, name: &str) -> Result<serde_json::Value> {
         let c = self.store.campaign(name).await?;
-        crate::campaigns::status(&self.store, self.clock.as_ref(), &c).await
+        crate::campaigns::status(self, &c).await
     }
 
     /// Sets up the relay `given` (a name or URL), else the configured default.

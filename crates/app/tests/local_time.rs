@@ -97,8 +97,8 @@ async fn status_groups_by_due_hour_and_the_eta_waits_for_the_last_zone() {
         assert_eq!(
             v["due"],
             serde_json::json!([
-                {"hour": "2026-12-03T08:00:00Z", "pending": 4},
-                {"hour": "2026-12-03T14:00:00Z", "pending": 1},
+                {"at": "2026-12-03T08:00:00Z", "pending": 4},
+                {"at": "2026-12-03T14:00:00Z", "pending": 1},
             ]),
             "{b}: {v}"
         );
@@ -114,7 +114,7 @@ async fn status_groups_by_due_hour_and_the_eta_waits_for_the_last_zone() {
         let v = app.campaign_status("morning").await.unwrap();
         assert_eq!(
             v["due"],
-            serde_json::json!([{"hour": "2026-12-03T14:00:00Z", "pending": 1}]),
+            serde_json::json!([{"at": "2026-12-03T14:00:00Z", "pending": 1}]),
             "{b}"
         );
         let eta = utc(v["eta"].as_str().unwrap());

@@ -594,6 +594,18 @@ pub struct SinkArgs {
     /// How many times --defer-once rules defer each recipient before letting it through.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub defer_times: u32,
+    /// Let the first N recipients matching PATTERN through, then refuse
+    /// every later one at RCPT with a 5xx: 'N:PATTERN=CODE ENHANCED TEXT'.
+    ///
+    /// Simulates a mailbox provider that starts blocking the sender in the
+    /// middle of a campaign ('20:*@blocky.example=550 5.7.1 Blocked'), which
+    /// the circuit breaker should notice. Counted over all matching
+    /// recipients while the sink runs.
+    #[arg(long, value_name = "N:PATTERN=REPLY")]
+    pub reject_after: Vec<String>,
+    /// As --reject-after, with a 4xx ('N:PATTERN=421 4.7.0 Try later').
+    #[arg(long, value_name = "N:PATTERN=REPLY")]
+    pub defer_after: Vec<String>,
     /// Accept matching recipients, then bounce them with a DSN: 'PATTERN=STATUS'.
     #[arg(long, value_name = "PATTERN=STATUS")]
     pub bounce: Vec<String>,
@@ -854,7 +866,9 @@ pub enum CampaignCmd {
     /// Continue a paused campaign (in the foreground, like `send`): nobody is
     /// sent twice and nobody skipped. Like `send`, it returns when only
     /// retries later than now are left; --wait stays for them (and for the
-    /// send window) until every delivery has its outcome.
+    /// send window) until every delivery has its outcome. Also lifts the
+    /// circuit breaker: every suspended provider and a breaker's pause, or
+    /// only the provider named by --provider.
     Resume {
         name: String,
         /// Stay until every delivery has a final outcome (retries, send window).
@@ -877,6 +891,11 @@ pub enum CampaignCmd {
         /// `undeliverable` and their deliveries `skipped`.
         #[arg(long)]
         no_dns_check: bool,
+        /// Lift only the circuit breaker's suspension of this provider (a
+        /// name from `campaign status`: `google`, or a domain); without it,
+        /// resume lifts every suspended provider and a breaker's pause.
+        #[arg(long, value_name = "PROVIDER")]
+        provider: Option<String>,
     },
     /// Cancel a campaign for good; pending deliveries are never sent.
     Cancel { name: String },

@@ -6,7 +6,9 @@
 //! campaign, bounces by class, subscribers by status (so pruning shows as
 //! `bounced` growing), running campaigns. A reputation incident shows as
 //! `outcome="deferred"`/`"rejected"` climbing for one domain and
-//! `class="block"` bounces rising.
+//! `class="block"` bounces rising, and the circuit breaker's trips in
+//! `rundbrief_breaker_trips_total{campaign,provider}` (`provider="*"`: the
+//! whole campaign was paused).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +43,12 @@ struct CampaignLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TripLabels {
+    campaign: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabel {
     class: String,
 }
@@ -59,6 +67,7 @@ pub struct Metrics {
     subscribers: Family<StatusLabel, Gauge>,
     running: Gauge,
     connections: Counter,
+    trips: Family<TripLabels, Counter>,
     domains: Mutex<HashSet<String>>,
 }
 
@@ -113,7 +122,14 @@ impl Metrics {
             "SMTP connections accepted by the bounce endpoint",
             connections.clone(),
         );
+        let trips = Family::<TripLabels, Counter>::default();
+        registry.register(
+            "breaker_trips",
+            "Circuit breaker trips: a provider suspended for a campaign, or the campaign paused (provider=\"*\")",
+            trips.clone(),
+        );
         Metrics {
+            trips,
             registry,
             messages,
             latency,
@@ -231,5 +247,38 @@ impl rundbrief_app::Observer for Metrics {
     }
     fn db_counts(&self, counts: &rundbrief_store::MetricCounts) {
         Metrics::db_counts(self, counts);
+    }
+    fn breaker_tripped(&self, campaign: &str, provider: Option<&str>) {
+        self.trips
+            .get_or_create(&TripLabels {
+                campaign: campaign.to_string(),
+                provider: provider.unwrap_or("*").to_string(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rundbrief_app::Observer;
+
+    #[test]
+    fn breaker_trips_are_counted_per_campaign_and_provider() {
+        let m = Metrics::new();
+        m.breaker_tripped("spring", Some("google"));
+        m.breaker_tripped("spring", Some("google"));
+        m.breaker_tripped("spring", None);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"rundbrief_breaker_trips_total{campaign="spring",provider="google"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rundbrief_breaker_trips_total{campaign="spring",provider="*"} 1"#),
+            "{text}"
+        );
     }
 }

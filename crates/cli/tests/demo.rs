@@ -160,6 +160,97 @@ fn the_demo_prunes_exactly_the_dead_addresses() {
         last["reason"], "nomail.example: null MX (RFC 7505)",
         "{last}"
     );
+    // The second campaign: one provider starts blocking, the circuit
+    // breaker suspends it, the other provider gets all of its mail.
+    assert_eq!(s["suspended_provider"], "blockmail", "{s}");
+    assert!(
+        s["suspension_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused as blocks")),
+        "{s}"
+    );
+    assert!(num("held_by_breaker") > 0, "{s}");
+    assert_eq!(num("sent_to_healthy_provider"), 200, "{s}");
+    let st = json_in(
+        &dir,
+        &["campaign", "status", "demo-issue-1-providers", "--json"],
+    );
+    let blockmail = st["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "blockmail")
+        .unwrap_or_else(|| panic!("no blockmail in {st}"))
+        .clone();
+    assert_eq!(blockmail["state"], "suspended", "{st}");
+    assert_eq!(blockmail["pending"], s["held_by_breaker"], "{st}");
+    assert!(st["paused_reason"].is_null(), "{st}");
+    for k in [
+        "state", "total", "sent", "deferred", "failed", "bounced", "pending",
+    ] {
+        assert!(!st[k].is_null(), "`{k}` kept in {st}");
+    }
+    // The text status says it, with the command that lifts it.
+    let out = rundbrief_in(&dir)
+        .args(["campaign", "status", "demo-issue-1-providers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("provider blockmail:")
+            && text.contains("SUSPENDED")
+            && text.contains("campaign resume demo-issue-1-providers --provider blockmail"),
+        "{text}"
+    );
+    // Only a suspended provider can be lifted; the error names the ones that are.
+    let relay = ["--relay", "smtp://127.0.0.1:1"];
+    let out = rundbrief_in(&dir)
+        .args([
+            "campaign",
+            "resume",
+            "demo-issue-1-providers",
+            "--provider",
+            "nope",
+        ])
+        .args(relay)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not suspended") && err.contains("suspended: blockmail"),
+        "{err}"
+    );
+    // resume --provider lifts it (the held deliveries are tried again: to a
+    // closed loopback port here, so they are deferred, not sent).
+    let out = rundbrief_in(&dir)
+        .args([
+            "campaign",
+            "resume",
+            "demo-issue-1-providers",
+            "--provider",
+            "blockmail",
+        ])
+        .args(relay)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = json_in(
+        &dir,
+        &["campaign", "status", "demo-issue-1-providers", "--json"],
+    );
+    let blockmail = st["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "blockmail")
+        .unwrap()
+        .clone();
+    assert_eq!(blockmail["state"], "ok", "{st}");
     // Why an address was pruned is on record.
     let pruned = json_in(&dir, &["sub", "show", emails[0], "--json"]);
     let last = pruned["audit"].as_array().unwrap().last().unwrap().clone();

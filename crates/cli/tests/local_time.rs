@@ -217,7 +217,7 @@ fn sends_by_local_time(postgres: Option<&str>) {
     let hour = sp_due.format("%Y-%m-%dT%H:00:00Z").to_string();
     assert_eq!(
         s["due"],
-        serde_json::json!([{"hour": hour, "pending": 1}]),
+        serde_json::json!([{"at": hour, "pending": 1}]),
         "{s}"
     );
     assert_eq!(s["local_time"]["fallback"], 2, "{s}");

@@ -134,6 +134,45 @@ pub struct Config {
     /// Mailbox providers: which recipient domains share one provider's
     /// limits, and those limits.
     pub shaping: ShapingConfig,
+    /// The reputation circuit breaker: when a provider (or every provider)
+    /// refuses too much of a campaign, stop sending to it.
+    pub breaker: BreakerConfig,
+}
+
+/// `[breaker]`: the reputation circuit breaker. Each running campaign keeps
+/// a rolling window of its latest outcomes per provider group; when the
+/// share of blocks (block-class refusals while sending) in a provider's
+/// window exceeds `block_ratio`, that provider is suspended for the
+/// campaign (its deliveries wait, the others go on). When blocks exceed
+/// `block_ratio` in the window over all providers and no single provider
+/// holds most of them, or complaints exceed `complaint_ratio` of the
+/// campaign's sent mail, the whole campaign is paused. `campaign resume`
+/// lifts either.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Outcomes kept per provider (and over all providers). Default 500.
+    pub window: usize,
+    /// Share of blocks in a window above which the provider is suspended
+    /// (or, over all providers, the campaign paused). Default 0.05 (5 %).
+    pub block_ratio: f64,
+    /// Share of complaints (ARF reports) of the campaign's sent messages
+    /// above which the campaign is paused. Default 0.003 (0.3 %).
+    pub complaint_ratio: f64,
+    /// Outcomes (or sent messages, for complaints) a window needs before a
+    /// ratio counts. Default 100.
+    pub min_sample: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            window: 500,
+            block_ratio: 0.05,
+            complaint_ratio: 0.003,
+            min_sample: 100,
+        }
+    }
 }
 
 /// `[relays.NAME]`: one relay with everything a URL cannot carry. Unset
@@ -1029,6 +1068,24 @@ impl Config {
             });
         }
         self.shaping.validate()?;
+        let br = &self.breaker;
+        if !(br.window >= 1
+            && br.min_sample >= 1
+            && br.min_sample <= br.window
+            && br.block_ratio > 0.0
+            && br.block_ratio <= 1.0
+            && br.complaint_ratio > 0.0
+            && br.complaint_ratio <= 1.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "breaker",
+                problem: format!(
+                    "window ({}) and min_sample ({}) must be >= 1 with min_sample <= window; \
+                     block_ratio ({}) and complaint_ratio ({}) must be > 0 and <= 1 (0.05 is 5 %)",
+                    br.window, br.min_sample, br.block_ratio, br.complaint_ratio
+                ),
+            });
+        }
         if self.import.max_line_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "import.max_line_bytes",
@@ -1304,6 +1361,17 @@ builtin_providers = true
 # [shaping.providers.corp]
 # domains = ["corp.example", "corp.*"]
 # mx_suffixes = ["mx.corp.example"]
+
+[breaker]
+# The reputation circuit breaker, per running campaign: a provider whose
+# latest outcomes (window) hold more than block_ratio blocks is suspended
+# for the campaign; blocks over all providers, or complaints above
+# complaint_ratio of the sent mail, pause the whole campaign.
+# `campaign resume NAME [--provider P]` lifts it.
+window = 500
+block_ratio = 0.05
+complaint_ratio = 0.003
+min_sample = 100
 "#
     )
 }
@@ -1311,6 +1379,39 @@ builtin_providers = true
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn breaker_defaults_and_bad_values() {
+        let c = Config::default();
+        assert_eq!(c.breaker.window, 500);
+        assert!((c.breaker.block_ratio - 0.05).abs() < 1e-12);
+        c.validate().unwrap();
+        for bad in [
+            BreakerConfig {
+                window: 0,
+                ..Default::default()
+            },
+            BreakerConfig {
+                min_sample: 501,
+                ..Default::default()
+            },
+            BreakerConfig {
+                block_ratio: 0.0,
+                ..Default::default()
+            },
+            BreakerConfig {
+                complaint_ratio: 5.0,
+                ..Default::default()
+            },
+        ] {
+            let c = Config {
+                breaker: bad,
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("breaker"), "{e}");
+        }
+    }
 
     #[test]
     fn example_parses_back_and_validates() {

@@ -11,6 +11,7 @@
 //! SMTP is the sender's business and SQL the store's; templates and bounce
 //! policy come in through [`Hooks`].
 
+pub mod breaker;
 pub mod clock;
 pub mod local;
 pub mod retry;
@@ -18,6 +19,7 @@ pub mod run;
 pub mod schedule;
 pub mod tick;
 
+pub use breaker::{Breaker, BreakerLimits, Trip};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use retry::{Retry, RetryPolicy};
 pub use run::{Ended, HookError, Hooks, RunConfig, RunError, RunReport, Runner};

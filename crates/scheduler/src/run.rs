@@ -9,6 +9,7 @@
 //! written, at most `record_every`), and the claim of the next batch (taken
 //! while the current one is being started).
 
+use crate::breaker::{Breaker, BreakerLimits, Trip, complaint_trip};
 use crate::clock::Clock;
 use crate::retry::{Retry, RetryPolicy};
 use crate::schedule::{Window, parse_tz};
@@ -30,6 +31,13 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the recorder waits for more outcomes before it writes a group
 /// that is not full.
 const RECORD_LINGER: Duration = Duration::from_millis(5);
+
+/// How often a run counts the campaign's complaints for the breaker.
+const COMPLAINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a delivery of a suspended provider waits before it is looked
+/// at again (`campaign resume --provider` makes it due at once).
+const HOLD_FOR: Duration = Duration::from_secs(60);
 
 /// Why a hook could not do its part. The `Display` is what the delivery
 /// records as its reason (`render: …`, `DKIM: …`).
@@ -61,6 +69,17 @@ pub trait Hooks: Send + Sync {
     async fn rejected(&self, d: &PendingDelivery, error: &SendError) -> Result<(), HookError>;
     /// Every outcome, for metrics: recipient domain, final state, send time.
     fn observe(&self, _domain: &str, _state: DeliveryState, _latency: Duration) {}
+    /// Whether a refusal (5xx, or a 4xx deferral) says the receiver refused
+    /// *us* (a block), for the circuit breaker. By default: an x.7.x status.
+    fn is_block(&self, error: &SendError) -> bool {
+        error
+            .reply()
+            .and_then(|r| r.enhanced)
+            .is_some_and(|e| e.subject == 7)
+    }
+    /// The circuit breaker suspended `provider` (or, with `None`, paused the
+    /// whole campaign) for `reason`; already stored and logged.
+    fn tripped(&self, _provider: Option<&str>, _reason: &str) {}
 }
 
 /// How a run behaves.
@@ -83,6 +102,8 @@ pub struct RunConfig {
     pub wait: bool,
     /// Materialise the recipients at the start (off when the caller did).
     pub materialise: bool,
+    /// The reputation circuit breaker's thresholds; `None` turns it off.
+    pub breaker: Option<BreakerLimits>,
 }
 
 impl RunConfig {
@@ -97,6 +118,7 @@ impl RunConfig {
             retry: RetryPolicy::default(),
             wait: true,
             materialise: true,
+            breaker: Some(BreakerLimits::default()),
         }
     }
 
@@ -123,6 +145,9 @@ pub enum Ended {
     WindowClosed(DateTime<Utc>),
     /// The process is shutting down; in-flight sends were finished.
     Shutdown,
+    /// Only deliveries held for providers the circuit breaker suspended
+    /// are left: `campaign resume NAME [--provider P]` lets them go.
+    Suspended,
 }
 
 /// What a run did.
@@ -149,10 +174,23 @@ pub enum RunError {
     Task(String),
 }
 
-type Sent = (PendingDelivery, Result<Outcome, HookError>, Duration);
+/// How one send task ended.
+struct Sent {
+    d: PendingDelivery,
+    /// `None`: not sent, its provider is suspended (the reason).
+    outcome: Result<Result<Outcome, HookError>, String>,
+    latency: Duration,
+    /// The throttle's key: the provider group, or the domain.
+    provider: Arc<str>,
+    /// The rate a 421/4.7.x reply slowed the provider down to.
+    slowed: Option<u32>,
+}
 
 /// Sends in flight and the recorder their outcomes go to, across batches.
 struct Flight {
+    campaign_id: uuid::Uuid,
+    /// This run's circuit breaker (`None` when it is off).
+    breaker: Option<Arc<Breaker>>,
     limit: Arc<tokio::sync::Semaphore>,
     tasks: tokio::task::JoinSet<Sent>,
     recorder: Recorder,
@@ -163,11 +201,25 @@ struct Flight {
     halted: bool,
     attempts: u64,
     done: u64,
+    /// Claimed deliveries of suspended providers, by provider (and its
+    /// reason), to be put back as deferred.
+    held: Vec<(Arc<str>, String, uuid::Uuid)>,
+    /// The last slowed rate stored per provider.
+    slowed: std::collections::HashMap<Arc<str>, u32>,
+    /// When complaints were last counted.
+    last_complaints: Option<Instant>,
 }
 
 impl Flight {
-    fn new(concurrency: usize, recorder: Recorder) -> Self {
+    fn new(
+        campaign_id: uuid::Uuid,
+        breaker: Option<BreakerLimits>,
+        concurrency: usize,
+        recorder: Recorder,
+    ) -> Self {
         Flight {
+            campaign_id,
+            breaker: breaker.map(|l| Arc::new(Breaker::new(l))),
             limit: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
             tasks: tokio::task::JoinSet::new(),
             recorder,
@@ -176,6 +228,9 @@ impl Flight {
             halted: false,
             attempts: 0,
             done: 0,
+            held: Vec::new(),
+            slowed: std::collections::HashMap::new(),
+            last_complaints: None,
         }
     }
 
@@ -364,7 +419,12 @@ impl Runner {
             Arc::clone(&self.hooks),
             self.config.record_every,
         );
-        let mut flight = Flight::new(self.config.concurrency, recorder);
+        let mut flight = Flight::new(
+            campaign_id,
+            self.config.breaker,
+            self.config.concurrency,
+            recorder,
+        );
         // The next batch, claimed while the current one is being started.
         let mut prefetch: Option<tokio::task::JoinHandle<Result<Vec<PendingDelivery>, RunError>>> =
             None;
@@ -378,9 +438,7 @@ impl Runner {
                 break Ended::Shutdown;
             }
             if flight.check_due() {
-                let state = store.campaign_state(campaign_id).await?;
-                flight.last_check = Some(Instant::now());
-                flight.halted = state != CampaignState::Running;
+                let state = self.look(&mut flight).await?;
                 if flight.halted {
                     self.drain(&mut flight, progress).await?;
                     break Ended::Stopped(state);
@@ -430,6 +488,9 @@ impl Runner {
                 }
                 // Held by another worker's materialisation: give them a time.
                 crate::local::assign_due(store, campaign_id, now).await?;
+                if flight.breaker.is_some() && !store.has_unheld_work(campaign_id).await? {
+                    break Ended::Suspended;
+                }
                 let next = store
                     .next_work_at(campaign_id)
                     .await?
@@ -443,8 +504,7 @@ impl Runner {
             if batch.len() as u64 >= self.config.batch {
                 prefetch = Some(self.claim_ahead(campaign_id));
             }
-            self.send_batch(campaign_id, batch, &mut flight, stop, progress)
-                .await?;
+            self.send_batch(batch, &mut flight, stop, progress).await?;
         };
         tracing::debug!(claim_wait_ms = claim_wait.as_millis() as u64, "claims done");
         // A batch claimed ahead is ours until released below.
@@ -527,7 +587,6 @@ impl Runner {
     /// never drains between batches.
     async fn send_batch(
         &self,
-        campaign_id: uuid::Uuid,
         batch: Vec<PendingDelivery>,
         flight: &mut Flight,
         stop: &CancellationToken,
@@ -542,19 +601,34 @@ impl Runner {
                 p = Arc::clone(&flight.limit).acquire_owned() => p.map_err(|e| RunError::Task(e.to_string()))?,
                 () = stop.cancelled() => break,
             };
-            let (sender, throttle, hooks) = (
+            let (sender, throttle, hooks, breaker) = (
                 Arc::clone(&self.sender),
                 Arc::clone(&self.throttle),
                 Arc::clone(&self.hooks),
+                flight.breaker.clone(),
             );
             flight.tasks.spawn(async move {
                 let t0 = Instant::now();
+                let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
+                // The provider group (or the domain): the throttle's and
+                // the breaker's unit.
+                let key = throttle.key_of(&domain).await;
+                if let Some(reason) = breaker.as_ref().and_then(|b| b.suspended(&key.name)) {
+                    drop(permit);
+                    return Sent {
+                        d,
+                        outcome: Err(reason),
+                        latency: t0.elapsed(),
+                        provider: key.name,
+                        slowed: None,
+                    };
+                }
+                let mut slowed = None;
                 // Rendering (and DKIM signing) runs on the runtime's threads,
                 // not on the claiming task.
                 let outcome = match hooks.render(&d) {
                     Ok(bytes) => {
-                        let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
-                        let _slot = throttle.acquire(&domain).await;
+                        let _slot = throttle.acquire(&key.name).await;
                         let o = sender
                             .send(Delivery {
                                 id: d.delivery_id,
@@ -563,8 +637,8 @@ impl Runner {
                             })
                             .await;
                         let reply = o.error().and_then(|e| e.reply());
-                        throttle.report(
-                            &domain,
+                        slowed = throttle.report(
+                            &key.name,
                             reply.map(|r| r.code),
                             reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
                             o.is_sent(),
@@ -574,7 +648,13 @@ impl Runner {
                     Err(e) => Err(e),
                 };
                 drop(permit);
-                (d, outcome, t0.elapsed())
+                Sent {
+                    d,
+                    outcome: Ok(outcome),
+                    latency: t0.elapsed(),
+                    provider: key.name,
+                    slowed,
+                }
             });
             while let Some(r) = flight.tasks.try_join_next() {
                 self.settle(r, flight).await?;
@@ -586,9 +666,7 @@ impl Runner {
             if flight.check_due() {
                 // A pause or cancel takes effect within one check interval:
                 // sends in flight finish, the rest of the batch is released.
-                flight.halted =
-                    self.store.campaign_state(campaign_id).await? != CampaignState::Running;
-                flight.last_check = Some(Instant::now());
+                self.look(flight).await?;
             }
         }
         Ok(())
@@ -603,6 +681,7 @@ impl Runner {
         while let Some(r) = flight.tasks.join_next().await {
             self.settle(r, flight).await?;
         }
+        self.flush_held(flight).await?;
         flight.recorder.sync().await?;
         progress(flight.recorder.recorded.load(Ordering::Relaxed));
         Ok(())
@@ -615,7 +694,55 @@ impl Runner {
         joined: Result<Sent, tokio::task::JoinError>,
         flight: &mut Flight,
     ) -> Result<(), RunError> {
-        let (d, outcome, latency) = joined.map_err(|e| RunError::Task(e.to_string()))?;
+        let Sent {
+            d,
+            outcome,
+            latency,
+            provider,
+            slowed,
+        } = joined.map_err(|e| RunError::Task(e.to_string()))?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(reason) => {
+                // Its provider is suspended: back to the queue, untried.
+                flight.held.push((provider, reason, d.delivery_id));
+                if flight.held.len() >= self.config.record_every {
+                    self.flush_held(flight).await?;
+                }
+                return Ok(());
+            }
+        };
+        if let Some(rate) = slowed
+            && flight.slowed.get(&provider) != Some(&rate)
+        {
+            flight.slowed.insert(Arc::clone(&provider), rate);
+            let why = match &outcome {
+                Ok(o) => o.error().map(|e| e.to_string()).unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let why: String = why.chars().take(300).collect();
+            let now = self.clock.now();
+            let until = now
+                + chrono::Duration::from_std(self.throttle.slow_down_for())
+                    .unwrap_or(chrono::Duration::minutes(10));
+            self.store
+                .slow_provider(flight.campaign_id, &provider, &why, rate, now, until)
+                .await?;
+            tracing::info!(campaign = %flight.campaign_id, %provider, rate, reply = %why, "provider slowed down");
+        }
+        if let Some(b) = flight.breaker.clone() {
+            let block = match &outcome {
+                Ok(Outcome::Sent { .. }) => Some(false),
+                Ok(Outcome::Rejected { error }) => Some(self.hooks.is_block(error)),
+                Ok(Outcome::Deferred { error }) => self.hooks.is_block(error).then_some(true),
+                _ => None,
+            };
+            if let Some(block) = block
+                && let Some(trip) = b.record(&provider, block)
+            {
+                self.on_trip(flight, trip).await?;
+            }
+        }
         let now = self.clock.now();
         let (state, error, next) = match &outcome {
             Err(hook_error) => (DeliveryState::Failed, Some(hook_error.to_string()), None),
@@ -668,6 +795,96 @@ impl Runner {
                 final_,
             })
             .await
+    }
+}
+
+impl Runner {
+    /// Reads the campaign's state (pause, cancel) and, with the breaker on,
+    /// the suspensions stored for it (a restart keeps them; `campaign resume
+    /// --provider` lifts them from another process) and, every few seconds,
+    /// its complaint ratio. Sets `flight.halted` when it is not running.
+    async fn look(&self, flight: &mut Flight) -> Result<CampaignState, RunError> {
+        let id = flight.campaign_id;
+        flight.last_check = Some(Instant::now());
+        if let Some(b) = flight.breaker.clone() {
+            let stored = self.store.suspended_providers(id).await?;
+            for p in b.sync_suspended(&stored) {
+                tracing::info!(campaign = %id, provider = %p, "provider resumed");
+            }
+            if flight
+                .last_complaints
+                .is_none_or(|t| t.elapsed() >= COMPLAINT_INTERVAL)
+            {
+                flight.last_complaints = Some(Instant::now());
+                let (complaints, sent) = self.store.campaign_complaints(id).await?;
+                if let Some(reason) = complaint_trip(&b.limits(), complaints, sent) {
+                    self.pause(flight, &reason).await?;
+                }
+            }
+        }
+        let state = self.store.campaign_state(id).await?;
+        flight.halted = state != CampaignState::Running;
+        Ok(state)
+    }
+
+    /// Acts on what the breaker tripped: stores the suspension, or pauses.
+    async fn on_trip(&self, flight: &mut Flight, trip: Trip) -> Result<(), RunError> {
+        match trip {
+            Trip::Provider { provider, reason } => {
+                self.store
+                    .suspend_provider(flight.campaign_id, &provider, &reason, self.clock.now())
+                    .await?;
+                tracing::warn!(
+                    campaign = %flight.campaign_id,
+                    %provider,
+                    %reason,
+                    "circuit breaker: provider suspended for this campaign; \
+                     `campaign resume NAME --provider P` lifts it"
+                );
+                self.hooks.tripped(Some(&provider), &reason);
+            }
+            Trip::Campaign { reason } => self.pause(flight, &reason).await?,
+        }
+        Ok(())
+    }
+
+    /// Pauses the campaign with the breaker's reason.
+    async fn pause(&self, flight: &mut Flight, reason: &str) -> Result<(), RunError> {
+        if self
+            .store
+            .pause_campaign_because(flight.campaign_id, reason)
+            .await?
+        {
+            tracing::warn!(
+                campaign = %flight.campaign_id,
+                %reason,
+                "circuit breaker: campaign paused; `campaign resume NAME` continues it"
+            );
+            self.hooks.tripped(None, reason);
+        }
+        flight.halted = true;
+        Ok(())
+    }
+
+    /// Puts the deliveries held for suspended providers back as deferred.
+    async fn flush_held(&self, flight: &mut Flight) -> Result<(), RunError> {
+        if flight.held.is_empty() {
+            return Ok(());
+        }
+        let until = self.clock.now()
+            + chrono::Duration::from_std(HOLD_FOR).unwrap_or(chrono::Duration::minutes(1));
+        let mut held = std::mem::take(&mut flight.held);
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        for group in held.chunk_by(|a, b| a.0 == b.0) {
+            let (provider, reason, _) = &group[0];
+            let error = format!(
+                "{}is suspended by the circuit breaker: {reason}",
+                rundbrief_store::hold_prefix(provider)
+            );
+            let ids: Vec<uuid::Uuid> = group.iter().map(|h| h.2).collect();
+            self.store.hold_deliveries(&ids, &error, until).await?;
+        }
+        Ok(())
     }
 }
 

@@ -318,3 +318,117 @@ async fn a_dead_workers_claims_are_reported_then_taken_over_when_their_lease_end
         assert_eq!(stub.sent().len(), 3, "{}: each once", db.backend);
     }
 }
+
+/// `blocky.example` and `blocky2.example` are one provider group.
+struct Groups;
+#[async_trait::async_trait]
+impl rundbrief_sender::throttle::Grouping for Groups {
+    async fn group_of(&self, domain: &str) -> Option<Arc<str>> {
+        domain.starts_with("blocky").then(|| Arc::from("blocky"))
+    }
+}
+
+#[tokio::test]
+async fn a_provider_answering_421_4_7_0_is_suspended_and_the_others_are_sent() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let mut emails = Vec::new();
+        for i in 0..20 {
+            emails.push(format!("a{i}@blocky.example"));
+            emails.push(format!("b{i}@blocky2.example"));
+            emails.push(format!("c{i}@fine.example"));
+        }
+        let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+        let c = common::campaign_to(s, "shaped", "news", &refs).await;
+        s.set_campaign_state(c.id, CampaignState::Running)
+            .await
+            .unwrap();
+        // The provider refuses us until it is told otherwise.
+        let blocking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = Arc::clone(&blocking);
+        let stub = Arc::new(StubTransport::with_rule(move |d| {
+            if d.to.contains("@blocky") && still.load(std::sync::atomic::Ordering::SeqCst) {
+                StubTransport::refusal(SmtpStep::Rcpt, 421, "4.7.0 Too many complaints, try later")
+            } else {
+                sent()
+            }
+        }));
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let mut r = runner(s, stub.clone(), Arc::default(), Arc::clone(&clock));
+        // Fast enough that the slow-downs (each 421 halves the group's
+        // rate) never make the test wait.
+        let limits = Limits {
+            default_domain: rundbrief_sender::throttle::DomainLimits::new(1_000_000_000, 4),
+            global_rate: 1_000_000_000,
+            ..Limits::default()
+        };
+        r.throttle = Arc::new(Throttle::with_grouping(limits, Arc::new(Groups)));
+        r.config.breaker = Some(rundbrief_scheduler::BreakerLimits {
+            window: 20,
+            block_ratio: 0.2,
+            complaint_ratio: 0.003,
+            min_sample: 10,
+        });
+        let first = r.run(c.id, &stop(), &|_| {}).await.unwrap();
+        assert!(
+            matches!(first.ended, Ended::RetriesLater(_)),
+            "{b}: {:?}",
+            first.ended
+        );
+        assert_eq!(
+            first.counts.sent, 20,
+            "{b}: the other provider got everything"
+        );
+        let tried = |stub: &StubTransport| {
+            stub.sent()
+                .iter()
+                .filter(|(d, _)| d.to.contains("@blocky"))
+                .count()
+        };
+        let attempts = tried(&stub);
+        // Suspended at the 10th outcome; at most the sends in flight after.
+        assert!((10..=18).contains(&attempts), "{b}: {attempts} tried");
+        let states = s.provider_states(c.id).await.unwrap();
+        assert_eq!(states.len(), 1, "{b}: {states:?}");
+        assert_eq!(states[0].provider, "blocky");
+        assert_eq!(
+            states[0].state,
+            rundbrief_store::ProviderCondition::Suspended
+        );
+        assert!(
+            states[0]
+                .reason
+                .contains("to blocky were refused as blocks"),
+            "{b}"
+        );
+        // Both domains of the group were slowed and stopped together.
+        assert!(r.throttle.state("blocky").slowed, "{b}");
+        // Everything is due again later: a new run holds it all, tries none.
+        clock.set(t0 + Duration::hours(2));
+        let again = r.run(c.id, &stop(), &|_| {}).await.unwrap();
+        assert_eq!(again.ended, Ended::Suspended, "{b}");
+        assert_eq!(
+            tried(&stub),
+            attempts,
+            "{b}: nothing more to the suspended provider"
+        );
+        assert_eq!(again.counts.deferred, 40, "{b}: all of blocky waits");
+        // Lifted (as `campaign resume --provider` does): due at once, tried again.
+        let lifted = s
+            .lift_providers(c.id, Some("blocky"), clock.now())
+            .await
+            .unwrap();
+        assert_eq!(lifted, vec!["blocky".to_string()]);
+        blocking.store(false, std::sync::atomic::Ordering::SeqCst);
+        let last = r.run(c.id, &stop(), &|_| {}).await.unwrap();
+        assert_eq!(
+            tried(&stub),
+            attempts + 40,
+            "{b}: every held delivery tried"
+        );
+        assert_eq!(last.ended, Ended::Finished, "{b}");
+        assert_eq!(last.counts.sent, 60, "{b}");
+    }
+}

@@ -1,8 +1,15 @@
-//! Throttling: a global rate, and per recipient domain a rate and a
-//! concurrency limit, awaited (never slept), with governor. A `421` or a
-//! `4.7.x` "slow down" from a relay halves that domain's rate for
-//! [`Limits::slow_down_for`]; afterwards every successful send raises it by
-//! 10 % until it is back at its configured rate.
+//! Throttling: a global rate, and per recipient domain — or per mailbox
+//! provider group when the domain belongs to one ([`Grouping`]) — a rate, an
+//! hourly rate and a concurrency limit, awaited (never slept), with
+//! governor. A `421` or a `4.7.x` "slow down" from a relay halves that key's
+//! rate for [`Limits::slow_down_for`]; afterwards every successful send
+//! raises it by 10 % until it is back at its configured rate.
+//!
+//! The throttle's unit is a *key*: [`Throttle::key_of`] maps a recipient
+//! domain to its provider group's name (`google` for `gmail.com` and for a
+//! company domain whose MX is Google's) or, outside any group, to the
+//! lower-case domain itself. [`Throttle::acquire`], [`Throttle::report`]
+//! and [`Throttle::state`] take keys.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -12,13 +19,34 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// One domain's limits.
+/// One domain's (or provider group's) limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DomainLimits {
     /// Messages per second (also the burst).
     pub rate: u32,
     /// Messages in flight at once.
     pub concurrency: usize,
+    /// Messages per hour, if limited (its burst is at most `rate`).
+    pub rate_per_hour: Option<u32>,
+}
+
+impl DomainLimits {
+    /// `rate` per second and `concurrency` at once, no hourly limit.
+    pub fn new(rate: u32, concurrency: usize) -> Self {
+        DomainLimits {
+            rate,
+            concurrency,
+            rate_per_hour: None,
+        }
+    }
+}
+
+/// Which provider group a recipient domain belongs to (the DNS crate's
+/// provider table behind it, in the application).
+#[async_trait::async_trait]
+pub trait Grouping: Send + Sync {
+    /// The group's name, or `None` when the domain is a provider of its own.
+    async fn group_of(&self, domain: &str) -> Option<Arc<str>>;
 }
 
 /// The throttle's configuration.
@@ -29,7 +57,11 @@ pub struct Limits {
     /// For domains without their own entry. Default 20/s, 4 at once.
     pub default_domain: DomainLimits,
     /// Per-domain overrides, keyed by lower-case domain (e.g. `gmail.com`).
+    /// A domain named here is throttled on its own even when it belongs
+    /// to a provider group.
     pub domains: HashMap<String, DomainLimits>,
+    /// Per provider group, by group name: applied to the group as a whole.
+    pub groups: HashMap<String, DomainLimits>,
     /// How long a slow-down holds before the rate starts to recover. Default 10 min.
     pub slow_down_for: Duration,
 }
@@ -38,11 +70,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             global_rate: 100,
-            default_domain: DomainLimits {
-                rate: 20,
-                concurrency: 4,
-            },
+            default_domain: DomainLimits::new(20, 4),
             domains: HashMap::new(),
+            groups: HashMap::new(),
             slow_down_for: Duration::from_secs(600),
         }
     }
@@ -53,16 +83,23 @@ fn limiter(rate: u32) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(rate))
 }
 
+fn hourly(per_hour: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let n = NonZeroU32::new(per_hour.max(1)).unwrap_or(NonZeroU32::MIN);
+    let b = NonZeroU32::new(burst.clamp(1, per_hour.max(1))).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_hour(n).allow_burst(b))
+}
+
 struct Domain {
     limits: DomainLimits,
     /// The rate in force now (≤ `limits.rate`).
     rate: u32,
     limiter: Arc<DefaultDirectRateLimiter>,
+    hourly: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
     slowed_until: Option<Instant>,
 }
 
-/// Why a domain is held back right now (for status displays).
+/// Why a domain (or group) is held back right now (for status displays).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DomainState {
     pub rate: u32,
@@ -75,6 +112,16 @@ pub struct Throttle {
     limits: Limits,
     global: DefaultDirectRateLimiter,
     domains: Mutex<HashMap<String, Domain>>,
+    grouping: Option<Arc<dyn Grouping>>,
+}
+
+/// How a throttle's key was found: what [`Throttle::key_of`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The provider group's name, or the lower-case domain.
+    pub name: Arc<str>,
+    /// True for a provider group.
+    pub group: bool,
 }
 
 /// Held while a message to the domain is in flight.
@@ -83,62 +130,120 @@ pub struct Permit {
 }
 
 impl Throttle {
+    /// A throttle keyed by recipient domain alone.
     pub fn new(limits: Limits) -> Throttle {
         Throttle {
             global: limiter(limits.global_rate),
             limits,
             domains: Mutex::new(HashMap::new()),
+            grouping: None,
         }
     }
 
-    fn with_domain<T>(&self, domain: &str, f: impl FnOnce(&mut Domain) -> T) -> T {
-        let key = domain.to_ascii_lowercase();
+    /// A throttle keyed by provider group where `grouping` knows one.
+    pub fn with_grouping(limits: Limits, grouping: Arc<dyn Grouping>) -> Throttle {
+        Throttle {
+            grouping: Some(grouping),
+            ..Throttle::new(limits)
+        }
+    }
+
+    /// The key `domain` is throttled under: its provider group (unless the
+    /// domain has limits of its own in [`Limits::domains`]), else the
+    /// lower-case domain.
+    pub async fn key_of(&self, domain: &str) -> Key {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        if !self.limits.domains.contains_key(&d)
+            && let Some(g) = &self.grouping
+            && let Some(name) = g.group_of(&d).await
+        {
+            return Key { name, group: true };
+        }
+        Key {
+            name: Arc::from(d),
+            group: false,
+        }
+    }
+
+    fn with_domain<T>(&self, key: &str, f: impl FnOnce(&mut Domain) -> T) -> T {
         let mut map = self
             .domains
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let d = map.entry(key.clone()).or_insert_with(|| {
+        if !map.contains_key(key) {
+            let lower = key.to_ascii_lowercase();
             let limits = self
                 .limits
-                .domains
-                .get(&key)
+                .groups
+                .get(key)
+                .or_else(|| self.limits.domains.get(&lower))
                 .copied()
                 .unwrap_or(self.limits.default_domain);
-            Domain {
-                limits,
-                rate: limits.rate,
-                limiter: Arc::new(limiter(limits.rate)),
-                slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
-                slowed_until: None,
-            }
-        });
+            map.insert(
+                key.to_string(),
+                Domain {
+                    limits,
+                    rate: limits.rate,
+                    limiter: Arc::new(limiter(limits.rate)),
+                    hourly: limits
+                        .rate_per_hour
+                        .map(|h| Arc::new(hourly(h, limits.rate))),
+                    slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+                    slowed_until: None,
+                },
+            );
+        }
+        let d = map
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("inserted above under the same lock"));
         f(d)
     }
 
-    /// Waits until a message to `domain` may go: a concurrency slot, then the
-    /// domain's and the global rate.
+    /// The limits `key` is throttled with.
+    pub fn limits_of(&self, key: &str) -> DomainLimits {
+        self.with_domain(key, |d| d.limits)
+    }
+
+    /// Waits until a message under `key` (see [`Throttle::key_of`]) may go:
+    /// a concurrency slot, then the key's hourly and per-second rate and
+    /// the global rate.
     ///
     /// # Cancel safety
     /// Cancel-safe: dropping the future gives back whatever it had taken.
-    pub async fn acquire(&self, domain: &str) -> Permit {
-        let (slots, limiter) =
-            self.with_domain(domain, |d| (Arc::clone(&d.slots), Arc::clone(&d.limiter)));
+    pub async fn acquire(&self, key: &str) -> Permit {
+        let (slots, limiter, hourly) = self.with_domain(key, |d| {
+            (
+                Arc::clone(&d.slots),
+                Arc::clone(&d.limiter),
+                d.hourly.clone(),
+            )
+        });
         let slot = slots
             .acquire_owned()
             .await
             .unwrap_or_else(|_| unreachable!("the semaphore is never closed"));
+        if let Some(h) = hourly {
+            h.until_ready().await;
+        }
         limiter.until_ready().await;
         self.global.until_ready().await;
         Permit { _slot: slot }
     }
 
-    /// Tells the throttle how a send to `domain` ended: `code` and the
-    /// enhanced status `(class, subject)` of the reply, if any.
-    pub fn report(&self, domain: &str, code: Option<u16>, enhanced: Option<(u8, u16)>, ok: bool) {
+    /// Tells the throttle how a send under `key` ended: `code` and the
+    /// enhanced status `(class, subject)` of the reply, if any. Returns the
+    /// halved rate when this reply slowed the key down.
+    pub fn report(
+        &self,
+        key: &str,
+        code: Option<u16>,
+        enhanced: Option<(u8, u16)>,
+        ok: bool,
+    ) -> Option<u32> {
         let now = Instant::now();
         let slow_down = code == Some(421) || matches!(enhanced, Some((4, 7)));
         let hold = self.limits.slow_down_for;
-        self.with_domain(domain, |d| {
+        self.with_domain(key, |d| {
             if slow_down {
                 let halved = (d.rate / 2).max(1);
                 if halved != d.rate {
@@ -146,6 +251,7 @@ impl Throttle {
                     d.limiter = Arc::new(limiter(halved));
                 }
                 d.slowed_until = Some(now + hold);
+                return Some(d.rate);
             } else if ok && d.rate < d.limits.rate && d.slowed_until.is_none_or(|t| now >= t) {
                 d.rate = (d.rate + (d.rate / 10).max(1)).min(d.limits.rate);
                 d.limiter = Arc::new(limiter(d.rate));
@@ -153,24 +259,31 @@ impl Throttle {
                     d.slowed_until = None;
                 }
             }
-        });
+            None
+        })
     }
 
-    /// The domain's current state.
-    pub fn state(&self, domain: &str) -> DomainState {
+    /// How long a slow-down holds.
+    pub fn slow_down_for(&self) -> Duration {
+        self.limits.slow_down_for
+    }
+
+    /// The key's current state.
+    pub fn state(&self, key: &str) -> DomainState {
         let now = Instant::now();
-        self.with_domain(domain, |d| DomainState {
+        self.with_domain(key, |d| DomainState {
             rate: d.rate,
             configured_rate: d.limits.rate,
             slowed: d.slowed_until.is_some_and(|t| now < t),
         })
     }
 
-    /// Whether a message to `domain` could go right now without waiting
-    /// (takes the rate cell if so). For tests and status displays.
-    pub fn try_now(&self, domain: &str) -> bool {
-        let limiter = self.with_domain(domain, |d| Arc::clone(&d.limiter));
-        limiter.check().is_ok()
+    /// Whether a message under `key` could go right now without waiting
+    /// (takes the rate cells if so). For tests and status displays.
+    pub fn try_now(&self, key: &str) -> bool {
+        let (limiter, hourly) =
+            self.with_domain(key, |d| (Arc::clone(&d.limiter), d.hourly.clone()));
+        hourly.is_none_or(|h| h.check().is_ok()) && limiter.check().is_ok()
     }
 }
 
@@ -182,7 +295,7 @@ mod tests {
     fn limits(rate: u32, concurrency: usize) -> Limits {
         Limits {
             global_rate: 10_000,
-            default_domain: DomainLimits { rate, concurrency },
+            default_domain: DomainLimits::new(rate, concurrency),
             ..Limits::default()
         }
     }
@@ -197,13 +310,9 @@ mod tests {
             "another domain has its own budget"
         );
         let mut custom = limits(5, 4);
-        custom.domains.insert(
-            "gmail.com".into(),
-            DomainLimits {
-                rate: 2,
-                concurrency: 1,
-            },
-        );
+        custom
+            .domains
+            .insert("gmail.com".into(), DomainLimits::new(2, 1));
         let t = Throttle::new(custom);
         assert_eq!((0..10).filter(|_| t.try_now("gmail.com")).count(), 2);
     }
@@ -255,6 +364,66 @@ mod tests {
                 slowed: true
             }
         );
+    }
+
+    /// Groups by a fixed table, as the application's provider table does.
+    struct Table;
+    #[async_trait::async_trait]
+    impl Grouping for Table {
+        async fn group_of(&self, domain: &str) -> Option<Arc<str>> {
+            matches!(domain, "gmail.com" | "googlemail.com" | "corp.example")
+                .then(|| Arc::from("google"))
+        }
+    }
+
+    #[tokio::test]
+    async fn domains_of_one_group_share_its_limits() {
+        let mut l = limits(5, 4);
+        l.groups.insert("google".into(), DomainLimits::new(3, 1));
+        l.domains
+            .insert("googlemail.com".into(), DomainLimits::new(7, 1));
+        let t = Throttle::with_grouping(l, Arc::new(Table));
+        let gmail = t.key_of("Gmail.COM.").await;
+        assert_eq!(
+            gmail,
+            Key {
+                name: Arc::from("google"),
+                group: true
+            }
+        );
+        assert_eq!(t.key_of("corp.example").await.name, gmail.name);
+        // A domain with its own [sending.domains] entry stays on its own.
+        assert_eq!(&*t.key_of("googlemail.com").await.name, "googlemail.com");
+        let other = t.key_of("example.org").await;
+        assert!(!other.group);
+        assert_eq!(&*other.name, "example.org");
+        // Three per second for the whole group, whichever domain asks.
+        let sent = (0..10).filter(|_| t.try_now(&gmail.name)).count();
+        assert_eq!(sent, 3, "the group's burst is its rate");
+        assert!(t.try_now("example.org"), "another key has its own budget");
+        assert_eq!(t.limits_of("google").concurrency, 1);
+        // A slow-down from one domain of the group slows the group.
+        let halved = t.report(&gmail.name, Some(421), None, false);
+        assert_eq!(halved, Some(1));
+        assert!(t.state("google").slowed);
+        assert!(!t.state("example.org").slowed);
+        assert_eq!(t.report("google", Some(250), None, true), None);
+    }
+
+    #[test]
+    fn an_hourly_limit_caps_the_group() {
+        let mut l = limits(100, 4);
+        l.groups.insert(
+            "yahoo".into(),
+            DomainLimits {
+                rate: 100,
+                concurrency: 4,
+                rate_per_hour: Some(4),
+            },
+        );
+        let t = Throttle::new(l);
+        assert_eq!((0..50).filter(|_| t.try_now("yahoo")).count(), 4);
+        assert_eq!((0..150).filter(|_| t.try_now("other.example")).count(), 100);
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod admin;
 mod bounces;
+mod breaker;
 mod campaigns;
 mod domains;
 mod holds;
@@ -35,6 +36,7 @@ mod work;
 
 pub use admin::{AdminAction, AdminKey};
 pub use bounces::{BounceQuery, NewBounce, NewMessage, POSTMASTER_KIND, StoredBounce};
+pub use breaker::{DomainCount, ProviderCondition, ProviderState, hold_prefix};
 pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,
     PendingDelivery, ScoredSubscriber, StoredScore,

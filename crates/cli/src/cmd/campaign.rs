@@ -83,11 +83,12 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
         }
         CampaignCmd::Status { name } => {
             let c = store.campaign(name).await?;
-            let v = rundbrief_app::campaigns::status(store, app.clock.as_ref(), &c).await?;
+            let v = rundbrief_app::campaigns::status(app, &c).await?;
             if json {
                 output::json(&v)?;
             } else {
                 println!("{}", status_line(&c.campaign.name, &v));
+                print_providers(&c.campaign.name, &v);
                 print_errors(&v, None);
             }
             Ok(ExitCode::SUCCESS)
@@ -96,7 +97,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             let c = store.campaign(name).await?;
             let sched = store.campaign_schedule(c.campaign.id).await?;
             let runs = store.campaign_runs(c.campaign.id).await?;
-            let status = rundbrief_app::campaigns::status(store, app.clock.as_ref(), &c).await?;
+            let status = rundbrief_app::campaigns::status(app, &c).await?;
             let next_run = rundbrief_app::campaigns::next_run(&sched, app.clock.now())?;
             let v = serde_json::json!({
                 "name": c.campaign.name,
@@ -513,10 +514,22 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
             pool,
             insecure,
             no_dns_check,
+            provider,
         } => {
-            store
-                .transition_campaign(name, CampaignState::Running)
-                .await?;
+            // The relay is checked first: a resume that cannot send lifts
+            // nothing (a campaign that cannot resume says so below).
+            let c = store.campaign(name).await?;
+            let state = c.campaign.state;
+            if state == CampaignState::Running || state.can_become(CampaignState::Running) {
+                app.relay(relay.as_deref().or(c.relay.as_deref()))?;
+            }
+            let lifted = app.lift_breaker(name, provider.as_deref()).await?;
+            if let Some(reason) = &lifted.paused_reason {
+                eprintln!("{name}: the circuit breaker's pause is lifted (it was: {reason})");
+            }
+            for p in &lifted.providers {
+                eprintln!("{name}: provider {p} is no longer suspended");
+            }
             send(
                 *wait,
                 false,
@@ -779,6 +792,50 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
     }
 }
 
+/// Why the breaker paused the campaign, and the providers that are slowed
+/// or suspended (with the command that lifts a suspension).
+fn print_providers(name: &str, v: &serde_json::Value) {
+    if let Some(reason) = v["paused_reason"].as_str() {
+        println!(
+            "  paused by the circuit breaker: {} (`rundbrief campaign resume {name}` continues it)",
+            output::safe(reason)
+        );
+    }
+    // Every slowed or suspended provider, and the largest few others.
+    let (mut ok_shown, mut ok_left) = (0, 0);
+    for p in v["providers"].as_array().into_iter().flatten() {
+        let pname = p["name"].as_str().unwrap_or("?");
+        let state = p["state"].as_str().unwrap_or("?");
+        if state == "ok" {
+            if ok_shown == 5 {
+                ok_left += 1;
+                continue;
+            }
+            ok_shown += 1;
+        }
+        let line = format!(
+            "  provider {pname}: {} pending, {} sent, {:.0} msg/s",
+            p["pending"].as_u64().unwrap_or(0),
+            p["sent"].as_u64().unwrap_or(0),
+            p["rate_per_s"].as_f64().unwrap_or(0.0)
+        );
+        match state {
+            "suspended" => println!(
+                "{line}; SUSPENDED: {} (`rundbrief campaign resume {name} --provider {pname}` lifts it)",
+                output::safe(p["reason"].as_str().unwrap_or(""))
+            ),
+            "slowed" => println!(
+                "{line}; slowed: {}",
+                output::safe(p["reason"].as_str().unwrap_or(""))
+            ),
+            _ => println!("{line}"),
+        }
+    }
+    if ok_left > 0 {
+        println!("  … and {ok_left} more provider(s) (`--json` lists them)");
+    }
+}
+
 fn status_line(name: &str, v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let state = v["state"].as_str().unwrap_or("?");
@@ -830,7 +887,7 @@ fn status_line(name: &str, v: &serde_json::Value) -> String {
         for d in due {
             line.push_str(&format!(
                 "\n  due {}: {} pending",
-                d["hour"].as_str().unwrap_or("?"),
+                d["at"].as_str().unwrap_or("?"),
                 d["pending"].as_u64().unwrap_or(0)
             ));
         }

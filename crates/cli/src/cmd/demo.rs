@@ -57,6 +57,20 @@ const NO_SUCH_DOMAIN: &str = "vanished.example";
 /// A domain whose only MX is the null MX (RFC 7505).
 const NULL_MX_DOMAIN: &str = "nomail.example";
 
+/// The second part: a campaign to two providers, one of which starts
+/// blocking us, so the circuit breaker suspends it.
+const PROVIDER_LIST: &str = "demo-providers";
+const PROVIDER_CAMPAIGN: &str = "demo-issue-1-providers";
+/// A provider group of the demo's own (`[shaping.providers.blockmail]`).
+const BLOCKING_PROVIDER: &str = "blockmail";
+const BLOCKING_DOMAIN: &str = "blockmail.example";
+/// The provider that keeps accepting.
+const HEALTHY_DOMAIN: &str = "example.org";
+/// Subscribers of each of the two providers.
+const PER_PROVIDER: usize = 200;
+/// Messages the blocking provider accepts before it refuses every later one.
+const ACCEPTED_BEFORE_BLOCK: u64 = 20;
+
 /// What the sink's rules make of an address; the local part starts with
 /// [`Fate::prefix`], so a rule matches on `PREFIX*@*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +335,23 @@ struct Summary {
     /// Seconds from start to the last processed bounce.
     elapsed_seconds: f64,
     dir: String,
+    /// The second campaign, to two providers: the one the circuit breaker
+    /// suspended when it started refusing us (550 5.7.1), and why.
+    suspended_provider: Option<String>,
+    suspension_reason: Option<String>,
+    /// Its deliveries that wait for `campaign resume … --provider`.
+    held_by_breaker: u64,
+    /// Messages the other provider accepted meanwhile (all of its).
+    sent_to_healthy_provider: u64,
+}
+
+/// What the second campaign showed.
+struct ProviderPart {
+    suspended: Option<(String, String)>,
+    held: u64,
+    healthy_sent: u64,
+    /// Subscribers of the blocking provider pruned (a block never prunes: 0).
+    pruned: u64,
 }
 
 pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -528,6 +559,11 @@ async fn run_in(
         .count() as u64;
     let unsubscribed = with_status(SubscriberStatus::Unsubscribed).await?;
     let undeliverable = with_status(SubscriberStatus::Undeliverable).await?;
+    say(format!(
+        "second campaign `{PROVIDER_CAMPAIGN}`: {PER_PROVIDER} subscribers at {HEALTHY_DOMAIN} and \
+         {PER_PROVIDER} at {BLOCKING_DOMAIN}, which blocks us after {ACCEPTED_BEFORE_BLOCK} messages…"
+    ));
+    let part = provider_part(app).await?;
     let summary = Summary {
         sent: sink.messages,
         bounced: by_class.values().sum(),
@@ -552,8 +588,12 @@ async fn run_in(
         skipped: counts.skipped,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         dir: dir.display().to_string(),
+        suspended_provider: part.suspended.as_ref().map(|(p, _)| p.clone()),
+        suspension_reason: part.suspended.as_ref().map(|(_, r)| r.clone()),
+        held_by_breaker: part.held,
+        sent_to_healthy_provider: part.healthy_sent,
     };
-    let problems = reconcile(
+    let mut problems = reconcile(
         &plan,
         &people,
         &summary,
@@ -563,6 +603,19 @@ async fn run_in(
         &unsubscribed,
         &undeliverable,
     );
+    if summary.suspended_provider.as_deref() != Some(BLOCKING_PROVIDER) {
+        problems.push(format!(
+            "the circuit breaker suspended {:?}, expected {BLOCKING_PROVIDER}",
+            summary.suspended_provider
+        ));
+    }
+    if part.healthy_sent != PER_PROVIDER as u64 || part.held == 0 || part.pruned != 0 {
+        problems.push(format!(
+            "second campaign: {} of {PER_PROVIDER} sent to {HEALTHY_DOMAIN}, {} held for \
+             {BLOCKING_PROVIDER}, {} of its subscribers pruned (expected all, some, none)",
+            part.healthy_sent, part.held, part.pruned
+        ));
+    }
 
     let dead_example = pruned.iter().next().cloned();
     let live_example = people
@@ -586,6 +639,126 @@ async fn run_in(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The second campaign: a list at two providers, the sink refusing the
+/// blocking one with 550 5.7.1 after a few messages; the circuit breaker
+/// suspends it while the other provider gets all of its mail. The campaign
+/// is left running with the held deliveries, so that `campaign status` and
+/// `campaign resume … --provider` can be tried on it.
+async fn provider_part(app: &App) -> anyhow::Result<ProviderPart> {
+    let store = &app.store;
+    store
+        .create_list(PROVIDER_LIST, Some("rundbrief demo, two providers"))
+        .await?;
+    let mut import = store
+        .begin_import(
+            PROVIDER_LIST,
+            ImportOptions {
+                source: "rundbrief demo".into(),
+                ..ImportOptions::default()
+            },
+        )
+        .await?;
+    let mut rows = Vec::with_capacity(2 * PER_PROVIDER);
+    for i in 0..PER_PROVIDER {
+        for domain in [HEALTHY_DOMAIN, BLOCKING_DOMAIN] {
+            let email = format!("member{:04}@{domain}", i + 1);
+            rows.push(ImportRow {
+                line: rows.len() as u64 + 2,
+                address: Address::parse(&email)
+                    .with_context(|| format!("generated address {email}"))?,
+                name: Some(format!("Member {}", i + 1)),
+                attributes: Attributes::new(),
+            });
+        }
+    }
+    import.write_batch(rows).await?;
+    import.finish().await?;
+    store
+        .create_campaign(&NewCampaign {
+            name: PROVIDER_CAMPAIGN.into(),
+            lists: vec![PROVIDER_LIST.into()],
+            subject: SUBJECT.into(),
+            content: CONTENT.into(),
+            content_kind: rundbrief_core::ContentKind::Markdown,
+            layout: None,
+            from: None,
+            relay: None,
+        })
+        .await?;
+    let sink = Sink::new(SinkConfig {
+        rules: vec![Rule::refuse_after(
+            &format!(
+                "{ACCEPTED_BEFORE_BLOCK}:*@{BLOCKING_DOMAIN}=550 5.7.1 Service refused: \
+                 the sender's reputation is too low"
+            ),
+            false,
+        )?],
+        tls: SinkTls::Off,
+        ..SinkConfig::default()
+    })?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the second sink on 127.0.0.1")?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    // A provider refusing us refuses every message on one connection: more
+    // refusals than the default error budget, after which the sink would
+    // hang up (and the sends be deferrals, not refusals).
+    let limits = Limits {
+        max_errors: 100_000,
+        ..Limits::default()
+    };
+    let task = tokio::spawn(sink.run(listener, limits, stop.clone()));
+    let sent = app
+        .send_foreground(
+            PROVIDER_CAMPAIGN,
+            &SendOptions {
+                relay: Some(format!("smtp://{addr}")),
+                pool: Some(POOL),
+                insecure: false,
+                wait: false,
+                strict: false,
+            },
+            &CancellationToken::new(),
+            &|_, _| {},
+        )
+        .await;
+    stop.cancel();
+    task.await.context("the second sink failed")??;
+    sent.context("sending the second campaign")?;
+    let c = store.campaign(PROVIDER_CAMPAIGN).await?;
+    let status = rundbrief_app::campaigns::status(app, &c).await?;
+    let mut part = ProviderPart {
+        suspended: None,
+        held: 0,
+        healthy_sent: 0,
+        pruned: 0,
+    };
+    for p in status["providers"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or_default();
+        if p["state"] == "suspended" {
+            part.suspended = Some((
+                name.to_string(),
+                p["reason"].as_str().unwrap_or_default().to_string(),
+            ));
+            part.held = p["pending"].as_u64().unwrap_or(0);
+        }
+        if name == HEALTHY_DOMAIN {
+            part.healthy_sent = p["sent"].as_u64().unwrap_or(0);
+        }
+    }
+    part.pruned = store
+        .subscribers(&SubscriberQuery {
+            list: Some(PROVIDER_LIST.into()),
+            status: Some(StatusFilter::Subscriber(SubscriberStatus::Bounced)),
+            after: None,
+            limit: 0,
+        })
+        .await?
+        .len() as u64;
+    Ok(part)
 }
 
 /// Creates the list and imports `people` into it in import-sized batches,
@@ -877,6 +1050,22 @@ fn print_summary(
         "  elapsed                  {:>8.2} s  (bounces included)",
         s.elapsed_seconds
     );
+    if let Some(p) = &s.suspended_provider {
+        println!();
+        println!("second campaign `{PROVIDER_CAMPAIGN}`, to two providers:");
+        println!(
+            "  suspended                {p}: {}",
+            s.suspension_reason.as_deref().unwrap_or("")
+        );
+        println!(
+            "  held                     {:>6}  (wait for `campaign resume {PROVIDER_CAMPAIGN} --provider {p}`; nobody pruned)",
+            s.held_by_breaker
+        );
+        println!(
+            "  sent to {HEALTHY_DOMAIN:<16} {:>6}  (the other provider got all of its mail)",
+            s.sent_to_healthy_provider
+        );
+    }
     println!();
     let exe = program_name();
     let cd = format!("cd {}", shell_quote(&dir.display().to_string()));
@@ -894,6 +1083,7 @@ fn print_summary(
         println!("  {exe} campaign preview {CAMPAIGN} --to {addr}");
     }
     println!("  {exe} bounce ls");
+    println!("  {exe} campaign status {PROVIDER_CAMPAIGN}");
 }
 
 /// `rundbrief` when that is what the shell finds, else this binary's path
@@ -973,6 +1163,13 @@ fn demo_config(dir: &Path, secret: Secret) -> Config {
     // Greylisted deliveries come back after the shortest retry delay.
     cfg.sending.retry_base_secs = 1;
     cfg.sending.retry_max_secs = 2;
+    cfg.shaping.providers.insert(
+        BLOCKING_PROVIDER.into(),
+        rundbrief_core::config::ProviderConfig {
+            domains: vec![BLOCKING_DOMAIN.into()],
+            ..Default::default()
+        },
+    );
     cfg
 }
 
@@ -993,7 +1190,10 @@ fn write_config(dir: &Path, secret: &Secret) -> anyhow::Result<()> {
          # The demo's DNS responder has stopped: no domain check here, so\n\
          # no command in this directory asks a real resolver.\n\
          [dns]\n\
-         check = false\n"
+         check = false\n\n\
+         # The second campaign's provider that blocks us (a group of its own).\n\
+         [shaping.providers.{BLOCKING_PROVIDER}]\n\
+         domains = [\"{BLOCKING_DOMAIN}\"]\n"
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]

@@ -23,6 +23,12 @@ pub async fn run(a: &SinkArgs, json: bool) -> anyhow::Result<ExitCode> {
     for spec in &a.defer_once {
         rules.push(Rule::defer_first(spec, a.defer_times)?);
     }
+    for spec in &a.reject_after {
+        rules.push(Rule::refuse_after(spec, false)?);
+    }
+    for spec in &a.defer_after {
+        rules.push(Rule::refuse_after(spec, true)?);
+    }
     for spec in &a.bounce {
         rules.push(Rule::bounce(spec)?);
     }

@@ -342,6 +342,7 @@ impl Sink {
             stats: self.stats,
             dsn: dsn_tx,
             deferrals: Mutex::new(HashMap::new()),
+            passed: Mutex::new(HashMap::new()),
         });
         let result = crate::run(listener, server_cfg, handler, acceptor, stop).await;
         // Sessions are done: the handler (and with it the DSN sender) is dropped
@@ -393,6 +394,8 @@ struct SinkHandler {
     /// `--defer-once` deferrals so far, by (rule index, lower-cased address);
     /// at most [`MAX_DEFER_TRACKED`] entries.
     deferrals: Mutex<HashMap<(usize, String), u32>>,
+    /// `--reject-after`/`--defer-after` recipients seen so far, by rule index.
+    passed: Mutex<HashMap<usize, u64>>,
 }
 
 impl SinkHandler {
@@ -403,6 +406,20 @@ impl SinkHandler {
         self.cfg.rules.iter().enumerate().find_map(|(i, r)| {
             if !r.matches(address) {
                 return None;
+            }
+            if let RuleAction::RefuseAfter { after, .. } = r.action() {
+                let mut passed = self
+                    .passed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = passed.entry(i).or_default();
+                if *n < *after {
+                    if count {
+                        *n += 1;
+                    }
+                    return None;
+                }
+                return Some(r);
             }
             let RuleAction::DeferFirst { times, .. } = r.action() else {
                 return Some(r);
@@ -464,6 +481,15 @@ impl Handler for SinkHandler {
             }
             Some(RuleAction::Defer(reply) | RuleAction::DeferFirst { reply, .. }) => {
                 self.stats.bump(&self.stats.deferred, 1);
+                Decision::Reject(reply.clone())
+            }
+            Some(RuleAction::RefuseAfter { reply, .. }) => {
+                let counter = if reply.is_permanent() {
+                    &self.stats.rejected
+                } else {
+                    &self.stats.deferred
+                };
+                self.stats.bump(counter, 1);
                 Decision::Reject(reply.clone())
             }
             _ => Decision::Accept,

@@ -1,7 +1,10 @@
 //! The sink's rules, parsed from the command-line strings
 //! `PATTERN=550 5.1.1 User unknown` (`--reject`), `PATTERN=451 4.7.1 Try
 //! later` (`--defer`, and `--defer-once` which defers each recipient only its
-//! first N times), `PATTERN=5.1.1` (`--bounce`), and a bare `PATTERN`
+//! first N times), `N:PATTERN=550 5.7.1 …` (`--reject-after`,
+//! `--defer-after`: the first N recipients matching the pattern are let
+//! through, every later one refused, as a provider that starts blocking a
+//! sender mid-campaign), `PATTERN=5.1.1` (`--bounce`), and a bare `PATTERN`
 //! (`--auto-reply`, `--complain`).
 
 use std::fmt;
@@ -42,6 +45,15 @@ pub enum RuleAction {
         /// How many times each recipient is deferred (at least 1).
         times: u32,
     },
+    /// Let the first `after` recipients matching the pattern through
+    /// (counted per rule, over all addresses), then refuse every later one
+    /// at RCPT with this reply (5xx: `--reject-after`, 4xx: `--defer-after`).
+    RefuseAfter {
+        /// The 4xx or 5xx reply.
+        reply: Reply,
+        /// How many matching recipients pass first.
+        after: u64,
+    },
     /// Accept, then send an RFC 3464 DSN to the message's return path.
     Bounce {
         /// `Status:` of the DSN (5.x.x).
@@ -69,6 +81,8 @@ pub struct Rule {
 const REJECT_EXAMPLE: &str = "'*@dead.example=550 5.1.1 User unknown'";
 const DEFER_EXAMPLE: &str = "'*@slow.example=451 4.7.1 Try later'";
 const BOUNCE_EXAMPLE: &str = "'user1*@*=5.1.1' or '*@gone.example=5.2.1 Mailbox disabled'";
+const REJECT_AFTER_EXAMPLE: &str = "'20:*@blocky.example=550 5.7.1 Blocked for spam'";
+const DEFER_AFTER_EXAMPLE: &str = "'20:*@blocky.example=421 4.7.0 Try again later'";
 const AUTO_REPLY_EXAMPLE: &str = "'away*@*'";
 const COMPLAIN_EXAMPLE: &str = "'grumpy*@*'";
 
@@ -126,6 +140,52 @@ impl Rule {
             rule.action = RuleAction::DeferFirst { reply, times };
         }
         Ok(rule)
+    }
+
+    /// `--reject-after N:PATTERN=CODE [X.Y.Z] [TEXT]` (5xx) or, with
+    /// `defer`, `--defer-after` (4xx): the first N matching recipients
+    /// pass, later ones are refused.
+    ///
+    /// # Errors
+    /// [`RuleError`] naming the flag, the input and the problem.
+    pub fn refuse_after(spec: &str, defer: bool) -> Result<Self, RuleError> {
+        let (flag, example) = if defer {
+            ("defer-after", DEFER_AFTER_EXAMPLE)
+        } else {
+            ("reject-after", REJECT_AFTER_EXAMPLE)
+        };
+        let err = |reason: String| RuleError {
+            flag,
+            input: spec.to_owned(),
+            reason,
+            example,
+        };
+        let (n, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| err("missing `N:` before the pattern".to_owned()))?;
+        let after: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("`{}` is not a number of recipients", n.trim())))?;
+        let inner = if defer {
+            Self::defer(rest)
+        } else {
+            Self::reject(rest)
+        }
+        .map_err(|e| RuleError {
+            flag,
+            example,
+            input: spec.to_owned(),
+            ..e
+        })?;
+        let reply = match inner.action {
+            RuleAction::Reject(r) | RuleAction::Defer(r) => r,
+            _ => unreachable!("reject and defer build Reject and Defer"),
+        };
+        Ok(Self {
+            pattern: inner.pattern,
+            action: RuleAction::RefuseAfter { reply, after },
+        })
     }
 
     /// `--auto-reply PATTERN`: the whole argument is the pattern.
@@ -282,6 +342,9 @@ impl fmt::Display for Rule {
                     self.pattern
                 )
             }
+            RuleAction::RefuseAfter { reply, after } => {
+                write!(f, "refuse {} with {reply} after {after}", self.pattern)
+            }
             RuleAction::Bounce { status, .. } => write!(f, "bounce {} with {status}", self.pattern),
             RuleAction::AutoReply => write!(f, "auto-reply to mail for {}", self.pattern),
             RuleAction::Complain => write!(f, "complain about mail for {}", self.pattern),
@@ -398,6 +461,49 @@ mod tests {
         let c = Rule::complain("grumpy*@*").expect("valid");
         assert_eq!(c.action(), &RuleAction::Complain);
         assert_eq!(c.to_string(), "complain about mail for grumpy*@*");
+    }
+
+    #[test]
+    fn parses_refuse_after_rules() {
+        let r = Rule::refuse_after("20:*@blocky.example=550 5.7.1 Blocked", false).expect("valid");
+        assert_eq!(r.pattern(), "*@blocky.example");
+        assert!(
+            matches!(r.action(), RuleAction::RefuseAfter { reply, after: 20 } if reply.code() == 550)
+        );
+        let d = Rule::refuse_after("0:*@x=421 4.7.0 later", true).expect("valid");
+        assert!(matches!(
+            d.action(),
+            RuleAction::RefuseAfter { after: 0, .. }
+        ));
+        for (res, needle, flag) in [
+            (
+                Rule::refuse_after("*@x=550 5.7.1 no", false),
+                "N:",
+                "reject-after",
+            ),
+            (
+                Rule::refuse_after("x:*@x=550 5.7.1 no", false),
+                "not a number",
+                "reject-after",
+            ),
+            (
+                Rule::refuse_after("3:*@x=421 4.7.0 later", false),
+                "4xx",
+                "reject-after",
+            ),
+            (
+                Rule::refuse_after("3:*@x=550 5.7.1 no", true),
+                "5xx",
+                "defer-after",
+            ),
+        ] {
+            let e = res.expect_err("must fail");
+            assert_eq!(e.flag, flag);
+            assert!(
+                e.to_string().contains(needle),
+                "{e} should mention {needle}"
+            );
+        }
     }
 
     #[test]
