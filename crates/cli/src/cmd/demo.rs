@@ -378,6 +378,7 @@ pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         dns.mx(d, 3600, &[(10, &format!("mx.{d}"))]);
     }
     dns.mx(NULL_MX_DOMAIN, 3600, &[(0, ".")]);
+    dns.mx(BLOCKING_DOMAIN, 3600, &[(10, &format!("mx.{BLOCKING_DOMAIN}"))]);
     let mut cfg = demo_config(&dir, secret);
     cfg.dns.servers = vec![dns.addr().to_string()];
     cfg.dns.check = true;
@@ -720,6 +721,7 @@ async fn provider_part(app: &App) -> anyhow::Result<ProviderPart> {
                 insecure: false,
                 wait: false,
                 strict: false,
+                no_dns_check: false,
             },
             &CancellationToken::new(),
             &|_, _| {},
