@@ -393,6 +393,7 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
             &*app.shaping()?,
             &app.config,
             id,
+            c.campaign.state == CampaignState::Running,
             now,
         )
         .await?,

@@ -135,14 +135,24 @@ pub struct ProviderQueue {
     pub pending: u64,
     /// Deliveries accepted by the receiver.
     pub sent: u64,
-    /// The rate it is sent at now, messages per second (halved while slowed).
+    /// The rate it may be sent at now, messages per second (halved while
+    /// slowed, 0 while suspended): the contract's name.
+    pub rate: f64,
+    /// The same as `rate` (the name of the first release).
     pub rate_per_s: f64,
-    /// `ok`, `slowed` (a 421/4.7.x halved its rate) or `suspended` (the
+    /// `sending` (deliveries left and the campaign running), `waiting`
+    /// (nothing to send now: the campaign is not running or nothing is
+    /// left), `slowed` (a 421/4.7.x halved its rate) or `suspended` (the
     /// circuit breaker stopped it for this campaign).
     pub state: &'static str,
-    /// Why it is slowed or suspended; empty when `ok`.
+    /// Why it is waiting, slowed or suspended; empty while `sending`.
     pub reason: String,
 }
+
+/// A provider's state with deliveries left while the campaign runs.
+const SENDING: &str = "sending";
+/// A provider's state with nothing to send now.
+const WAITING: &str = "waiting";
 
 /// Domains read per status, most deliveries first; the rest are left out.
 const STATUS_DOMAINS: u64 = 2000;
@@ -159,6 +169,7 @@ pub async fn provider_queues(
     shaping: &Shaping,
     cfg: &Config,
     campaign_id: uuid::Uuid,
+    running: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<ProviderQueue>> {
     let mut by: Vec<ProviderQueue> = Vec::new();
@@ -177,8 +188,9 @@ pub async fn provider_queues(
                 name: name.to_string(),
                 pending: 0,
                 sent: 0,
+                rate: f64::from(rate),
                 rate_per_s: f64::from(rate),
-                state: "ok",
+                state: SENDING,
                 reason: String::new(),
             });
             by.len() - 1
@@ -195,8 +207,9 @@ pub async fn provider_queues(
                     name: s.provider.clone(),
                     pending: 0,
                     sent: 0,
+                    rate: 0.0,
                     rate_per_s: 0.0,
-                    state: "ok",
+                    state: SENDING,
                     reason: String::new(),
                 });
                 by.len() - 1
@@ -206,28 +219,40 @@ pub async fn provider_queues(
         match s.state {
             ProviderCondition::Suspended => {
                 q.state = "suspended";
+                q.rate = 0.0;
                 q.rate_per_s = 0.0;
                 q.reason = s.reason.clone();
             }
             ProviderCondition::Slowed if s.until.is_some_and(|t| t > now) => {
                 q.state = "slowed";
                 if let Some(r) = s.rate {
-                    q.rate_per_s = f64::from(r);
+                    q.rate = f64::from(r);
+                    q.rate_per_s = q.rate;
                 }
                 q.reason = s.reason.clone();
             }
             ProviderCondition::Slowed => {}
         }
     }
+    for q in by.iter_mut().filter(|q| q.state == SENDING) {
+        if q.pending == 0 {
+            q.state = WAITING;
+            q.reason = "nothing left to send".into();
+        } else if !running {
+            q.state = WAITING;
+            q.reason = "the campaign is not running".into();
+        }
+    }
+    let held_back = |q: &ProviderQueue| q.state == "slowed" || q.state == "suspended";
     by.sort_by(|a, b| {
-        (b.state != "ok")
-            .cmp(&(a.state != "ok"))
+        held_back(b)
+            .cmp(&held_back(a))
             .then((b.pending + b.sent).cmp(&(a.pending + a.sent)))
             .then(a.name.cmp(&b.name))
     });
     let keep = by
         .iter()
-        .filter(|q| q.state != "ok")
+        .filter(|q| held_back(q))
         .count()
         .max(STATUS_PROVIDERS);
     by.truncate(keep);

