@@ -440,7 +440,7 @@ static LIST_REFUSAL_SET: std::sync::LazyLock<aho_corasick::AhoCorasick> =
 /// with refusal words in the subject or the text. Not a bounce in form (no daemon
 /// sender, no bounce prose), so [`looks_like_bounce`] does not see it.
 pub fn is_list_refusal(view: &View, report_lower: &str) -> bool {
-    let local = view.from_addr.split('@').next().unwrap_or("");
+    let local = view.from_local();
     let list_sender = LIST_SENDER_ENDS.iter().any(|e| local.ends_with(e))
         || LIST_SENDER_STARTS.iter().any(|s| local.starts_with(s));
     list_sender
@@ -466,7 +466,7 @@ pub fn looks_like_bounce(view: &View, x_failed: bool, report_lower: &str) -> boo
     if x_failed {
         return true;
     }
-    let local = view.from_addr.split('@').next().unwrap_or("");
+    let local = view.from_local();
     let daemon = view.from_addr.is_empty()
         || DAEMON_LOCALS
             .iter()

@@ -263,6 +263,11 @@ fn cut_original(text: &str) -> (usize, Option<usize>) {
 }
 
 impl<'a> View<'a> {
+    /// The local part of the From address (`mailer-daemon`), lower-cased.
+    pub fn from_local(&self) -> &str {
+        self.from_addr.split('@').next().unwrap_or("")
+    }
+
     /// Walks `msg` (top level only: parts of the returned message are its own).
     pub(crate) fn build(walked: &'a Walked<'_>) -> View<'a> {
         let msg = &walked.msg;
