@@ -359,12 +359,22 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
         }
         None => serde_json::Value::Null,
     };
-    if c.campaign.state == CampaignState::Running {
-        let window = 60;
-        let recent = store
-            .outcomes_since(id, now - chrono::Duration::seconds(window))
+    // Why the circuit breaker paused it (null otherwise), and the queue
+    // per mailbox provider with what holds each back.
+    v["paused_reason"] = store.campaign_paused_reason(id).await?.into();
+    let running = c.campaign.state == CampaignState::Running;
+    let providers =
+        crate::shaping::provider_queues(store, &*app.shaping()?, &app.config, id, running, now)
             .await?;
-        let rate = recent as f64 / window as f64;
+    if running {
+        // The rate over the last minute, or over the time since the first
+        // outcome in it when the campaign started less than a minute ago.
+        let since = now - chrono::Duration::seconds(RATE_WINDOW_S);
+        let (recent, first) = store.outcomes_since(id, since).await?;
+        let span = first.map_or(RATE_WINDOW_S as f64, |f| {
+            ((now - f).num_milliseconds() as f64 / 1000.0).clamp(1.0, RATE_WINDOW_S as f64)
+        });
+        let rate = recent as f64 / span;
         v["rate_per_s"] = rate.into();
         let sched = store.campaign_schedule(id).await?;
         let send_window = match (&sched.schedule.window_start, &sched.schedule.window_end) {
@@ -372,33 +382,67 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
             _ => None,
         }
         .zip(rundbrief_scheduler::parse_tz(sched.schedule.tz.as_deref().unwrap_or("UTC")).ok());
-        if let Some(eta) = estimate_finish(now, (rate > 0.0).then_some(rate), &groups, send_window)
-        {
-            v["eta"] = eta
-                .at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                .into();
-            v["eta_s"] = ((eta.at - now).num_milliseconds().max(0) as u64)
+        let eta = estimate_finish(now, (rate > 0.0).then_some(rate), &groups, send_window);
+        let bound = rate_bound(now, &providers, app.config.sending.rate);
+        let eta = match (eta, bound) {
+            (Some(e), Some(b)) if b.0 > e.at => Some((b.0, b.1)),
+            (None, Some(b)) => Some((b.0, b.1)),
+            (e, _) => e.map(|e| (e.at, e.reason.to_string())),
+        };
+        if let Some((at, reason)) = eta {
+            v["eta"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+            v["eta_s"] = ((at - now).num_milliseconds().max(0) as u64)
                 .div_ceil(1000)
                 .into();
-            v["eta_reason"] = eta.reason.into();
+            v["eta_reason"] = reason.into();
         }
     }
-    // Why the circuit breaker paused it (null otherwise), and the queue
-    // per mailbox provider with what holds each back.
-    v["paused_reason"] = store.campaign_paused_reason(id).await?.into();
-    v["providers"] = serde_json::to_value(
-        crate::shaping::provider_queues(
-            store,
-            &*app.shaping()?,
-            &app.config,
-            id,
-            c.campaign.state == CampaignState::Running,
-            now,
-        )
-        .await?,
-    )?;
+    v["providers"] = serde_json::to_value(providers)?;
     Ok(v)
+}
+
+/// The window `rate_per_s` is measured over, seconds.
+const RATE_WINDOW_S: i64 = 60;
+
+/// The earliest finish the configured rates allow: each provider's
+/// deliveries left at the rate it may be sent at now (`rate`, halved while
+/// slowed; a suspended provider waits for `resume` and is left out), and
+/// everything left at the global `[sending] rate`. The measured rate alone
+/// is too hopeful while a fast provider still hides a slow one's queue:
+/// when the fast one is done, the slow one sets the pace.
+pub fn rate_bound(
+    now: DateTime<Utc>,
+    providers: &[crate::shaping::ProviderQueue],
+    global_rate: u32,
+) -> Option<(DateTime<Utc>, String)> {
+    let live = || {
+        providers
+            .iter()
+            .filter(|q| q.pending > 0 && q.state != "suspended")
+    };
+    let mut best: Option<(f64, String)> = None;
+    for q in live().filter(|q| q.rate > 0.0) {
+        let secs = q.pending as f64 / q.rate;
+        if best.as_ref().is_none_or(|(b, _)| secs > *b) {
+            best = Some((
+                secs,
+                format!("provider rate ({} at {} msg/s)", q.name, q.rate),
+            ));
+        }
+    }
+    let left: u64 = live().map(|q| q.pending).sum();
+    if global_rate > 0 && left > 0 {
+        let secs = left as f64 / f64::from(global_rate);
+        if best.as_ref().is_none_or(|(b, _)| secs > *b) {
+            best = Some((secs, format!("rate ([sending] rate {global_rate} msg/s)")));
+        }
+    }
+    best.map(|(secs, why)| {
+        (
+            now + chrono::Duration::milliseconds((secs * 1000.0).ceil() as i64),
+            why,
+        )
+    })
 }
 
 /// When a campaign is expected to finish, and what bounds it.
@@ -494,6 +538,34 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_slowest_provider_bounds_the_finish() {
+        let now = utc("2026-12-03T10:00:00Z");
+        let q = |name: &str, pending, rate, state| crate::shaping::ProviderQueue {
+            name: name.into(),
+            pending,
+            sent: 0,
+            rate,
+            rate_per_s: rate,
+            state,
+            reason: String::new(),
+        };
+        let providers = [
+            q("google", 1000, 100.0, "sending"),
+            q("slow.example", 600, 10.0, "slowed"),
+            q("held.example", 1_000_000, 0.0, "suspended"),
+        ];
+        // 600 at 10/s: 60 s, more than 1000 at 100/s or 1600 at 1000/s.
+        let (at, why) = rate_bound(now, &providers, 1000).unwrap();
+        assert_eq!(at, utc("2026-12-03T10:01:00Z"));
+        assert!(why.contains("slow.example"), "{why}");
+        // A global rate of 20/s: 1600 left take 80 s.
+        let (at, why) = rate_bound(now, &providers, 20).unwrap();
+        assert_eq!(at, utc("2026-12-03T10:01:20Z"));
+        assert!(why.starts_with("rate"), "{why}");
+        assert_eq!(rate_bound(now, &providers[2..], 20), None);
     }
 
     #[test]

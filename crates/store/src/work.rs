@@ -782,15 +782,22 @@ impl Store {
         })
     }
 
-    /// Final outcomes recorded for the campaign since `since` (for the
-    /// current rate in `campaign status`).
-    pub async fn outcomes_since(&self, campaign_id: Uuid, since: DateTime<Utc>) -> Result<u64> {
+    /// Outcomes (sent, rejected, failed, bounced) recorded since `since`,
+    /// and when the first of them was: the rate over a window that began
+    /// after `since` (a campaign that started 10 s ago) is counted over
+    /// its real length.
+    pub async fn outcomes_since(
+        &self,
+        campaign_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<(u64, Option<DateTime<Utc>>)> {
         #[derive(FromQueryResult)]
         struct N {
             n: i64,
+            first: Option<DateTime<Utc>>,
         }
         let n = N::find_by_statement(self.stmt(
-            "SELECT COUNT(*) AS n FROM deliveries WHERE campaign_id = ? AND updated_at >= ? AND state IN (?, ?, ?, ?)",
+            "SELECT COUNT(*) AS n, MIN(updated_at) AS first FROM deliveries WHERE campaign_id = ? AND updated_at >= ? AND state IN (?, ?, ?, ?)",
             vec![
                 campaign_id.into(),
                 since.into(),
@@ -803,7 +810,7 @@ impl Store {
         .one(&self.db)
         .await
         .doing("counting recent outcomes")?;
-        Ok(n.map_or(0, |n| n.n as u64))
+        Ok(n.map_or((0, None), |n| (n.n as u64, n.first)))
     }
 
     /// `campaign edit`: changes a draft's content; `None` keeps a field.
