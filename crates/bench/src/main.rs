@@ -17,6 +17,7 @@
 
 mod campaign;
 mod endpoint;
+mod eta;
 mod postfix;
 mod render;
 mod send;
@@ -84,6 +85,13 @@ enum What {
         /// Skip the SQLite run (PostgreSQL only).
         #[arg(long)]
         no_sqlite: bool,
+    },
+    /// How far `campaign status`'s ETA is from the real finish at 25, 50 and
+    /// 75 % of a throttled campaign to `rundbrief sink` (SQLite, PostgreSQL).
+    Eta {
+        /// Recipients (default 20,000).
+        #[arg(long)]
+        recipients: Option<u64>,
     },
 }
 
@@ -155,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             recipients,
             no_sqlite,
         } => campaign::run(&args, *recipients, *no_sqlite, &mut figures)?,
+        What::Eta { recipients } => eta::run(&args, *recipients, &mut figures)?,
     }
     println!("\n{:<60} {:>10} {:<7} note", "figure", "value", "unit");
     for f in &figures {

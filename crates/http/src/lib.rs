@@ -430,7 +430,8 @@ async fn subscribe(
         }
         Err(e) => return failed(&e),
     };
-    let key = rundbrief_core::Address::parse(&job.email).map_or_else(|_| job.email.clone(), |a| a.key());
+    let key =
+        rundbrief_core::Address::parse(&job.email).map_or_else(|_| job.email.clone(), |a| a.key());
     if app.0.limits.check_address(&key).is_err() {
         tracing::info!(subscriber = %job.subscriber_id, "confirmation mail limit reached for this address; none sent");
     } else if let Some(outbox) = &app.0.outbox {

@@ -102,7 +102,11 @@ struct Server {
 
 impl Server {
     async fn start(store: &Store, cfg: HttpConfig) -> Server {
-        let state = AppState::new(rundbrief_app::members::Members::new(store.clone(), signer()), cfg, None);
+        let state = AppState::new(
+            rundbrief_app::members::Members::new(store.clone(), signer()),
+            cfg,
+            None,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -3,11 +3,11 @@
 //! confirmation mail going to an in-process sink.
 
 use base64::Engine;
+use rundbrief_app::members::Members;
 use rundbrief_core::config::HttpConfig;
 use rundbrief_core::{
     Actor, Address, Attributes, AuditAction, MembershipStatus, Purpose, Secret, Signer, Verp,
 };
-use rundbrief_app::members::Members;
 use rundbrief_http::{AppState, Mailer};
 use rundbrief_smtpd::sink::{Sink, SinkConfig, SinkStats, SinkTls};
 use rundbrief_store::{ConnectConfig, NewCampaign, Store};

@@ -378,7 +378,11 @@ pub async fn run(a: &DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
         dns.mx(d, 3600, &[(10, &format!("mx.{d}"))]);
     }
     dns.mx(NULL_MX_DOMAIN, 3600, &[(0, ".")]);
-    dns.mx(BLOCKING_DOMAIN, 3600, &[(10, &format!("mx.{BLOCKING_DOMAIN}"))]);
+    dns.mx(
+        BLOCKING_DOMAIN,
+        3600,
+        &[(10, &format!("mx.{BLOCKING_DOMAIN}"))],
+    );
     let mut cfg = demo_config(&dir, secret);
     cfg.dns.servers = vec![dns.addr().to_string()];
     cfg.dns.check = true;
@@ -1237,7 +1241,14 @@ mod tests {
         assert_eq!(count(Fate::Refused), p.refused);
         assert_eq!(
             count(Fate::Live),
-            60 - p.dead() - p.greylisted - p.refused - p.filtered - p.full - p.no_domain - p.null_mx - 2
+            60 - p.dead()
+                - p.greylisted
+                - p.refused
+                - p.filtered
+                - p.full
+                - p.no_domain
+                - p.null_mx
+                - 2
         );
         let rules = sink_rules().expect("valid rules");
         for person in &a {
