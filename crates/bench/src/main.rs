@@ -18,6 +18,7 @@
 mod campaign;
 mod endpoint;
 mod eta;
+mod import_dns;
 mod postfix;
 mod render;
 mod send;
@@ -85,6 +86,16 @@ enum What {
         /// Skip the SQLite run (PostgreSQL only).
         #[arg(long)]
         no_sqlite: bool,
+    },
+    /// Import rows/s with the recipient-domain check on and off, against a
+    /// loopback DNS responder (SQLite, PostgreSQL).
+    ImportDns {
+        /// Rows (default 1,000,000; 100,000 with --quick).
+        #[arg(long)]
+        rows: Option<u64>,
+        /// Distinct domains (default 50,000).
+        #[arg(long)]
+        domains: Option<u64>,
     },
     /// How far `campaign status`'s ETA is from the real finish at 25, 50 and
     /// 75 % of a throttled campaign to `rundbrief sink` (SQLite, PostgreSQL).
@@ -163,6 +174,9 @@ fn main() -> anyhow::Result<()> {
             recipients,
             no_sqlite,
         } => campaign::run(&args, *recipients, *no_sqlite, &mut figures)?,
+        What::ImportDns { rows, domains } => {
+            import_dns::run(&args, *rows, *domains, &mut figures)?;
+        }
         What::Eta { recipients } => eta::run(&args, *recipients, &mut figures)?,
     }
     println!("\n{:<60} {:>10} {:<7} note", "figure", "value", "unit");
