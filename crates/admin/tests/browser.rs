@@ -244,7 +244,11 @@ async fn check_layout(b: &Client, base: &str, path: &str, width: u32, name: &str
         .unwrap();
     let n = |i: usize| v[i].as_u64().unwrap();
     let (inner, scroll, height) = (n(0), n(1), n(2));
-    assert_eq!(inner, u64::from(width), "{path}: the viewport is {width} px");
+    assert_eq!(
+        inner,
+        u64::from(width),
+        "{path}: the viewport is {width} px"
+    );
     assert!(
         scroll <= inner,
         "{path} at {width} px scrolls sideways: scrollWidth {scroll} > innerWidth {inner}"
@@ -439,7 +443,13 @@ impl Dashboard {
     }
 
     async fn state(&self) -> CampaignState {
-        self.app.store.campaign("spring").await.unwrap().campaign.state
+        self.app
+            .store
+            .campaign("spring")
+            .await
+            .unwrap()
+            .campaign
+            .state
     }
 
     async fn subscriber_status(&self, email: &str) -> String {
@@ -463,7 +473,10 @@ async fn keyboard_login(b: &Client, base: &str) {
         Some("username"),
         "the login form has the focus"
     );
-    focused.send_keys(&format!("ann{}", Key::Tab)).await.unwrap();
+    focused
+        .send_keys(&format!("ann{}", Key::Tab))
+        .await
+        .unwrap();
     let focused = b.active_element().await.unwrap();
     assert_eq!(
         focused.attr("id").await.unwrap().as_deref(),
@@ -523,10 +536,17 @@ async fn a_campaign_is_watched_paused_and_resumed_to_100_percent() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     b.refresh().await.unwrap();
     let (later, _) = done_of(&page_text(&b).await);
-    assert!(later < total, "nothing sends while paused: {later} of {total}");
+    assert!(
+        later < total,
+        "nothing sends while paused: {later} of {total}"
+    );
     let sent_while_paused = d.sink.messages();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(d.sink.messages(), sent_while_paused, "the sink hears nothing");
+    assert_eq!(
+        d.sink.messages(),
+        sent_while_paused,
+        "the sink hears nothing"
+    );
 
     // Resume; the page reloads itself while the campaign runs.
     press(&b, "Resume").await;

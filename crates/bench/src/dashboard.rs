@@ -22,6 +22,76 @@ const PASSWORD: &str = "bench password 1234";
 /// Messages per second `serve` sends the live campaign at: steady load
 /// while the pages are measured.
 const LIVE_RATE: u32 = 200;
+/// Time one route may take to sample: a slow page gets fewer requests.
+const ROUTE_BUDGET: Duration = Duration::from_secs(90);
+
+/// The statements behind the campaign page and the status API (crates/store:
+/// `campaign_counts`, `campaign_errors`, `campaign_domain_counts` via
+/// `provider_queues`, `pending_by_due`, `outcomes_since`) and the overview's
+/// list counts, for the finished campaign `done`: each is timed once with
+/// EXPLAIN ANALYZE after the measurements, to say which one is slow.
+const EXPLAINED: &[(&str, &str)] = &[
+    (
+        "campaign_counts",
+        "SELECT state, COUNT(*) AS n FROM deliveries WHERE campaign_id = $C GROUP BY state",
+    ),
+    (
+        "campaign_errors",
+        "SELECT state, last_error, COUNT(*) AS n FROM deliveries WHERE campaign_id = $C \
+         AND state IN ('failed','bounced','rejected','deferred') \
+         GROUP BY state, last_error ORDER BY n DESC, state, last_error LIMIT 5",
+    ),
+    (
+        "campaign_domain_counts",
+        "SELECT split_part(email, '@', 2) AS domain, \
+         SUM(CASE WHEN state IN ('pending','sending','deferred') THEN 1 ELSE 0 END) AS pending, \
+         SUM(CASE WHEN state = 'sent' THEN 1 ELSE 0 END) AS sent \
+         FROM deliveries WHERE campaign_id = $C GROUP BY split_part(email, '@', 2) \
+         ORDER BY COUNT(*) DESC, split_part(email, '@', 2) LIMIT 10",
+    ),
+    (
+        "pending_by_due",
+        "SELECT next_attempt_at AS t, COUNT(*) AS n FROM deliveries WHERE campaign_id = $C \
+         AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at < now()) \
+         GROUP BY next_attempt_at",
+    ),
+    (
+        "outcomes_since",
+        "SELECT COUNT(*) AS n FROM deliveries WHERE campaign_id = $C \
+         AND updated_at >= now() - interval '60 seconds' \
+         AND state IN ('sent','failed','bounced','rejected')",
+    ),
+    (
+        "list member counts (overview)",
+        "SELECT list_id, status, COUNT(*) FROM memberships GROUP BY list_id, status",
+    ),
+];
+
+/// "Execution Time" of EXPLAIN ANALYZE of each of [`EXPLAINED`], in ms,
+/// with the plan's top line.
+fn explain(url: &str, campaign: &str) -> anyhow::Result<Vec<(&'static str, f64, String)>> {
+    let id = format!("(SELECT id FROM campaigns WHERE name = '{campaign}')");
+    let mut out = Vec::new();
+    for (name, sql) in EXPLAINED {
+        let plan = psql(
+            url,
+            &format!("EXPLAIN (ANALYZE, BUFFERS) {}", sql.replace("$C", &id)),
+        )?;
+        let ms = plan
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Execution Time: "))
+            .and_then(|t| t.trim_end_matches(" ms").parse().ok())
+            .unwrap_or(f64::NAN);
+        let top = plan
+            .lines()
+            .find(|l| l.contains("Scan"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        out.push((*name, ms, top));
+    }
+    Ok(out)
+}
 
 /// A child process killed when dropped (also when the figure fails).
 struct Running(Child, &'static str);
@@ -137,7 +207,10 @@ fn cookie(head: &str, name: &str) -> Option<String> {
 fn login(port: u16) -> anyhow::Result<String> {
     let (_, head, body) = http(port, "GET", "/login", &[], "")?;
     let pre = cookie(&head, "rb_login").context("no rb_login cookie")?;
-    let at = body.find("name=\"csrf\" value=\"").context("no CSRF field")? + 19;
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .context("no CSRF field")?
+        + 19;
     let csrf = body[at..].split('"').next().unwrap_or_default();
     let form = format!(
         "username=ann&password={}&csrf={csrf}",
@@ -150,18 +223,26 @@ fn login(port: u16) -> anyhow::Result<String> {
     cookie(&head, "rb_session").context("no session cookie after login")
 }
 
-/// Latencies of `n` sequential requests, in ms, sorted.
+/// Latencies of `n` sequential requests (fewer when they take more than
+/// [`ROUTE_BUDGET`], at least 20), in ms, sorted.
 fn sample(port: u16, path: &str, auth: (&str, &str), n: usize) -> anyhow::Result<Vec<f64>> {
     for _ in 0..5 {
         http(port, "GET", path, &[auth], "")?;
     }
     let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
+    let started = Instant::now();
+    for i in 0..n {
+        if i >= 20 && started.elapsed() > ROUTE_BUDGET {
+            break;
+        }
         let t = Instant::now();
         let (status, _, body) = http(port, "GET", path, &[auth], "")?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         if status != 200 {
-            bail!("GET {path} answered {status}: {}", &body[..body.len().min(300)]);
+            bail!(
+                "GET {path} answered {status}: {}",
+                &body[..body.len().min(300)]
+            );
         }
     }
     ms.sort_by(f64::total_cmp);
@@ -208,7 +289,10 @@ pub(crate) fn run(
         &url,
         &format!("rate = {LIVE_RATE}\ndomain_rate = {LIVE_RATE}\ndomain_concurrency = 16\n"),
     )?;
-    std::fs::write(dir.join("news.md"), "# News\n\nHello {{subscriber.name}}.\n")?;
+    std::fs::write(
+        dir.join("news.md"),
+        "# News\n\nHello {{subscriber.name}}.\n",
+    )?;
 
     // The schema (any command migrates), the lists and the two campaigns.
     for args in [
@@ -239,7 +323,9 @@ pub(crate) fn run(
         Some(&format!("{PASSWORD}\n")),
     )?;
     let key: serde_json::Value = serde_json::from_str(&ok(
-        rb(&dir, &url)?.args(["admin", "key", "create", "bench", "--scope", "read", "--json"]),
+        rb(&dir, &url)?.args([
+            "admin", "key", "create", "bench", "--scope", "read", "--json",
+        ]),
         None,
     )?)?;
     let key = format!("Bearer {}", key["key"].as_str().context("no key printed")?);
@@ -290,7 +376,12 @@ pub(crate) fn run(
     let sink_port = free_port()?;
     let mut sink = Running(
         rb(&dir, &url)?
-            .args(["sink", "--no-tls", "--listen", &format!("127.0.0.1:{sink_port}")])
+            .args([
+                "sink",
+                "--no-tls",
+                "--listen",
+                &format!("127.0.0.1:{sink_port}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -344,19 +435,35 @@ pub(crate) fn run(
         ("/".into(), ("Cookie", session.as_str())),
         ("/campaigns/done".into(), ("Cookie", session.as_str())),
         ("/campaigns/live".into(), ("Cookie", session.as_str())),
-        (format!("/subscribers/{someone}"), ("Cookie", session.as_str())),
+        (
+            format!("/subscribers/{someone}"),
+            ("Cookie", session.as_str()),
+        ),
         ("/bounces".into(), ("Cookie", session.as_str())),
-        ("/api/v1/campaigns/done".into(), ("Authorization", key.as_str())),
-        ("/api/v1/campaigns/live".into(), ("Authorization", key.as_str())),
+        (
+            "/api/v1/campaigns/done".into(),
+            ("Authorization", key.as_str()),
+        ),
+        (
+            "/api/v1/campaigns/live".into(),
+            ("Authorization", key.as_str()),
+        ),
     ];
     let mut table = Vec::new();
     for (path, auth) in &routes {
         eprintln!("dashboard: {requests} × GET {path} …");
         let ms = sample(port, path, *auth, requests)?;
-        table.push((path.clone(), pct(&ms, 0.5), pct(&ms, 0.95), ms[ms.len() - 1]));
+        table.push((
+            path.clone(),
+            ms.len(),
+            pct(&ms, 0.5),
+            pct(&ms, 0.95),
+            ms[ms.len() - 1],
+        ));
     }
     let secs = t.elapsed().as_secs_f64();
     let sent_during = sent(port, &key, "live")?.saturating_sub(sent_before);
+    let explained = explain(&url, "done")?;
     drop(serve);
     drop(sink);
 
@@ -366,11 +473,11 @@ pub(crate) fn run(
         sent_during as f64 / secs
     );
     println!(
-        "{:<50} {:>9} {:>9} {:>9}",
-        "route", "p50 ms", "p95 ms", "max ms"
+        "{:<50} {:>8} {:>9} {:>9} {:>9}",
+        "route", "requests", "p50 ms", "p95 ms", "max ms"
     );
-    for (path, p50, p95, max) in &table {
-        println!("{path:<50} {p50:>9.1} {p95:>9.1} {max:>9.1}");
+    for (path, count, p50, p95, max) in &table {
+        println!("{path:<50} {count:>8} {p50:>9.1} {p95:>9.1} {max:>9.1}");
         let shown = path.replace(&someone, "EMAIL");
         figures.push(Figure::new(
             format!("dashboard {n}: GET {shown} p50"),
@@ -387,6 +494,10 @@ pub(crate) fn run(
                 if *p95 > 100.0 { " (missed)" } else { "" }
             ),
         ));
+    }
+    println!("\nthe statements of the campaign page for `done` ({n} deliveries), EXPLAIN ANALYZE:");
+    for (name, ms, top) in &explained {
+        println!("{name:<32} {ms:>9.1} ms  {top}");
     }
     figures.push(Figure::new(
         format!("dashboard {n}: bulk load"),
