@@ -84,7 +84,9 @@ fn explain(url: &str, campaign: &str) -> anyhow::Result<Vec<(&'static str, f64, 
             .unwrap_or(f64::NAN);
         let top = plan
             .lines()
-            .find(|l| l.contains("Scan"))
+            .find(|l| {
+                l.contains("Scan") && (l.contains(" deliveries") || l.contains(" memberships"))
+            })
             .unwrap_or_default()
             .trim()
             .to_string();
