@@ -16,6 +16,7 @@
 //! the figure that needed it is done, also when that figure fails.
 
 mod campaign;
+mod dashboard;
 mod endpoint;
 mod eta;
 mod import_dns;
@@ -104,6 +105,22 @@ enum What {
         #[arg(long)]
         recipients: Option<u64>,
     },
+    /// Dashboard latency (p50/p95/max per route) on PostgreSQL with N
+    /// subscribers and a finished N-delivery campaign, while `rundbrief
+    /// serve` sends another campaign to `rundbrief sink`. Not part of `all`.
+    Dashboard {
+        /// Subscribers and deliveries of the finished campaign (default
+        /// 1,000,000; 100,000 with --quick).
+        #[arg(long)]
+        subscribers: Option<u64>,
+        /// Recipients of the campaign sent during the measurements (default
+        /// 100,000, at most --subscribers).
+        #[arg(long)]
+        live: Option<u64>,
+        /// Requests per route.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
 }
 
 /// One figure group: appends its rows to the table.
@@ -178,11 +195,18 @@ fn main() -> anyhow::Result<()> {
             import_dns::run(&args, *rows, *domains, &mut figures)?;
         }
         What::Eta { recipients } => eta::run(&args, *recipients, &mut figures)?,
+    },
+        What::Dashboard {
+            subscribers,
+            live,
+            requests,
+        } => dashboard::run(&args, *subscribers, *live, *requests, &mut figures)?,
     }
     println!("\n{:<60} {:>10} {:<7} note", "figure", "value", "unit");
     for f in &figures {
         let decimals = match f.unit {
             "ratio" => 2,
+            "ms" => 1,
             "msg/s" | "rows/s" | "DSN/s" if f.value >= 100.0 => 0,
             _ => 1,
         };
