@@ -92,6 +92,191 @@ pub async fn lists(State(state): State<AdminState>, headers: HeaderMap) -> Respo
     }
 }
 
+/// `GET /api/v1/lists/{list}`: one list with its counts (a row of `list ls --json`).
+pub async fn list(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&state, &headers).await {
+        return r;
+    }
+    let store = &state.app().store;
+    let found: rundbrief_app::Result<_> = async {
+        let l = store.list(&name).await?;
+        store
+            .list_summaries()
+            .await?
+            .into_iter()
+            .find(|s| s.list.id == l.id)
+            .ok_or_else(|| AppError::not_found(format!("no list `{name}`")))
+    }
+    .await;
+    match found {
+        Ok(l) => json(StatusCode::OK, &serde_json::to_value(l).unwrap_or_default()),
+        Err(e) => app_error(&e),
+    }
+}
+
+/// The body of `POST /api/v1/lists/{list}/members`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    attributes: serde_json::Map<String, serde_json::Value>,
+    /// Bring back an unsubscribed or bounced subscriber (`sub add --resubscribe`).
+    #[serde(default)]
+    resubscribe: bool,
+    /// Double opt-in: leave the membership unconfirmed and send the
+    /// confirmation mail (`sub add --confirm`; needs a configured relay).
+    #[serde(default)]
+    confirm: bool,
+}
+
+/// `POST /api/v1/lists/{list}/members` (write scope), JSON `{"email",
+/// "name", "attributes", "resubscribe", "confirm"}`: subscribes the address
+/// as `sub add` does (201 with `{email, list, status, outcome}`), or with
+/// `confirm` sends the double opt-in mail (202 with `{email, list,
+/// status: "unconfirmed", confirmation_sent}`). Audited with the key's name.
+pub async fn add_member(
+    State(state): State<AdminState>,
+    Path(list): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let key = match writer(&state, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let m: NewMember = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!(
+                    "the body must be JSON {{\"email\": …, \"name\": …, \"attributes\": {{…}}}}: {e}"
+                ),
+            );
+        }
+    };
+    let app = state.app();
+    let actor = format!("key:{key}");
+    let reason = format!("API, key {key}");
+    if m.confirm {
+        let sent: rundbrief_app::Result<bool> = async {
+            let mailer = app.confirm_mailer(None)?.ok_or_else(|| {
+                AppError::invalid(
+                    "confirm needs a relay for the confirmation mail: set `relay` in rundbrief.toml or RUNDBRIEF_RELAY",
+                )
+            })?;
+            let requested = app
+                .members()?
+                .request(&list, &m.email, m.name.as_deref(), false, rundbrief_core::Actor::Admin, &reason)
+                .await?;
+            let sent = match requested {
+                rundbrief_app::members::Requested::Confirm(job) => {
+                    let r = mailer.send(&job).await;
+                    mailer.shutdown().await;
+                    r?;
+                    true
+                }
+                rundbrief_app::members::Requested::Nothing => false,
+            };
+            Ok(sent)
+        }
+        .await;
+        return match sent {
+            Ok(sent) => {
+                state
+                    .audit(&actor, "member-request", &list, m.email.trim())
+                    .await;
+                json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({"email": m.email.trim(), "list": list, "status": "unconfirmed", "confirmation_sent": sent}),
+                )
+            }
+            Err(e) => app_error(&e),
+        };
+    }
+    match rundbrief_app::members::add(
+        &app.store,
+        &list,
+        &m.email,
+        m.name.as_deref(),
+        m.attributes,
+        m.resubscribe,
+        rundbrief_core::Actor::Admin,
+        &reason,
+    )
+    .await
+    {
+        Ok((addr, out)) => {
+            state
+                .audit(&actor, "member-add", &list, addr.as_str())
+                .await;
+            let status = if out.created || out.joined || out.restored {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                &serde_json::json!({"email": addr.as_str(), "list": list, "status": "subscribed", "outcome": out}),
+            )
+        }
+        Err(e) => app_error(&e),
+    }
+}
+
+/// `DELETE /api/v1/lists/{list}/members/{email}` (write scope): unsubscribes
+/// the address from that list (`sub unsubscribe EMAIL --list L`), audited
+/// on the subscriber with actor `admin` and the key's name. 200 with
+/// `{email, list, action: "unsubscribed", changed}`.
+pub async fn remove_member(
+    State(state): State<AdminState>,
+    Path((list, email)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let key = match writer(&state, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let addr = match Address::parse(email.trim()) {
+        Ok(a) => a,
+        Err(e) => {
+            return app_error(
+                &AppError::from(e).context(format!("`{}` is not an e-mail address", email.trim())),
+            );
+        }
+    };
+    let why = format!("API, key {key}");
+    match state
+        .app()
+        .store
+        .unsubscribe(&addr, Some(&list), rundbrief_core::Actor::Admin, &why)
+        .await
+    {
+        Ok(changed) => {
+            state
+                .audit(
+                    &format!("key:{key}"),
+                    "member-unsubscribe",
+                    &list,
+                    addr.as_str(),
+                )
+                .await;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"email": addr.as_str(), "list": list, "action": "unsubscribed", "changed": changed}),
+            )
+        }
+        Err(e) => app_error(&e.into()),
+    }
+}
+
 /// `GET /api/v1/campaigns`: every campaign, as `campaign ls --json` prints them.
 pub async fn campaigns(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = caller(&state, &headers).await {
@@ -297,6 +482,7 @@ pub async fn not_found(State(state): State<AdminState>, headers: HeaderMap) -> R
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/lists"),
+    ("get", "/api/v1/lists/{list}"),
     ("get", "/api/v1/campaigns"),
     ("get", "/api/v1/campaigns/{name}"),
     ("post", "/api/v1/campaigns/{name}/pause"),
@@ -304,6 +490,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/campaigns/{name}/retry-failed"),
     ("post", "/api/v1/campaigns/{name}/cancel"),
     ("get", "/api/v1/subscribers/{email}"),
+    ("post", "/api/v1/lists/{list}/members"),
+    ("delete", "/api/v1/lists/{list}/members/{email}"),
 ];
 
 /// The OpenAPI 3.1 description of the API, written by hand next to the
@@ -335,6 +523,20 @@ pub fn openapi_document() -> serde_json::Value {
                 ok("The change: {campaign, from, state}", json!({"$ref": "#/components/schemas/StateChange"})))
         }})
     };
+    let member_responses = {
+        let member = json!({"$ref": "#/components/schemas/Member"});
+        let mut m = errors(&["401", "403", "404", "409", "422", "503"]);
+        m.insert("201".into(), ok("Subscribed", member.clone()));
+        m.insert(
+            "200".into(),
+            ok("Already subscribed: nothing changed", member.clone()),
+        );
+        m.insert(
+            "202".into(),
+            ok("With confirm: the confirmation mail", member),
+        );
+        serde_json::Value::Object(m)
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -349,17 +551,52 @@ pub fn openapi_document() -> serde_json::Value {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "StateChange": {"type": "object", "properties": {"campaign": {"type": "string"}, "from": {"type": "string"}, "state": {"type": "string"}}},
                 "CampaignStatus": {"type": "object", "description": "`rundbrief campaign status NAME --json`",
-                    "required": ["state", "total", "sent", "deferred", "failed", "bounced", "pending", "rejected", "sending", "errors", "held_prunes"],
+                    "required": ["state", "total", "sent", "deferred", "failed", "bounced", "pending", "rejected", "sending", "errors", "held_prunes", "due", "local_time", "paused_reason", "providers"],
                     "properties": {
                         "state": {"type": "string", "enum": ["draft", "scheduled", "running", "paused", "finished", "cancelled"]},
                         "total": {"type": "integer"}, "sent": {"type": "integer"}, "deferred": {"type": "integer"},
                         "failed": {"type": "integer"}, "bounced": {"type": "integer"}, "pending": {"type": "integer"},
                         "rejected": {"type": "integer"}, "sending": {"type": "integer"},
-                        "errors": {"type": "array", "items": {"type": "object"}},
-                        "held_prunes": {"type": "integer"},
-                        "rate_per_s": {"type": "number", "description": "while running"},
-                        "eta_s": {"type": "integer", "description": "while running and sending"}
+                        "errors": {"type": "array", "description": "The most frequent errors of failed and deferred deliveries",
+                            "items": {"type": "object", "properties": {"state": {"type": "string"}, "error": {"type": ["string", "null"]}, "count": {"type": "integer"}}}},
+                        "held_prunes": {"type": "integer", "description": "Hard-bounce prunes waiting for the operator (`bounce held ls`)"},
+                        "rate_per_s": {"type": "number", "description": "Messages per second over the last minute; only while running"},
+                        "eta_s": {"type": "integer", "description": "Seconds until the expected finish; only while running and something waits"},
+                        "eta": {"type": "string", "format": "date-time", "description": "The expected finish (UTC); only while running and something waits"},
+                        "eta_reason": {"type": "string", "enum": ["rate", "window", "local-time due times"], "description": "What bounds the expected finish"},
+                        "due": {"type": "array", "description": "Pending deliveries by the UTC hour they are due from (local-time sending spreads them)",
+                            "items": {"type": "object", "required": ["at", "pending"], "properties": {
+                                "at": {"type": "string", "format": "date-time"}, "pending": {"type": "integer"}}}},
+                        "local_time": {"type": ["object", "null"], "description": "Sending at a wall-clock time in each reader's zone; null otherwise",
+                            "properties": {"at": {"type": "string"}, "date": {"type": ["string", "null"]}, "tz_attr": {"type": "string"},
+                                "default_tz": {"type": "string"}, "fallback": {"type": "integer", "description": "Recipients without a valid zone, who get the default"}}},
+                        "paused_reason": {"type": ["string", "null"], "description": "Why the circuit breaker paused the campaign; null for a pause by the operator"},
+                        "providers": {"type": "array", "description": "The queue per mailbox provider; `resume` lifts suspensions",
+                            "items": {"$ref": "#/components/schemas/ProviderQueue"}}
                     }},
+                "ProviderQueue": {"type": "object", "required": ["name", "pending", "sent", "rate_per_s", "state", "reason"],
+                    "properties": {
+                        "name": {"type": "string", "description": "The provider group, or the domain outside any group"},
+                        "pending": {"type": "integer"}, "sent": {"type": "integer"},
+                        "rate_per_s": {"type": "number", "description": "The rate it is sent at now (halved while slowed)"},
+                        "state": {"type": "string", "enum": ["ok", "slowed", "suspended"]},
+                        "reason": {"type": "string", "description": "Why it is slowed or suspended; empty when ok"}}},
+                "ListSummary": {"type": "object", "description": "A row of `rundbrief list ls --json`: the list and its counts by status",
+                    "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "label": {"type": "string"},
+                        "description": {"type": ["string", "null"]}, "created_at": {"type": "string"}, "public": {"type": "boolean"},
+                        "counts": {"type": "object", "properties": {"subscribed": {"type": "integer"}, "unconfirmed": {"type": "integer"},
+                            "unsubscribed": {"type": "integer"}, "bounced": {"type": "integer"}, "blocklisted": {"type": "integer"},
+                            "undeliverable": {"type": "integer"}}}}},
+                "NewMember": {"type": "object", "required": ["email"], "additionalProperties": false, "properties": {
+                    "email": {"type": "string"}, "name": {"type": "string"},
+                    "attributes": {"type": "object", "description": "Merged into the subscriber's attributes"},
+                    "resubscribe": {"type": "boolean", "description": "Bring back an unsubscribed or bounced subscriber (`sub add --resubscribe`)"},
+                    "confirm": {"type": "boolean", "description": "Double opt-in: send the confirmation mail instead (`sub add --confirm`; needs a relay)"}}},
+                "Member": {"type": "object", "properties": {"email": {"type": "string"}, "list": {"type": "string"},
+                    "status": {"type": "string", "enum": ["subscribed", "unconfirmed"]},
+                    "outcome": {"type": "object", "description": "`sub add --json`'s outcome: created, joined, restored, updated",
+                        "properties": {"created": {"type": "boolean"}, "joined": {"type": "boolean"}, "restored": {"type": "boolean"}, "updated": {"type": "boolean"}}},
+                    "confirmation_sent": {"type": "boolean", "description": "With confirm: whether a mail went out"}}},
                 "Campaign": {"type": "object", "description": "A row of `rundbrief campaign ls --json`",
                     "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "subject": {"type": "string"},
                         "state": {"type": "string"}, "lists": {"type": "array", "items": {"type": "string"}}, "created_at": {"type": "string"}}},
@@ -383,7 +620,25 @@ pub fn openapi_document() -> serde_json::Value {
                     ok("{campaign, retried}", json!({"type": "object", "properties": {"campaign": {"type": "string"}, "retried": {"type": "integer"}}})))
             }},
             "/api/v1/lists": {"get": {"summary": "Every list with its counts", "responses": with(errors(&["401", "503"]),
-                ok("Lists, as `rundbrief list ls --json`", json!({"type": "array", "items": {"type": "object"}})))}},
+                ok("Lists, as `rundbrief list ls --json`", json!({"type": "array", "items": {"$ref": "#/components/schemas/ListSummary"}})))}},
+            "/api/v1/lists/{list}": {"get": {"summary": "A list with its counts",
+                "parameters": [{"name": "list", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The list's name"}],
+                "responses": with(errors(&["401", "404", "503"]), ok("The list", json!({"$ref": "#/components/schemas/ListSummary"})))}},
+            "/api/v1/lists/{list}/members": {"post": {
+                "summary": "Subscribe an address to a list (write scope)",
+                "description": "As `rundbrief sub add EMAIL --list LIST`: creates the subscriber when needed and merges name and attributes. With `confirm`, sends the double opt-in mail instead and answers 202. Already subscribed: 200, nothing changed.",
+                "parameters": [{"name": "list", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewMember"}}}},
+                "responses": member_responses
+            }},
+            "/api/v1/lists/{list}/members/{email}": {"delete": {
+                "summary": "Unsubscribe an address from a list (write scope)",
+                "description": "As `rundbrief sub unsubscribe EMAIL --list LIST`; audited on the subscriber with actor `admin` and the key's name.",
+                "parameters": [{"name": "list", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "email", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": with(errors(&["401", "403", "404", "422", "503"]), ok("{email, list, action, changed}",
+                    json!({"type": "object", "properties": {"email": {"type": "string"}, "list": {"type": "string"}, "action": {"type": "string"}, "changed": {"type": "boolean"}}})))
+            }},
             "/api/v1/subscribers/{email}": {"get": {"summary": "A subscriber with memberships and audit trail",
                 "parameters": [{"name": "email", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": with(errors(&["401", "404", "422", "503"]), ok("Subscriber", json!({"$ref": "#/components/schemas/Subscriber"})))}}
@@ -396,7 +651,9 @@ fn describe(code: &str) -> &'static str {
         "401" => "No valid API key",
         "403" => "The key has read scope",
         "404" => "Not found",
-        "409" => "The campaign's state does not allow this",
+        "409" => {
+            "The campaign's state does not allow this, or the address is blocklisted, unsubscribed or bounced"
+        }
         "422" => "The request is invalid",
         _ => "The database is unavailable",
     }

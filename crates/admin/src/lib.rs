@@ -15,8 +15,14 @@
 //!
 //! Start reading at [`router`], then [`pages`] and [`api`].
 
+// The hand-written OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
+
+mod activity;
 pub mod api;
 pub mod auth;
+pub mod charts;
+pub mod lists;
 pub mod pages;
 
 use axum::Router;
@@ -126,6 +132,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/campaigns/{name}/retry-failed", post(pages::retry_failed))
         .route("/campaigns/{name}/held/release", post(pages::release_held))
         .route("/campaigns/{name}/held/discard", post(pages::discard_held))
+        .route("/lists", get(lists::lists))
+        .route("/lists/{name}", get(lists::list))
+        .route("/lists/{name}/export.csv", get(lists::export))
         .route("/bounces", get(pages::bounces))
         .route("/bounces/held/{verb}", post(pages::bounces_held))
         .route("/subscribers", get(pages::find_subscriber))
@@ -136,6 +145,12 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/lists", get(api::lists))
+        .route("/api/v1/lists/{list}", get(api::list))
+        .route("/api/v1/lists/{list}/members", post(api::add_member))
+        .route(
+            "/api/v1/lists/{list}/members/{email}",
+            axum::routing::delete(api::remove_member),
+        )
         .route("/api/v1/campaigns", get(api::campaigns))
         .route("/api/v1/campaigns/{name}", get(api::campaign_status))
         .route("/api/v1/campaigns/{name}/pause", post(api::pause))

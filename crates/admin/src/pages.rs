@@ -6,6 +6,7 @@
 
 use crate::api::{change_state, status_of};
 use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE, Session};
+use crate::lists::list_href;
 use crate::{AdminState, ClientAddr};
 use axum::Extension;
 use axum::extract::{Form, Path, State};
@@ -35,13 +36,18 @@ pub async fn stylesheet() -> Response {
         .into_response()
 }
 
-fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+pub(crate) fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
     page_refreshing(title, session, body, false)
 }
 
 /// A page; with `refresh`, the browser loads it again every
 /// [`REFRESH_SECS`] (a running campaign's progress, without JavaScript).
-fn page_refreshing(title: &str, session: Option<&Session>, body: Markup, refresh: bool) -> Markup {
+pub(crate) fn page_refreshing(
+    title: &str,
+    session: Option<&Session>,
+    body: Markup,
+    refresh: bool,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -58,6 +64,7 @@ fn page_refreshing(title: &str, session: Option<&Session>, body: Markup, refresh
                     nav {
                         a href="/" class="brand" { "rundbrief" }
                         @if let Some(s) = session {
+                            a href="/lists" { "Lists" }
                             a href="/bounces" { "Bounces" }
                             span class="who" { (s.admin) }
                             form method="post" action="/logout" class="inline" {
@@ -73,7 +80,7 @@ fn page_refreshing(title: &str, session: Option<&Session>, body: Markup, refresh
     }
 }
 
-fn html_response(status: StatusCode, m: Markup) -> Response {
+pub(crate) fn html_response(status: StatusCode, m: Markup) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -91,11 +98,11 @@ fn to_campaign(name: &str) -> Response {
     r
 }
 
-fn redirect(to: &'static str) -> Response {
+pub(crate) fn redirect(to: &'static str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
-fn error_page(status: StatusCode, session: Option<&Session>, message: &str) -> Response {
+pub(crate) fn error_page(status: StatusCode, session: Option<&Session>, message: &str) -> Response {
     html_response(
         status,
         page(
@@ -106,7 +113,7 @@ fn error_page(status: StatusCode, session: Option<&Session>, message: &str) -> R
     )
 }
 
-fn app_error_page(session: &Session, e: &AppError) -> Response {
+pub(crate) fn app_error_page(session: &Session, e: &AppError) -> Response {
     let status =
         StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
@@ -303,12 +310,12 @@ fn percent(done: u64, total: u64) -> u64 {
     (done * 100).checked_div(total).unwrap_or(0)
 }
 
-fn campaign_href(name: &str) -> String {
+pub(crate) fn campaign_href(name: &str) -> String {
     format!("/campaigns/{}", encode_segment(name))
 }
 
 /// A path segment, percent-encoded (a name may hold any printable character).
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -333,13 +340,15 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
             let counts = app.store.campaign_counts(c.id).await?;
             campaigns.push((c, counts));
         }
-        Ok((lists, campaigns))
+        let activity = crate::activity::Activity::read(app, app.clock.now()).await?;
+        Ok((lists, campaigns, activity))
     }
     .await;
-    let (lists, campaigns) = match result {
+    let (lists, campaigns, activity) = match result {
         Ok(x) => x,
         Err(e) => return app_error_page(&session, &e),
     };
+    let (hourly, daily) = (activity.hourly(), activity.daily());
     let body = html! {
         h1 { "Overview" }
         form method="get" action="/subscribers" class="search" role="search" {
@@ -347,13 +356,20 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
             input id="email" name="email" type="email" placeholder="name@example.org" required;
             button type="submit" { "Show" }
         }
+        section id="activity" {
+            h2 { "Sending and bounces" }
+            div class="charts" {
+                (hourly.render())
+                (daily.render())
+            }
+        }
         section {
-            h2 { "Lists" }
+            h2 { a href="/lists" { "Lists" } }
             @if lists.is_empty() { p { "No lists yet: " code { "rundbrief list create NAME" } } }
             @else {
                 ul class="cards" { @for l in &lists {
                     li class="card" {
-                        strong { (l.list.name) }
+                        a href=(list_href(&l.list.name)) { strong { (l.list.name) } }
                         @if let Some(d) = &l.list.description { p class="subject" { (d) } }
                         p class="counts-line" {
                             strong { (l.counts.subscribed) } " subscribed · "
@@ -414,10 +430,15 @@ pub async fn campaign(
             .into_iter()
             .filter(|p| p.campaign == c.campaign.name)
             .collect();
-        Ok((c, v, held))
+        let now = app.clock.now();
+        let from = c.campaign.created_at.max(now - chrono::Duration::days(7));
+        let sends = app.store.send_stats(Some(c.campaign.id), from).await?;
+        let rate = crate::activity::send_rate(&sends, from, now);
+        let classes = app.store.campaign_bounce_classes(c.campaign.id).await?;
+        Ok((c, v, held, rate, classes))
     }
     .await;
-    let (c, v, held) = match result {
+    let (c, v, held, rate, classes) = match result {
         Ok(x) => x,
         Err(e) => return app_error_page(&session, &e),
     };
@@ -443,7 +464,15 @@ pub async fn campaign(
         progress value=(done) max=(total.max(1)) { (percent(done, total)) "%" }
         p { (percent(done, total)) "% done (" (done) " of " (total) ")"
             @if let Some(r) = v["rate_per_s"].as_f64() { " · " (format!("{r:.1}")) " messages/s" }
-            @if let Some(eta) = v["eta_s"].as_u64() { " · about " (eta) " s left" } }
+            @if let Some(eta) = v["eta_s"].as_u64() { " · about " (human_secs(eta)) " left" } }
+        @if let Some(at) = v["eta"].as_str() {
+            p id="eta" { "Expected to finish at " time datetime=(at) { (at) }
+                @if let Some(why) = v["eta_reason"].as_str() { " (bounded by " (why) ")" } }
+        }
+        @if let Some(why) = v["paused_reason"].as_str() {
+            p id="paused-reason" class="error" role="status" { "Paused by the circuit breaker: " (why)
+                " — " strong { "Resume" } " lifts it." }
+        }
         div class="actions" {
             @if st.can_become(CampaignState::Paused) {
                 form method="post" action={ (href) "/pause" } {
@@ -481,6 +510,20 @@ pub async fn campaign(
                 div { dt { (k.replace('_', " ")) } dd { (v[k].as_u64().unwrap_or(0)) } }
             } }
         }
+        section id="activity" {
+            h2 { "Sending" }
+            div class="charts" {
+                (rate.render())
+                @if classes.is_empty() {
+                    figure class="chart ranking" id="chart-campaign-bounces" { figcaption { strong { "Bounces by class" } } p { "No bounces stored for this campaign." } }
+                } @else {
+                    (crate::charts::ranking("chart-campaign-bounces", "Bounces by class",
+                        "How many stored bounces of this campaign fall in each class.", "bounces", &classes))
+                }
+            }
+        }
+        (providers_section(&v))
+        (due_section(&v))
         section {
             h2 { "Top errors" }
             @match v["errors"].as_array() {
@@ -524,6 +567,79 @@ pub async fn campaign(
             st == CampaignState::Running,
         ),
     )
+}
+
+/// A number of seconds as hours, minutes and seconds (`1 h 2 min`).
+fn human_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The campaign's queue per mailbox provider (`providers` of the status
+/// object): suspended and slowed ones highlighted, with what lifts them.
+fn providers_section(v: &serde_json::Value) -> Markup {
+    let empty = Vec::new();
+    let providers = v["providers"].as_array().unwrap_or(&empty);
+    let suspended = providers.iter().any(|p| p["state"] == "suspended");
+    html! {
+        section id="providers" {
+            h2 { "Queue per provider" }
+            @if providers.is_empty() { p { "No deliveries yet." } }
+            @else {
+                @if suspended {
+                    p class="error" role="status" { "The circuit breaker suspended sending to some providers for this campaign; "
+                        strong { "Resume" } " (or " code { "rundbrief campaign resume NAME [--provider P]" } ") lifts the suspension." }
+                }
+                div class="scroll" { table {
+                    thead { tr { th { "Provider" } th { "State" } th class="num" { "Pending" } th class="num" { "Sent" } th class="num" { "Rate (msg/s)" } th { "Why" } } }
+                    tbody { @for p in providers {
+                        @let state = p["state"].as_str().unwrap_or("ok");
+                        tr class=(state) data-provider=(p["name"].as_str().unwrap_or("")) {
+                            td class="wrap" { (p["name"].as_str().unwrap_or("")) }
+                            td { span class={ "state " (state) } { (state) } }
+                            td class="num" { (p["pending"].as_u64().unwrap_or(0)) }
+                            td class="num" { (p["sent"].as_u64().unwrap_or(0)) }
+                            td class="num" { (format!("{:.1}", p["rate_per_s"].as_f64().unwrap_or(0.0))) }
+                            td class="wrap" { (p["reason"].as_str().unwrap_or("")) }
+                        }
+                    } }
+                } }
+            }
+        }
+    }
+}
+
+/// When the pending deliveries are due (`due` of the status object, by
+/// UTC hour), and the local-time settings when the campaign has them.
+fn due_section(v: &serde_json::Value) -> Markup {
+    let empty = Vec::new();
+    let due = v["due"].as_array().unwrap_or(&empty);
+    let lt = &v["local_time"];
+    html! {
+        section id="due" {
+            h2 { "Due" }
+            @if lt.is_object() {
+                p id="local-time" { "Sent at " strong { (lt["at"].as_str().unwrap_or("")) }
+                    @if let Some(d) = lt["date"].as_str() { " on " (d) }
+                    " in each reader's zone (attribute " code { (lt["tz_attr"].as_str().unwrap_or("")) }
+                    ", else " (lt["default_tz"].as_str().unwrap_or("")) ")."
+                    @if let Some(n) = lt["fallback"].as_u64() { @if n > 0 { " " (n) " without a valid zone get the default." } } }
+            }
+            @if due.is_empty() { p { "Nothing waits." } }
+            @else {
+                div class="scroll" { table {
+                    thead { tr { th { "Due from (UTC hour)" } th class="num" { "Pending" } } }
+                    tbody { @for g in due { tr {
+                        td { (g["at"].as_str().unwrap_or("")) }
+                        td class="num" { (g["pending"].as_u64().unwrap_or(0)) }
+                    } } }
+                } }
+            }
+        }
+    }
 }
 
 async fn act(
@@ -901,6 +1017,9 @@ fn held_forms(held: &[rundbrief_store::DomainPrune], base: &str, csrf: &str) -> 
     }
 }
 
+/// Receiving domains the bounces page ranks.
+pub const TOP_DOMAINS: u64 = 10;
+
 /// How many recent stored bounces the bounces page shows.
 pub const RECENT_BOUNCES: u64 = 50;
 
@@ -921,10 +1040,15 @@ pub async fn bounces(State(state): State<AdminState>, headers: HeaderMap) -> Res
                 ..Default::default()
             })
             .await?;
-        Ok((held, recent))
+        let now = app.clock.now();
+        let month = now - chrono::Duration::days(30);
+        let classes =
+            crate::activity::bounce_classes(&app.store.bounce_stats(month, false).await?, now);
+        let domains = app.store.bounces_by_domain(month, TOP_DOMAINS).await?;
+        Ok((held, recent, classes, domains))
     }
     .await;
-    let (held, recent) = match result {
+    let (held, recent, classes, domains) = match result {
         Ok(x) => x,
         Err(e) => return app_error_page(&session, &e),
     };
@@ -940,6 +1064,17 @@ pub async fn bounces(State(state): State<AdminState>, headers: HeaderMap) -> Res
     let body = html! {
         p { a href="/" { "← Overview" } }
         h1 { "Bounces" }
+        section id="activity" {
+            h2 { "Over time" }
+            (classes.render())
+            h2 { "By receiving domain" }
+            @if domains.is_empty() {
+                div id="bounce-domains" { p { "No bounces in the last 30 days." } }
+            } @else {
+                (crate::charts::ranking("bounce-domains", "Top receiving domains, last 30 days",
+                    "The receiving domains whose mail bounced most in the last 30 days, with their counts.", "bounces", &domains))
+            }
+        }
         section {
             h2 { "Held prunes" }
             @if held.is_empty() { p { "None." } }

@@ -573,9 +573,7 @@ async fn the_api_returns_the_cli_objects_and_read_keys_cannot_act() {
         assert_eq!(r.header("content-type"), Some("application/json"));
         let store = &s.app.store;
         let c = store.campaign("spring").await.unwrap();
-        let expected = rundbrief_app::campaigns::status(&s.app, &c)
-            .await
-            .unwrap();
+        let expected = rundbrief_app::campaigns::status(&s.app, &c).await.unwrap();
         assert_eq!(
             r.json(),
             expected,
@@ -723,13 +721,19 @@ async fn the_api_returns_the_cli_objects_and_read_keys_cannot_act() {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
             let real = path
                 .replace("{name}", "spring")
+                .replace("{list}", "news")
                 .replace("{email}", "ann@example.org");
+            let body = if *method == "post" && path.ends_with("/members") {
+                r#"{"email": "ann@example.org"}"#
+            } else {
+                ""
+            };
             let r = request(
                 p,
                 &method.to_uppercase(),
                 &real,
                 &[("Authorization", &write)],
-                "",
+                body,
             )
             .await;
             assert_eq!(r.status, 200, "{method} {real}: {}", r.body);
@@ -1284,5 +1288,434 @@ async fn an_undeliverable_subscriber_is_restored_from_its_page() {
         let d = store.subscriber_detail(&ann).await.unwrap();
         assert_eq!(d.subscriber.status.as_str(), "active");
         assert_eq!(d.audit.last().unwrap().actor, Actor::Admin);
+    }
+}
+
+/// The `<figure id="ID">…</figure>` of a page (a chart), or panics.
+fn figure<'a>(body: &'a str, id: &str) -> &'a str {
+    let start = body
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {body}"));
+    let end = body[start..].find("</figure>").expect("a closed figure") + start;
+    &body[start..end]
+}
+
+/// A chunked body as its bytes (the CSV export streams).
+fn dechunk(r: &Reply) -> String {
+    if r.header("transfer-encoding") != Some("chunked") {
+        return r.body.clone();
+    }
+    let (mut rest, mut out) = (r.body.as_str(), String::new());
+    for _ in 0..10_000 {
+        let (size, tail) = rest.split_once("\r\n").expect("a chunk size");
+        let n = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    panic!("too many chunks")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_show_the_recorded_sends_and_bounces() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let c = store.campaign("spring").await.unwrap().campaign;
+        let d = store.deliveries(c.id).await.unwrap()[0].delivery_id;
+        store
+            .record_outcomes(&[rundbrief_store::DeliveryOutcome {
+                delivery_id: d,
+                state: rundbrief_core::DeliveryState::Sent,
+                error: None,
+                next_attempt_at: None,
+            }])
+            .await
+            .unwrap();
+        let since = chrono_now() - chrono::Duration::hours(1);
+        let stats = store.send_stats(None, since).await.unwrap();
+        assert_eq!(stats.iter().map(|b| b.sent).sum::<u64>(), 1, "{stats:?}");
+        let b = store
+            .insert_bounce(&rundbrief_store::NewBounce {
+                source: rundbrief_core::BounceSource::Smtp,
+                peer: None,
+                mail_from: Some(String::new()),
+                rcpt: Some("b-x@bounce.example.org".into()),
+                delivery_id: Some(d),
+                raw: b"Subject: bounce\r\n\r\nno",
+            })
+            .await
+            .unwrap();
+        store
+            .record_bounce_parse(b, "dsn", "hard", serde_json::json!({}))
+            .await
+            .unwrap();
+
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let overview = request(p, "GET", "/", &cookie, "").await;
+        for id in ["chart-sends", "chart-sends-daily"] {
+            let f = figure(&overview.body, id);
+            assert!(f.contains("data-total=\"2\""), "{id}: {f}");
+            assert!(f.contains(": 1 sent</title>"), "{id}: {f}");
+            assert!(f.contains(": 1 bounces</title>"), "{id}: {f}");
+            assert!(f.contains("<desc"), "a text alternative");
+        }
+        assert!(overview.body.contains("href=\"/lists\""));
+
+        let page = request(p, "GET", "/campaigns/spring", &cookie, "").await;
+        let f = figure(&page.body, "chart-send-rate");
+        assert!(
+            f.contains(": 1 sent</title>") && f.contains("data-total=\"1\""),
+            "{f}"
+        );
+        let f = figure(&page.body, "chart-campaign-bounces");
+        assert!(f.contains("<title>hard: 1</title>"), "{f}");
+        assert!(page.body.contains("id=\"providers\"") && page.body.contains("id=\"due\""));
+
+        let page = request(p, "GET", "/bounces", &cookie, "").await;
+        let f = figure(&page.body, "chart-bounce-classes");
+        assert!(
+            f.contains(": 1 hard</title>") && f.contains("data-total=\"1\""),
+            "{f}"
+        );
+        let f = figure(&page.body, "bounce-domains");
+        assert!(f.contains("<title>example.org: 1</title>"), "{f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_campaign_page_shows_suspended_providers_and_the_breakers_reason() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let c = store.campaign("spring").await.unwrap().campaign;
+        store
+            .suspend_provider(c.id, "example.org", "<b>5.7.1</b> blocked", chrono_now())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .pause_campaign_because(c.id, "complaints <script>x</script>")
+                .await
+                .unwrap()
+        );
+        let session = login(p).await;
+        let page = request(p, "GET", "/campaigns/spring", &[("Cookie", &session)], "").await;
+        let at = page
+            .body
+            .find("id=\"providers\"")
+            .expect("the providers section");
+        let section = &page.body[at..];
+        assert!(
+            section.contains("<tr class=\"suspended\" data-provider=\"example.org\">"),
+            "{section}"
+        );
+        assert!(
+            section.contains("&lt;b&gt;5.7.1&lt;/b&gt; blocked"),
+            "{section}"
+        );
+        assert!(section.contains("lifts the suspension"));
+        let reason = &page.body[page
+            .body
+            .find("id=\"paused-reason\"")
+            .expect("the breaker's reason")..];
+        assert!(
+            reason.contains("complaints &lt;script&gt;x&lt;/script&gt;"),
+            "{reason}"
+        );
+        assert!(!page.body.contains("<script>x"));
+        // The API's status object carries the same fields.
+        let v = request(
+            p,
+            "GET",
+            "/api/v1/campaigns/spring",
+            &[("Authorization", &format!("Bearer {}", s.read_key))],
+            "",
+        )
+        .await
+        .json();
+        assert_eq!(v["providers"][0]["state"], "suspended");
+        assert_eq!(v["paused_reason"], "complaints <script>x</script>");
+        assert!(v["due"].is_array() && v.get("local_time").is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_pages_count_members_and_export_csv() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("city".into(), "@SUM(1)".into());
+        for (email, name) in [("bob@example.org", "=1+1"), ("carol@example.org", "Carol")] {
+            store
+                .add_subscriber(
+                    &Address::parse(email).unwrap(),
+                    "news",
+                    Some(name),
+                    attrs.clone(),
+                    false,
+                    Actor::Cli,
+                    "test",
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .unsubscribe(
+                &Address::parse("carol@example.org").unwrap(),
+                Some("news"),
+                Actor::Cli,
+                "test",
+            )
+            .await
+            .unwrap();
+        store.create_list(XSS_LIST, None).await.unwrap();
+
+        let page = request(p, "GET", "/lists", &[], "").await;
+        assert_eq!(page.status, 303, "strangers are sent to the login");
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let page = request(p, "GET", "/lists", &cookie, "").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let row = &page.body[page.body.find("data-list=\"news\"").expect("news")..];
+        assert!(row.contains("data-status=\"subscribed\">2<"), "{row}");
+        assert!(row.contains("data-status=\"unsubscribed\">1<"), "{row}");
+        assert!(
+            !page.body.contains("<script>alert"),
+            "escaped: {}",
+            page.body
+        );
+        assert!(page.body.contains("&lt;script&gt;alert"));
+
+        let xss = request(
+            p,
+            "GET",
+            "/lists/%3Cscript%3Ealert('list')%3C%2Fscript%3E",
+            &cookie,
+            "",
+        )
+        .await;
+        assert_eq!(xss.status, 200, "{}", xss.body);
+        assert!(!xss.body.contains("<script>alert") && xss.body.contains("&lt;script&gt;alert"));
+
+        let page = request(p, "GET", "/lists/news", &cookie, "").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body
+                .contains("data-status=\"subscribed\"><dt>subscribed</dt><dd>2</dd>"),
+            "{}",
+            page.body
+        );
+        let f = figure(&page.body, "list-growth");
+        assert!(f.contains(": 3 joined</title>"), "{f}");
+        assert!(f.contains(": 1 unsubscribed</title>"), "{f}");
+        assert!(page.body.contains("href=\"/lists/news/export.csv\""));
+        assert_eq!(
+            request(p, "GET", "/lists/nope", &cookie, "").await.status,
+            404
+        );
+
+        let csv = request(p, "GET", "/lists/news/export.csv", &[], "").await;
+        assert_eq!(csv.status, 401, "the export needs a session");
+        let csv = request(p, "GET", "/lists/news/export.csv", &cookie, "").await;
+        assert_eq!(csv.status, 200);
+        assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+        assert!(
+            csv.header("content-disposition")
+                .unwrap()
+                .contains("news.csv")
+        );
+        let body = dechunk(&csv);
+        let mut lines: Vec<&str> = body.lines().collect();
+        lines[1..].sort_unstable();
+        assert_eq!(
+            lines,
+            vec![
+                "email,name,city",
+                // The seed's name starts with `<`: not a formula.
+                &format!("ann@example.org,{XSS_NAME},"),
+                "bob@example.org,'=1+1,'@SUM(1)",
+            ],
+            "subscribed members only, formulas neutralised"
+        );
+        let all =
+            dechunk(&request(p, "GET", "/lists/news/export.csv?status=all", &cookie, "").await);
+        assert!(all.contains("carol@example.org,Carol,'@SUM(1)"), "{all}");
+        let bad = request(
+            p,
+            "GET",
+            "/lists/news/export.csv?status=nonsense",
+            &cookie,
+            "",
+        )
+        .await;
+        assert_eq!(bad.status, 422);
+        assert_eq!(
+            request(p, "GET", "/lists/nope/export.csv", &cookie, "")
+                .await
+                .status,
+            404
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_adds_and_removes_list_members_with_write_keys() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let (read, write) = (
+            format!("Bearer {}", s.read_key),
+            format!("Bearer {}", s.write_key),
+        );
+        let post = |auth: Option<String>, list: &'static str, body: &'static str| async move {
+            let h: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            request(
+                p,
+                "POST",
+                &format!("/api/v1/lists/{list}/members"),
+                &h,
+                body,
+            )
+            .await
+        };
+        let dan = r#"{"email": "dan@example.org", "name": "Dan", "attributes": {"city": "Bonn"}}"#;
+        assert_eq!(post(None, "news", dan).await.status, 401);
+        let r = post(Some(read.clone()), "news", dan).await;
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(r.json()["error"].as_str().unwrap().contains("read scope"));
+        let r = post(
+            Some(write.clone()),
+            "news",
+            r#"{"email": "not an address"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("not an e-mail address"),
+            "{}",
+            r.body
+        );
+        let r = post(Some(write.clone()), "news", r#"{"mail": "x"}"#).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(post(Some(write.clone()), "nope", dan).await.status, 404);
+
+        let r = post(Some(write.clone()), "news", dan).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["email"], "dan@example.org");
+        assert_eq!(v["status"], "subscribed");
+        assert_eq!(v["outcome"]["created"], true);
+        let d = store
+            .subscriber_detail(&Address::parse("dan@example.org").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(d.subscriber.name.as_deref(), Some("Dan"));
+        assert_eq!(d.subscriber.attributes["city"], "Bonn");
+        assert_eq!(
+            post(Some(write.clone()), "news", dan).await.status,
+            200,
+            "already subscribed"
+        );
+
+        store
+            .blocklist(
+                &Address::parse("eve@example.org").unwrap(),
+                Actor::Cli,
+                "test",
+            )
+            .await
+            .ok();
+        store
+            .add_subscriber(
+                &Address::parse("eve@example.org").unwrap(),
+                "news",
+                None,
+                Default::default(),
+                false,
+                Actor::Cli,
+                "t",
+            )
+            .await
+            .ok();
+        store
+            .blocklist(
+                &Address::parse("eve@example.org").unwrap(),
+                Actor::Cli,
+                "test",
+            )
+            .await
+            .unwrap();
+        let r = post(
+            Some(write.clone()),
+            "news",
+            r#"{"email": "eve@example.org"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 409, "{}", r.body);
+
+        let list = request(
+            p,
+            "GET",
+            "/api/v1/lists/news",
+            &[("Authorization", &read)],
+            "",
+        )
+        .await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        assert_eq!(list.json()["counts"]["subscribed"], 2);
+
+        let del = |auth: Option<String>, email: &'static str| async move {
+            let h: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            request(
+                p,
+                "DELETE",
+                &format!("/api/v1/lists/news/members/{email}"),
+                &h,
+                "",
+            )
+            .await
+        };
+        assert_eq!(del(None, "dan@example.org").await.status, 401);
+        assert_eq!(del(Some(read.clone()), "dan@example.org").await.status, 403);
+        assert_eq!(del(Some(write.clone()), "not-an-address").await.status, 422);
+        let r = del(Some(write.clone()), "dan@example.org").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["changed"], true);
+        let d = store
+            .subscriber_detail(&Address::parse("dan@example.org").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(d.memberships[0].status.as_str(), "unsubscribed");
+        let last = d.audit.last().unwrap();
+        assert_eq!(last.actor, Actor::Admin);
+        assert!(last.reason.contains("key writer"), "{}", last.reason);
+        let actions: Vec<_> = store
+            .admin_actions(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.actor, a.action))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("key:writer".to_string(), "member-unsubscribe".to_string()),
+                ("key:writer".to_string(), "member-add".to_string()),
+            ]
+        );
     }
 }

@@ -32,6 +32,7 @@ pub mod confirm;
 pub mod domains;
 pub mod endpoint;
 pub mod error;
+pub mod export;
 pub mod members;
 pub mod preflight;
 pub mod sending;

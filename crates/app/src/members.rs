@@ -270,6 +270,48 @@ impl Members {
     }
 }
 
+/// Subscribes `email` to `list` at once (no confirmation mail): what
+/// `rundbrief sub add` and the API's `POST /api/v1/lists/{list}/members`
+/// do. Creates the subscriber when needed and merges `name` and
+/// `attributes` into an existing one; `resubscribe` brings back an
+/// unsubscribed or bounced subscriber.
+///
+/// # Errors
+/// [`ErrorKind::Invalid`]: not an address, or a name with line breaks or
+/// other control characters; [`ErrorKind::NotFound`]: no such list;
+/// [`ErrorKind::Conflict`]: the address is blocklisted, or unsubscribed or
+/// bounced without `resubscribe`; store failures.
+#[allow(clippy::too_many_arguments)]
+pub async fn add(
+    store: &Store,
+    list: &str,
+    email: &str,
+    name: Option<&str>,
+    attributes: rundbrief_core::Attributes,
+    resubscribe: bool,
+    actor: Actor,
+    reason: &str,
+) -> Result<(Address, rundbrief_store::AddOutcome)> {
+    let addr = Address::parse(email.trim()).map_err(|e| {
+        AppError::wrap(ErrorKind::Invalid, e)
+            .context(format!("`{}` is not an e-mail address", email.trim()))
+    })?;
+    if name.is_some_and(|n| n.chars().any(char::is_control)) {
+        return Err(AppError::invalid(
+            "the name must not contain line breaks or other control characters",
+        ));
+    }
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+        return Err(AppError::invalid(format!(
+            "the name is longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    let out = store
+        .add_subscriber(&addr, list, name, attributes, resubscribe, actor, reason)
+        .await?;
+    Ok((addr, out))
+}
+
 /// A display name as kept: no control characters, at most
 /// [`MAX_NAME_CHARS`], trimmed.
 fn clean_name(n: &str) -> String {

@@ -602,20 +602,25 @@ impl Store {
         state: DeliveryState,
         error: Option<&str>,
     ) -> Result<()> {
-        self.db
+        let now = Utc::now();
+        let r = self
+            .db
             .execute_raw(self.stmt(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? \
                  WHERE id = ? AND state <> ?",
                 vec![
                     state.as_str().into(),
                     error.map(str::to_string).into(),
-                    Utc::now().into(),
+                    now.into(),
                     delivery_id.into(),
                     DeliveryState::Bounced.as_str().into(),
                 ],
             ))
             .await
             .doing("recording a delivery")?;
+        if r.rows_affected() > 0 {
+            self.count_outcomes(&self.db, &[delivery_id], now).await?;
+        }
         Ok(())
     }
 

@@ -31,6 +31,7 @@ mod import_sqlite;
 mod lists;
 pub mod local_time;
 mod optin;
+mod stats;
 mod subscribers;
 mod work;
 
@@ -46,6 +47,7 @@ pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use local_time::{AttrGroup, DueGroup, DueMap, LocalTime, held_marker};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
+pub use stats::{BounceBucket, GrowthDay, SendBucket, hour_of};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 

@@ -397,6 +397,7 @@ impl Store {
                 values,
             )
         });
+        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
         if other.is_empty() {
             if let Some(sent) = sent {
                 self.db
@@ -404,6 +405,10 @@ impl Store {
                     .await
                     .doing("recording sent deliveries")?;
             }
+            // A second statement, outside a transaction like the first: a
+            // crash between the two loses one batch from the dashboard's
+            // hourly counts, never a delivery's state.
+            self.count_outcomes(&self.db, &ids, now).await?;
             return Ok(());
         }
         let txn = self
@@ -432,6 +437,7 @@ impl Store {
             .await
             .doing("recording an outcome")?;
         }
+        self.count_outcomes(&txn, &ids, now).await?;
         txn.commit().await.doing("committing outcomes")?;
         Ok(())
     }

@@ -31,17 +31,17 @@ pub async fn run(store: &Store, cmd: &SubCmd, json: bool) -> anyhow::Result<Exit
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            let out = store
-                .add_subscriber(
-                    &addr,
-                    list,
-                    name.as_deref(),
-                    attributes,
-                    *resubscribe,
-                    Actor::Cli,
-                    "sub add",
-                )
-                .await?;
+            let (_, out) = rundbrief_app::members::add(
+                store,
+                list,
+                addr.as_str(),
+                name.as_deref(),
+                attributes,
+                *resubscribe,
+                Actor::Cli,
+                "sub add",
+            )
+            .await?;
             if json {
                 output::json(
                     &serde_json::json!({ "email": addr.as_str(), "list": list, "outcome": out }),
