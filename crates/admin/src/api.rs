@@ -563,7 +563,7 @@ pub fn openapi_document() -> serde_json::Value {
                         "rate_per_s": {"type": "number", "description": "Messages per second over the last minute; only while running"},
                         "eta_s": {"type": "integer", "description": "Seconds until the expected finish; only while running and something waits"},
                         "eta": {"type": "string", "format": "date-time", "description": "The expected finish (UTC); only while running and something waits"},
-                        "eta_reason": {"type": "string", "enum": ["rate", "window", "local-time due times"], "description": "What bounds the expected finish"},
+                        "eta_reason": {"type": "string", "description": "What bounds the expected finish: `rate`, `window`, `local-time due times`, `relay quota`, or a configured rate named in words (`provider rate (google at 10 msg/s)`, `rate ([sending] rate 50 msg/s)`)"},
                         "due": {"type": "array", "description": "Pending deliveries by the UTC hour they are due from (local-time sending spreads them)",
                             "items": {"type": "object", "required": ["at", "pending"], "properties": {
                                 "at": {"type": "string", "format": "date-time"}, "pending": {"type": "integer"}}}},
@@ -574,13 +574,14 @@ pub fn openapi_document() -> serde_json::Value {
                         "providers": {"type": "array", "description": "The queue per mailbox provider; `resume` lifts suspensions",
                             "items": {"$ref": "#/components/schemas/ProviderQueue"}}
                     }},
-                "ProviderQueue": {"type": "object", "required": ["name", "pending", "sent", "rate_per_s", "state", "reason"],
+                "ProviderQueue": {"type": "object", "required": ["name", "pending", "sent", "rate", "rate_per_s", "state", "reason"],
                     "properties": {
                         "name": {"type": "string", "description": "The provider group, or the domain outside any group"},
                         "pending": {"type": "integer"}, "sent": {"type": "integer"},
-                        "rate_per_s": {"type": "number", "description": "The rate it is sent at now (halved while slowed)"},
-                        "state": {"type": "string", "enum": ["ok", "slowed", "suspended"]},
-                        "reason": {"type": "string", "description": "Why it is slowed or suspended; empty when ok"}}},
+                        "rate": {"type": "number", "description": "The rate it may be sent at now, messages per second (halved while slowed, 0 while suspended)"},
+                        "rate_per_s": {"type": "number", "description": "The same as `rate` (its first name)"},
+                        "state": {"type": "string", "enum": ["sending", "waiting", "slowed", "suspended"]},
+                        "reason": {"type": "string", "description": "Why it is waiting, slowed or suspended; empty while sending"}}},
                 "ListSummary": {"type": "object", "description": "A row of `rundbrief list ls --json`: the list and its counts by status",
                     "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "label": {"type": "string"},
                         "description": {"type": ["string", "null"]}, "created_at": {"type": "string"}, "public": {"type": "boolean"},

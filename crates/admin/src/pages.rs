@@ -596,13 +596,13 @@ fn providers_section(v: &serde_json::Value) -> Markup {
                 div class="scroll" { table {
                     thead { tr { th { "Provider" } th { "State" } th class="num" { "Pending" } th class="num" { "Sent" } th class="num" { "Rate (msg/s)" } th { "Why" } } }
                     tbody { @for p in providers {
-                        @let state = p["state"].as_str().unwrap_or("ok");
+                        @let state = p["state"].as_str().unwrap_or("sending");
                         tr class=(state) data-provider=(p["name"].as_str().unwrap_or("")) {
                             td class="wrap" { (p["name"].as_str().unwrap_or("")) }
                             td { span class={ "state " (state) } { (state) } }
                             td class="num" { (p["pending"].as_u64().unwrap_or(0)) }
                             td class="num" { (p["sent"].as_u64().unwrap_or(0)) }
-                            td class="num" { (format!("{:.1}", p["rate_per_s"].as_f64().unwrap_or(0.0))) }
+                            td class="num" { (format!("{:.1}", p["rate"].as_f64().unwrap_or(0.0))) }
                             td class="wrap" { (p["reason"].as_str().unwrap_or("")) }
                         }
                     } }
