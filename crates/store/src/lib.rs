@@ -31,6 +31,7 @@ mod import_sqlite;
 mod lists;
 pub mod local_time;
 mod optin;
+mod relays;
 mod subscribers;
 mod work;
 
@@ -46,6 +47,9 @@ pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use local_time::{AttrGroup, DueGroup, DueMap, LocalTime, held_marker};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
+pub use relays::{
+    RelayQuota, RelayRest, RelayUsage, Taken, day_bucket, hour_bucket, quota_frees_at,
+};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 
