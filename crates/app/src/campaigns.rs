@@ -415,14 +415,7 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
     // per mailbox provider with what holds each back.
     v["paused_reason"] = store.campaign_paused_reason(id).await?.into();
     v["providers"] = serde_json::to_value(
-        crate::shaping::provider_queues(
-            store,
-            &*app.shaping()?,
-            &app.config,
-            id,
-            now,
-        )
-        .await?,
+        crate::shaping::provider_queues(store, &*app.shaping()?, &app.config, id, now).await?,
     )?;
     Ok(v)
 }
@@ -534,11 +527,13 @@ pub fn quota_finish(
                 // Unlimited: everything left goes now.
                 return (k > 0).then_some(start);
             }
-            let hour_left = r
-                .max_per_hour
-                .map_or(u64::MAX, |q| q.saturating_sub(if k == 0 { r.sent_hour } else { 0 }));
+            let hour_left = r.max_per_hour.map_or(u64::MAX, |q| {
+                q.saturating_sub(if k == 0 { r.sent_hour } else { 0 })
+            });
             let day_left = r.max_per_day.map_or(u64::MAX, |q| q.saturating_sub(*used));
-            let n = hour_left.min(day_left).min(remaining - capacity.min(remaining));
+            let n = hour_left
+                .min(day_left)
+                .min(remaining - capacity.min(remaining));
             *used += n;
             capacity = capacity.saturating_add(n);
         }
@@ -671,13 +666,19 @@ mod tests {
         // What fits in this hour is not delayed.
         assert_eq!(quota_finish(now, 3, &[relay(Some(5), 2, None, 0)]), None);
         // A relay without a quota takes everything.
-        assert_eq!(quota_finish(now, 100, &[r[0].clone(), relay(None, 0, None, 0)]), None);
+        assert_eq!(
+            quota_finish(now, 100, &[r[0].clone(), relay(None, 0, None, 0)]),
+            None
+        );
         // 10 a day, used up: tomorrow.
         let d = [relay(None, 0, Some(10), 10)];
         assert_eq!(quota_finish(now, 4, &d), Some(utc("2026-12-04T00:00:00Z")));
         // Two relays share the load: 5 + 3 an hour.
         let two = [relay(Some(5), 5, None, 0), relay(Some(3), 3, None, 0)];
-        assert_eq!(quota_finish(now, 16, &two), Some(utc("2026-12-03T12:00:00Z")));
+        assert_eq!(
+            quota_finish(now, 16, &two),
+            Some(utc("2026-12-03T12:00:00Z"))
+        );
         assert_eq!(quota_finish(now, 0, &two), None);
     }
 

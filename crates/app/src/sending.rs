@@ -251,7 +251,9 @@ impl App {
             .as_deref()
             .or(c.relay.as_deref())
             .or(self.config.relay.as_deref());
-        let names = given.map(rundbrief_core::config::relay_list).unwrap_or_default();
+        let names = given
+            .map(rundbrief_core::config::relay_list)
+            .unwrap_or_default();
         // Several relays, or one with a quota: the relay pool decides per
         // message. One relay without a quota goes the way it always went.
         if names.len() > 1

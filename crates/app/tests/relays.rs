@@ -98,7 +98,9 @@ async fn send(app: &App, campaign: &str, relay: &str) -> SendReport {
 }
 
 fn people(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}@fine.example")).collect()
+    (0..n)
+        .map(|i| format!("{prefix}{i}@fine.example"))
+        .collect()
 }
 
 async fn campaign(s: &Store, name: &str, emails: &[String]) {
@@ -147,7 +149,11 @@ async fn two_relays_share_a_campaign_by_their_weights() {
         );
         // The usage is counted per relay (what was handed over, no more).
         let v = app.campaign_status("c").await.unwrap();
-        assert_eq!(relay(&v, "heavy")["sent_hour"].as_u64(), Some(heavy), "{b}: {v:#}");
+        assert_eq!(
+            relay(&v, "heavy")["sent_hour"].as_u64(),
+            Some(heavy),
+            "{b}: {v:#}"
+        );
         assert_eq!(relay(&v, "light")["sent_day"].as_u64(), Some(light), "{b}");
         assert_eq!(relay(&v, "heavy")["state"], "ok");
         assert!(relay(&v, "heavy")["max_per_hour"].is_null(), "{b}");
@@ -206,7 +212,12 @@ async fn a_relay_at_its_hourly_quota_stops_and_the_rest_waits_for_the_next_hour(
         assert_eq!(r.ended, Ended::RetriesLater(eleven), "{b}");
         assert_eq!(stats.snapshot().messages, 5, "{b}: the quota, no more");
         assert_eq!(
-            (r.counts.sent, r.counts.pending, r.counts.failed, r.counts.deferred),
+            (
+                r.counts.sent,
+                r.counts.pending,
+                r.counts.failed,
+                r.counts.deferred
+            ),
             (5, 7, 0, 0),
             "{b}: the rest waits, nothing failed"
         );
@@ -215,7 +226,10 @@ async fn a_relay_at_its_hourly_quota_stops_and_the_rest_waits_for_the_next_hour(
         let v = app.campaign_status("c").await.unwrap();
         let ses = relay(&v, "ses");
         assert_eq!(ses["state"], "at quota", "{b}: {v:#}");
-        assert_eq!((ses["sent_hour"].as_u64(), ses["max_per_hour"].as_u64()), (Some(5), Some(5)));
+        assert_eq!(
+            (ses["sent_hour"].as_u64(), ses["max_per_hour"].as_u64()),
+            (Some(5), Some(5))
+        );
         assert_eq!(ses["until"], "2026-12-03T11:00:00Z", "{b}");
         assert_eq!(v["eta_reason"], "relay quota", "{b}: {v:#}");
         // 7 left at 5 an hour: 5 at 11:00, 2 at 12:00.
@@ -284,10 +298,19 @@ async fn every_relay_at_its_quota_makes_the_campaign_wait_with_an_eta() {
         ]);
         let t0 = Utc.with_ymd_and_hms(2026, 12, 3, 22, 30, 0).unwrap();
         let clock = Arc::new(ManualClock::new(t0));
-        let app = App::new(cfg, s.clone(), clock.clone(), Arc::new(rundbrief_app::NoObserver));
+        let app = App::new(
+            cfg,
+            s.clone(),
+            clock.clone(),
+            Arc::new(rundbrief_app::NoObserver),
+        );
         let r = send(&app, "c", "ses,mailgun").await;
         let next = Utc.with_ymd_and_hms(2026, 12, 3, 23, 0, 0).unwrap();
-        assert_eq!(r.ended, Ended::RetriesLater(next), "{b}: the earliest relay to free up");
+        assert_eq!(
+            r.ended,
+            Ended::RetriesLater(next),
+            "{b}: the earliest relay to free up"
+        );
         assert_eq!(
             (a_stats.snapshot().messages, c_stats.snapshot().messages),
             (4, 3),
@@ -303,7 +326,11 @@ async fn every_relay_at_its_quota_makes_the_campaign_wait_with_an_eta() {
         assert_eq!(relay(&v, "ses")["state"], "at quota", "{b}: {v:#}");
         assert_eq!(relay(&v, "ses")["until"], "2026-12-03T23:00:00Z");
         assert_eq!(relay(&v, "mailgun")["state"], "at quota");
-        assert_eq!(relay(&v, "mailgun")["until"], "2026-12-04T00:00:00Z", "{b}: the next day");
+        assert_eq!(
+            relay(&v, "mailgun")["until"],
+            "2026-12-04T00:00:00Z",
+            "{b}: the next day"
+        );
         assert_eq!(v["eta_reason"], "relay quota", "{b}: {v:#}");
         // 13 left: 4 at 23:00, then 4 (ses) + 3 (mailgun, a new day) at
         // 00:00, and the last 2 at 01:00.
@@ -340,7 +367,12 @@ async fn a_relay_that_refuses_connections_or_fails_auth_is_rested_and_the_other_
         ]);
         let t0 = Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap();
         let clock = Arc::new(ManualClock::new(t0));
-        let app = App::new(cfg, s.clone(), clock.clone(), Arc::new(rundbrief_app::NoObserver));
+        let app = App::new(
+            cfg,
+            s.clone(),
+            clock.clone(),
+            Arc::new(rundbrief_app::NoObserver),
+        );
         let r = send(&app, "c", "down,authfail,up").await;
         assert_eq!(r.ended, Ended::Finished, "{b}");
         assert_eq!(
@@ -354,7 +386,10 @@ async fn a_relay_that_refuses_connections_or_fails_auth_is_rested_and_the_other_
         let d = relay(&v, "down");
         assert_eq!(d["state"], "rested", "{b}: {v:#}");
         assert_eq!(d["until"], "2026-12-03T10:05:00Z", "{b}: five minutes");
-        assert!(d["reason"].as_str().unwrap().contains("CONNECT"), "{b}: {d}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("CONNECT"),
+            "{b}: {d}"
+        );
         assert_eq!(d["sent_hour"], 0, "{b}: failed attempts do not count");
         let a = relay(&v, "authfail");
         assert_eq!(a["state"], "rested", "{b}: {v:#}");

@@ -1646,13 +1646,29 @@ rest_for_secs = 60
         let cfg: Config = toml::from_str(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.relay.as_deref(), Some("ses,mailgun"));
-        assert_eq!(relay_list(cfg.relay.as_deref().unwrap()), ["ses", "mailgun"]);
+        assert_eq!(
+            relay_list(cfg.relay.as_deref().unwrap()),
+            ["ses", "mailgun"]
+        );
         let ses = &cfg.relays["ses"];
-        assert_eq!((ses.max_per_hour, ses.max_per_day, ses.weight()), (Some(5), Some(50), 3));
+        assert_eq!(
+            (ses.max_per_hour, ses.max_per_day, ses.weight()),
+            (Some(5), Some(50), 3)
+        );
         assert!(ses.has_quota());
         let mg = &cfg.relays["mailgun"];
-        assert_eq!((mg.weight(), mg.rest_after_failures(), mg.rest_for().as_secs()), (1, 2, 60));
-        assert_eq!((ses.rest_after_failures(), ses.rest_for().as_secs()), (3, 300));
+        assert_eq!(
+            (
+                mg.weight(),
+                mg.rest_after_failures(),
+                mg.rest_for().as_secs()
+            ),
+            (1, 2, 60)
+        );
+        assert_eq!(
+            (ses.rest_after_failures(), ses.rest_for().as_secs()),
+            (3, 300)
+        );
         // The single forms are unchanged; config show prints what parses back.
         let one: Config = toml::from_str("relay = \"smtp://h:25\"").unwrap();
         assert_eq!(one.relay.as_deref(), Some("smtp://h:25"));

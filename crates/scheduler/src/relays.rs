@@ -299,7 +299,11 @@ impl RelayPool {
             error = %reason,
             "relay failed at connect/TLS/AUTH repeatedly; rested, the other relays take its share"
         );
-        if let Err(e) = self.store.rest_relay(&route.name, until, &reason, now).await {
+        if let Err(e) = self
+            .store
+            .rest_relay(&route.name, until, &reason, now)
+            .await
+        {
             tracing::warn!(relay = %route.name, error = %e, "could not store the relay's rest");
         }
         true

@@ -686,12 +686,17 @@ impl Runner {
                             },
                         };
                         let reply = o.error().and_then(|e| e.reply());
-                        slowed = requeue.is_none().then(|| throttle.report(
-                            &key.name,
-                            reply.map(|r| r.code),
-                            reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
-                            o.is_sent(),
-                        )).flatten();
+                        slowed = requeue
+                            .is_none()
+                            .then(|| {
+                                throttle.report(
+                                    &key.name,
+                                    reply.map(|r| r.code),
+                                    reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
+                                    o.is_sent(),
+                                )
+                            })
+                            .flatten();
                         Ok(o)
                     }
                     Err(e) => Err(e),

@@ -51,7 +51,11 @@ async fn concurrent_takes_never_overshoot_a_quota() {
         s.give_back_relay_quota("ses", full.hour, full.day, 4)
             .await
             .unwrap();
-        assert_eq!(s.take_relay_quota("ses", now, 10, quota).await.unwrap().n, 4, "{b}");
+        assert_eq!(
+            s.take_relay_quota("ses", now, 10, quota).await.unwrap().n,
+            4,
+            "{b}"
+        );
         // The next hour has its own count; the day's 70 still caps it.
         let later = now + chrono::Duration::hours(1);
         let t = s.take_relay_quota("ses", later, 40, quota).await.unwrap();
@@ -88,6 +92,12 @@ async fn a_rest_is_stored_until_it_ends() {
             .unwrap();
         let rests = s.relay_rests(&["down"], until).await.unwrap();
         assert_eq!(rests[0].reason, "again", "{b}");
-        assert!(s.relay_rests(&["down"], until + chrono::Duration::minutes(5)).await.unwrap().is_empty(), "{b}: over");
+        assert!(
+            s.relay_rests(&["down"], until + chrono::Duration::minutes(5))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}: over"
+        );
     }
 }

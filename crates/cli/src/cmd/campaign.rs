@@ -796,13 +796,20 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
 /// The campaign's relays when it has several or a quota: use this hour
 /// and day against the quota, and whether each takes mail now.
 fn print_relays(v: &serde_json::Value) {
-    let relays = v["relays"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let relays = v["relays"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let quota = |r: &serde_json::Value| r["max_per_hour"].is_u64() || r["max_per_day"].is_u64();
     if relays.len() < 2 && !relays.iter().any(quota) {
         return;
     }
     for r in relays {
-        let of = |k: &str| r[k].as_u64().map(|n| format!(" of {n}")).unwrap_or_default();
+        let of = |k: &str| {
+            r[k].as_u64()
+                .map(|n| format!(" of {n}"))
+                .unwrap_or_default()
+        };
         let mut line = format!(
             "  relay {}: {}{} sent this hour, {}{} today",
             output::safe(r["name"].as_str().unwrap_or("?")),
