@@ -24,6 +24,7 @@ mod m20261203_000011_campaign_dns_check;
 mod m20261203_000012_local_time;
 mod m20261203_000013_breaker;
 mod m20261203_000014_dashboard_stats;
+mod m20261203_000015_relay_usage;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000012_local_time::Migration),
             Box::new(m20261203_000013_breaker::Migration),
             Box::new(m20261203_000014_dashboard_stats::Migration),
+            Box::new(m20261203_000015_relay_usage::Migration),
         ]
     }
 }

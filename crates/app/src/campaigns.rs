@@ -64,16 +64,26 @@ pub fn check_content(name: &str, text: &str) -> Result<()> {
 }
 
 /// A campaign's relay, checked when it is stored rather than at send time:
-/// a `[relays.NAME]` of the configuration or a relay URL. A name's password
+/// a `[relays.NAME]` of the configuration or a relay URL, or several of
+/// them separated by commas. A name's password
 /// is read only when sending (it may live in the server's environment).
 ///
 /// # Errors
 /// [`crate::ErrorKind::Invalid`]; the error quotes the relay without its password.
 pub fn check_relay(cfg: &Config, given: &str) -> Result<()> {
-    if cfg.relays.contains_key(given.trim()) {
-        return Ok(());
+    let names = rundbrief_core::config::relay_list(given);
+    if names.is_empty() {
+        return Err(AppError::invalid(
+            "the relay is empty: name a [relays.NAME] or a URL, or several separated by commas",
+        ));
     }
-    rundbrief_sender::Relay::resolve(given, &cfg.relays)?;
+    // Several relays (`ses,mailgun`): each is checked.
+    for name in names {
+        if cfg.relays.contains_key(name) {
+            continue;
+        }
+        rundbrief_sender::Relay::resolve(name, &cfg.relays)?;
+    }
     Ok(())
 }
 
@@ -300,7 +310,9 @@ pub fn check_preflight(cfg: &Config, c: &CampaignContent, strict: bool) -> Resul
 /// readers `fallback` to the default zone; null otherwise), while running
 /// the rate over the last minute (`rate_per_s`) and the expected finish:
 /// `eta` (RFC 3339), `eta_s` (seconds from now) and `eta_reason` (what
-/// bounds it: `rate`, `window` or `local-time due times`);
+/// bounds it: `rate`, `window`, `local-time due times` or `relay quota`);
+/// `relays` (each relay of the campaign with its use, quota and state:
+/// [`RelayStatus`]);
 /// `paused_reason` (why the circuit breaker paused it, else null) and
 /// `providers` (the queue per mailbox provider:
 /// [`crate::shaping::ProviderQueue`]).
@@ -366,6 +378,10 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
     let providers =
         crate::shaping::provider_queues(store, &*app.shaping()?, &app.config, id, running, now)
             .await?;
+    // The campaign's relays (a relay list, or one relay with a quota): what
+    // each was handed this hour and day, its quota, and whether it takes mail.
+    let relays = relay_statuses(app, c.relay.as_deref(), now).await?;
+    v["relays"] = serde_json::to_value(&relays)?;
     if running {
         // The rate over the last minute, or over the time since the first
         // outcome in it when the campaign started less than a minute ago.
@@ -388,6 +404,15 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
             (Some(e), Some(b)) if b.0 > e.at => Some((b.0, b.1)),
             (None, Some(b)) => Some((b.0, b.1)),
             (e, _) => e.map(|e| (e.at, e.reason.to_string())),
+        };
+        // Every relay at its quota (or rested): nothing goes before the
+        // quota frees up, whatever the rate.
+        let left: u64 = groups.iter().map(|(_, n)| n).sum();
+        let eta = match quota_finish(now, left, &relays) {
+            Some(at) if eta.as_ref().is_none_or(|(e, _)| at >= *e) => {
+                Some((at, "relay quota".to_string()))
+            }
+            _ => eta,
         };
         if let Some((at, reason)) = eta {
             v["eta"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
@@ -445,12 +470,138 @@ pub fn rate_bound(
     })
 }
 
+/// One relay of a campaign in `campaign status` (`relays`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatus {
+    /// `[relays.NAME]`'s name, or the URL.
+    pub name: String,
+    /// Messages handed to it in this UTC hour and day (over every
+    /// campaign and worker; quota reserved by a running worker counts).
+    pub sent_hour: u64,
+    pub max_per_hour: Option<u64>,
+    pub sent_day: u64,
+    pub max_per_day: Option<u64>,
+    /// Its share among the campaign's relays.
+    pub weight: u32,
+    /// `ok`, `at quota` (until the next hour or day) or `rested` (it
+    /// failed at CONNECT, TLS or AUTH repeatedly).
+    pub state: &'static str,
+    /// When an `at quota` or `rested` relay takes mail again (RFC 3339).
+    pub until: Option<String>,
+    /// Why it is rested (the failure), else null.
+    pub reason: Option<String>,
+    #[serde(skip)]
+    until_at: Option<DateTime<Utc>>,
+}
+
+/// The relays a campaign sends through (its own relay, else the configured
+/// default; a `--relay` given to one send is not known here), with their
+/// use and state. Empty without a relay.
+///
+/// # Errors
+/// The store failed.
+pub async fn relay_statuses(
+    app: &crate::App,
+    campaign_relay: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<RelayStatus>> {
+    let Some(given) = campaign_relay.or(app.config.relay.as_deref()) else {
+        return Ok(Vec::new());
+    };
+    let names = rundbrief_core::config::relay_list(given);
+    let rests = app.store.relay_rests(&names, now).await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let rc = app.config.relays.get(name).cloned().unwrap_or_default();
+        let quota = rundbrief_store::RelayQuota {
+            max_per_hour: rc.max_per_hour,
+            max_per_day: rc.max_per_day,
+        };
+        let usage = app.store.relay_usage(name, now).await?;
+        let rest = rests.iter().find(|r| r.relay == name);
+        let (state, until_at) = match (rest, rundbrief_store::quota_frees_at(now, quota, usage)) {
+            (Some(r), _) => ("rested", Some(r.until)),
+            (None, Some(t)) => ("at quota", Some(t)),
+            (None, None) => ("ok", None),
+        };
+        out.push(RelayStatus {
+            name: name.to_string(),
+            sent_hour: usage.sent_hour,
+            max_per_hour: rc.max_per_hour,
+            sent_day: usage.sent_day,
+            max_per_day: rc.max_per_day,
+            weight: rc.weight(),
+            state,
+            until: until_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            reason: rest.map(|r| r.reason.clone()),
+            until_at,
+        });
+    }
+    Ok(out)
+}
+
+/// The earliest time `left` messages can have been handed to `relays`
+/// under their hourly and daily quotas (each relay's use so far counted,
+/// a rested relay counted from when its rest ends): `None` when the quotas
+/// do not delay them (they fit in what is left of this hour, or a relay
+/// without a quota can take them).
+pub fn quota_finish(
+    now: DateTime<Utc>,
+    left: u64,
+    relays: &[RelayStatus],
+) -> Option<DateTime<Utc>> {
+    use rundbrief_store::{day_bucket, hour_bucket};
+    if left == 0 || relays.is_empty() {
+        return None;
+    }
+    let mut day_used: Vec<u64> = relays.iter().map(|r| r.sent_day).collect();
+    let mut remaining = left;
+    let this_hour = hour_bucket(now);
+    // Bounded: a year of hours.
+    for k in 0..(24 * 366) {
+        let start = if k == 0 {
+            now
+        } else {
+            this_hour + chrono::Duration::hours(k)
+        };
+        let end = this_hour + chrono::Duration::hours(k + 1);
+        if k > 0 && hour_bucket(start) == day_bucket(start) {
+            day_used.iter_mut().for_each(|d| *d = 0);
+        }
+        let mut capacity: u64 = 0;
+        for (r, used) in relays.iter().zip(day_used.iter_mut()) {
+            if r.state == "rested" && r.until_at.is_some_and(|t| t >= end) {
+                continue;
+            }
+            if r.max_per_hour.is_none() && r.max_per_day.is_none() {
+                // Unlimited: everything left goes now.
+                return (k > 0).then_some(start);
+            }
+            let hour_left = r.max_per_hour.map_or(u64::MAX, |q| {
+                q.saturating_sub(if k == 0 { r.sent_hour } else { 0 })
+            });
+            let day_left = r.max_per_day.map_or(u64::MAX, |q| q.saturating_sub(*used));
+            let n = hour_left
+                .min(day_left)
+                .min(remaining - capacity.min(remaining));
+            *used += n;
+            capacity = capacity.saturating_add(n);
+        }
+        if capacity >= remaining {
+            return (k > 0).then_some(start);
+        }
+        remaining -= capacity;
+    }
+    Some(this_hour + chrono::Duration::hours(24 * 366))
+}
+
 /// When a campaign is expected to finish, and what bounds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Eta {
     pub at: DateTime<Utc>,
     /// `rate`, `window` or `local-time due times`: whichever of sending,
-    /// waiting for the send window and waiting for due times takes longest.
+    /// waiting for the send window and waiting for due times takes longest;
+    /// `relay quota` when the relays' quotas hold the rest back longer.
     pub reason: &'static str,
 }
 
@@ -538,6 +689,47 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn relay(max_h: Option<u64>, sent_h: u64, max_d: Option<u64>, sent_d: u64) -> RelayStatus {
+        RelayStatus {
+            name: "r".into(),
+            sent_hour: sent_h,
+            max_per_hour: max_h,
+            sent_day: sent_d,
+            max_per_day: max_d,
+            weight: 1,
+            state: "ok",
+            until: None,
+            reason: None,
+            until_at: None,
+        }
+    }
+
+    #[test]
+    fn the_quota_bound_walks_hours_and_days() {
+        let now = utc("2026-12-03T10:20:00Z");
+        // 5 an hour, all 5 used: 12 more need this hour's rest (0), then
+        // 11:00, 12:00 and a part of 13:00.
+        let r = [relay(Some(5), 5, None, 0)];
+        assert_eq!(quota_finish(now, 12, &r), Some(utc("2026-12-03T13:00:00Z")));
+        // What fits in this hour is not delayed.
+        assert_eq!(quota_finish(now, 3, &[relay(Some(5), 2, None, 0)]), None);
+        // A relay without a quota takes everything.
+        assert_eq!(
+            quota_finish(now, 100, &[r[0].clone(), relay(None, 0, None, 0)]),
+            None
+        );
+        // 10 a day, used up: tomorrow.
+        let d = [relay(None, 0, Some(10), 10)];
+        assert_eq!(quota_finish(now, 4, &d), Some(utc("2026-12-04T00:00:00Z")));
+        // Two relays share the load: 5 + 3 an hour.
+        let two = [relay(Some(5), 5, None, 0), relay(Some(3), 3, None, 0)];
+        assert_eq!(
+            quota_finish(now, 16, &two),
+            Some(utc("2026-12-03T12:00:00Z"))
+        );
+        assert_eq!(quota_finish(now, 0, &two), None);
     }
 
     #[test]

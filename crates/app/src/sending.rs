@@ -246,6 +246,23 @@ impl App {
     /// No usable relay, a campaign that does not compile, a DKIM key that
     /// cannot be loaded.
     pub fn runner_for(&self, c: &CampaignContent, opts: &SendOptions) -> Result<Runner> {
+        let given = opts
+            .relay
+            .as_deref()
+            .or(c.relay.as_deref())
+            .or(self.config.relay.as_deref());
+        let names = given
+            .map(rundbrief_core::config::relay_list)
+            .unwrap_or_default();
+        // Several relays, or one with a quota: the relay pool decides per
+        // message. One relay without a quota goes the way it always went.
+        if names.len() > 1
+            || names
+                .iter()
+                .any(|n| self.config.relays.get(*n).is_some_and(|r| r.has_quota()))
+        {
+            return self.pooled_runner(c, opts, &names);
+        }
         let mut relay = self.relay(opts.relay.as_deref().or(c.relay.as_deref()))?;
         if let Some(n) = opts.pool {
             relay.options.pool_size = n.max(1);
@@ -254,6 +271,58 @@ impl App {
         relay.options.dangerous_accept_invalid_certs = opts.insecure;
         let sender: Arc<dyn Transport> = Arc::new(Sender::new(relay, self.verp()?)?);
         self.runner_with(c, sender, pool, opts.wait)
+    }
+
+    /// The runner over several relays (`names`, each a `[relays.NAME]` or
+    /// a URL): one sender per relay, weights, quotas and rests from each
+    /// relay's configuration. `--pool` sets each relay's connections.
+    fn pooled_runner(
+        &self,
+        c: &CampaignContent,
+        opts: &SendOptions,
+        names: &[&str],
+    ) -> Result<Runner> {
+        let mut routes = Vec::with_capacity(names.len());
+        let mut connections = 0;
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(AppError::invalid(format!(
+                    "relay `{name}` is named twice in the relay list `{}`; name each relay once \
+                     (`weight` in [relays.{name}] gives it a larger share)",
+                    names.join(",")
+                )));
+            }
+            let mut relay = relay_for(&self.config, Some(name))?;
+            if let Some(n) = opts.pool {
+                relay.options.pool_size = n.max(1);
+            }
+            connections += relay.options.pool_size;
+            relay.options.dangerous_accept_invalid_certs = opts.insecure;
+            let transport: Arc<dyn Transport> = Arc::new(Sender::new(relay, self.verp()?)?);
+            let rc = self.config.relays.get(*name).cloned().unwrap_or_default();
+            routes.push(rundbrief_scheduler::Route {
+                name: (*name).to_string(),
+                transport,
+                weight: rc.weight(),
+                quota: rundbrief_store::RelayQuota {
+                    max_per_hour: rc.max_per_hour,
+                    max_per_day: rc.max_per_day,
+                },
+                rest_after: rc.rest_after_failures(),
+                rest_for: rc.rest_for(),
+            });
+        }
+        let first = Arc::clone(&routes[0].transport);
+        let mut runner = self.runner_with(c, first, connections, opts.wait)?;
+        // Quota is reserved in chunks of the sends in flight (at most 32).
+        let chunk = (runner.config.concurrency as u64).clamp(1, 32);
+        runner.relays = Some(Arc::new(rundbrief_scheduler::RelayPool::new(
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            routes,
+            chunk,
+        )));
+        Ok(runner)
     }
 
     /// The runner for one campaign over any transport (a stub in tests).
@@ -274,6 +343,7 @@ impl App {
             hooks: Arc::new(CampaignHooks::new(self, c)?),
             clock: Arc::clone(&self.clock),
             config: run_config(&self.config, pool, wait),
+            relays: None,
         })
     }
 
@@ -354,6 +424,9 @@ impl App {
             .run(c.campaign.id, stop, &|n| progress(total, n))
             .await;
         runner.sender.shutdown().await;
+        if let Some(pool) = &runner.relays {
+            pool.shutdown().await;
+        }
         let report = report?;
         match report.ended {
             Ended::Finished => tracing::info!(campaign = name, "finished"),
@@ -458,6 +531,9 @@ impl App {
             })
             .await;
         runner.sender.shutdown().await;
+        if let Some(pool) = &runner.relays {
+            pool.shutdown().await;
+        }
         Ok(outcome)
     }
 
@@ -483,7 +559,7 @@ impl App {
 /// relay) if any, else the configured default (`relay`, `RUNDBRIEF_RELAY`).
 /// Either is looked up in `[relays.NAME]` first, then parsed as a URL
 /// ([`rundbrief_sender::Relay::resolve`]); a named relay's password is read
-/// here, once.
+/// here, once. Of a relay list (`ses,mailgun`) the first relay.
 ///
 /// # Errors
 /// [`crate::ErrorKind::Invalid`]: no relay at all ([`NO_RELAY`]), an unknown
@@ -492,6 +568,12 @@ pub fn relay_for(cfg: &Config, given: Option<&str>) -> Result<rundbrief_sender::
     let Some(name_or_url) = given.or(cfg.relay.as_deref()) else {
         return Err(AppError::invalid(NO_RELAY).because(Reason::NoRelay));
     };
+    // A relay list (`ses,mailgun`): one relay is wanted here (a check, a
+    // confirmation mail): the first. Campaigns use them all (runner_for).
+    let name_or_url = rundbrief_core::config::relay_list(name_or_url)
+        .first()
+        .copied()
+        .unwrap_or(name_or_url);
     Ok(rundbrief_sender::Relay::resolve(name_or_url, &cfg.relays)?)
 }
 

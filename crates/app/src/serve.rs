@@ -88,6 +88,9 @@ fn spawn_run(
             }
             let report = runner.run(id, &stop, &|_| {}).await;
             runner.sender.shutdown().await;
+            if let Some(pool) = &runner.relays {
+                pool.shutdown().await;
+            }
             let report = report?;
             if report.attempts > 0 {
                 tracing::info!(campaign = %name, attempts = report.attempts, ended = ?report.ended, "campaign pass");

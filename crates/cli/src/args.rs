@@ -809,6 +809,8 @@ pub enum CampaignCmd {
         #[arg(long)]
         from: Option<String>,
         /// Relay for this campaign: a [relays.NAME] or a URL; default the configured relay.
+        /// Several, separated by commas (`ses,mailgun`), share the campaign by
+        /// their weights, within their quotas, with failover.
         #[arg(long)]
         relay: Option<String>,
     },
@@ -820,7 +822,8 @@ pub enum CampaignCmd {
     /// to those still pending or deferred, never twice to the same delivery.
     Send {
         name: String,
-        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY);
+        /// several separated by commas (`ses,mailgun`) share the send by weight and quota.
         #[arg(long)]
         relay: Option<String>,
         /// Simultaneous SMTP connections (default: the relay's pool_size, 4
@@ -874,7 +877,8 @@ pub enum CampaignCmd {
         /// Stay until every delivery has a final outcome (retries, send window).
         #[arg(long)]
         wait: bool,
-        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY).
+        /// Relay: a [relays.NAME] or a URL (overrides the campaign's and RUNDBRIEF_RELAY);
+        /// several separated by commas (`ses,mailgun`) share the send by weight and quota.
         #[arg(long)]
         relay: Option<String>,
         /// Simultaneous SMTP connections (default: the relay's pool_size, 4

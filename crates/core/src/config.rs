@@ -107,7 +107,11 @@ pub struct Config {
     /// Env: `RUNDBRIEF_RELAY`; `--relay` on a command wins. May also name
     /// one of `[relays.NAME]` (a name is looked up first, then a URL). A
     /// URL cannot carry a password, so one naming an AUTH user is refused:
-    /// a relay with AUTH is a `[relays.NAME]`.
+    /// a relay with AUTH is a `[relays.NAME]`. Several relays, sent through
+    /// by weight with quotas and failover: a list (`relay = ["ses",
+    /// "mailgun"]`), kept here as the names joined by commas (`ses,mailgun`,
+    /// which is also what `RUNDBRIEF_RELAY` and `--relay` take).
+    #[serde(deserialize_with = "relay_names")]
     pub relay: Option<String>,
     /// Named relays, for AUTH, TLS and pool settings a bare URL cannot
     /// carry: `[relays.NAME]`. `--relay NAME`, a campaign's relay or
@@ -219,6 +223,80 @@ pub struct RelayConfig {
     /// The name sent in EHLO. Default: the URL's path
     /// (`smtp://host/ehlo.example`), else this machine's host name.
     pub ehlo_name: Option<String>,
+    /// Messages handed to this relay per UTC hour, over every campaign and
+    /// worker on the database (Amazon SES, Mailgun and Google Workspace
+    /// limit senders so). At the quota the relay takes nothing more until
+    /// the next hour; when every relay of a campaign is at its quota the
+    /// campaign waits. Default: no limit.
+    pub max_per_hour: Option<u64>,
+    /// Messages handed to this relay per UTC day, as `max_per_hour`.
+    /// Default: no limit.
+    pub max_per_day: Option<u64>,
+    /// This relay's share when a campaign sends through several relays:
+    /// `weight = 3` beside a relay of weight 1 gets three messages of four.
+    /// Default 1.
+    pub weight: Option<u32>,
+    /// Failures in a row at CONNECT, TLS or AUTH (the relay unreachable or
+    /// refusing us) after which the relay is rested for `rest_for_secs`
+    /// and the other relays take its share. Default 3.
+    pub rest_after_failures: Option<u32>,
+    /// How long a failing relay is rested, in seconds. Default 300.
+    pub rest_for_secs: Option<u64>,
+}
+
+impl RelayConfig {
+    /// `weight`, default 1.
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+    /// `rest_after_failures`, default 3.
+    pub fn rest_after_failures(&self) -> u32 {
+        self.rest_after_failures.unwrap_or(3)
+    }
+    /// `rest_for_secs`, default 300 (5 minutes).
+    pub fn rest_for(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.rest_for_secs.unwrap_or(300))
+    }
+    /// True when the relay has an hourly or daily quota.
+    pub fn has_quota(&self) -> bool {
+        self.max_per_hour.is_some() || self.max_per_day.is_some()
+    }
+}
+
+/// The names (or URLs) in a relay list as `relay`, `--relay` and a
+/// campaign's relay hold it: `ses,mailgun` (commas, blanks around them
+/// ignored). One element for a single relay.
+pub fn relay_list(given: &str) -> Vec<&str> {
+    given
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `relay` as a string (`"ses"`, `"ses,mailgun"`) or a list of them.
+fn relay_names<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(s),
+        Some(OneOrMany::Many(v)) => {
+            if let Some(bad) = v.iter().find(|s| s.contains(',') || s.trim().is_empty()) {
+                return Err(serde::de::Error::custom(format!(
+                    "`relay`: `{bad}` is not a relay name or URL (each element names one relay)"
+                )));
+            }
+            (!v.is_empty()).then(|| v.join(","))
+        }
+    })
 }
 
 /// `tls` of a `[relays.NAME]`.
@@ -1160,6 +1238,17 @@ fn validate_relay(name: &str, r: &RelayConfig) -> Result<(), ConfigError> {
             "`relays.{name}`: give password_env or password_file, not both"
         ));
     }
+    if r.weight == Some(0)
+        || r.max_per_hour == Some(0)
+        || r.max_per_day == Some(0)
+        || r.rest_after_failures == Some(0)
+        || r.rest_for_secs == Some(0)
+    {
+        return bad(format!(
+            "`relays.{name}`: weight, max_per_hour, max_per_day, rest_after_failures and \
+             rest_for_secs must be > 0 (leave a quota out for no limit)"
+        ));
+    }
     if r.pool_size == Some(0)
         || r.connect_timeout_secs == Some(0)
         || r.command_timeout_secs == Some(0)
@@ -1537,6 +1626,60 @@ messages_per_connection = 50
                 providers: [(b.name.to_string(), p)].into(),
             };
             cfg.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn relay_lists_quotas_and_weights_parse_and_are_checked() {
+        let text = r#"
+relay = ["ses", "mailgun"]
+[relays.ses]
+url = "smtp://127.0.0.1:2525"
+max_per_hour = 5
+max_per_day = 50
+weight = 3
+[relays.mailgun]
+url = "smtp://127.0.0.1:2526"
+rest_after_failures = 2
+rest_for_secs = 60
+"#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.relay.as_deref(), Some("ses,mailgun"));
+        assert_eq!(
+            relay_list(cfg.relay.as_deref().unwrap()),
+            ["ses", "mailgun"]
+        );
+        let ses = &cfg.relays["ses"];
+        assert_eq!(
+            (ses.max_per_hour, ses.max_per_day, ses.weight()),
+            (Some(5), Some(50), 3)
+        );
+        assert!(ses.has_quota());
+        let mg = &cfg.relays["mailgun"];
+        assert_eq!(
+            (
+                mg.weight(),
+                mg.rest_after_failures(),
+                mg.rest_for().as_secs()
+            ),
+            (1, 2, 60)
+        );
+        assert_eq!(
+            (ses.rest_after_failures(), ses.rest_for().as_secs()),
+            (3, 300)
+        );
+        // The single forms are unchanged; config show prints what parses back.
+        let one: Config = toml::from_str("relay = \"smtp://h:25\"").unwrap();
+        assert_eq!(one.relay.as_deref(), Some("smtp://h:25"));
+        let back: Config = toml::from_str(&toml::to_string_pretty(&cfg).unwrap()).unwrap();
+        assert_eq!(back.relay, cfg.relay);
+        assert!(toml::from_str::<Config>("relay = [\"a,b\"]").is_err());
+        for bad in ["weight = 0", "max_per_hour = 0", "rest_for_secs = 0"] {
+            let cfg: Config =
+                toml::from_str(&format!("[relays.x]\nurl = \"smtp://h\"\n{bad}")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("must be > 0"), "{bad}: {e}");
         }
     }
 

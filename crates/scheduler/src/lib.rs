@@ -6,6 +6,7 @@
 //! - [`tick`]: what a long-running `serve` does every few seconds: start due
 //!   one-offs, create the run of each due recurring campaign (once).
 //! - [`local`]: local-time delivery, each reader's due time in their zone.
+//! - [`relays`]: several relays per campaign: weights, quotas, failover.
 //! - [`retry`]: back-off with jitter and a maximum age for deferrals.
 //!
 //! SMTP is the sender's business and SQL the store's; templates and bounce
@@ -14,6 +15,7 @@
 pub mod breaker;
 pub mod clock;
 pub mod local;
+pub mod relays;
 pub mod retry;
 pub mod run;
 pub mod schedule;
@@ -21,6 +23,7 @@ pub mod tick;
 
 pub use breaker::{Breaker, BreakerLimits, Trip};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use relays::{RelayPool, Route};
 pub use retry::{Retry, RetryPolicy};
 pub use run::{Ended, HookError, Hooks, RunConfig, RunError, RunReport, Runner};
 pub use schedule::{Recurrence, ScheduleError, Window, parse_at, parse_tz};

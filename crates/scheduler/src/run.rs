@@ -184,6 +184,9 @@ struct Sent {
     provider: Arc<str>,
     /// The rate a 421/4.7.x reply slowed the provider down to.
     slowed: Option<u32>,
+    /// Not sent: no relay of the campaign could take it (every one at its
+    /// quota or rested); back to pending until then.
+    requeue: Option<DateTime<Utc>>,
 }
 
 /// Sends in flight and the recorder their outcomes go to, across batches.
@@ -208,6 +211,9 @@ struct Flight {
     slowed: std::collections::HashMap<Arc<str>, u32>,
     /// When complaints were last counted.
     last_complaints: Option<Instant>,
+    /// Claimed deliveries no relay could take, and when one can: put back
+    /// as pending (untried) until then.
+    requeued: Vec<(DateTime<Utc>, uuid::Uuid)>,
 }
 
 impl Flight {
@@ -231,6 +237,7 @@ impl Flight {
             held: Vec::new(),
             slowed: std::collections::HashMap::new(),
             last_complaints: None,
+            requeued: Vec::new(),
         }
     }
 
@@ -386,6 +393,9 @@ pub struct Runner {
     pub hooks: Arc<dyn Hooks>,
     pub clock: Arc<dyn Clock>,
     pub config: RunConfig,
+    /// Several relays with weights, quotas and failover
+    /// ([`crate::relays::RelayPool`]); `None`: everything goes to `sender`.
+    pub relays: Option<Arc<crate::relays::RelayPool>>,
 }
 
 impl Runner {
@@ -432,6 +442,8 @@ impl Runner {
         let mut claim_wait = Duration::ZERO;
         // The opening time last logged while waiting for the send window.
         let mut window_logged: Option<DateTime<Utc>> = None;
+        // The same for waiting on the relays' quotas and rests.
+        let mut relays_logged: Option<DateTime<Utc>> = None;
         let ended = loop {
             if stop.is_cancelled() {
                 self.drain(&mut flight, progress).await?;
@@ -465,6 +477,27 @@ impl Runner {
                     window_logged = Some(opens);
                 }
                 self.sleep_until(opens, stop).await;
+                continue;
+            }
+            // Every relay at its quota or rested: claim nothing (the
+            // deliveries stay pending) until one can take mail again.
+            if let Some(pool) = &self.relays
+                && let Some(wait) = pool.blocked().await
+            {
+                self.drain(&mut flight, progress).await?;
+                if Self::settle_prefetch(&mut prefetch).await? {
+                    store
+                        .release_claims(campaign_id, &self.config.owner)
+                        .await?;
+                }
+                if !self.config.wait {
+                    break Ended::RetriesLater(wait.until);
+                }
+                if relays_logged != Some(wait.until) {
+                    tracing::info!(campaign = %sched.name, until = %wait.until, reason = %wait.reason, "waiting for a relay");
+                    relays_logged = Some(wait.until);
+                }
+                self.sleep_until(wait.until, stop).await;
                 continue;
             }
             let t0 = Instant::now();
@@ -514,6 +547,9 @@ impl Runner {
             store
                 .release_claims(campaign_id, &self.config.owner)
                 .await?;
+        }
+        if let Some(pool) = &self.relays {
+            pool.finish().await;
         }
         let Flight {
             recorder,
@@ -607,6 +643,7 @@ impl Runner {
                 Arc::clone(&self.hooks),
                 flight.breaker.clone(),
             );
+            let relays = self.relays.clone();
             flight.tasks.spawn(async move {
                 let t0 = Instant::now();
                 let domain = d.email.rsplit('@').next().unwrap_or_default().to_string();
@@ -621,28 +658,45 @@ impl Runner {
                         latency: t0.elapsed(),
                         provider: key.name,
                         slowed: None,
+                        requeue: None,
                     };
                 }
                 let mut slowed = None;
+                let mut requeue = None;
                 // Rendering (and DKIM signing) runs on the runtime's threads,
                 // not on the claiming task.
                 let outcome = match hooks.render(&d) {
                     Ok(bytes) => {
                         let _slot = throttle.acquire(&key.name).await;
-                        let o = sender
-                            .send(Delivery {
-                                id: d.delivery_id,
-                                to: d.email.clone(),
-                                message: Arc::from(bytes),
-                            })
-                            .await;
+                        let delivery = Delivery {
+                            id: d.delivery_id,
+                            to: d.email.clone(),
+                            message: Arc::from(bytes),
+                        };
+                        let o = match &relays {
+                            None => sender.send(delivery).await,
+                            Some(pool) => match pool.send(delivery).await {
+                                crate::relays::Routed::Done(o) => o,
+                                crate::relays::Routed::Wait(w) => {
+                                    requeue = Some(w.until);
+                                    Outcome::Deferred {
+                                        error: SendError::Shutdown,
+                                    }
+                                }
+                            },
+                        };
                         let reply = o.error().and_then(|e| e.reply());
-                        slowed = throttle.report(
-                            &key.name,
-                            reply.map(|r| r.code),
-                            reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
-                            o.is_sent(),
-                        );
+                        slowed = requeue
+                            .is_none()
+                            .then(|| {
+                                throttle.report(
+                                    &key.name,
+                                    reply.map(|r| r.code),
+                                    reply.and_then(|r| r.enhanced).map(|e| (e.class, e.subject)),
+                                    o.is_sent(),
+                                )
+                            })
+                            .flatten();
                         Ok(o)
                     }
                     Err(e) => Err(e),
@@ -654,6 +708,7 @@ impl Runner {
                     latency: t0.elapsed(),
                     provider: key.name,
                     slowed,
+                    requeue,
                 }
             });
             while let Some(r) = flight.tasks.try_join_next() {
@@ -682,6 +737,7 @@ impl Runner {
             self.settle(r, flight).await?;
         }
         self.flush_held(flight).await?;
+        self.flush_requeued(flight).await?;
         flight.recorder.sync().await?;
         progress(flight.recorder.recorded.load(Ordering::Relaxed));
         Ok(())
@@ -700,7 +756,16 @@ impl Runner {
             latency,
             provider,
             slowed,
+            requeue,
         } = joined.map_err(|e| RunError::Task(e.to_string()))?;
+        if let Some(until) = requeue {
+            // No relay could take it: back to pending, untried.
+            flight.requeued.push((until, d.delivery_id));
+            if flight.requeued.len() >= self.config.record_every {
+                self.flush_requeued(flight).await?;
+            }
+            return Ok(());
+        }
         let outcome = match outcome {
             Ok(o) => o,
             Err(reason) => {
@@ -822,6 +887,9 @@ impl Runner {
                 }
             }
         }
+        if let Some(pool) = &self.relays {
+            pool.sync_rests().await?;
+        }
         let state = self.store.campaign_state(id).await?;
         flight.halted = state != CampaignState::Running;
         Ok(state)
@@ -863,6 +931,18 @@ impl Runner {
             self.hooks.tripped(None, reason);
         }
         flight.halted = true;
+        Ok(())
+    }
+
+    /// Puts the deliveries no relay could take back as pending, due when a
+    /// relay frees up.
+    async fn flush_requeued(&self, flight: &mut Flight) -> Result<(), RunError> {
+        let mut requeued = std::mem::take(&mut flight.requeued);
+        requeued.sort();
+        for group in requeued.chunk_by(|a, b| a.0 == b.0) {
+            let ids: Vec<uuid::Uuid> = group.iter().map(|r| r.1).collect();
+            self.store.requeue_deliveries(&ids, group[0].0).await?;
+        }
         Ok(())
     }
 

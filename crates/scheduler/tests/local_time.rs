@@ -72,6 +72,7 @@ fn runner(store: &Store, stub: Arc<StubTransport>, clock: Arc<ManualClock>) -> R
         hooks: Arc::new(TestHooks),
         clock,
         config,
+        relays: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn runner(
         hooks,
         clock,
         config,
+        relays: None,
     }
 }
 

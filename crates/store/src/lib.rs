@@ -32,6 +32,7 @@ mod lists;
 pub mod local_time;
 mod optin;
 mod stats;
+mod relays;
 mod subscribers;
 mod work;
 
@@ -48,6 +49,9 @@ pub use import::{BatchReport, Import, ImportOptions};
 pub use local_time::{AttrGroup, DueGroup, DueMap, LocalTime, held_marker};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
 pub use stats::{BounceBucket, GrowthDay, SendBucket, hour_of};
+pub use relays::{
+    RelayQuota, RelayRest, RelayUsage, Taken, day_bucket, hour_bucket, quota_frees_at,
+};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 

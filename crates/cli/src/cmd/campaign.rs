@@ -88,6 +88,7 @@ pub async fn run(app: &App, cmd: &CampaignCmd, json: bool) -> anyhow::Result<Exi
                 output::json(&v)?;
             } else {
                 println!("{}", status_line(&c.campaign.name, &v));
+                print_relays(&v);
                 print_providers(&c.campaign.name, &v);
                 print_errors(&v, None);
             }
@@ -789,6 +790,47 @@ fn print_errors(v: &serde_json::Value, hint: Option<&str>) {
         println!(
             "  (`rundbrief campaign status {name}` lists these reasons again; -v logs each delivery)"
         );
+    }
+}
+
+/// The campaign's relays when it has several or a quota: use this hour
+/// and day against the quota, and whether each takes mail now.
+fn print_relays(v: &serde_json::Value) {
+    let relays = v["relays"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let quota = |r: &serde_json::Value| r["max_per_hour"].is_u64() || r["max_per_day"].is_u64();
+    if relays.len() < 2 && !relays.iter().any(quota) {
+        return;
+    }
+    for r in relays {
+        let of = |k: &str| {
+            r[k].as_u64()
+                .map(|n| format!(" of {n}"))
+                .unwrap_or_default()
+        };
+        let mut line = format!(
+            "  relay {}: {}{} sent this hour, {}{} today",
+            output::safe(r["name"].as_str().unwrap_or("?")),
+            r["sent_hour"].as_u64().unwrap_or(0),
+            of("max_per_hour"),
+            r["sent_day"].as_u64().unwrap_or(0),
+            of("max_per_day"),
+        );
+        match r["state"].as_str().unwrap_or("ok") {
+            "at quota" => line.push_str(&format!(
+                "; AT QUOTA until {}",
+                r["until"].as_str().unwrap_or("?")
+            )),
+            "rested" => line.push_str(&format!(
+                "; RESTED until {}: {}",
+                r["until"].as_str().unwrap_or("?"),
+                output::safe(r["reason"].as_str().unwrap_or(""))
+            )),
+            _ => {}
+        }
+        println!("{line}");
     }
 }
 
