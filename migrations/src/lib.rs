@@ -23,6 +23,7 @@ mod m20261202_000010_admin;
 mod m20261203_000011_campaign_dns_check;
 mod m20261203_000012_local_time;
 mod m20261203_000013_breaker;
+mod m20261203_000014_provider_budget;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_campaign_dns_check::Migration),
             Box::new(m20261203_000012_local_time::Migration),
             Box::new(m20261203_000013_breaker::Migration),
+            Box::new(m20261203_000014_provider_budget::Migration),
         ]
     }
 }
