@@ -270,7 +270,7 @@ impl App {
         Ok(Runner {
             store: self.store.clone(),
             sender: transport,
-            throttle: Arc::new(crate::shaping::throttle(
+            throttle: Arc::new(crate::shaping::throttle_for(
                 &self.config,
                 self.shaping()?,
                 &self.store,

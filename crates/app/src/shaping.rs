@@ -140,12 +140,10 @@ impl Budget for StoreBudget {
     }
 }
 
-/// The throttle from `[sending]` and `[shaping]`: global rate, per
-/// provider group (or per domain outside any group) rate, hourly rate and
-/// concurrency; with `[sending] shared_limits` the rates are shared with
-/// every worker on `store`.
-pub fn throttle(cfg: &Config, shaping: Arc<Shaping>, store: &Store) -> Throttle {
-    let t = own_throttle(cfg, shaping);
+/// The throttle of a runner: [`throttle`], and with `[sending]
+/// shared_limits` its rates shared with every worker on `store`.
+pub fn throttle_for(cfg: &Config, shaping: Arc<Shaping>, store: &Store) -> Throttle {
+    let t = throttle(cfg, shaping);
     if cfg.sending.shared_limits {
         t.with_budget(Arc::new(StoreBudget(store.clone())))
     } else {
@@ -153,8 +151,10 @@ pub fn throttle(cfg: &Config, shaping: Arc<Shaping>, store: &Store) -> Throttle 
     }
 }
 
-/// The throttle from `[sending]` and `[shaping]` for this process alone.
-fn own_throttle(cfg: &Config, shaping: Arc<Shaping>) -> Throttle {
+/// The throttle from `[sending]` and `[shaping]` for this process alone:
+/// global rate, per provider group (or per domain outside any group) rate,
+/// hourly rate and concurrency.
+pub fn throttle(cfg: &Config, shaping: Arc<Shaping>) -> Throttle {
     let s = &cfg.sending;
     Throttle::with_grouping(
         Limits {
