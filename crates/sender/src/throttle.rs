@@ -671,8 +671,10 @@ mod shared_tests {
 
     /// The store's grant statement in memory: per key, the window and the
     /// grants handed out in it, and the published cap.
+    /// Window, grants handed out in it, published cap.
+    type Row = (i64, u32, Option<(u32, i64)>);
     #[derive(Default)]
-    struct Memory(Mutex<HashMap<String, (i64, u32, Option<(u32, i64)>)>>);
+    struct Memory(Mutex<HashMap<String, Row>>);
 
     #[async_trait::async_trait]
     impl Budget for Memory {
