@@ -25,6 +25,7 @@ mod m20261203_000012_local_time;
 mod m20261203_000013_breaker;
 mod m20261203_000014_dashboard_stats;
 mod m20261203_000015_relay_usage;
+mod m20261203_000016_provider_budget;
 
 pub struct Migrator;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000013_breaker::Migration),
             Box::new(m20261203_000014_dashboard_stats::Migration),
             Box::new(m20261203_000015_relay_usage::Migration),
+            Box::new(m20261203_000016_provider_budget::Migration),
         ]
     }
 }

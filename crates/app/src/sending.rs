@@ -339,7 +339,11 @@ impl App {
         Ok(Runner {
             store: self.store.clone(),
             sender: transport,
-            throttle: Arc::new(crate::shaping::throttle(&self.config, self.shaping()?)),
+            throttle: Arc::new(crate::shaping::throttle_for(
+                &self.config,
+                self.shaping()?,
+                &self.store,
+            )),
             hooks: Arc::new(CampaignHooks::new(self, c)?),
             clock: Arc::clone(&self.clock),
             config: run_config(&self.config, pool, wait),

@@ -10,7 +10,9 @@
 use crate::{App, Result};
 use rundbrief_core::Config;
 use rundbrief_dns::{ProviderTable, Providers, Resolver};
-use rundbrief_sender::throttle::{DomainLimits, Grouping, Limits, Throttle};
+use rundbrief_sender::throttle::{
+    Budget, BudgetError, DomainLimits, Grants, Grouping, Limits, Throttle,
+};
 use rundbrief_store::{ProviderCondition, ProviderState, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,9 +101,59 @@ impl Grouping for Shaping {
     }
 }
 
-/// The throttle from `[sending]` and `[shaping]`: global rate, per
-/// provider group (or per domain outside any group) rate, hourly rate and
-/// concurrency.
+/// The store's `provider_budget` as the throttle's shared [`Budget`]
+/// (issue #18: the rates hold across workers on one database).
+pub struct StoreBudget(pub Store);
+
+#[async_trait::async_trait]
+impl Budget for StoreBudget {
+    async fn take(
+        &self,
+        key: &str,
+        window_start: i64,
+        limit: u32,
+        want: u32,
+    ) -> std::result::Result<Grants, BudgetError> {
+        let g = self
+            .0
+            .take_grants(key, window_start, limit, want)
+            .await
+            .map_err(|e| BudgetError(e.to_string()))?;
+        Ok(Grants {
+            granted: g.granted,
+            window_start: g.window_start,
+            cap: g.cap,
+        })
+    }
+
+    async fn cap(
+        &self,
+        key: &str,
+        rate: u32,
+        until: i64,
+        now: i64,
+    ) -> std::result::Result<(), BudgetError> {
+        self.0
+            .cap_grants(key, rate, until, now)
+            .await
+            .map_err(|e| BudgetError(e.to_string()))
+    }
+}
+
+/// The throttle of a runner: [`throttle`], and with `[sending]
+/// shared_limits` its rates shared with every worker on `store`.
+pub fn throttle_for(cfg: &Config, shaping: Arc<Shaping>, store: &Store) -> Throttle {
+    let t = throttle(cfg, shaping);
+    if cfg.sending.shared_limits {
+        t.with_budget(Arc::new(StoreBudget(store.clone())))
+    } else {
+        t
+    }
+}
+
+/// The throttle from `[sending]` and `[shaping]` for this process alone:
+/// global rate, per provider group (or per domain outside any group) rate,
+/// hourly rate and concurrency.
 pub fn throttle(cfg: &Config, shaping: Arc<Shaping>) -> Throttle {
     let s = &cfg.sending;
     Throttle::with_grouping(

@@ -623,6 +623,14 @@ pub struct SendingConfig {
     pub domain_rate: u32,
     /// Messages in flight at once to one recipient domain. Default 4.
     pub domain_concurrency: usize,
+    /// Share `rate`, `domain_rate` and the `[shaping]` rates with every
+    /// worker on the same database (issue #18): workers take send grants
+    /// per one-second window from the `provider_budget` table, so two
+    /// `rundbrief serve` processes together keep to the configured rates
+    /// instead of sending twice as much. `domain_concurrency` stays per
+    /// worker. With `false` each process keeps to the rates on its own
+    /// (one worker only, no database statement per window). Default true.
+    pub shared_limits: bool,
     /// Per-domain overrides: `[sending.domains."gmail.com"] rate = 10, concurrency = 2`.
     pub domains: std::collections::BTreeMap<String, DomainLimitsConfig>,
     /// Seconds before the first retry of a deferred delivery (4xx, timeout,
@@ -679,6 +687,7 @@ impl Default for SendingConfig {
             rate: 100,
             domain_rate: 20,
             domain_concurrency: 4,
+            shared_limits: true,
             domains: Default::default(),
             retry_base_secs: 60,
             retry_max_secs: 3600,
@@ -1337,6 +1346,9 @@ verp_prefix = "b"
 rate = 100
 domain_rate = 20
 domain_concurrency = 4
+# The rates hold for all workers on one database together (send grants in the
+# provider_budget table); false: per process, for a single worker.
+shared_limits = true
 # Deferred deliveries (4xx, timeouts) are retried after retry_base_secs,
 # doubling up to retry_max_secs, and fail once max_age_secs old.
 retry_base_secs = 60

@@ -10,6 +10,16 @@
 //! company domain whose MX is Google's) or, outside any group, to the
 //! lower-case domain itself. [`Throttle::acquire`], [`Throttle::report`]
 //! and [`Throttle::state`] take keys.
+//!
+//! Several workers on one database share the rates through a [`Budget`]
+//! (issue #18; [`Throttle::with_budget`]): instead of its own governor, a
+//! worker takes a few send grants at a time for the key's current
+//! one-second window from the budget (the store's `provider_budget`
+//! table), spends them, and waits for the next window when the budget
+//! says the window is used up. The global rate is the key `*`, a key's
+//! hourly limit `KEY@h` with one-hour windows. A slow-down seen by one
+//! worker is published to the budget and the others adopt it at their
+//! next grant. Concurrency limits stay per worker.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,6 +28,64 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The length of a shared rate window.
+pub const SHARED_WINDOW: Duration = Duration::from_secs(1);
+/// The length of a shared hourly window.
+const HOUR_WINDOW: Duration = Duration::from_secs(3600);
+
+/// What one take from a [`Budget`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    /// Sends granted in the window asked for (0: the window is used up).
+    pub granted: u32,
+    /// The key's window in the budget now, ms since the Unix epoch (later
+    /// than asked when another worker's clock is ahead).
+    pub window_start: i64,
+    /// A slow-down published by some worker: rate and until when (ms since
+    /// the epoch), possibly past.
+    pub cap: Option<(u32, i64)>,
+}
+
+/// Why the shared budget could not be asked (the store failed); the
+/// throttle then falls back to its own per-worker limits for that send.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the shared rate budget failed: {0}")]
+pub struct BudgetError(pub String);
+
+/// Send grants shared by every worker on one database (the store's
+/// `provider_budget`, in the application).
+#[async_trait::async_trait]
+pub trait Budget: Send + Sync {
+    /// Up to `want` grants under `key` in the window starting at
+    /// `window_start` (ms since the epoch) whose limit is `limit`.
+    async fn take(
+        &self,
+        key: &str,
+        window_start: i64,
+        limit: u32,
+        want: u32,
+    ) -> Result<Grants, BudgetError>;
+    /// Publishes that `key` is slowed to `rate` until `until` (ms).
+    async fn cap(&self, key: &str, rate: u32, until: i64, now: i64) -> Result<(), BudgetError>;
+}
+
+/// Grants taken from the budget and not yet spent, for one window.
+#[derive(Debug, Default)]
+struct Pocket {
+    /// The window they belong to (ms since the epoch).
+    window: i64,
+    left: u32,
+    /// When the budget is worth asking again (ms): after a refusal, the
+    /// start of the next window.
+    retry_at: i64,
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// One domain's (or provider group's) limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,6 +165,11 @@ struct Domain {
     hourly: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
     slowed_until: Option<Instant>,
+    /// Shared grants of the per-second and the hourly window.
+    second: Arc<tokio::sync::Mutex<Pocket>>,
+    hour: Arc<tokio::sync::Mutex<Pocket>>,
+    /// A slow-down not yet published to the budget: rate, until (ms).
+    unpublished: Option<(u32, i64)>,
 }
 
 /// Why a domain (or group) is held back right now (for status displays).
@@ -113,6 +186,10 @@ pub struct Throttle {
     global: DefaultDirectRateLimiter,
     domains: Mutex<HashMap<String, Domain>>,
     grouping: Option<Arc<dyn Grouping>>,
+    /// With several workers: the shared grants (else governor alone).
+    budget: Option<Arc<dyn Budget>>,
+    /// Shared grants of the global rate.
+    global_pocket: tokio::sync::Mutex<Pocket>,
 }
 
 /// How a throttle's key was found: what [`Throttle::key_of`] returns.
@@ -137,7 +214,21 @@ impl Throttle {
             limits,
             domains: Mutex::new(HashMap::new()),
             grouping: None,
+            budget: None,
+            global_pocket: tokio::sync::Mutex::new(Pocket::default()),
         }
+    }
+
+    /// Shares the rates with every worker on `budget` (see the module doc).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<dyn Budget>) -> Throttle {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Whether the rates are shared through a [`Budget`].
+    pub fn is_shared(&self) -> bool {
+        self.budget.is_some()
     }
 
     /// A throttle keyed by provider group where `grouping` knows one.
@@ -190,6 +281,9 @@ impl Throttle {
                         .map(|h| Arc::new(hourly(h, limits.rate))),
                     slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
                     slowed_until: None,
+                    second: Arc::default(),
+                    hour: Arc::default(),
+                    unpublished: None,
                 },
             );
         }
@@ -206,10 +300,11 @@ impl Throttle {
 
     /// Waits until a message under `key` (see [`Throttle::key_of`]) may go:
     /// a concurrency slot, then the key's hourly and per-second rate and
-    /// the global rate.
+    /// the global rate — from the shared [`Budget`] when there is one.
     ///
     /// # Cancel safety
-    /// Cancel-safe: dropping the future gives back whatever it had taken.
+    /// Cancel-safe: dropping the future gives back the slot; grants already
+    /// taken from the budget stay with this throttle for the next send.
     pub async fn acquire(&self, key: &str) -> Permit {
         let (slots, limiter, hourly) = self.with_domain(key, |d| {
             (
@@ -222,12 +317,131 @@ impl Throttle {
             .acquire_owned()
             .await
             .unwrap_or_else(|_| unreachable!("the semaphore is never closed"));
+        if let Some(budget) = &self.budget {
+            match self.acquire_shared(budget.as_ref(), key).await {
+                Ok(()) => return Permit { _slot: slot },
+                Err(e) => {
+                    // The database is the shared part; without it each
+                    // worker keeps to the limits on its own.
+                    tracing::warn!(key, error = %e, "sending under this worker's own limits");
+                }
+            }
+        }
         if let Some(h) = hourly {
             h.until_ready().await;
         }
         limiter.until_ready().await;
         self.global.until_ready().await;
         Permit { _slot: slot }
+    }
+
+    /// One grant of the key's hourly limit (if any), of its rate and of the
+    /// global rate, from the budget.
+    async fn acquire_shared(&self, budget: &dyn Budget, key: &str) -> Result<(), BudgetError> {
+        let (rate, per_hour, second, hour, publish) = self.with_domain(key, |d| {
+            (
+                d.rate,
+                d.limits.rate_per_hour,
+                Arc::clone(&d.second),
+                Arc::clone(&d.hour),
+                d.unpublished.take(),
+            )
+        });
+        if let Some((rate, until)) = publish {
+            budget.cap(key, rate, until, epoch_ms()).await?;
+        }
+        let batch = (rate / 4).max(1);
+        if let Some(h) = per_hour {
+            let hkey = format!("{key}@h");
+            self.spend(
+                budget,
+                &hour,
+                &hkey,
+                HOUR_WINDOW,
+                h,
+                batch.min(h.max(1)),
+                None,
+            )
+            .await?;
+        }
+        self.spend(budget, &second, key, SHARED_WINDOW, rate, batch, Some(key))
+            .await?;
+        let global = self.limits.global_rate;
+        self.spend(
+            budget,
+            &self.global_pocket,
+            "*",
+            SHARED_WINDOW,
+            global,
+            (global / 4).max(1),
+            None,
+        )
+        .await
+    }
+
+    /// Spends one grant of `pocket`, taking `want` more from the budget
+    /// when it is empty, and waiting for the next window when the budget
+    /// has none left in this one. `adopt`: the throttle key whose rate
+    /// follows a slow-down published by another worker.
+    #[allow(clippy::too_many_arguments)]
+    async fn spend(
+        &self,
+        budget: &dyn Budget,
+        pocket: &tokio::sync::Mutex<Pocket>,
+        key: &str,
+        window: Duration,
+        limit: u32,
+        want: u32,
+        adopt: Option<&str>,
+    ) -> Result<(), BudgetError> {
+        let len = i64::try_from(window.as_millis()).unwrap_or(1000).max(1);
+        // Held while taking and waiting: one refill per key at a time.
+        let mut p = pocket.lock().await;
+        // Bounded: each pass either returns or waits for a later window.
+        loop {
+            let now = epoch_ms();
+            let current = now - now.rem_euclid(len);
+            if p.window == current && p.left > 0 {
+                p.left -= 1;
+                return Ok(());
+            }
+            if now >= p.retry_at {
+                let limit = limit.max(1);
+                let g = budget
+                    .take(key, current, limit, want.clamp(1, limit))
+                    .await?;
+                if let (Some(k), Some((rate, until))) = (adopt, g.cap) {
+                    self.adopt_cap(k, rate, until, now);
+                }
+                p.window = current;
+                p.left = g.granted;
+                if p.left > 0 {
+                    p.left -= 1;
+                    return Ok(());
+                }
+                // Used up: ask again in the next window (or when our clock
+                // reaches the one another worker is in).
+                p.retry_at =
+                    g.window_start.max(current) + if g.window_start > current { 0 } else { len };
+            }
+            let wait = u64::try_from(p.retry_at - epoch_ms()).unwrap_or(0).max(1);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    /// Another worker slowed `key` to `rate` until `until` (ms): follow it.
+    fn adopt_cap(&self, key: &str, rate: u32, until: i64, now: i64) {
+        let left = u64::try_from(until - now).unwrap_or(0);
+        if left == 0 {
+            return;
+        }
+        self.with_domain(key, |d| {
+            if rate < d.rate {
+                d.rate = rate.max(1);
+                d.limiter = Arc::new(limiter(d.rate));
+                d.slowed_until = Some(Instant::now() + Duration::from_millis(left));
+            }
+        });
     }
 
     /// Tells the throttle how a send under `key` ended: `code` and the
@@ -251,6 +465,10 @@ impl Throttle {
                     d.limiter = Arc::new(limiter(halved));
                 }
                 d.slowed_until = Some(now + hold);
+                if self.budget.is_some() {
+                    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+                    d.unpublished = Some((d.rate, epoch_ms().saturating_add(hold_ms)));
+                }
                 return Some(d.rate);
             } else if ok && d.rate < d.limits.rate && d.slowed_until.is_none_or(|t| now >= t) {
                 d.rate = (d.rate + (d.rate / 10).max(1)).min(d.limits.rate);
@@ -444,5 +662,104 @@ mod tests {
         }
         while tasks.join_next().await.is_some() {}
         assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    /// The store's grant statement in memory: per key, the window and the
+    /// grants handed out in it, and the published cap.
+    /// Window, grants handed out in it, published cap.
+    type Row = (i64, u32, Option<(u32, i64)>);
+    #[derive(Default)]
+    struct Memory(Mutex<HashMap<String, Row>>);
+
+    #[async_trait::async_trait]
+    impl Budget for Memory {
+        async fn take(
+            &self,
+            key: &str,
+            window_start: i64,
+            limit: u32,
+            want: u32,
+        ) -> Result<Grants, BudgetError> {
+            let mut m = self.0.lock().unwrap();
+            let e = m.entry(key.to_string()).or_insert((window_start, 0, None));
+            if e.0 < window_start {
+                (e.0, e.1) = (window_start, 0);
+            }
+            let granted = if e.0 == window_start {
+                want.min(limit.saturating_sub(e.1))
+            } else {
+                0
+            };
+            e.1 += granted;
+            Ok(Grants {
+                granted,
+                window_start: e.0,
+                cap: e.2,
+            })
+        }
+        async fn cap(
+            &self,
+            key: &str,
+            rate: u32,
+            until: i64,
+            _now: i64,
+        ) -> Result<(), BudgetError> {
+            let mut m = self.0.lock().unwrap();
+            m.entry(key.to_string()).or_insert((0, 0, None)).2 = Some((rate, until));
+            Ok(())
+        }
+    }
+
+    fn shared(budget: &Arc<Memory>) -> Throttle {
+        Throttle::new(Limits {
+            global_rate: 10_000,
+            default_domain: DomainLimits::new(40, 8),
+            ..Limits::default()
+        })
+        .with_budget(Arc::clone(budget) as Arc<dyn Budget>)
+    }
+
+    #[tokio::test]
+    async fn issue_18_two_throttles_share_one_window_and_a_slow_down() {
+        let budget = Arc::new(Memory::default());
+        let (a, b) = (shared(&budget), shared(&budget));
+        assert!(a.is_shared());
+        // Each takes a batch of a quarter of the rate and spends from it.
+        drop(a.acquire("example.org").await);
+        drop(b.acquire("example.org").await);
+        let (_, granted, _) = budget.0.lock().unwrap()["example.org"];
+        assert!(granted <= 40, "never past the window's limit: {granted}");
+        assert_eq!(
+            granted % 10,
+            0,
+            "grants come in batches of rate/4: {granted}"
+        );
+        // A slow-down at one worker reaches the other at its next grant.
+        assert_eq!(a.report("example.org", Some(421), None, false), Some(20));
+        drop(a.acquire("example.org").await); // publishes the cap
+        assert_eq!(
+            budget.0.lock().unwrap()["example.org"].2.map(|c| c.0),
+            Some(20)
+        );
+        // b spends what it holds, then asks again and learns the cap.
+        for _ in 0..40 {
+            drop(b.acquire("example.org").await);
+            if b.state("example.org").slowed {
+                break;
+            }
+        }
+        assert_eq!(
+            b.state("example.org"),
+            DomainState {
+                rate: 20,
+                configured_rate: 40,
+                slowed: true
+            }
+        );
     }
 }

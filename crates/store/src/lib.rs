@@ -22,6 +22,7 @@ use std::time::Duration;
 mod admin;
 mod bounces;
 mod breaker;
+mod budget;
 mod campaigns;
 mod domains;
 mod holds;
@@ -39,6 +40,7 @@ mod work;
 pub use admin::{AdminAction, AdminKey};
 pub use bounces::{BounceQuery, NewBounce, NewMessage, POSTMASTER_KIND, StoredBounce};
 pub use breaker::{DomainCount, ProviderCondition, ProviderState, hold_prefix};
+pub use budget::Grants;
 pub use campaigns::{
     Campaign, CampaignContent, CampaignCounts, DeliveryErrorCount, DeliveryTarget, NewCampaign,
     PendingDelivery, ScoredSubscriber, StoredScore,
