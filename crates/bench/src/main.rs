@@ -195,7 +195,6 @@ fn main() -> anyhow::Result<()> {
             import_dns::run(&args, *rows, *domains, &mut figures)?;
         }
         What::Eta { recipients } => eta::run(&args, *recipients, &mut figures)?,
-    },
         What::Dashboard {
             subscribers,
             live,

@@ -198,8 +198,7 @@ fn import_lists_undeliverable_rows_with_lines_and_campaigns_skip_them() {
             "{b}"
         );
         assert_eq!(more["undeliverable_rows"], json!([]), "{b}");
-        // gus was sent to (the MX lookups that group domains into
-        // providers for shaping may still ask the responder).
+        assert_eq!(dns.responder.queries(), queries, "{b}: no lookups");
         assert_eq!(
             c.json(&["sub", "show", "fay@gone.example"])["status"],
             "active",
