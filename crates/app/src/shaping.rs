@@ -138,6 +138,13 @@ impl Budget for StoreBudget {
             .await
             .map_err(|e| BudgetError(e.to_string()))
     }
+
+    async fn caps(&self, now: i64) -> std::result::Result<Vec<(String, u32, i64)>, BudgetError> {
+        self.0
+            .grant_caps(now)
+            .await
+            .map_err(|e| BudgetError(e.to_string()))
+    }
 }
 
 /// The throttle of a runner: [`throttle`], and with `[sending]

@@ -68,7 +68,14 @@ pub trait Budget: Send + Sync {
     ) -> Result<Grants, BudgetError>;
     /// Publishes that `key` is slowed to `rate` until `until` (ms).
     async fn cap(&self, key: &str, rate: u32, until: i64, now: i64) -> Result<(), BudgetError>;
+    /// Every slow-down in force at `now` (ms): key, rate, until. Read once
+    /// a second by a throttle for the keys it does not take grants for.
+    async fn caps(&self, now: i64) -> Result<Vec<(String, u32, i64)>, BudgetError>;
 }
+
+/// How often a throttle reads the published slow-downs of keys it sends
+/// under without grants (ms).
+const CAPS_EVERY_MS: i64 = 1000;
 
 /// Grants taken from the budget and not yet spent, for one window.
 #[derive(Debug, Default)]
@@ -190,6 +197,8 @@ pub struct Throttle {
     budget: Option<Arc<dyn Budget>>,
     /// Shared grants of the global rate.
     global_pocket: tokio::sync::Mutex<Pocket>,
+    /// When the published slow-downs were last read (ms).
+    caps_read: tokio::sync::Mutex<i64>,
 }
 
 /// How a throttle's key was found: what [`Throttle::key_of`] returns.
@@ -216,6 +225,7 @@ impl Throttle {
             grouping: None,
             budget: None,
             global_pocket: tokio::sync::Mutex::new(Pocket::default()),
+            caps_read: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -364,9 +374,19 @@ impl Throttle {
             )
             .await?;
         }
-        self.spend(budget, &second, key, SHARED_WINDOW, rate, batch, Some(key))
-            .await?;
         let global = self.limits.global_rate;
+        // A key whose rate is at least the global rate can never bind
+        // before the global one does: sharing it would cost a grant from
+        // the database per key and second (one per recipient domain in an
+        // unthrottled campaign) for nothing. A slowed key is below it again.
+        if rate < global {
+            self.spend(budget, &second, key, SHARED_WINDOW, rate, batch, Some(key))
+                .await?;
+        } else {
+            // No grants, so no cap with them: another worker's slow-down of
+            // this key arrives with the once-a-second read of all of them.
+            self.read_caps(budget).await?;
+        }
         self.spend(
             budget,
             &self.global_pocket,
@@ -427,6 +447,30 @@ impl Throttle {
             let wait = u64::try_from(p.retry_at - epoch_ms()).unwrap_or(0).max(1);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
+    }
+
+    /// Reads the slow-downs in force, at most once per [`CAPS_EVERY_MS`],
+    /// and follows those of keys this throttle knows.
+    async fn read_caps(&self, budget: &dyn Budget) -> Result<(), BudgetError> {
+        let now = epoch_ms();
+        {
+            let mut last = self.caps_read.lock().await;
+            if now - *last < CAPS_EVERY_MS {
+                return Ok(());
+            }
+            *last = now;
+        }
+        for (key, rate, until) in budget.caps(now).await? {
+            let known = self
+                .domains
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&key);
+            if known {
+                self.adopt_cap(&key, rate, until, now);
+            }
+        }
+        Ok(())
     }
 
     /// Another worker slowed `key` to `rate` until `until` (ms): follow it.
@@ -713,6 +757,12 @@ mod shared_tests {
             m.entry(key.to_string()).or_insert((0, 0, None)).2 = Some((rate, until));
             Ok(())
         }
+        async fn caps(&self, now: i64) -> Result<Vec<(String, u32, i64)>, BudgetError> {
+            let m = self.0.lock().unwrap();
+            Ok(m.iter()
+                .filter_map(|(k, r)| r.2.filter(|c| c.1 > now).map(|c| (k.clone(), c.0, c.1)))
+                .collect())
+        }
     }
 
     fn shared(budget: &Arc<Memory>) -> Throttle {
@@ -722,6 +772,48 @@ mod shared_tests {
             ..Limits::default()
         })
         .with_budget(Arc::clone(budget) as Arc<dyn Budget>)
+    }
+
+    #[tokio::test]
+    async fn issue_18_a_key_that_cannot_bind_takes_no_grants_but_follows_slow_downs() {
+        // The domain's rate (1000/s) is above the global one (100/s): the
+        // global rate always binds first, so the key is never asked for.
+        let with = |budget: &Arc<Memory>| {
+            Throttle::new(Limits {
+                global_rate: 100,
+                default_domain: DomainLimits::new(1000, 8),
+                ..Limits::default()
+            })
+            .with_budget(Arc::clone(budget) as Arc<dyn Budget>)
+        };
+        let budget = Arc::new(Memory::default());
+        let (a, b) = (with(&budget), with(&budget));
+        for _ in 0..5 {
+            drop(a.acquire("example.org").await);
+            drop(b.acquire("example.org").await);
+        }
+        {
+            let m = budget.0.lock().unwrap();
+            assert!(!m.contains_key("example.org"), "no grants for the key");
+            assert_eq!(m["*"].1, 50, "two batches of a quarter of the global rate");
+        }
+        // A slow-down at a is published and b follows it within a second.
+        assert_eq!(a.report("example.org", Some(421), None, false), Some(500));
+        drop(a.acquire("example.org").await);
+        assert_eq!(
+            budget.0.lock().unwrap()["example.org"].2.map(|c| c.0),
+            Some(500)
+        );
+        let started = Instant::now();
+        while !b.state("example.org").slowed {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "b never followed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(b.acquire("example.org").await);
+        }
+        assert_eq!(b.state("example.org").rate, 500);
     }
 
     #[tokio::test]

@@ -127,4 +127,33 @@ impl Store {
             .doing("recording a shared slow-down")?;
         Ok(())
     }
+
+    /// Every slow-down in force at `now` (ms since the epoch): key, rate,
+    /// until. For the keys a worker sends under without taking grants.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn grant_caps(&self, now: i64) -> Result<Vec<(String, u32, i64)>> {
+        #[derive(FromQueryResult)]
+        struct C {
+            key: String,
+            cap: i64,
+            cap_until: i64,
+        }
+        let rows = C::find_by_statement(self.stmt(
+            "SELECT key, cap, cap_until FROM provider_budget \
+             WHERE cap IS NOT NULL AND cap_until > ?",
+            vec![now.into()],
+        ))
+        .all(&self.db)
+        .await
+        .doing("reading shared slow-downs")?;
+        Ok(rows
+            .into_iter()
+            .map(|c| {
+                let rate = u32::try_from(c.cap.max(1)).unwrap_or(u32::MAX);
+                (c.key, rate, c.cap_until)
+            })
+            .collect())
+    }
 }
