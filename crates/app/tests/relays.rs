@@ -400,3 +400,45 @@ async fn a_relay_that_refuses_connections_or_fails_auth_is_rested_and_the_other_
         noauth_task.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_standby_relay_of_weight_zero_takes_mail_only_when_the_others_cannot() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        campaign(s, "c", &people("r", 30)).await;
+        let stop = CancellationToken::new();
+        let (main_addr, main_stats, main_task) = sink(&stop).await;
+        let (spare_addr, spare_stats, spare_task) = sink(&stop).await;
+        let cfg = config(&[
+            (
+                "main",
+                RelayConfig {
+                    max_per_hour: Some(10),
+                    ..relay_at(main_addr)
+                },
+            ),
+            (
+                "spare",
+                RelayConfig {
+                    weight: Some(0),
+                    ..relay_at(spare_addr)
+                },
+            ),
+        ]);
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let app = App::new(cfg, s.clone(), clock, Arc::new(rundbrief_app::NoObserver));
+        let r = send(&app, "c", "main,spare").await;
+        assert_eq!(r.ended, Ended::Finished, "{b}");
+        assert_eq!((r.counts.sent, r.counts.failed), (30, 0), "{b}");
+        // The weighted relay first, up to its quota; only then the standby.
+        assert_eq!(main_stats.snapshot().messages, 10, "{b}");
+        assert_eq!(spare_stats.snapshot().messages, 20, "{b}");
+        let v = app.campaign_status("c").await.unwrap();
+        assert_eq!(relay(&v, "spare")["weight"], 0, "{b}: {v:#}");
+        assert_eq!(relay(&v, "main")["state"], "at quota", "{b}: {v:#}");
+        stop.cancel();
+        main_task.await.unwrap().unwrap();
+        spare_task.await.unwrap().unwrap();
+    }
+}

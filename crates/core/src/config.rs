@@ -234,6 +234,8 @@ pub struct RelayConfig {
     pub max_per_day: Option<u64>,
     /// This relay's share when a campaign sends through several relays:
     /// `weight = 3` beside a relay of weight 1 gets three messages of four.
+    /// `weight = 0` makes it a standby: it takes mail only while every
+    /// weighted relay of the campaign is at its quota or rested.
     /// Default 1.
     pub weight: Option<u32>,
     /// Failures in a row at CONNECT, TLS or AUTH (the relay unreachable or
@@ -1247,15 +1249,14 @@ fn validate_relay(name: &str, r: &RelayConfig) -> Result<(), ConfigError> {
             "`relays.{name}`: give password_env or password_file, not both"
         ));
     }
-    if r.weight == Some(0)
-        || r.max_per_hour == Some(0)
+    if r.max_per_hour == Some(0)
         || r.max_per_day == Some(0)
         || r.rest_after_failures == Some(0)
         || r.rest_for_secs == Some(0)
     {
         return bad(format!(
-            "`relays.{name}`: weight, max_per_hour, max_per_day, rest_after_failures and \
-             rest_for_secs must be > 0 (leave a quota out for no limit)"
+            "`relays.{name}`: max_per_hour, max_per_day, rest_after_failures and \
+             rest_for_secs must be > 0 (leave a quota out for no limit; weight = 0 is a standby)"
         ));
     }
     if r.pool_size == Some(0)
@@ -1687,7 +1688,7 @@ rest_for_secs = 60
         let back: Config = toml::from_str(&toml::to_string_pretty(&cfg).unwrap()).unwrap();
         assert_eq!(back.relay, cfg.relay);
         assert!(toml::from_str::<Config>("relay = [\"a,b\"]").is_err());
-        for bad in ["weight = 0", "max_per_hour = 0", "rest_for_secs = 0"] {
+        for bad in ["max_per_hour = 0", "rest_for_secs = 0"] {
             let cfg: Config =
                 toml::from_str(&format!("[relays.x]\nurl = \"smtp://h\"\n{bad}")).unwrap();
             let e = cfg.validate().unwrap_err().to_string();

@@ -173,16 +173,23 @@ impl RelayPool {
         let mut state = self.state.lock().await;
         // Bounded: each pass either returns or marks one relay full.
         for _ in 0..=self.routes.len() {
-            let open: Vec<usize> = (0..self.routes.len())
+            let mut open: Vec<usize> = (0..self.routes.len())
                 .filter(|i| !exclude.contains(i))
                 .filter(|&i| available(&state[i], now))
                 .collect();
             if open.is_empty() {
                 return Ok(Err(self.wait_of(&state, exclude, now)));
             }
-            let total: i64 = open.iter().map(|&i| i64::from(self.routes[i].weight)).sum();
+            // Standbys (weight 0) take mail only while no weighted relay
+            // can; then they share it equally.
+            let weighted = |i: &usize| self.routes[*i].weight > 0;
+            if open.iter().any(weighted) {
+                open.retain(weighted);
+            }
+            let weight = |i: usize| i64::from(self.routes[i].weight.max(1));
+            let total: i64 = open.iter().map(|&i| weight(i)).sum();
             for &i in &open {
-                state[i].current += i64::from(self.routes[i].weight);
+                state[i].current += weight(i);
             }
             let best = open
                 .iter()
