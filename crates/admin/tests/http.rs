@@ -1328,6 +1328,7 @@ async fn charts_show_the_recorded_sends_and_bounces() {
         store
             .record_outcomes(&[rundbrief_store::DeliveryOutcome {
                 delivery_id: d,
+                campaign_id: c.id,
                 state: rundbrief_core::DeliveryState::Sent,
                 error: None,
                 next_attempt_at: None,

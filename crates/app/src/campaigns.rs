@@ -383,12 +383,14 @@ pub async fn status(app: &crate::App, c: &CampaignContent) -> Result<serde_json:
     let relays = relay_statuses(app, c.relay.as_deref(), now).await?;
     v["relays"] = serde_json::to_value(&relays)?;
     if running {
-        // The rate over the last minute, or over the time since the first
-        // outcome in it when the campaign started less than a minute ago.
+        // The rate over the last minute (whole five-second buckets from
+        // the one a minute ago, so up to 65 s), or over the time since the
+        // first outcome when the campaign started less than that ago.
         let since = now - chrono::Duration::seconds(RATE_WINDOW_S);
         let (recent, first) = store.outcomes_since(id, since).await?;
+        let longest = (RATE_WINDOW_S + rundbrief_store::PACE_BUCKET_S) as f64;
         let span = first.map_or(RATE_WINDOW_S as f64, |f| {
-            ((now - f).num_milliseconds() as f64 / 1000.0).clamp(1.0, RATE_WINDOW_S as f64)
+            ((now - f).num_milliseconds() as f64 / 1000.0).clamp(1.0, longest)
         });
         let rate = recent as f64 / span;
         v["rate_per_s"] = rate.into();

@@ -844,6 +844,7 @@ impl Runner {
         flight.done += u64::from(final_);
         let outcome_record = DeliveryOutcome {
             delivery_id: d.delivery_id,
+            campaign_id: flight.campaign_id,
             state,
             error,
             next_attempt_at: next,

@@ -603,23 +603,27 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         let now = Utc::now();
-        let r = self
-            .db
-            .execute_raw(self.stmt(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? \
-                 WHERE id = ? AND state <> ?",
-                vec![
-                    state.as_str().into(),
-                    error.map(str::to_string).into(),
-                    now.into(),
-                    delivery_id.into(),
-                    DeliveryState::Bounced.as_str().into(),
-                ],
-            ))
-            .await
-            .doing("recording a delivery")?;
-        if r.rows_affected() > 0 {
-            self.count_outcomes(&self.db, &[delivery_id], now).await?;
+        #[derive(FromQueryResult)]
+        struct C {
+            campaign_id: Uuid,
+        }
+        let r = C::find_by_statement(self.stmt(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ? \
+             WHERE id = ? AND state <> ? RETURNING campaign_id",
+            vec![
+                state.as_str().into(),
+                error.map(str::to_string).into(),
+                now.into(),
+                delivery_id.into(),
+                DeliveryState::Bounced.as_str().into(),
+            ],
+        ))
+        .one(&self.db)
+        .await
+        .doing("recording a delivery")?;
+        if let Some(r) = r {
+            self.count_outcomes(&self.db, [(r.campaign_id, state)], now)
+                .await?;
         }
         Ok(())
     }

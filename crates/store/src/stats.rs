@@ -42,6 +42,17 @@ pub struct GrowthDay {
     pub pruned: u64,
 }
 
+/// The length of a `delivery_pace` bucket, seconds.
+pub const PACE_BUCKET_S: i64 = 5;
+
+/// The start of the five-second `delivery_pace` bucket of `t`.
+pub fn pace_bucket(t: DateTime<Utc>) -> DateTime<Utc> {
+    let s = t.timestamp();
+    Utc.timestamp_opt(s - s.rem_euclid(PACE_BUCKET_S), 0)
+        .single()
+        .unwrap_or(t)
+}
+
 /// The start of the UTC hour of `t`.
 pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
     t.with_nanosecond(0)
@@ -78,49 +89,107 @@ impl Store {
         }
     }
 
-    /// Adds the outcomes now recorded on `ids` to `delivery_stats` for the
-    /// hour `now` is in; run on `conn` right after the deliveries' update
-    /// (inside its transaction when there is one).
+    /// Adds recorded outcomes (campaign, state) to the hourly
+    /// `delivery_stats` counters and the five-second `delivery_pace`
+    /// buckets of `now`: summed here, written with one upsert per table
+    /// (never a re-read of the deliveries just updated). Run on `conn`
+    /// right after the deliveries' update (inside its transaction when
+    /// there is one). A delivery whose DSN was recorded before its 250 is
+    /// counted as sent here: the relay did take it.
     pub(crate) async fn count_outcomes(
         &self,
         conn: &impl ConnectionTrait,
-        ids: &[Uuid],
+        outcomes: impl IntoIterator<Item = (Uuid, DeliveryState)>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        if ids.is_empty() {
+        // Per campaign: sent, failed, rejected, deferred.
+        let mut sums: Vec<(Uuid, [i64; 4])> = Vec::new();
+        for (campaign, state) in outcomes {
+            let i = match state {
+                DeliveryState::Sent => 0,
+                DeliveryState::Failed => 1,
+                DeliveryState::Rejected => 2,
+                DeliveryState::Deferred => 3,
+                _ => continue,
+            };
+            match sums.iter_mut().find(|(c, _)| *c == campaign) {
+                Some((_, n)) => n[i] += 1,
+                None => {
+                    let mut n = [0; 4];
+                    n[i] = 1;
+                    sums.push((campaign, n));
+                }
+            }
+        }
+        if sums.is_empty() {
             return Ok(());
         }
-        let marks = vec!["?"; ids.len()].join(", ");
-        let mut values: Vec<Value> = vec![hour_of(now).into()];
-        for s in [
-            DeliveryState::Sent,
-            DeliveryState::Failed,
-            DeliveryState::Rejected,
-            DeliveryState::Deferred,
-        ] {
-            values.push(s.as_str().into());
+        let hour = hour_of(now);
+        let marks = vec!["(?, ?, ?, ?, ?, ?)"; sums.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(sums.len() * 6);
+        for (c, n) in &sums {
+            values.push((*c).into());
+            values.push(hour.into());
+            values.extend(n.iter().map(|&x| Value::from(x)));
         }
-        values.extend(ids.iter().map(|id| Value::from(*id)));
-        let n = |i: usize| format!("SUM(CASE WHEN state = ? THEN 1 ELSE 0 END) AS c{i}");
         conn.execute_raw(self.stmt(
             &format!(
                 "INSERT INTO delivery_stats (campaign_id, hour, sent, failed, rejected, deferred) \
-                 SELECT campaign_id, ?, {}, {}, {}, {} FROM deliveries WHERE id IN ({marks}) \
-                 GROUP BY campaign_id \
+                 VALUES {marks} \
                  ON CONFLICT (campaign_id, hour) DO UPDATE SET \
                  sent = delivery_stats.sent + excluded.sent, \
                  failed = delivery_stats.failed + excluded.failed, \
                  rejected = delivery_stats.rejected + excluded.rejected, \
-                 deferred = delivery_stats.deferred + excluded.deferred",
-                n(0),
-                n(1),
-                n(2),
-                n(3)
+                 deferred = delivery_stats.deferred + excluded.deferred"
             ),
             values,
         ))
         .await
         .doing("counting outcomes per hour")?;
+        // The pace counts final outcomes (a deferral is tried again).
+        let pace: Vec<(Uuid, i64)> = sums
+            .iter()
+            .map(|(c, n)| (*c, n[0] + n[1] + n[2]))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if pace.is_empty() {
+            return Ok(());
+        }
+        let at = pace_bucket(now);
+        let marks = vec!["(?, ?, ?, ?)"; pace.len()].join(", ");
+        let mut values: Vec<Value> = Vec::with_capacity(pace.len() * 4);
+        for (c, n) in &pace {
+            values.push((*c).into());
+            values.push(at.into());
+            values.push(now.into());
+            values.push((*n).into());
+        }
+        conn.execute_raw(self.stmt(
+            &format!(
+                "INSERT INTO delivery_pace (campaign_id, at, first_at, outcomes) VALUES {marks} \
+                 ON CONFLICT (campaign_id, at) DO UPDATE SET \
+                 outcomes = delivery_pace.outcomes + excluded.outcomes, \
+                 first_at = CASE WHEN excluded.first_at < delivery_pace.first_at \
+                   THEN excluded.first_at ELSE delivery_pace.first_at END"
+            ),
+            values,
+        ))
+        .await
+        .doing("counting outcomes per five seconds")?;
+        // In the first bucket of each minute, drop these campaigns' buckets
+        // older than an hour (a few rows by the primary key): the table
+        // stays at most an hour of buckets per campaign.
+        if at.second() == 0 {
+            let marks = vec!["?"; pace.len()].join(", ");
+            let mut values: Vec<Value> = vec![(at - chrono::Duration::hours(1)).into()];
+            values.extend(pace.iter().map(|(c, _)| Value::from(*c)));
+            conn.execute_raw(self.stmt(
+                &format!("DELETE FROM delivery_pace WHERE at < ? AND campaign_id IN ({marks})"),
+                values,
+            ))
+            .await
+            .doing("dropping old five-second counts")?;
+        }
         Ok(())
     }
 

@@ -46,9 +46,10 @@ async fn campaign_with(s: &Store, name: &str, n: usize) -> Uuid {
     c.id
 }
 
-fn outcome(id: Uuid, state: DeliveryState) -> DeliveryOutcome {
+fn outcome(campaign: Uuid, id: Uuid, state: DeliveryState) -> DeliveryOutcome {
     DeliveryOutcome {
         delivery_id: id,
+        campaign_id: campaign,
         state,
         error: None,
         next_attempt_at: None,
@@ -104,10 +105,11 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
         let retry_at = later + Duration::seconds(30);
         let mut outs: Vec<_> = all
             .iter()
-            .map(|id| outcome(*id, DeliveryState::Sent))
+            .map(|id| outcome(c, *id, DeliveryState::Sent))
             .collect();
         outs[1] = DeliveryOutcome {
             delivery_id: all[1],
+            campaign_id: c,
             state: DeliveryState::Deferred,
             error: Some("451 4.7.1 later".into()),
             next_attempt_at: Some(retry_at),
@@ -148,7 +150,7 @@ async fn claims_are_disjoint_leases_expire_and_outcomes_finish_the_campaign() {
             .unwrap();
         assert_eq!(due.len(), 1, "{b}");
         assert_eq!(due[0].attempts, 1, "{b}");
-        s.record_outcomes(&[outcome(all[1], DeliveryState::Failed)])
+        s.record_outcomes(&[outcome(c, all[1], DeliveryState::Failed)])
             .await
             .unwrap();
         assert!(s.finish_if_done(c).await.unwrap(), "{b}");
@@ -191,7 +193,7 @@ async fn a_removed_subscribers_delivery_is_failed_at_claim_not_handed_out() {
         // Nothing is left hanging: recording the two finishes the campaign.
         let outs: Vec<_> = got
             .iter()
-            .map(|d| outcome(d.delivery_id, DeliveryState::Sent))
+            .map(|d| outcome(c, d.delivery_id, DeliveryState::Sent))
             .collect();
         s.record_outcomes(&outs).await.unwrap();
         assert!(s.finish_if_done(c).await.unwrap(), "{b}");
@@ -327,7 +329,7 @@ async fn campaign_errors_group_reasons_most_frequent_first() {
         let with = |i: usize, state, error: &str| DeliveryOutcome {
             error: Some(error.into()),
             next_attempt_at: (state == DeliveryState::Deferred).then(|| now + Duration::hours(1)),
-            ..outcome(got[i].delivery_id, state)
+            ..outcome(c, got[i].delivery_id, state)
         };
         let render = "render: html:3:1: missing `subscriber.attributes.zip`";
         let refused = "CONNECT to 127.0.0.1:1 failed: Connection refused";
@@ -341,7 +343,7 @@ async fn campaign_errors_group_reasons_most_frequent_first() {
                 DeliveryState::Rejected,
                 "RCPT refused: 550 5.1.1 no such user",
             ),
-            outcome(got[5].delivery_id, DeliveryState::Sent),
+            outcome(c, got[5].delivery_id, DeliveryState::Sent),
         ])
         .await
         .unwrap();
@@ -447,6 +449,79 @@ async fn a_claim_names_the_list_each_message_is_for() {
                 ("y@example.org".to_string(), Some(bl.id)),
                 ("z@example.org".to_string(), Some(a.id)),
             ],
+            "{b}"
+        );
+    }
+}
+
+/// Recorded outcomes feed the hourly counters and the five-second pace
+/// (summed in memory, written with one upsert each): what the dashboard's
+/// charts and `campaign status`'s rate read instead of the deliveries.
+#[tokio::test]
+async fn recorded_outcomes_are_counted_per_hour_and_per_five_seconds() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign_with(s, "pace", 6).await;
+        let other = campaign_with(s, "other", 2).await;
+        let before = Utc::now();
+        let got = s
+            .claim_deliveries(c, "A", before, before + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        let mine = s
+            .claim_deliveries(other, "A", before, before + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        let deferred = DeliveryOutcome {
+            error: Some("451 later".into()),
+            next_attempt_at: Some(before + Duration::hours(1)),
+            ..outcome(c, got[4].delivery_id, DeliveryState::Deferred)
+        };
+        let mut outs: Vec<_> = got[..3]
+            .iter()
+            .map(|d| outcome(c, d.delivery_id, DeliveryState::Sent))
+            .collect();
+        outs.push(DeliveryOutcome {
+            error: Some("550 no".into()),
+            ..outcome(c, got[3].delivery_id, DeliveryState::Rejected)
+        });
+        outs.push(deferred);
+        outs.push(outcome(other, mine[0].delivery_id, DeliveryState::Sent));
+        s.record_outcomes(&outs).await.unwrap();
+        s.record_outcomes(&[outcome(c, got[5].delivery_id, DeliveryState::Failed)])
+            .await
+            .unwrap();
+        let after = Utc::now();
+
+        let hourly = s
+            .send_stats(Some(c), before - Duration::hours(1))
+            .await
+            .unwrap();
+        let sum = |f: fn(&rundbrief_store::SendBucket) -> u64| hourly.iter().map(f).sum::<u64>();
+        assert_eq!(
+            (sum(|h| h.sent), sum(|h| h.failed), sum(|h| h.deferred)),
+            (3, 2, 1),
+            "{b}: failed counts rejected too: {hourly:?}"
+        );
+        // The pace counts final outcomes only, per campaign.
+        let (n, first) = s
+            .outcomes_since(c, before - Duration::seconds(60))
+            .await
+            .unwrap();
+        assert_eq!(n, 5, "{b}: 3 sent, 1 rejected, 1 failed; not the deferral");
+        let first = first.expect("a first outcome");
+        assert!(
+            first >= before - Duration::seconds(1) && first <= after + Duration::seconds(1),
+            "{b}: {first} not within {before}..{after}"
+        );
+        assert_eq!(s.outcomes_since(other, before).await.unwrap().0, 1, "{b}");
+        // Buckets before `since` are not counted.
+        assert_eq!(
+            s.outcomes_since(c, after + Duration::seconds(10))
+                .await
+                .unwrap()
+                .0,
+            0,
             "{b}"
         );
     }
