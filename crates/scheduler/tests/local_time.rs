@@ -368,3 +368,48 @@ async fn an_unsubscribe_before_the_due_time_is_honoured() {
         );
     }
 }
+
+/// `campaign retry-failed` of a local-time campaign: the retried reader
+/// gets it at the next 09:00 on their own clock, not at once.
+#[tokio::test]
+async fn a_retried_delivery_waits_for_the_readers_next_local_time() {
+    for db in common::stores().await {
+        let s = &db.store;
+        let b = db.backend;
+        let id = campaign(s, &[("berlin", Some("Europe/Berlin"))], nine(None)).await;
+        let stub = Arc::new(StubTransport::accepting());
+        let clock = Arc::new(ManualClock::new(utc("2026-12-03T07:59:00Z")));
+        let r = runner(s, stub.clone(), clock.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let first = r.run(id, &stop, &|_| {}).await.unwrap();
+        assert_eq!(first.ended, Ended::RetriesLater(utc("2026-12-03T08:00:00Z")), "{b}");
+        clock.set(utc("2026-12-03T08:00:10Z"));
+        assert_eq!(r.run(id, &stop, &|_| {}).await.unwrap().ended, Ended::Finished, "{b}");
+        // Say the relay had refused it for good.
+        let d = s.deliveries(id).await.unwrap()[0].delivery_id;
+        s.record_outcomes(&[rundbrief_store::DeliveryOutcome {
+            delivery_id: d,
+            campaign_id: id,
+            state: DeliveryState::Failed,
+            error: Some("RCPT: 550 mailbox full".into()),
+            next_attempt_at: None,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(s.retry_failed("morning").await.unwrap(), 1, "{b}");
+        // 16:00 in Berlin: the retry waits for tomorrow's 09:00 there.
+        clock.set(utc("2026-12-03T15:00:00Z"));
+        let wait = r.run(id, &stop, &|_| {}).await.unwrap();
+        assert_eq!(
+            wait.ended,
+            Ended::RetriesLater(utc("2026-12-04T08:00:00Z")),
+            "{b}"
+        );
+        assert_eq!(stub.sent().len(), 1, "{b}: not sent again at once");
+        clock.set(utc("2026-12-04T08:00:30Z"));
+        let again = r.run(id, &stop, &|_| {}).await.unwrap();
+        assert_eq!(again.ended, Ended::Finished, "{b}");
+        assert_eq!((again.counts.sent, again.counts.failed), (1, 0), "{b}");
+        assert_eq!(stub.sent().len(), 2, "{b}: the retry went at 09:00");
+    }
+}

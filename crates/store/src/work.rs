@@ -559,14 +559,22 @@ impl Store {
                 to: CampaignState::Running,
             });
         }
+        // A campaign sent by each reader's local time holds the retried
+        // rows (as at materialisation): the scheduler gives each the
+        // reader's next wall-clock time again, not the middle of the night.
+        let due: Value = match self.local_time(c.id).await? {
+            Some(_) => Some(crate::held_marker()).into(),
+            None => Option::<DateTime<Utc>>::None.into(),
+        };
         let txn = self.write_txn().await.doing("starting a retry")?;
         let r = txn
             .execute_raw(self.stmt(
-                "UPDATE deliveries SET state = ?, attempts = 0, first_attempt_at = NULL, next_attempt_at = NULL, \
+                "UPDATE deliveries SET state = ?, attempts = 0, first_attempt_at = NULL, next_attempt_at = ?, \
                  updated_at = ? WHERE campaign_id = ? AND state = ? \
                  AND subscriber_id IN (SELECT id FROM subscribers WHERE status = ?)",
                 vec![
                     DeliveryState::Pending.as_str().into(),
+                    due,
                     Utc::now().into(),
                     c.id.into(),
                     DeliveryState::Failed.as_str().into(),
