@@ -382,9 +382,17 @@ async fn a_retried_delivery_waits_for_the_readers_next_local_time() {
         let r = runner(s, stub.clone(), clock.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let first = r.run(id, &stop, &|_| {}).await.unwrap();
-        assert_eq!(first.ended, Ended::RetriesLater(utc("2026-12-03T08:00:00Z")), "{b}");
+        assert_eq!(
+            first.ended,
+            Ended::RetriesLater(utc("2026-12-03T08:00:00Z")),
+            "{b}"
+        );
         clock.set(utc("2026-12-03T08:00:10Z"));
-        assert_eq!(r.run(id, &stop, &|_| {}).await.unwrap().ended, Ended::Finished, "{b}");
+        assert_eq!(
+            r.run(id, &stop, &|_| {}).await.unwrap().ended,
+            Ended::Finished,
+            "{b}"
+        );
         // Say the relay had refused it for good.
         let d = s.deliveries(id).await.unwrap()[0].delivery_id;
         s.record_outcomes(&[rundbrief_store::DeliveryOutcome {

@@ -622,7 +622,8 @@ impl Store {
         .await
         .doing("recording a delivery")?;
         if let Some(r) = r {
-            self.count_outcomes(&self.db, [(r.campaign_id, state)], now)
+            let counts = Self::outcome_counts([(r.campaign_id, state)], now);
+            self.run_each(&self.db, counts, "counting an outcome")
                 .await?;
         }
         Ok(())

@@ -91,17 +91,16 @@ impl Store {
 
     /// Adds recorded outcomes (campaign, state) to the hourly
     /// `delivery_stats` counters and the five-second `delivery_pace`
-    /// buckets of `now`: summed here, written with one upsert per table
-    /// (never a re-read of the deliveries just updated). Run on `conn`
-    /// right after the deliveries' update (inside its transaction when
-    /// there is one). A delivery whose DSN was recorded before its 250 is
-    /// counted as sent here: the relay did take it.
-    pub(crate) async fn count_outcomes(
-        &self,
-        conn: &impl ConnectionTrait,
+    /// buckets of `now`, summed here (never a re-read of the deliveries
+    /// just updated): the statements, `?`-marked with their values, for the
+    /// caller to run with the deliveries' update — in its transaction, or
+    /// on PostgreSQL in the same statement ([`Store::run_together`]). A
+    /// delivery whose DSN was recorded before its 250 is counted as sent
+    /// here: the relay did take it.
+    pub(crate) fn outcome_counts(
         outcomes: impl IntoIterator<Item = (Uuid, DeliveryState)>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Vec<(String, Vec<Value>)> {
         // Per campaign: sent, failed, rejected, deferred.
         let mut sums: Vec<(Uuid, [i64; 4])> = Vec::new();
         for (campaign, state) in outcomes {
@@ -121,8 +120,9 @@ impl Store {
                 }
             }
         }
+        let mut out = Vec::new();
         if sums.is_empty() {
-            return Ok(());
+            return out;
         }
         let hour = hour_of(now);
         let marks = vec!["(?, ?, ?, ?, ?, ?)"; sums.len()].join(", ");
@@ -132,8 +132,8 @@ impl Store {
             values.push(hour.into());
             values.extend(n.iter().map(|&x| Value::from(x)));
         }
-        conn.execute_raw(self.stmt(
-            &format!(
+        out.push((
+            format!(
                 "INSERT INTO delivery_stats (campaign_id, hour, sent, failed, rejected, deferred) \
                  VALUES {marks} \
                  ON CONFLICT (campaign_id, hour) DO UPDATE SET \
@@ -143,9 +143,7 @@ impl Store {
                  deferred = delivery_stats.deferred + excluded.deferred"
             ),
             values,
-        ))
-        .await
-        .doing("counting outcomes per hour")?;
+        ));
         // The pace counts final outcomes (a deferral is tried again).
         let pace: Vec<(Uuid, i64)> = sums
             .iter()
@@ -153,7 +151,7 @@ impl Store {
             .filter(|(_, n)| *n > 0)
             .collect();
         if pace.is_empty() {
-            return Ok(());
+            return out;
         }
         let at = pace_bucket(now);
         let marks = vec!["(?, ?, ?, ?)"; pace.len()].join(", ");
@@ -164,8 +162,8 @@ impl Store {
             values.push(now.into());
             values.push((*n).into());
         }
-        conn.execute_raw(self.stmt(
-            &format!(
+        out.push((
+            format!(
                 "INSERT INTO delivery_pace (campaign_id, at, first_at, outcomes) VALUES {marks} \
                  ON CONFLICT (campaign_id, at) DO UPDATE SET \
                  outcomes = delivery_pace.outcomes + excluded.outcomes, \
@@ -173,9 +171,7 @@ impl Store {
                    THEN excluded.first_at ELSE delivery_pace.first_at END"
             ),
             values,
-        ))
-        .await
-        .doing("counting outcomes per five seconds")?;
+        ));
         // In the first bucket of each minute, drop these campaigns' buckets
         // older than an hour (a few rows by the primary key): the table
         // stays at most an hour of buckets per campaign.
@@ -183,13 +179,66 @@ impl Store {
             let marks = vec!["?"; pace.len()].join(", ");
             let mut values: Vec<Value> = vec![(at - chrono::Duration::hours(1)).into()];
             values.extend(pace.iter().map(|(c, _)| Value::from(*c)));
-            conn.execute_raw(self.stmt(
-                &format!("DELETE FROM delivery_pace WHERE at < ? AND campaign_id IN ({marks})"),
+            out.push((
+                format!("DELETE FROM delivery_pace WHERE at < ? AND campaign_id IN ({marks})"),
                 values,
-            ))
-            .await
-            .doing("dropping old five-second counts")?;
+            ));
         }
+        out
+    }
+
+    /// Runs `parts` (`?`-marked SQL with values) on `conn` in order.
+    pub(crate) async fn run_each(
+        &self,
+        conn: &impl ConnectionTrait,
+        parts: Vec<(String, Vec<Value>)>,
+        doing: &'static str,
+    ) -> Result<()> {
+        for (sql, values) in parts {
+            conn.execute_raw(self.stmt(&sql, values))
+                .await
+                .doing(doing)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `parts` atomically with one commit: on PostgreSQL as one
+    /// statement (each but the last a data-modifying `WITH` clause: one
+    /// round trip), on SQLite in one write transaction (one fsync instead
+    /// of one per statement).
+    pub(crate) async fn run_together(
+        &self,
+        parts: Vec<(String, Vec<Value>)>,
+        doing: &'static str,
+    ) -> Result<()> {
+        if parts.len() <= 1 {
+            return self.run_each(&self.db, parts, doing).await;
+        }
+        if self.is_postgres() {
+            let n = parts.len();
+            let mut sql = String::from("WITH ");
+            let mut values = Vec::new();
+            for (i, (s, v)) in parts.into_iter().enumerate() {
+                if i + 1 < n {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("w{i} AS ({s})"));
+                } else {
+                    sql.push(' ');
+                    sql.push_str(&s);
+                }
+                values.extend(v);
+            }
+            self.db
+                .execute_raw(self.stmt(&sql, values))
+                .await
+                .doing(doing)?;
+            return Ok(());
+        }
+        let txn = self.write_txn().await.doing(doing)?;
+        self.run_each(&txn, parts, doing).await?;
+        txn.commit().await.doing(doing)?;
         Ok(())
     }
 

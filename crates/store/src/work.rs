@@ -372,9 +372,9 @@ impl Store {
     /// already `bounced` (its DSN was faster) stays bounced.
     ///
     /// The common group, plain 250s only, is one `UPDATE … WHERE id IN (…)`
-    /// on its own (a statement is atomic): one round trip, where a
-    /// transaction around it would take three. Groups with deferrals,
-    /// rejections or failures take a transaction.
+    /// with the counters' upserts ([`Store::run_together`]): one round trip
+    /// and one commit. Groups with deferrals, rejections or failures take a
+    /// transaction.
     pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
@@ -392,8 +392,8 @@ impl Store {
                 now.into(),
             ];
             values.extend(plain.iter().map(|o| Value::from(o.delivery_id)));
-            self.stmt(
-                &format!(
+            (
+                format!(
                     "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, \
                      attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL, \
                      lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id IN ({marks})"
@@ -401,29 +401,24 @@ impl Store {
                 values,
             )
         });
-        let counted = || outcomes.iter().map(|o| (o.campaign_id, o.state));
+        let counts = Self::outcome_counts(outcomes.iter().map(|o| (o.campaign_id, o.state)), now);
         if other.is_empty() {
-            if let Some(sent) = sent {
-                self.db
-                    .execute_raw(sent)
-                    .await
-                    .doing("recording sent deliveries")?;
-            }
-            // A second statement, outside a transaction like the first: a
-            // crash between the two loses one batch from the dashboard's
-            // hourly counts, never a delivery's state.
-            self.count_outcomes(&self.db, counted(), now).await?;
-            return Ok(());
+            // The common group: the update and the counters with one
+            // commit (one statement on PostgreSQL, one transaction on
+            // SQLite, where every commit is an fsync).
+            let parts: Vec<_> = sent.into_iter().chain(counts).collect();
+            return self.run_together(parts, "recording sent deliveries").await;
         }
         let txn = self
             .write_txn()
             .await
             .doing("starting to record outcomes")?;
-        if let Some(sent) = sent {
-            txn.execute_raw(sent)
-                .await
-                .doing("recording sent deliveries")?;
-        }
+        self.run_each(
+            &txn,
+            sent.into_iter().collect(),
+            "recording sent deliveries",
+        )
+        .await?;
         for o in other {
             txn.execute_raw(self.stmt(
                 "UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, \
@@ -441,7 +436,7 @@ impl Store {
             .await
             .doing("recording an outcome")?;
         }
-        self.count_outcomes(&txn, counted(), now).await?;
+        self.run_each(&txn, counts, "counting outcomes").await?;
         txn.commit().await.doing("committing outcomes")?;
         Ok(())
     }
