@@ -165,10 +165,20 @@ impl Store {
         // too, `skipped` at once with the check's reason (their latest
         // audit entry), so the campaign counts them. Not in the result.
         let now: Value = Utc::now().into();
+        // `+a.action` on SQLite keeps its planner off the (action,
+        // created_at) index, which read every `undeliverable` entry once per
+        // skipped recipient: 26 s of CPU for 19,000 of them, 0.06 s by the
+        // subscriber's index. PostgreSQL has no unary plus on text and
+        // picks the subscriber index by itself.
+        let action = if backend == DatabaseBackend::Postgres {
+            "a.action"
+        } else {
+            "+a.action"
+        };
         let skipped = format!(
             "INSERT INTO deliveries (id, campaign_id, subscriber_id, email, state, attempts, last_error, created_at, updated_at) \
              SELECT {new_id}, ?, s.id, s.email, ?, 0, \
-             (SELECT a.reason FROM audit a WHERE a.subscriber_id = s.id AND a.action = ? ORDER BY a.created_at DESC LIMIT 1), \
+             (SELECT a.reason FROM audit a WHERE a.subscriber_id = s.id AND {action} = ? ORDER BY a.created_at DESC LIMIT 1), \
              ?, ? FROM subscribers s \
              WHERE s.status = ? AND EXISTS (SELECT 1 FROM memberships m JOIN campaign_lists cl ON cl.list_id = m.list_id \
              WHERE m.subscriber_id = s.id AND m.status = ? AND cl.campaign_id = ?) \
