@@ -101,7 +101,11 @@ pub(crate) fn run(
             measure(rb().args(["list", "create", "bench"]))?;
             eprintln!("import-dns: {rows} rows into {label}, domain check {tag} …");
             let before = dns.queries();
-            let m = measure(rb().arg("import").arg(&csv).args(["--list", "bench", "--json"]))?;
+            let m = measure(
+                rb().arg("import")
+                    .arg(&csv)
+                    .args(["--list", "bench", "--json"]),
+            )?;
             let asked = dns.queries() - before;
             let report: serde_json::Value =
                 serde_json::from_str(&m.stdout).context("import --json output")?;

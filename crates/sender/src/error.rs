@@ -545,6 +545,9 @@ mod tests {
             Reply::from_recorded("DATA refused by mx.example: 554 rejected as spam"),
             Some(Reply::new(554, "rejected as spam"))
         );
-        assert_eq!(Reply::from_recorded("connect to mx.example failed: timed out"), None);
+        assert_eq!(
+            Reply::from_recorded("connect to mx.example failed: timed out"),
+            None
+        );
     }
 }

@@ -24,6 +24,7 @@ mod bounces;
 mod breaker;
 mod budget;
 mod campaigns;
+mod counts;
 mod domains;
 mod holds;
 pub mod import;
@@ -32,8 +33,8 @@ mod import_sqlite;
 mod lists;
 pub mod local_time;
 mod optin;
-mod stats;
 mod relays;
+mod stats;
 mod subscribers;
 mod work;
 
@@ -50,10 +51,10 @@ pub use holds::{DomainPrune, NewDomainPrune, PruneState};
 pub use import::{BatchReport, Import, ImportOptions};
 pub use local_time::{AttrGroup, DueGroup, DueMap, LocalTime, held_marker};
 pub use optin::{Confirmed, MembershipView, NoWayBack, OptIn};
-pub use stats::{BounceBucket, GrowthDay, SendBucket, hour_of};
 pub use relays::{
     RelayQuota, RelayRest, RelayUsage, Taken, day_bucket, hour_bucket, quota_frees_at,
 };
+pub use stats::{BounceBucket, GrowthDay, SendBucket, hour_of};
 pub use subscribers::{AddOutcome, SubscriberQuery};
 pub use work::{CampaignEdit, DeliveryOutcome, MetricCounts, Schedule, ScheduledCampaign};
 
