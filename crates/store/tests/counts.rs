@@ -309,3 +309,42 @@ async fn issue_19_concurrent_workers_do_not_deadlock_on_counts() {
         assert_eq!(counts.sent, 300, "{b}");
     }
 }
+
+/// A reply too long for a btree entry (PostgreSQL) is cut to fit the
+/// failure-reason index instead of failing the outcome; SQLite keeps it.
+#[tokio::test]
+async fn issue_19_a_huge_error_is_recorded_and_grouped() {
+    for db in common::stores().await {
+        let (s, b) = (&db.store, db.backend);
+        let c = campaign(s, "huge", "news", 2).await;
+        let now = Utc::now();
+        let got = s
+            .claim_deliveries(c, "A", now, now + Duration::seconds(60), 2)
+            .await
+            .unwrap();
+        // Random hex does not compress to fit either.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let huge: String = (0..8000)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                char::from(b"0123456789abcdef"[(x >> 60) as usize])
+            })
+            .collect();
+        s.record_outcomes(&[
+            out(got[0].delivery_id, DeliveryState::Failed, Some(&huge)),
+            out(got[1].delivery_id, DeliveryState::Failed, Some(&huge)),
+        ])
+        .await
+        .unwrap();
+        let errors = s.campaign_errors(c, 10).await.unwrap();
+        assert_eq!(errors.len(), 1, "{b}: one reason");
+        assert_eq!(errors[0].count, 2, "{b}");
+        let e = errors[0].error.as_deref().unwrap();
+        if b == "postgres" {
+            assert!(e.starts_with(&huge[..500]), "{b}");
+            assert!(e.ends_with("[cut from 8000 bytes]"), "{b}: {}", &e[490..]);
+        } else {
+            assert_eq!(e, huge, "{b}");
+        }
+    }
+}
