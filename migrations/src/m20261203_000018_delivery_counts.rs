@@ -81,24 +81,29 @@ const SQLITE_UP: &[&str] = &[
      queued = queued - (old.state IN ('pending', 'sending', 'deferred')), sent = sent - (old.state = 'sent') \
      WHERE campaign_id = old.campaign_id AND domain = substr(old.email, instr(old.email, '@') + 1); \
      END",
-    // The domain row only changes when the delivery moves between queued,
-    // sent and the rest (pending -> sending changes nothing there).
     "CREATE TRIGGER deliveries_count_update AFTER UPDATE OF state ON deliveries \
      WHEN old.state IS NOT new.state BEGIN \
      UPDATE delivery_state_counts SET n = n - 1 WHERE campaign_id = old.campaign_id AND state = old.state; \
      INSERT INTO delivery_state_counts (campaign_id, state, n) VALUES (new.campaign_id, new.state, 1) \
      ON CONFLICT (campaign_id, state) DO UPDATE SET n = n + 1; \
+     END",
+    // The domain row only changes when the delivery moves between queued,
+    // sent and the rest: its own trigger whose WHEN skips the claims
+    // (pending -> sending) and the retries (deferred -> sending) without
+    // running a statement.
+    "CREATE TRIGGER deliveries_count_update_domain AFTER UPDATE OF state ON deliveries \
+     WHEN (new.state IN ('pending', 'sending', 'deferred')) <> (old.state IN ('pending', 'sending', 'deferred')) \
+     OR (new.state = 'sent') <> (old.state = 'sent') BEGIN \
      UPDATE delivery_domain_counts SET \
      queued = queued + (new.state IN ('pending', 'sending', 'deferred')) - (old.state IN ('pending', 'sending', 'deferred')), \
      sent = sent + (new.state = 'sent') - (old.state = 'sent') \
-     WHERE ((new.state IN ('pending', 'sending', 'deferred')) <> (old.state IN ('pending', 'sending', 'deferred')) \
-     OR (new.state = 'sent') <> (old.state = 'sent')) \
-     AND campaign_id = new.campaign_id AND domain = substr(new.email, instr(new.email, '@') + 1); \
+     WHERE campaign_id = new.campaign_id AND domain = substr(new.email, instr(new.email, '@') + 1); \
      END",
 ];
 
 const SQLITE_DOWN: &[&str] = &[
     "DROP INDEX IF EXISTS idx_deliveries_problems",
+    "DROP TRIGGER IF EXISTS deliveries_count_update_domain",
     "DROP TRIGGER IF EXISTS deliveries_count_update",
     "DROP TRIGGER IF EXISTS deliveries_count_delete",
     "DROP TRIGGER IF EXISTS deliveries_count_insert",

@@ -203,7 +203,7 @@ async fn issue_19_kept_counts_equal_a_scan_after_every_kind_of_work() {
         assert_eq!(before_other.total, 36, "{b}");
         s.fold_delivery_counts(c).await.unwrap();
         assert_counts(s, c, &format!("{b}: folded")).await;
-        s.execute_for_tests(&format!("DELETE FROM campaigns WHERE name = 'kc'"))
+        s.execute_for_tests("DELETE FROM campaigns WHERE name = 'kc'")
             .await
             .unwrap();
         assert_eq!(
