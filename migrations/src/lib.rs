@@ -27,6 +27,7 @@ mod m20261203_000014_dashboard_stats;
 mod m20261203_000015_relay_usage;
 mod m20261203_000016_provider_budget;
 mod m20261203_000017_delivery_pace;
+mod m20261203_000018_delivery_counts;
 
 pub struct Migrator;
 
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000015_relay_usage::Migration),
             Box::new(m20261203_000016_provider_budget::Migration),
             Box::new(m20261203_000017_delivery_pace::Migration),
+            Box::new(m20261203_000018_delivery_counts::Migration),
         ]
     }
 }

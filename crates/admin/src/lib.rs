@@ -23,6 +23,7 @@ pub mod api;
 pub mod auth;
 pub mod charts;
 pub mod lists;
+pub mod member_counts;
 pub mod pages;
 
 use axum::Router;
@@ -75,6 +76,9 @@ struct Inner {
     opts: AdminOptions,
     sessions: auth::Sessions,
     limits: auth::LoginLimits,
+    /// The overview's member counts, counted off the request path by
+    /// [`serve`] ([`member_counts`]).
+    members: member_counts::MemberCounts,
 }
 
 impl AdminState {
@@ -82,6 +86,7 @@ impl AdminState {
         AdminState(Arc::new(Inner {
             limits: auth::LoginLimits::new(opts.login_per_minute, opts.lockout_after, opts.lockout),
             sessions: auth::Sessions::default(),
+            members: member_counts::MemberCounts::default(),
             app,
             opts,
         }))
@@ -93,6 +98,12 @@ impl AdminState {
 
     pub fn options(&self) -> &AdminOptions {
         &self.0.opts
+    }
+
+    /// The overview's member counts (filled by [`serve`]'s refresher, or
+    /// by [`member_counts::MemberCounts::refresh`] in tests).
+    pub fn member_counts(&self) -> &member_counts::MemberCounts {
+        &self.0.members
     }
 
     /// Records a state-changing action in the admin audit; a failure to
@@ -240,5 +251,16 @@ pub async fn serve(
             state.0.sessions.evict_expired();
         }
     };
-    rundbrief_http::serve_router(listener, router(state), shape, tick, shutdown).await
+    // Counts members for the overview in the background while serving;
+    // aborted when serving ends.
+    let refresher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let store = state.0.app.store.clone();
+            state.0.members.run(store).await;
+        })
+    };
+    let served = rundbrief_http::serve_router(listener, router(state), shape, tick, shutdown).await;
+    refresher.abort();
+    served
 }

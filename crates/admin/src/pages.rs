@@ -334,7 +334,9 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
     };
     let app = state.app();
     let result: rundbrief_app::Result<_> = async {
-        let lists = app.store.list_summaries().await?;
+        // Counted in the background (`member_counts`): the exact count
+        // joins every membership with its subscriber.
+        let lists = state.member_counts().get();
         let mut campaigns = Vec::new();
         for c in app.store.campaigns().await? {
             let counts = app.store.campaign_counts(c.id).await?;
@@ -365,9 +367,17 @@ pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Re
         }
         section {
             h2 { a href="/lists" { "Lists" } }
-            @if lists.is_empty() { p { "No lists yet: " code { "rundbrief list create NAME" } } }
+            @if let Some(snap) = &lists {
+                p class="counts-age" { small {
+                    "Member counts as of " (snap.at.elapsed().as_secs()) " s ago (counted in "
+                    (snap.took.as_millis()) " ms every " (crate::member_counts::REFRESH_EVERY.as_secs())
+                    " s or more); exact ones on " a href="/lists" { "Lists" } "."
+                } }
+            }
+            @if lists.is_none() { p { "Counting members… exact counts are on " a href="/lists" { "Lists" } "." } }
+            @else if lists.as_ref().is_some_and(|s| s.lists.is_empty()) { p { "No lists yet: " code { "rundbrief list create NAME" } } }
             @else {
-                ul class="cards" { @for l in &lists {
+                ul class="cards" { @for l in lists.iter().flat_map(|s| &s.lists) {
                     li class="card" {
                         a href=(list_href(&l.list.name)) { strong { (l.list.name) } }
                         @if let Some(d) = &l.list.description { p class="subject" { (d) } }

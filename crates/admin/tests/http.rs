@@ -1720,3 +1720,56 @@ async fn the_api_adds_and_removes_list_members_with_write_keys() {
         );
     }
 }
+
+/// Issue 19: the overview's member counts come from a snapshot counted in
+/// the background (a full join at 1M members), shown with its age; a
+/// request never counts, the lists page stays exact.
+#[tokio::test]
+async fn issue_19_overview_member_counts_are_a_background_snapshot() {
+    for s in servers(AdminOptions::default()).await {
+        let p = s.port;
+        let store = &s.app.store;
+        let session = login(p).await;
+        let cookie = [("Cookie", session.as_str())];
+        let counts = store.list_summary("news").await.unwrap().counts;
+        let line = format!(
+            "<strong>{}</strong> subscribed · {} unconfirmed",
+            counts.subscribed, counts.unconfirmed
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let overview = loop {
+            let r = request(p, "GET", "/", &cookie, "").await;
+            if r.body.contains("Member counts as of") {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot: {}",
+                r.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert!(overview.body.contains(&line), "{line} in {}", overview.body);
+
+        store
+            .add_subscriber(
+                &Address::parse("bob@example.org").unwrap(),
+                "news",
+                None,
+                Default::default(),
+                false,
+                Actor::Cli,
+                "test",
+            )
+            .await
+            .unwrap();
+        let after = store.list_summary("news").await.unwrap().counts;
+        assert_ne!(after, counts, "the new member counts somewhere");
+        let again = request(p, "GET", "/", &cookie, "").await;
+        assert!(
+            again.body.contains(&line),
+            "still the snapshot: {}",
+            again.body
+        );
+    }
+}

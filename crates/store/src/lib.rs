@@ -24,6 +24,7 @@ mod bounces;
 mod breaker;
 mod budget;
 mod campaigns;
+mod counts;
 mod domains;
 mod holds;
 pub mod import;
