@@ -33,8 +33,14 @@ const ROUTE_BUDGET: Duration = Duration::from_secs(90);
 const EXPLAINED: &[(&str, &str)] = &[
     (
         "campaign_counts (kept counts, migration 18)",
-        "SELECT state, CAST(SUM(n) AS BIGINT) AS n, COUNT(*) AS deltas \
-         FROM delivery_state_counts WHERE campaign_id = $C GROUP BY state",
+        "SELECT CAST(SUM(queued) AS BIGINT), CAST(SUM(sent) AS BIGINT), CAST(SUM(failed) AS BIGINT), \
+         CAST(SUM(rejected) AS BIGINT), CAST(SUM(bounced) AS BIGINT), CAST(SUM(skipped) AS BIGINT), \
+         COUNT(*), COUNT(DISTINCT domain) FROM delivery_domain_counts WHERE campaign_id = $C",
+    ),
+    (
+        "campaign_counts: sending and deferred (index)",
+        "SELECT state, COUNT(*) AS n FROM deliveries \
+         WHERE campaign_id = $C AND state IN ('sending', 'deferred') GROUP BY state",
     ),
     (
         "campaign_counts (scan, before migration 18)",
@@ -68,10 +74,9 @@ const EXPLAINED: &[(&str, &str)] = &[
          GROUP BY next_attempt_at",
     ),
     (
-        "outcomes_since",
-        "SELECT COUNT(*) AS n FROM deliveries WHERE campaign_id = $C \
-         AND updated_at >= now() - interval '60 seconds' \
-         AND state IN ('sent','failed','bounced','rejected')",
+        "outcomes_since (five-second buckets, migration 17)",
+        "SELECT CAST(SUM(outcomes) AS BIGINT) AS n, MIN(first_at) AS first FROM delivery_pace \
+         WHERE campaign_id = $C AND at >= now() - interval '65 seconds'",
     ),
     (
         "list member counts (overview: counted in the background)",
@@ -101,7 +106,7 @@ fn explain(url: &str, campaign: &str) -> anyhow::Result<Vec<(&'static str, f64, 
                     && [
                         " deliveries",
                         " memberships",
-                        " delivery_state_counts",
+                        " delivery_pace",
                         " delivery_domain_counts",
                     ]
                     .iter()

@@ -2062,11 +2062,11 @@ fn news_campaign(e: &Env, n: usize, extra_env: &[(&str, &str)]) {
 }
 
 /// In-flight window of `campaign send --pool P`: 2P sends in flight, plus
-/// finished ones not yet recorded (at most 2 × 32: one group being written,
+/// finished ones not yet recorded (at most 2 × 64: one group being written,
 /// one waiting; see docs/architecture.md and `RunConfig::unrecorded_window`).
 #[cfg(unix)]
 fn in_flight_window(pool: usize) -> usize {
-    2 * pool + 2 * 32
+    2 * pool + 2 * 64
 }
 
 #[cfg(unix)]

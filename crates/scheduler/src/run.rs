@@ -114,7 +114,7 @@ impl RunConfig {
             concurrency,
             batch: (concurrency as u64 * 8).clamp(16, 1000),
             lease: Duration::from_secs(120),
-            record_every: 32,
+            record_every: 64,
             retry: RetryPolicy::default(),
             wait: true,
             materialise: true,
