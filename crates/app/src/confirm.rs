@@ -266,8 +266,11 @@ impl Mailer {
 pub struct Outbox {
     tx: mpsc::Sender<ConfirmJob>,
     /// The mail task and the token that tells it to finish the queue.
-    worker: Arc<Mutex<Option<(tokio::task::JoinHandle<()>, CancellationToken)>>>,
+    worker: Arc<Mutex<Option<MailTask>>>,
 }
+
+/// The outbox's running mail task and the token that stops it.
+type MailTask = (tokio::task::JoinHandle<()>, CancellationToken);
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
