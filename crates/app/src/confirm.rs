@@ -241,6 +241,7 @@ impl Mailer {
                 id,
                 to: job.email.clone(),
                 message,
+                per_connection: None,
             })
             .await
         {

@@ -532,6 +532,7 @@ impl App {
                 id: delivery,
                 to: d.email.clone(),
                 message: Arc::from(message),
+                per_connection: None,
             })
             .await;
         runner.sender.shutdown().await;

@@ -87,6 +87,7 @@ impl Shaping {
                         rate: g.limits.rate_per_second.unwrap_or(s.domain_rate),
                         concurrency: g.limits.connections.unwrap_or(s.domain_concurrency),
                         rate_per_hour: g.limits.rate_per_hour,
+                        messages_per_connection: g.limits.messages_per_connection,
                     },
                 )
             })

@@ -80,6 +80,7 @@ pub(crate) fn sender_rate_with(
                         id: uuid::Uuid::now_v7(),
                         to: "reader@example.net".into(),
                         message: make(i)?,
+                        per_connection: None,
                     };
                     if !matches!(sender.send(d).await, Outcome::Sent { .. }) {
                         failed.fetch_add(1, Ordering::Relaxed);

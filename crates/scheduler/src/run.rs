@@ -673,10 +673,15 @@ impl Runner {
                 let outcome = match hooks.render(&d) {
                     Ok(bytes) => {
                         let _slot = throttle.acquire(&key.name).await;
+                        let per_connection = throttle
+                            .limits_of(&key.name)
+                            .messages_per_connection
+                            .map(|n| (Arc::clone(&key.name), n));
                         let delivery = Delivery {
                             id: d.delivery_id,
                             to: d.email.clone(),
                             message: Arc::from(bytes),
+                            per_connection,
                         };
                         let o = match &relays {
                             None => sender.send(delivery).await,

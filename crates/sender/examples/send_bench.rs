@@ -74,6 +74,7 @@ async fn run_sender(
                     id: Uuid::now_v7(),
                     to: "reader@example.net".into(),
                     message: Arc::clone(&msg),
+                    per_connection: None,
                 };
                 if !matches!(sender.send(d).await, Outcome::Sent { .. }) {
                     failed.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,7 @@
 //! relay.options.pool_size = 8;
 //! let sender = Sender::new(relay, verp)?;
 //! let message: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nHello\r\n"[..]);
-//! match sender.send(Delivery { id: uuid::Uuid::now_v7(), to: "ann@example.org".into(), message }).await {
+//! match sender.send(Delivery { id: uuid::Uuid::now_v7(), to: "ann@example.org".into(), message, per_connection: None }).await {
 //!     Outcome::Sent { reply } => println!("sent: {reply}"),
 //!     Outcome::Deferred { error } => println!("retry later: {error}"),
 //!     Outcome::Rejected { error } => println!("bounced at {}: {error}", error.step()),

@@ -30,6 +30,11 @@ pub struct Delivery {
     /// The rendered message, CRLF line ends, as it should arrive (not
     /// dot-stuffed). Shared, so one rendering can go to many workers.
     pub message: Arc<[u8]>,
+    /// The recipient's mailbox provider and its `messages_per_connection`:
+    /// a relay connection that has carried that many messages to the
+    /// provider is closed (QUIT) and a new one opened before the next.
+    /// `None`: only the relay's `max_messages_per_connection` applies.
+    pub per_connection: Option<(Arc<str>, u32)>,
 }
 
 /// What every worker of a sender shares.
@@ -64,6 +69,9 @@ impl Shared {
 pub struct Worker {
     shared: Arc<Shared>,
     conn: Option<Connection>,
+    /// Messages the open connection carried per provider that has a
+    /// `messages_per_connection` ([`Delivery::per_connection`]).
+    per_provider: std::collections::HashMap<Arc<str>, u32>,
     /// Set while I/O is in flight. Still set at the next call means the last
     /// send was cancelled mid-command: the connection is in an unknown
     /// state and is dropped.
@@ -85,6 +93,7 @@ impl Worker {
         Worker {
             shared,
             conn: None,
+            per_provider: std::collections::HashMap::new(),
             busy: false,
         }
     }
@@ -127,11 +136,18 @@ impl Worker {
         if std::mem::take(&mut self.busy) {
             self.conn = None;
         }
+        let provider_full = delivery
+            .per_connection
+            .as_ref()
+            .is_some_and(|(p, n)| self.per_provider.get(p).is_some_and(|sent| *sent >= *n));
         if let Some(c) = &self.conn
-            && c.sent >= relay.options.max_messages_per_connection
+            && (c.sent >= relay.options.max_messages_per_connection || provider_full)
             && let Some(c) = self.conn.take()
         {
             c.quit(QUIT_TIMEOUT).await;
+        }
+        if self.conn.is_none() {
+            self.per_provider.clear();
         }
         self.busy = true;
         let mut retried = false;
@@ -140,7 +156,10 @@ impl Worker {
             let conn = match &mut self.conn {
                 Some(c) => c,
                 None => match Connection::open(relay, &self.shared.tls, &self.shared.hello).await {
-                    Ok(c) => self.conn.insert(c),
+                    Ok(c) => {
+                        self.per_provider.clear();
+                        self.conn.insert(c)
+                    }
                     Err(e) => break e.into_outcome(),
                 },
             };
@@ -173,6 +192,12 @@ impl Worker {
                 }
             }
         };
+        if let Some((provider, _)) = &delivery.per_connection
+            && self.conn.is_some()
+            && matches!(outcome, Outcome::Sent { .. })
+        {
+            *self.per_provider.entry(Arc::clone(provider)).or_default() += 1;
+        }
         self.busy = false;
         outcome
     }

@@ -103,6 +103,9 @@ pub struct DomainLimits {
     pub concurrency: usize,
     /// Messages per hour, if limited (its burst is at most `rate`).
     pub rate_per_hour: Option<u32>,
+    /// Messages to this provider over one relay connection before it is
+    /// renewed ([`crate::Delivery::per_connection`]), if limited.
+    pub messages_per_connection: Option<u32>,
 }
 
 impl DomainLimits {
@@ -112,6 +115,7 @@ impl DomainLimits {
             rate,
             concurrency,
             rate_per_hour: None,
+            messages_per_connection: None,
         }
     }
 }
@@ -678,9 +682,8 @@ mod tests {
         l.groups.insert(
             "yahoo".into(),
             DomainLimits {
-                rate: 100,
-                concurrency: 4,
                 rate_per_hour: Some(4),
+                ..DomainLimits::new(100, 4)
             },
         );
         let t = Throttle::new(l);

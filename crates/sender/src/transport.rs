@@ -119,6 +119,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             to: to.into(),
             message: Arc::from(b"x".to_vec()),
+            per_connection: None,
         };
         let o = t.send(d("dead@example.org")).await;
         assert_eq!(o.as_str(), "rejected");

@@ -55,6 +55,7 @@ async fn send_once(relay: Relay) -> Outcome {
             id: Uuid::now_v7(),
             to: "ann@example.net".into(),
             message: Arc::from(&b"Subject: hi\r\n\r\nHello\r\n"[..]),
+            per_connection: None,
         })
         .await;
     sender.shutdown().await;

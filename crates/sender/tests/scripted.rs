@@ -104,6 +104,7 @@ fn delivery(to: &str) -> Delivery {
         id: Uuid::now_v7(),
         to: to.into(),
         message: Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]),
+        per_connection: None,
     }
 }
 
@@ -177,4 +178,40 @@ async fn data_accepted_after_a_refused_recipient_closes_the_connection() {
     let outcome = s.send(delivery("alive@example.net")).await;
     assert!(outcome.is_sent(), "{outcome:?}");
     assert_eq!(fake.connections.load(Ordering::SeqCst), 2);
+}
+
+/// A provider's `messages_per_connection` (issue 18): after that many
+/// messages to the provider the relay connection is renewed; messages to
+/// other recipients do not count, and without a limit the connection stays.
+#[tokio::test]
+async fn a_providers_messages_per_connection_renews_the_relay_connection() {
+    let fake = fake(true, |_| Some("250 Ok")).await;
+    let s = sender(fake.addr, |o| o.max_messages_per_connection = 1000);
+    let google: Arc<str> = Arc::from("google");
+    let to = |addr: &str, limit: Option<u32>| Delivery {
+        per_connection: limit.map(|n| (Arc::clone(&google), n)),
+        ..delivery(addr)
+    };
+    // Five to google (2 per connection), one unlimited between them.
+    for (i, addr) in [
+        "a@gmail.com",
+        "b@gmail.com",
+        "x@example.net",
+        "c@gmail.com",
+        "d@gmail.com",
+        "e@gmail.com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let limit = addr.ends_with("gmail.com").then_some(2);
+        let outcome = s.send(to(addr, limit)).await;
+        assert!(outcome.is_sent(), "{i}: {outcome:?}");
+    }
+    // a b x | c d | e: the third and the fifth to google open new ones.
+    assert_eq!(fake.connections.load(Ordering::SeqCst), 3);
+    for _ in 0..3 {
+        assert!(s.send(to("y@example.net", None)).await.is_sent());
+    }
+    assert_eq!(fake.connections.load(Ordering::SeqCst), 3, "no limit, kept");
 }

@@ -81,6 +81,7 @@ fn delivery(to: &str, i: usize) -> Delivery {
         id: Uuid::now_v7(),
         to: to.to_owned(),
         message: message(i),
+        per_connection: None,
     }
 }
 
@@ -359,6 +360,7 @@ async fn dsn_parameters_reach_the_relay() {
         id: Uuid::now_v7(),
         to: "gone+tag@dead.example".into(),
         message: Arc::from(&b"From: n@example.org\r\nSubject: s\r\n\r\nsecret body\r\n"[..]),
+        per_connection: None,
     };
     let id = d.id;
     assert!(sender.send(d).await.is_sent());
