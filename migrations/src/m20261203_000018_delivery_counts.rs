@@ -15,22 +15,21 @@
 //!
 //! It is kept by triggers on `deliveries`, so every path that inserts,
 //! deletes (cascades included) or changes `state` stays counted without
-//! knowing about them. Readers always `SUM(...) GROUP BY`, which is right on
-//! both backends:
+//! knowing about them. Readers always sum, which is right on both backends:
 //!
-//! - SQLite: a row-level trigger per change upserts `n ± 1` into a row keyed
-//!   by (campaign, state) or (campaign, domain). Writers are serialised, so
-//!   a hot row costs nothing extra.
+//! - SQLite: a row-level trigger per change updates the (campaign, domain)
+//!   row in place (an insert upserts it). Writers are serialised, so a hot
+//!   row costs nothing extra.
 //! - PostgreSQL: row-level upserts would make the claim and the outcome
 //!   transactions of concurrent workers lock the same counter rows in
 //!   different orders, which deadlocks. Statement-level triggers with
 //!   transition tables instead APPEND one aggregated delta row per (campaign,
-//!   state) or (campaign, domain) that the statement changed: plain inserts,
-//!   no unique key, no lock on any existing row. Readers fold a campaign's
-//!   delta rows back into one row per key (`Store::fold_delivery_counts`) when
-//!   there are more than a few hundred. PostgreSQL allows no column list on a
-//!   trigger with transition tables, so the update trigger fires on every
-//!   update of `deliveries` and keeps only rows whose state changed.
+//!   domain) that the statement changed: plain inserts, no unique key, no
+//!   lock on any existing row. Readers fold a campaign's delta rows back
+//!   into one row per domain (`Store::fold_delivery_counts`) when they pile
+//!   up. PostgreSQL allows no column list on a trigger with transition
+//!   tables, so the update trigger fires on every update of `deliveries` and
+//!   keeps only rows whose category changed.
 //!
 //! `idx_deliveries_problems`: a partial index on (campaign, state,
 //! last_error) of the failed, deferred, rejected and skipped deliveries, so

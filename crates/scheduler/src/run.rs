@@ -672,10 +672,9 @@ impl Runner {
                 // not on the claiming task.
                 let outcome = match hooks.render(&d) {
                     Ok(bytes) => {
-                        let _slot = throttle.acquire(&key.name).await;
-                        let per_connection = throttle
-                            .limits_of(&key.name)
-                            .messages_per_connection
+                        let slot = throttle.acquire(&key.name).await;
+                        let per_connection = slot
+                            .messages_per_connection()
                             .map(|n| (Arc::clone(&key.name), n));
                         let delivery = Delivery {
                             id: d.delivery_id,

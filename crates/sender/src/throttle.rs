@@ -217,6 +217,15 @@ pub struct Key {
 /// Held while a message to the domain is in flight.
 pub struct Permit {
     _slot: OwnedSemaphorePermit,
+    /// The key's `messages_per_connection`, read with the slot.
+    per_connection: Option<u32>,
+}
+
+impl Permit {
+    /// The key's [`DomainLimits::messages_per_connection`].
+    pub fn messages_per_connection(&self) -> Option<u32> {
+        self.per_connection
+    }
 }
 
 impl Throttle {
@@ -320,11 +329,12 @@ impl Throttle {
     /// Cancel-safe: dropping the future gives back the slot; grants already
     /// taken from the budget stay with this throttle for the next send.
     pub async fn acquire(&self, key: &str) -> Permit {
-        let (slots, limiter, hourly) = self.with_domain(key, |d| {
+        let (slots, limiter, hourly, per_connection) = self.with_domain(key, |d| {
             (
                 Arc::clone(&d.slots),
                 Arc::clone(&d.limiter),
                 d.hourly.clone(),
+                d.limits.messages_per_connection,
             )
         });
         let slot = slots
@@ -333,7 +343,12 @@ impl Throttle {
             .unwrap_or_else(|_| unreachable!("the semaphore is never closed"));
         if let Some(budget) = &self.budget {
             match self.acquire_shared(budget.as_ref(), key).await {
-                Ok(()) => return Permit { _slot: slot },
+                Ok(()) => {
+                    return Permit {
+                        _slot: slot,
+                        per_connection,
+                    };
+                }
                 Err(e) => {
                     // The database is the shared part; without it each
                     // worker keeps to the limits on its own.
@@ -346,7 +361,10 @@ impl Throttle {
         }
         limiter.until_ready().await;
         self.global.until_ready().await;
-        Permit { _slot: slot }
+        Permit {
+            _slot: slot,
+            per_connection,
+        }
     }
 
     /// One grant of the key's hourly limit (if any), of its rate and of the

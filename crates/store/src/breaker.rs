@@ -361,14 +361,8 @@ impl Store {
         .all(&self.db)
         .await
         .doing("reading a campaign's per-domain delivery counts")?;
-        // A fold rewrites one row per domain (thousands for a big
-        // campaign): only once the deltas outnumber twice that, so a page
-        // reloaded every few seconds does not rewrite them on every view.
-        if rows
-            .first()
-            .is_some_and(|r| r.deltas > crate::counts::FOLD_AFTER + 2 * r.keys)
-        {
-            self.fold_domain_counts(campaign_id).await?;
+        if let Some(r) = rows.first() {
+            self.fold_if_piled_up(campaign_id, r.deltas, r.keys).await?;
         }
         Ok(rows
             .into_iter()

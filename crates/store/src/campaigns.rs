@@ -640,8 +640,8 @@ impl Store {
     }
 
     /// Counts by state, for `campaign status`, the dashboard and the
-    /// scheduler: read from the trigger-kept `delivery_state_counts` (see
-    /// the `counts` module), a few rows instead of the campaign's
+    /// scheduler: the sums of the trigger-kept `delivery_domain_counts` (see
+    /// the `counts` module), one row per domain instead of the campaign's
     /// deliveries. On PostgreSQL, folds the campaign's delta rows once they
     /// pile up.
     pub async fn campaign_counts(&self, campaign_id: Uuid) -> Result<CampaignCounts> {
@@ -714,12 +714,7 @@ impl Store {
             }
             c.add(DeliveryState::Pending, rest);
         }
-        // PostgreSQL appends delta rows; a fold rewrites one row per domain,
-        // so only once the deltas outnumber twice that (`serve` reads these
-        // counts every tick).
-        if r.deltas > crate::counts::FOLD_AFTER + 2 * r.keys {
-            self.fold_delivery_counts(campaign_id).await?;
-        }
+        self.fold_if_piled_up(campaign_id, r.deltas, r.keys).await?;
         Ok(c)
     }
 }
