@@ -6,51 +6,29 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use rundbrief_core::{Actor, Address, Attributes, CampaignState, DeliveryState};
-use rundbrief_store::{DeliveryOutcome, NewCampaign, Store};
+use rundbrief_core::{Actor, CampaignState, DeliveryState};
+use rundbrief_store::{DeliveryOutcome, Store};
 use uuid::Uuid;
 
 /// A running campaign `name` on list `list` with `n` subscribers spread
 /// over three domains (more at a.example than b.example than c.example),
 /// its deliveries materialised.
 async fn campaign(s: &Store, name: &str, list: &str, n: usize) -> Uuid {
-    if s.find_list(list).await.unwrap().is_none() {
-        s.create_list(list, None).await.unwrap();
-    }
-    for i in 0..n {
-        let domain = [
-            "a.example",
-            "a.example",
-            "a.example",
-            "b.example",
-            "b.example",
-            "c.example",
-        ][i % 6];
-        s.add_subscriber(
-            &Address::parse(&format!("{name}{i}@{domain}")).unwrap(),
-            list,
-            None,
-            Attributes::new(),
-            false,
-            Actor::Cli,
-            "t",
-        )
-        .await
-        .unwrap();
-    }
-    let c = s
-        .create_campaign(&NewCampaign {
-            name: name.into(),
-            lists: vec![list.into()],
-            subject: "s".into(),
-            content: "c".into(),
-            content_kind: rundbrief_core::ContentKind::Markdown,
-            layout: None,
-            from: None,
-            relay: None,
+    let emails: Vec<String> = (0..n)
+        .map(|i| {
+            let domain = [
+                "a.example",
+                "a.example",
+                "a.example",
+                "b.example",
+                "b.example",
+                "c.example",
+            ][i % 6];
+            format!("{name}{i}@{domain}")
         })
-        .await
-        .unwrap();
+        .collect();
+    let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let c = common::campaign_to(s, name, list, &emails).await;
     s.set_campaign_state(c.id, CampaignState::Running)
         .await
         .unwrap();
