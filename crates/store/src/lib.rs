@@ -265,7 +265,10 @@ impl Store {
             probe_postgres(&url).await.map_err(connect_err)?;
         }
         let mut opts = ConnectOptions::new(url.clone());
-        opts.sqlx_logging(false)
+        // Each statement with its time at TRACE (`RUST_LOG=sqlx::query=trace`):
+        // off unless asked for, and cheap when off.
+        opts.sqlx_logging(true)
+            .sqlx_logging_level(log::LevelFilter::Trace)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
