@@ -28,6 +28,10 @@ mod m20261203_000015_relay_usage;
 mod m20261203_000016_provider_budget;
 mod m20261203_000017_delivery_pace;
 mod m20261203_000018_delivery_counts;
+mod m20261203_000019_cheaper_counts;
+
+/// SQLite: the count of a materialisation's rows (migration 19).
+pub use m20261203_000019_cheaper_counts::sqlite_count_inserted;
 
 pub struct Migrator;
 
@@ -53,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000016_provider_budget::Migration),
             Box::new(m20261203_000017_delivery_pace::Migration),
             Box::new(m20261203_000018_delivery_counts::Migration),
+            Box::new(m20261203_000019_cheaper_counts::Migration),
         ]
     }
 }

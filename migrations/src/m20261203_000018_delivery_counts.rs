@@ -62,16 +62,43 @@ const PROBLEMS_INDEX: &str = "CREATE INDEX idx_deliveries_problems ON deliveries
 const FINAL: [&str; 5] = ["sent", "failed", "rejected", "bounced", "skipped"];
 
 /// The counts' columns after `total`.
-fn columns() -> String {
+pub(crate) fn columns() -> String {
     std::iter::once("queued")
         .chain(FINAL)
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// SQLite's per-row insert trigger (dropped again by migration 19, which
+/// counts a materialisation's rows once per statement; its `down` restores
+/// it from here).
+pub(crate) fn sqlite_insert_trigger() -> String {
+    let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
+    let add: Vec<String> = names
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    format!(
+        "CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries BEGIN \
+         INSERT INTO delivery_domain_counts (campaign_id, domain, total, {}) \
+         VALUES (new.campaign_id, {}, 1, {}) \
+         ON CONFLICT (campaign_id, domain) DO UPDATE SET total = total + 1, {}; \
+         END",
+        columns(),
+        sqlite_domain("new.email"),
+        sqlite_flags("new.state").join(", "),
+        add.join(", ")
+    )
+}
+
+/// The recipient domain of the address in `e` on SQLite (after the first '@').
+pub(crate) fn sqlite_domain(e: &str) -> String {
+    format!("substr({e}, instr({e}, '@') + 1)")
+}
+
 /// One 0/1 expression per column after `total`, for a delivery whose state
 /// is `state` (SQLite: a comparison is 0 or 1).
-fn sqlite_flags(state: &str) -> Vec<String> {
+pub(crate) fn sqlite_flags(state: &str) -> Vec<String> {
     std::iter::once(format!("({state} IN {QUEUED})"))
         .chain(FINAL.iter().map(|f| format!("({state} = '{f}')")))
         .collect()
@@ -84,7 +111,7 @@ fn category(state: &str) -> String {
 }
 
 fn sqlite_up() -> Vec<String> {
-    let domain = |e: &str| format!("substr({e}, instr({e}, '@') + 1)");
+    let domain = sqlite_domain;
     let cols = columns();
     let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
     let sums: Vec<String> = sqlite_flags("state")
@@ -93,10 +120,6 @@ fn sqlite_up() -> Vec<String> {
         .collect();
     let new = sqlite_flags("new.state");
     let old = sqlite_flags("old.state");
-    let add: Vec<String> = names
-        .iter()
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
-        .collect();
     let sub: Vec<String> = names
         .iter()
         .zip(&old)
@@ -124,16 +147,7 @@ fn sqlite_up() -> Vec<String> {
             domain("email"),
             sums.join(", ")
         ),
-        format!(
-            "CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries BEGIN \
-             INSERT INTO delivery_domain_counts (campaign_id, domain, total, {cols}) \
-             VALUES (new.campaign_id, {}, 1, {}) \
-             ON CONFLICT (campaign_id, domain) DO UPDATE SET total = total + 1, {}; \
-             END",
-            domain("new.email"),
-            new.join(", "),
-            add.join(", ")
-        ),
+        sqlite_insert_trigger(),
         format!(
             "CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries BEGIN \
              UPDATE delivery_domain_counts SET total = total - 1, {} \
@@ -166,6 +180,46 @@ const SQLITE_DOWN: &[&str] = &[
     "DROP TABLE IF EXISTS delivery_domain_counts",
 ];
 
+/// PostgreSQL's update trigger function: `verb` is `CREATE` (migration 18)
+/// or `CREATE OR REPLACE` (19), `first` statements run before the count
+/// (19's early return for a statement that changed no category).
+pub(crate) fn pg_count_update_function(verb: &str, first: &str) -> String {
+    let cols = columns();
+    let moved: Vec<String> = std::iter::once(format!(
+        "SUM((new_state IN {QUEUED})::int - (old_state IN {QUEUED})::int)"
+    ))
+    .chain(
+        FINAL
+            .iter()
+            .map(|f| format!("SUM((new_state = '{f}')::int - (old_state = '{f}')::int)")),
+    )
+    .collect();
+    format!(
+        "{verb} FUNCTION rundbrief_deliveries_count_update() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+         BEGIN {first}\
+         INSERT INTO delivery_domain_counts (campaign_id, domain, total, {cols}) \
+         SELECT n.campaign_id, split_part(n.email, '@', 2), 0, {} FROM ( \
+           SELECT n.campaign_id, n.email, o.state AS old_state, n.state AS new_state \
+           FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE {} IS DISTINCT FROM {}) n \
+         GROUP BY 1, 2; \
+         RETURN NULL; END $f$",
+        moved.join(", "),
+        category("o.state"),
+        category("n.state"),
+    )
+}
+
+/// PostgreSQL: an early return, before any join, when neither the old nor
+/// the new rows of the statement hold a final state: a claim (pending,
+/// deferred or an expired sending -> sending) changes no count.
+pub(crate) fn pg_claim_exit() -> String {
+    format!(
+        "IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state NOT IN {QUEUED}) \
+         AND NOT EXISTS (SELECT 1 FROM old_rows WHERE state NOT IN {QUEUED}) \
+         THEN RETURN NULL; END IF; "
+    )
+}
+
 fn postgres_up() -> Vec<String> {
     let cols = columns();
     // The delta rows of `rows` (a transition table or the deliveries):
@@ -186,15 +240,6 @@ fn postgres_up() -> Vec<String> {
             flags.join(", ")
         )
     };
-    let moved: Vec<String> = std::iter::once(format!(
-        "SUM((new_state IN {QUEUED})::int - (old_state IN {QUEUED})::int)"
-    ))
-    .chain(
-        FINAL
-            .iter()
-            .map(|f| format!("SUM((new_state = '{f}')::int - (old_state = '{f}')::int)")),
-    )
-    .collect();
     vec![
         "CREATE FUNCTION rundbrief_deliveries_cap_error() RETURNS trigger LANGUAGE plpgsql AS $f$ \
          BEGIN \
@@ -232,19 +277,7 @@ fn postgres_up() -> Vec<String> {
         ),
         // One pass over the changed rows, keeping only those that moved
         // between categories (a claim moves none).
-        format!(
-            "CREATE FUNCTION rundbrief_deliveries_count_update() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-             BEGIN \
-             INSERT INTO delivery_domain_counts (campaign_id, domain, total, {cols}) \
-             SELECT n.campaign_id, split_part(n.email, '@', 2), 0, {} FROM ( \
-               SELECT n.campaign_id, n.email, o.state AS old_state, n.state AS new_state \
-               FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE {} IS DISTINCT FROM {}) n \
-             GROUP BY 1, 2; \
-             RETURN NULL; END $f$",
-            moved.join(", "),
-            category("o.state"),
-            category("n.state"),
-        ),
+        pg_count_update_function("CREATE", ""),
         "CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries \
          REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT \
          EXECUTE FUNCTION rundbrief_deliveries_count_insert()"

@@ -144,8 +144,30 @@ impl Store {
              WHERE m.subscriber_id = s.id AND m.status = ? AND cl.campaign_id = ?) \
              ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
         );
-        let r = self
-            .db
+        // On SQLite the inserts and their count commit together: the
+        // deliveries above the largest rowid before them are counted into
+        // `delivery_domain_counts` once (migration 19; PostgreSQL's
+        // statement-level trigger counts them itself).
+        let sqlite = backend != DatabaseBackend::Postgres;
+        let txn = self
+            .write_txn()
+            .await
+            .doing("starting to materialise deliveries")?;
+        let before = if sqlite {
+            #[derive(FromQueryResult)]
+            struct M {
+                m: Option<i64>,
+            }
+            M::find_by_statement(self.stmt("SELECT MAX(rowid) AS m FROM deliveries", vec![]))
+                .one(&txn)
+                .await
+                .doing("materialising deliveries")?
+                .and_then(|m| m.m)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let r = txn
             .execute_raw(self.stmt(
                 &sql,
                 vec![
@@ -184,7 +206,7 @@ impl Store {
              WHERE m.subscriber_id = s.id AND m.status = ? AND cl.campaign_id = ?) \
              ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
         );
-        self.db
+        let skipped_rows = txn
             .execute_raw(self.stmt(
                 &skipped,
                 vec![
@@ -200,6 +222,17 @@ impl Store {
             ))
             .await
             .doing("materialising skipped deliveries")?;
+        if sqlite && r.rows_affected() + skipped_rows.rows_affected() > 0 {
+            txn.execute_raw(self.stmt(
+                &rundbrief_migrations::sqlite_count_inserted(),
+                vec![before.into()],
+            ))
+            .await
+            .doing("counting materialised deliveries")?;
+        }
+        txn.commit()
+            .await
+            .doing("committing materialised deliveries")?;
         Ok(r.rows_affected())
     }
 

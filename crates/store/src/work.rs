@@ -232,6 +232,16 @@ impl Store {
             // made PostgreSQL OR three bitmap scans, reading every pending
             // entry of the campaign for each claim: quadratic in its size
             // (a 1M campaign sent at a third of the 50k rate).
+            //
+            // `fresh` is ordered as its index is: with half a campaign
+            // pending, the planner otherwise expects a sequential scan to
+            // find 128 rows at once, and it reads past every row already
+            // sent (3.1 ms of a claim at 20,000 deliveries, growing with
+            // the table). The subscribers are read per claimed row by their
+            // key (`OFFSET 0` keeps the planner from turning the lateral
+            // lookup back into a join that hashes the whole table: 3 ms at
+            // 20,000 subscribers). EXPLAIN ANALYZE of one claim of 128:
+            // 17.8 ms before, 7.5 ms after.
             let picks: [Value; 16] = [
                 campaign_id.into(),
                 sending,
@@ -260,7 +270,8 @@ impl Store {
                      retry AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
                        AND (next_attempt_at IS NULL OR next_attempt_at <= ?) LIMIT ? FOR UPDATE SKIP LOCKED), \
                      fresh AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
-                       AND next_attempt_at IS NULL LIMIT ? FOR UPDATE SKIP LOCKED), \
+                       AND next_attempt_at IS NULL ORDER BY campaign_id, state, next_attempt_at \
+                       LIMIT ? FOR UPDATE SKIP LOCKED), \
                      due AS (SELECT id FROM deliveries WHERE campaign_id = ? AND state = ? \
                        AND next_attempt_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED), \
                      pick AS (SELECT id FROM expired UNION ALL SELECT id FROM retry \
@@ -269,7 +280,8 @@ impl Store {
                        RETURNING id, campaign_id, subscriber_id, email, attempts, first_attempt_at) \
                      SELECT c.id, c.subscriber_id, c.email, s.name, s.attributes, c.attempts, \
                      c.first_attempt_at, s.id AS present, s.status AS status, {elig} AS eligible, \
-                     {via} AS via_list FROM c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
+                     {via} AS via_list FROM c LEFT JOIN LATERAL (SELECT * FROM subscribers s \
+                     WHERE s.id = c.subscriber_id OFFSET 0) s ON true"
                 ),
                 values,
             ))
