@@ -18,8 +18,9 @@
 //! knowing about them. Readers always sum, which is right on both backends:
 //!
 //! - SQLite: a row-level trigger per change updates the (campaign, domain)
-//!   row in place (an insert upserts it). Writers are serialised, so a hot
-//!   row costs nothing extra.
+//!   row in place (an insert upserts it; migration 19 drops that insert
+//!   trigger, and the materialisation counts its rows once per statement).
+//!   Writers are serialised, so a hot row costs nothing extra.
 //! - PostgreSQL: row-level upserts would make the claim and the outcome
 //!   transactions of concurrent workers lock the same counter rows in
 //!   different orders, which deadlocks. Statement-level triggers with
