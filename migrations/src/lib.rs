@@ -31,7 +31,7 @@ mod m20261203_000018_delivery_counts;
 mod m20261203_000019_cheaper_counts;
 
 /// SQLite: the count of a materialisation's rows (migration 19).
-pub use m20261203_000019_cheaper_counts::sqlite_count_inserted;
+pub use m20261203_000019_cheaper_counts::{problems_predicate, sqlite_count_inserted};
 
 pub struct Migrator;
 

@@ -60,7 +60,7 @@ const PROBLEMS_INDEX: &str = "CREATE INDEX idx_deliveries_problems ON deliveries
      WHERE state IN ('failed', 'deferred', 'rejected', 'skipped')";
 
 /// The final states counted in a column of their own.
-const FINAL: [&str; 5] = ["sent", "failed", "rejected", "bounced", "skipped"];
+pub(crate) const FINAL: [&str; 5] = ["sent", "failed", "rejected", "bounced", "skipped"];
 
 /// The counts' columns after `total`.
 pub(crate) fn columns() -> String {
@@ -71,8 +71,7 @@ pub(crate) fn columns() -> String {
 }
 
 /// SQLite's per-row insert trigger (dropped again by migration 19, which
-/// counts a materialisation's rows once per statement; its `down` restores
-/// it from here).
+/// counts a materialisation's rows once per statement).
 pub(crate) fn sqlite_insert_trigger() -> String {
     let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
     let add: Vec<String> = names
@@ -111,7 +110,7 @@ fn category(state: &str) -> String {
     format!("(CASE WHEN {state} IN {QUEUED} THEN 'queued' ELSE {state} END)")
 }
 
-fn sqlite_up() -> Vec<String> {
+pub(crate) fn sqlite_up() -> Vec<String> {
     let domain = sqlite_domain;
     let cols = columns();
     let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();

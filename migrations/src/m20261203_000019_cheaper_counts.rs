@@ -13,8 +13,19 @@
 //! one aggregated row per (campaign, domain) of the rows above it — a rowid
 //! range, read once.
 //!
-//! The delete and update triggers stay: deletes come from cascades and
-//! state changes from many paths.
+//! The delete and update triggers stay (deletes come from cascades and
+//! state changes from many paths) but are written again without `IN`
+//! lists, and so is the partial index's predicate: SQLite evaluates
+//! `state IN ('a', 'b', 'c')` (three or more constants) by filling a
+//! temporary b-tree with the constants, and where that happens per row —
+//! a partial index's predicate for the old and the new row of every
+//! update, and each `IN` of a trigger body, whose `Once` flags start over
+//! with each firing — it opened six of them for every recorded outcome
+//! (EXPLAIN of the recorder's UPDATE; perf showed the SQLite thread in
+//! `sqlite3BtreeOpen`, `sqlite3BtreeCreateTable` and `memset`). Chains of
+//! `=` and `OR` compile to plain comparisons. The query that reads the
+//! partial index (`Store::campaign_errors`) spells the same predicate
+//! ([`problems_predicate`]), so SQLite still sees that the index covers it.
 //!
 //! PostgreSQL: its triggers are statement-level already (one aggregated
 //! insert per statement). Its update trigger function gains an early
@@ -24,7 +35,7 @@
 //! `EXISTS` probes (EXPLAIN ANALYZE on the bench's database).
 
 use crate::m20261203_000018_delivery_counts::{
-    pg_claim_exit, pg_count_update_function, sqlite_insert_trigger,
+    self as m18, FINAL, columns, pg_claim_exit, pg_count_update_function, sqlite_domain,
 };
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
@@ -44,8 +55,9 @@ impl MigrationTrait for Migration {
             .await?;
             return Ok(());
         }
-        db.execute_unprepared("DROP TRIGGER IF EXISTS deliveries_count_insert")
-            .await?;
+        for stmt in sqlite_up() {
+            db.execute_unprepared(&stmt).await?;
+        }
         Ok(())
     }
 
@@ -57,9 +69,105 @@ impl MigrationTrait for Migration {
                 .await?;
             return Ok(());
         }
-        db.execute_unprepared(&sqlite_insert_trigger()).await?;
+        for stmt in [
+            "DROP TRIGGER IF EXISTS deliveries_count_update",
+            "DROP TRIGGER IF EXISTS deliveries_count_delete",
+            "DROP INDEX IF EXISTS idx_deliveries_problems",
+        ] {
+            db.execute_unprepared(stmt).await?;
+        }
+        // Migration 18's index and triggers (the insert trigger included),
+        // as it wrote them.
+        for stmt in m18::sqlite_up()
+            .into_iter()
+            .filter(|s| s.starts_with("CREATE TRIGGER") || s.starts_with("CREATE INDEX"))
+        {
+            db.execute_unprepared(&stmt).await?;
+        }
         Ok(())
     }
+}
+
+/// States whose deliveries are not final yet (counted together as `queued`).
+const QUEUED: [&str; 3] = ["pending", "sending", "deferred"];
+
+/// States `Store::campaign_errors` lists: the partial index's predicate.
+const PROBLEMS: [&str; 4] = ["failed", "deferred", "rejected", "skipped"];
+
+/// `(col = 'a' OR col = 'b' …)`: what `col IN ('a', 'b', …)` means, as
+/// comparisons SQLite evaluates without a temporary b-tree.
+fn one_of(col: &str, states: &[&str]) -> String {
+    let terms: Vec<String> = states.iter().map(|s| format!("{col} = '{s}'")).collect();
+    format!("({})", terms.join(" OR "))
+}
+
+/// One 0/1 expression per column after `total` for a delivery in `state`.
+fn flags(state: &str) -> Vec<String> {
+    std::iter::once(one_of(state, &QUEUED))
+        .chain(FINAL.iter().map(|f| format!("({state} = '{f}')")))
+        .collect()
+}
+
+/// A delivery's counting category: its state, the not-yet-final ones as one.
+fn category(state: &str) -> String {
+    format!("(CASE WHEN {} THEN 'queued' ELSE {state} END)", one_of(state, &QUEUED))
+}
+
+/// The predicate of `idx_deliveries_problems`, which a query must repeat
+/// to read that index: an `IN` list on PostgreSQL (migration 18), an `OR`
+/// chain on SQLite (this migration).
+pub fn problems_predicate(postgres: bool) -> String {
+    if postgres {
+        let states: Vec<String> = PROBLEMS.iter().map(|s| format!("'{s}'")).collect();
+        format!("state IN ({})", states.join(", "))
+    } else {
+        one_of("state", &PROBLEMS)
+    }
+}
+
+fn sqlite_up() -> Vec<String> {
+    let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
+    let old = flags("old.state");
+    let new = flags("new.state");
+    let sub: Vec<String> = names
+        .iter()
+        .zip(&old)
+        .map(|(c, o)| format!("{c} = {c} - {o}"))
+        .collect();
+    let moved: Vec<String> = names
+        .iter()
+        .zip(new.iter().zip(&old))
+        .map(|(c, (n, o))| format!("{c} = {c} + {n} - {o}"))
+        .collect();
+    vec![
+        "DROP TRIGGER IF EXISTS deliveries_count_insert".into(),
+        "DROP TRIGGER IF EXISTS deliveries_count_update".into(),
+        "DROP TRIGGER IF EXISTS deliveries_count_delete".into(),
+        "DROP INDEX IF EXISTS idx_deliveries_problems".into(),
+        format!(
+            "CREATE INDEX idx_deliveries_problems ON deliveries (campaign_id, state, last_error) WHERE {}",
+            problems_predicate(false)
+        ),
+        format!(
+            "CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries BEGIN \
+             UPDATE delivery_domain_counts SET total = total - 1, {} \
+             WHERE campaign_id = old.campaign_id AND domain = {}; \
+             END",
+            sub.join(", "),
+            sqlite_domain("old.email")
+        ),
+        format!(
+            "CREATE TRIGGER deliveries_count_update AFTER UPDATE OF state ON deliveries \
+             WHEN {} IS NOT {} BEGIN \
+             UPDATE delivery_domain_counts SET {} \
+             WHERE campaign_id = new.campaign_id AND domain = {}; \
+             END",
+            category("old.state"),
+            category("new.state"),
+            moved.join(", "),
+            sqlite_domain("new.email")
+        ),
+    ]
 }
 
 /// SQLite: adds the deliveries with a rowid above `?` (the largest before
@@ -67,8 +175,7 @@ impl MigrationTrait for Migration {
 /// `delivery_domain_counts`, one upsert per (campaign, domain); what the
 /// dropped row trigger added one row at a time.
 pub fn sqlite_count_inserted() -> String {
-    use crate::m20261203_000018_delivery_counts::{columns, sqlite_domain, sqlite_flags};
-    let sums: Vec<String> = sqlite_flags("state")
+    let sums: Vec<String> = flags("state")
         .iter()
         .map(|f| format!("SUM({f})"))
         .collect();

@@ -782,21 +782,15 @@ impl Store {
             last_error: Option<String>,
             n: i64,
         }
-        // The states are literals so that both planners see the query
-        // matches the partial index `idx_deliveries_problems` (migration 18)
-        // and group with an index-only scan.
-        let states = [
-            DeliveryState::Failed,
-            DeliveryState::Deferred,
-            DeliveryState::Rejected,
-            DeliveryState::Skipped,
-        ]
-        .map(|s| format!("'{}'", s.as_str()))
-        .join(", ");
+        // The predicate of the partial index `idx_deliveries_problems`
+        // (migrations 18, 19), spelled as the index spells it, so that
+        // both planners see the query matches it and group with an
+        // index-only scan.
+        let states = rundbrief_migrations::problems_predicate(self.is_postgres());
         let rows = R::find_by_statement(self.stmt(
             &format!(
                 "SELECT state, last_error, COUNT(*) AS n FROM deliveries \
-                 WHERE campaign_id = ? AND state IN ({states}) \
+                 WHERE campaign_id = ? AND {states} \
                  GROUP BY state, last_error ORDER BY n DESC, state, last_error LIMIT ?"
             ),
             vec![campaign_id.into(), (limit as i64).into()],
