@@ -70,27 +70,6 @@ pub(crate) fn columns() -> String {
         .join(", ")
 }
 
-/// SQLite's per-row insert trigger (dropped again by migration 19, which
-/// counts a materialisation's rows once per statement).
-pub(crate) fn sqlite_insert_trigger() -> String {
-    let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
-    let add: Vec<String> = names
-        .iter()
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
-        .collect();
-    format!(
-        "CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries BEGIN \
-         INSERT INTO delivery_domain_counts (campaign_id, domain, total, {}) \
-         VALUES (new.campaign_id, {}, 1, {}) \
-         ON CONFLICT (campaign_id, domain) DO UPDATE SET total = total + 1, {}; \
-         END",
-        columns(),
-        sqlite_domain("new.email"),
-        sqlite_flags("new.state").join(", "),
-        add.join(", ")
-    )
-}
-
 /// The recipient domain of the address in `e` on SQLite (after the first '@').
 pub(crate) fn sqlite_domain(e: &str) -> String {
     format!("substr({e}, instr({e}, '@') + 1)")
@@ -98,7 +77,7 @@ pub(crate) fn sqlite_domain(e: &str) -> String {
 
 /// One 0/1 expression per column after `total`, for a delivery whose state
 /// is `state` (SQLite: a comparison is 0 or 1).
-pub(crate) fn sqlite_flags(state: &str) -> Vec<String> {
+fn sqlite_flags(state: &str) -> Vec<String> {
     std::iter::once(format!("({state} IN {QUEUED})"))
         .chain(FINAL.iter().map(|f| format!("({state} = '{f}')")))
         .collect()
@@ -118,18 +97,11 @@ pub(crate) fn sqlite_up() -> Vec<String> {
         .iter()
         .map(|f| format!("SUM({f})"))
         .collect();
-    let new = sqlite_flags("new.state");
-    let old = sqlite_flags("old.state");
-    let sub: Vec<String> = names
+    let add: Vec<String> = names
         .iter()
-        .zip(&old)
-        .map(|(c, o)| format!("{c} = {c} - {o}"))
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
         .collect();
-    let moved: Vec<String> = names
-        .iter()
-        .zip(new.iter().zip(&old))
-        .map(|(c, (n, o))| format!("{c} = {c} + {n} - {o}"))
-        .collect();
+    let [delete, update] = sqlite_change_triggers(sqlite_flags, category);
     vec![
         PROBLEMS_INDEX.into(),
         format!(
@@ -147,14 +119,50 @@ pub(crate) fn sqlite_up() -> Vec<String> {
             domain("email"),
             sums.join(", ")
         ),
-        sqlite_insert_trigger(),
+        format!(
+            "CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries BEGIN \
+             INSERT INTO delivery_domain_counts (campaign_id, domain, total, {cols}) \
+             VALUES (new.campaign_id, {}, 1, {}) \
+             ON CONFLICT (campaign_id, domain) DO UPDATE SET total = total + 1, {}; \
+             END",
+            domain("new.email"),
+            sqlite_flags("new.state").join(", "),
+            add.join(", ")
+        ),
+        delete,
+        update,
+    ]
+}
+
+/// SQLite's delete and update triggers, with `flags` (one 0/1 expression
+/// per column after `total` for a state) and `category` (the key a state is
+/// counted under) as given: migration 18 writes their state tests as `IN`
+/// lists, migration 19 as `= … OR` chains.
+pub(crate) fn sqlite_change_triggers(
+    flags: fn(&str) -> Vec<String>,
+    category: fn(&str) -> String,
+) -> [String; 2] {
+    let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
+    let new = flags("new.state");
+    let old = flags("old.state");
+    let sub: Vec<String> = names
+        .iter()
+        .zip(&old)
+        .map(|(c, o)| format!("{c} = {c} - {o}"))
+        .collect();
+    let moved: Vec<String> = names
+        .iter()
+        .zip(new.iter().zip(&old))
+        .map(|(c, (n, o))| format!("{c} = {c} + {n} - {o}"))
+        .collect();
+    [
         format!(
             "CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries BEGIN \
              UPDATE delivery_domain_counts SET total = total - 1, {} \
              WHERE campaign_id = old.campaign_id AND domain = {}; \
              END",
             sub.join(", "),
-            domain("old.email")
+            sqlite_domain("old.email")
         ),
         // Only when a delivery moves between categories: claims (pending
         // -> sending) and retries (deferred -> sending) run no statement.
@@ -167,7 +175,7 @@ pub(crate) fn sqlite_up() -> Vec<String> {
             category("old.state"),
             category("new.state"),
             moved.join(", "),
-            domain("new.email")
+            sqlite_domain("new.email")
         ),
     ]
 }

@@ -110,7 +110,10 @@ fn flags(state: &str) -> Vec<String> {
 
 /// A delivery's counting category: its state, the not-yet-final ones as one.
 fn category(state: &str) -> String {
-    format!("(CASE WHEN {} THEN 'queued' ELSE {state} END)", one_of(state, &QUEUED))
+    format!(
+        "(CASE WHEN {} THEN 'queued' ELSE {state} END)",
+        one_of(state, &QUEUED)
+    )
 }
 
 /// The predicate of `idx_deliveries_problems`, which a query must repeat
@@ -126,19 +129,7 @@ pub fn problems_predicate(postgres: bool) -> String {
 }
 
 fn sqlite_up() -> Vec<String> {
-    let names: Vec<&str> = std::iter::once("queued").chain(FINAL).collect();
-    let old = flags("old.state");
-    let new = flags("new.state");
-    let sub: Vec<String> = names
-        .iter()
-        .zip(&old)
-        .map(|(c, o)| format!("{c} = {c} - {o}"))
-        .collect();
-    let moved: Vec<String> = names
-        .iter()
-        .zip(new.iter().zip(&old))
-        .map(|(c, (n, o))| format!("{c} = {c} + {n} - {o}"))
-        .collect();
+    let [delete, update] = m18::sqlite_change_triggers(flags, category);
     vec![
         "DROP TRIGGER IF EXISTS deliveries_count_insert".into(),
         "DROP TRIGGER IF EXISTS deliveries_count_update".into(),
@@ -148,25 +139,8 @@ fn sqlite_up() -> Vec<String> {
             "CREATE INDEX idx_deliveries_problems ON deliveries (campaign_id, state, last_error) WHERE {}",
             problems_predicate(false)
         ),
-        format!(
-            "CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries BEGIN \
-             UPDATE delivery_domain_counts SET total = total - 1, {} \
-             WHERE campaign_id = old.campaign_id AND domain = {}; \
-             END",
-            sub.join(", "),
-            sqlite_domain("old.email")
-        ),
-        format!(
-            "CREATE TRIGGER deliveries_count_update AFTER UPDATE OF state ON deliveries \
-             WHEN {} IS NOT {} BEGIN \
-             UPDATE delivery_domain_counts SET {} \
-             WHERE campaign_id = new.campaign_id AND domain = {}; \
-             END",
-            category("old.state"),
-            category("new.state"),
-            moved.join(", "),
-            sqlite_domain("new.email")
-        ),
+        delete,
+        update,
     ]
 }
 
@@ -175,10 +149,7 @@ fn sqlite_up() -> Vec<String> {
 /// `delivery_domain_counts`, one upsert per (campaign, domain); what the
 /// dropped row trigger added one row at a time.
 pub fn sqlite_count_inserted() -> String {
-    let sums: Vec<String> = flags("state")
-        .iter()
-        .map(|f| format!("SUM({f})"))
-        .collect();
+    let sums: Vec<String> = flags("state").iter().map(|f| format!("SUM({f})")).collect();
     let cols = columns();
     let add: Vec<String> = std::iter::once("total")
         .chain(cols.split(", "))

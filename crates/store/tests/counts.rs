@@ -130,7 +130,12 @@ async fn issue_19_kept_counts_equal_a_scan_after_every_kind_of_work() {
         assert_eq!(s.materialise_deliveries(c).await.unwrap(), 2, "{b}");
         assert_eq!(s.materialise_deliveries(c).await.unwrap(), 0, "{b}");
         assert_counts(s, c, &format!("{b}: materialised again")).await;
-        assert_counts(s, other, &format!("{b}: the other, before it rematerialises")).await;
+        assert_counts(
+            s,
+            other,
+            &format!("{b}: the other, before it rematerialises"),
+        )
+        .await;
         assert_eq!(s.campaign_counts(c).await.unwrap().total, 38, "{b}");
         // A sent one bounces later; one of the same state again changes nothing.
         let t = s.delivery_target(ids[0]).await.unwrap().unwrap();
